@@ -1,0 +1,56 @@
+"""PC-DARTS search on CIFAR-10 (paper defaults, ../shared/SPEC.md section 3).
+
+  python -m launch.search --config=configs/cifar10_search.py --workdir=/tmp/c10 \
+      [--config.data.data_dir=~/tensorflow_datasets]
+
+Needs CIFAR-10 prepared by tensorflow-datasets (downloaded on first use when the
+machine is online). Paper: 50 epochs, batch 256, 0.1 GPU-days on a 1080Ti.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 2
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'cifar10'          # cifar10 | cifar100 | digits
+  config.data.data_dir = None           # tfds data dir; None = tfds default
+  config.data.download = True           # let tfds download and prepare when missing
+  config.data.train_portion = 0.5       # first part trains weights, rest the arch
+  config.data.crop_padding = 4          # random crop after zero padding
+  config.data.random_flip = True
+  config.data.mean = (0.49139968, 0.48215827, 0.44653124)
+  config.data.std = (0.24703233, 0.24348505, 0.26158768)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.init_channels = 16
+  config.model.layers = 8
+  config.model.num_classes = 10
+  config.model.partial_channels = 4     # K: 1/K of the channels go through the ops
+  config.model.edge_normalization = True
+  config.model.steps = 4
+  config.model.multiplier = 4
+  config.model.stem_multiplier = 3
+  config.model.stem = 'cifar'           # cifar | imagenet
+  config.model.depthwise_impl = 'auto'  # auto | conv | shifted | dense
+  config.model.unroll_edges = False     # True: slower compile, faster steps
+
+  config.search = ml_collections.ConfigDict()
+  config.search.epochs = 50
+  config.search.batch_size = 256
+  config.search.learning_rate = 0.1
+  config.search.learning_rate_min = 0.0
+  config.search.momentum = 0.9
+  config.search.weight_decay = 3e-4
+  config.search.grad_clip = 5.0
+  config.search.arch_learning_rate = 6e-4
+  config.search.arch_beta1 = 0.5
+  config.search.arch_beta2 = 0.999
+  config.search.arch_weight_decay = 1e-3
+  config.search.arch_start_epoch = 15
+  config.search.architect = 'first_order'
+  config.search.eval_batch_size = 500   # validation on the arch half each epoch
+  config.search.log_every_steps = 50
+  return config

@@ -1,0 +1,93 @@
+"""Checks a search config before anything is compiled or written.
+
+Every error is one line naming the field, its value and what is allowed.
+"""
+
+from pcdarts_jax import architect
+from pcdarts_jax import data
+from pcdarts_jax import ops
+from pcdarts_jax import supernet
+
+ARCHITECTS = tuple(architect.ARCHITECTS)
+
+
+class ConfigError(ValueError):
+  """A config field has a value the search cannot use."""
+
+
+def _require(ok: bool, message: str):
+  if not ok:
+    raise ConfigError(message)
+
+
+def _positive(config, section: str, field: str, allow_zero: bool = False):
+  value = config[section][field]
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+      value >= 0 if allow_zero else value > 0)
+  _require(ok, f'{section}.{field}={value!r} must be a number '
+           f'{">= 0" if allow_zero else "> 0"}.')
+
+
+def validate_search_config(config, num_devices: int = 1):
+  d, m, s = config.data, config.model, config.search
+  _require(d.name in data.DATASETS, f'data.name={d.name!r} is not one of {data.DATASETS}.')
+  _require(0.0 < d.train_portion < 1.0,
+           f'data.train_portion={d.train_portion!r} must be in (0, 1).')
+  channels = data.IMAGE_SHAPES[d.name][-1]
+  _require(len(d.mean) == channels and len(d.std) == channels,
+           f'data.mean / data.std need {channels} values for {d.name}, got '
+           f'{len(d.mean)} / {len(d.std)}.')
+  _require(m.num_classes == data.NUM_CLASSES[d.name],
+           f'model.num_classes={m.num_classes!r} but {d.name} has '
+           f'{data.NUM_CLASSES[d.name]} classes.')
+
+  for field in ('init_channels', 'layers', 'partial_channels', 'steps', 'multiplier',
+                'stem_multiplier'):
+    value = m[field]
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+             f'model.{field}={value!r} must be an integer >= 1.')
+  k, c = m.partial_channels, m.init_channels
+  _require(c % k == 0,
+           f'model.partial_channels={k} must divide model.init_channels={c} '
+           f'(allowed: divisors of {c}: {[i for i in range(1, c + 1) if c % i == 0]}).')
+  _require((c // k) % 2 == 0 or m.layers < 2,
+           f'model.init_channels / model.partial_channels = {c // k} must be even '
+           f'(FactorizedReduce halves the channels of the stride-2 skip op).')
+  _require(m.stem in supernet.STEM_TYPES,
+           f'model.stem={m.stem!r} is not one of {supernet.STEM_TYPES}.')
+  _require(m.depthwise_impl in ops.DEPTHWISE_IMPLS,
+           f'model.depthwise_impl={m.depthwise_impl!r} is not one of {ops.DEPTHWISE_IMPLS}.')
+  size = data.IMAGE_SHAPES[d.name][0]
+  reductions = 2 + (3 if m.stem == 'imagenet' else 0)
+  _require(size % (2 ** reductions) == 0,
+           f'{d.name} images are {size}x{size}; model.stem={m.stem!r} with two reduction '
+           f'cells needs a size divisible by {2 ** reductions}.')
+
+  for field in ('learning_rate', 'arch_learning_rate', 'batch_size', 'epochs',
+                'eval_batch_size', 'grad_clip'):
+    _positive(config, 'search', field)
+  for field in ('learning_rate_min', 'weight_decay', 'arch_weight_decay', 'momentum',
+                'arch_start_epoch', 'log_every_steps'):
+    _positive(config, 'search', field, allow_zero=True)
+  _require(s.learning_rate_min <= s.learning_rate,
+           f'search.learning_rate_min={s.learning_rate_min} exceeds '
+           f'search.learning_rate={s.learning_rate}.')
+  for field in ('arch_beta1', 'arch_beta2'):
+    _require(0.0 <= s[field] < 1.0, f'search.{field}={s[field]!r} must be in [0, 1).')
+  _require(s.arch_start_epoch < s.epochs,
+           f'search.arch_start_epoch={s.arch_start_epoch} must be < search.epochs='
+           f'{s.epochs}, or the architecture is never trained.')
+  _require(s.architect in ARCHITECTS,
+           f'search.architect={s.architect!r} is not one of {ARCHITECTS}.')
+  for field in ('batch_size', 'eval_batch_size'):
+    _require(s[field] % num_devices == 0,
+             f'search.{field}={s[field]} is not divisible by the {num_devices} devices.')
+
+
+def validate_batch_fits(config, train_size: int, arch_size: int):
+  """Both halves must hold at least one full batch (the last partial one is dropped)."""
+  b = config.search.batch_size
+  _require(b <= min(train_size, arch_size),
+           f'search.batch_size={b} is larger than the data halves ({train_size} weight / '
+           f'{arch_size} arch images with data.train_portion={config.data.train_portion}); '
+           f'allowed: 1..{min(train_size, arch_size)}.')

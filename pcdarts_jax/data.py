@@ -1,0 +1,177 @@
+"""Input pipelines: in-memory CIFAR (tfds) and the embedded digits data set.
+
+Images stay uint8 on the host; batches go to the device as uint8 and are
+augmented (pad + random crop, flip) and normalised there, inside the jitted step.
+"""
+
+import dataclasses
+import os
+from typing import Dict, Iterator, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DATASETS = ('cifar10', 'cifar100', 'digits')
+NUM_CLASSES = {'cifar10': 10, 'cifar100': 100, 'digits': 10}
+IMAGE_SHAPES = {'cifar10': (32, 32, 3), 'cifar100': (32, 32, 3), 'digits': (8, 8, 1)}
+DIGITS_TRAIN_SIZE = 1500  # The rest of scikit-learn's 1797 digits is the test split.
+
+
+class DataError(ValueError):
+  """A data set cannot be loaded; the message says what to do."""
+
+
+@dataclasses.dataclass
+class ArraySet:
+  images: np.ndarray  # uint8, NHWC
+  labels: np.ndarray  # int32
+
+  def __len__(self):
+    return len(self.labels)
+
+  def subset(self, start, stop) -> 'ArraySet':
+    return ArraySet(self.images[start:stop], self.labels[start:stop])
+
+
+def _load_digits(split: str) -> ArraySet:
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  # Pixel values are 0..16; stored like any image as uint8 0..255.
+  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  labels = digits.target.astype(np.int32)
+  if split == 'train':
+    return ArraySet(images[:DIGITS_TRAIN_SIZE], labels[:DIGITS_TRAIN_SIZE])
+  if split == 'test':
+    return ArraySet(images[DIGITS_TRAIN_SIZE:], labels[DIGITS_TRAIN_SIZE:])
+  raise DataError(f"data split {split!r} is not one of ('train', 'test') for digits.")
+
+
+def _load_tfds(name: str, split: str, data_dir: Optional[str], download: bool) -> ArraySet:
+  """Reads a whole tfds split into host memory once."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')  # Keep TF off the accelerators.
+  try:
+    ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True,
+                   download=download, shuffle_files=False)
+  except Exception as e:  # tfds raises several types for "not there".
+    where = data_dir or '~/tensorflow_datasets'
+    raise DataError(
+        f'cannot load tfds {name!r} split {split!r} from data.data_dir={where!r}: '
+        f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}. Prepare it on '
+        f'a machine with internet: python -c "import tensorflow_datasets as tfds; '
+        f"tfds.builder('{name}', data_dir='{where}').download_and_prepare()\" and "
+        f'point --config.data.data_dir at that directory.') from e
+  images, labels = [], []
+  # Batched reads; tfds' batch_size=-1 reserves one giant buffer and can abort.
+  for x, y in tfds.as_numpy(ds.batch(4096)):
+    images.append(x)
+    labels.append(y)
+  return ArraySet(np.concatenate(images).astype(np.uint8),
+                  np.concatenate(labels).astype(np.int32))
+
+
+def load_split(data_config, split: str = 'train') -> ArraySet:
+  """The whole split `split` of `data_config.name` as uint8 NHWC arrays."""
+  name = data_config.name
+  if name not in DATASETS:
+    raise DataError(f'data.name={name!r} is not one of {DATASETS}.')
+  if name == 'digits':
+    return _load_digits(split)
+  data_dir = data_config.get('data_dir')
+  if data_dir is not None:
+    data_dir = os.path.expanduser(data_dir)
+    if not os.path.isdir(data_dir):
+      raise DataError(f'data.data_dir={data_dir!r} does not exist; give the tfds data '
+                      f'directory that holds {name}, or leave it None for the default.')
+  return _load_tfds(name, split, data_dir, data_config.get('download', True))
+
+
+def search_splits(data_config) -> Tuple[ArraySet, ArraySet]:
+  """Train split cut in two as the reference does: the first `train_portion` of the
+  images trains the weights, the remainder trains the architecture."""
+  full = load_split(data_config, 'train')
+  cut = int(np.floor(data_config.train_portion * len(full)))
+  return full.subset(0, cut), full.subset(cut, len(full))
+
+
+class EpochIterator:
+  """Endless batches over an ArraySet, reshuffled every epoch, last partial batch
+  dropped (one compiled shape). Deterministic given the seed; `state` / `restore`
+  give the position for checkpoints."""
+
+  def __init__(self, data: ArraySet, batch_size: int, seed: int):
+    if batch_size > len(data):
+      raise DataError(f'batch size {batch_size} is larger than the {len(data)} '
+                      f'images it draws from.')
+    self.data, self.batch_size, self.seed = data, batch_size, seed
+    self.epoch, self.position = 0, 0
+    self._order = self._permutation(0)
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return len(self.data) // self.batch_size
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, epoch]).permutation(len(self.data))
+
+  def state(self) -> Dict[str, int]:
+    return {'epoch': self.epoch, 'position': self.position}
+
+  def restore(self, state: Dict[str, int]):
+    self.epoch, self.position = int(state['epoch']), int(state['position'])
+    self._order = self._permutation(self.epoch)
+
+  def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> Dict[str, np.ndarray]:
+    if self.position >= self.steps_per_epoch:
+      self.epoch, self.position = self.epoch + 1, 0
+      self._order = self._permutation(self.epoch)
+    index = self._order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
+    self.position += 1
+    return {'image': self.data.images[index], 'label': self.data.labels[index]}
+
+
+def eval_batches(data: ArraySet, batch_size: int) -> Iterator[Dict[str, np.ndarray]]:
+  """Every image once, in order; the last batch is padded and masked (`mask`)."""
+  for start in range(0, len(data), batch_size):
+    images = data.images[start:start + batch_size]
+    labels = data.labels[start:start + batch_size]
+    n = len(labels)
+    mask = np.zeros(batch_size, np.float32)
+    mask[:n] = 1.0
+    if n < batch_size:
+      images = np.concatenate([images, np.zeros((batch_size - n,) + images.shape[1:], images.dtype)])
+      labels = np.concatenate([labels, np.zeros(batch_size - n, labels.dtype)])
+    yield {'image': images, 'label': labels, 'mask': mask}
+
+
+def normalize(images: jax.Array, mean, std) -> jax.Array:
+  """uint8 (or [0, 255] float) images -> float32, per-channel standardised."""
+  x = images.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def augment(rng: jax.Array, images: jax.Array, mean, std, crop_padding: int,
+            random_flip: bool) -> jax.Array:
+  """Reference train transform on device: zero-pad, random crop, flip, normalise.
+
+  Padding is applied to raw pixels (black border), before normalisation, as
+  torchvision's RandomCrop(padding=...) does.
+  """
+  n, h, w, _ = images.shape
+  x = images.astype(jnp.float32) / 255.0
+  crop_rng, flip_rng = jax.random.split(rng)
+  if crop_padding > 0:
+    p = crop_padding
+    x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    offsets = jax.random.randint(crop_rng, (n, 2), 0, 2 * p + 1)
+    crop = lambda img, off: jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
+    x = jax.vmap(crop)(x, offsets)
+  if random_flip:
+    flip = jax.random.bernoulli(flip_rng, 0.5, (n, 1, 1, 1))
+    x = jnp.where(flip, x[:, :, ::-1, :], x)
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

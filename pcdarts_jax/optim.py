@@ -1,0 +1,33 @@
+"""The two optimizers of the bilevel search, one per variable collection."""
+
+import jax.numpy as jnp
+import optax
+
+
+def weight_learning_rate(config, steps_per_epoch: int):
+  """Cosine annealing stepped once per epoch (piecewise constant within an epoch),
+  lr at epoch e = lr_min + (lr - lr_min) (1 + cos(pi e / epochs)) / 2."""
+  s = config.search
+
+  def schedule(count):
+    epoch = count // steps_per_epoch
+    return s.learning_rate_min + 0.5 * (s.learning_rate - s.learning_rate_min) * (
+        1.0 + jnp.cos(jnp.pi * epoch / s.epochs))
+  return schedule
+
+
+def weight_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """PyTorch order: clip the raw gradient, add L2 (weight decay), SGD momentum."""
+  s = config.search
+  return optax.chain(
+      optax.clip_by_global_norm(s.grad_clip),
+      optax.add_decayed_weights(s.weight_decay),
+      optax.sgd(weight_learning_rate(config, steps_per_epoch), momentum=s.momentum))
+
+
+def arch_optimizer(config) -> optax.GradientTransformation:
+  """Adam with L2 added to the gradient (PyTorch Adam weight_decay, not AdamW)."""
+  s = config.search
+  return optax.chain(
+      optax.add_decayed_weights(s.arch_weight_decay),
+      optax.adam(s.arch_learning_rate, b1=s.arch_beta1, b2=s.arch_beta2, eps=1e-8))
