@@ -15,8 +15,8 @@ def get_config():
   config.data.name = 'digits'
   config.data.crop_padding = 1
   config.data.random_flip = False       # digits are not mirror-symmetric
-  config.data.mean = (0.3,)
-  config.data.std = (0.4,)
+  config.data.mean = (0.3052,)
+  config.data.std = (0.3749,)
 
   config.model.init_channels = 8
   config.model.layers = 5

@@ -1,0 +1,148 @@
+"""The bilevel step and the search loop, on a tiny supernet over the digits data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import digits_search
+from pcdarts_jax import data
+from pcdarts_jax import genotypes
+from pcdarts_jax import loop
+from pcdarts_jax import optim
+from pcdarts_jax import supernet
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config():
+  config = digits_search.get_config()
+  config.model.init_channels = 4
+  config.model.layers = 2  # Two reduction cells: 8x8 -> 4x4 -> 2x2.
+  config.model.partial_channels = 2
+  config.search.batch_size = 32
+  config.search.epochs = 2
+  config.search.arch_start_epoch = 1
+  return config
+
+
+@pytest.fixture(scope='module')
+def step_setup():
+  config = tiny_config()
+  train_set, arch_set = data.search_splits(config.data)
+  steps_per_epoch = 1  # Arch steps start at step 1.
+  model = supernet.build_supernet(config)
+  weight_tx = optim.weight_optimizer(config, steps_per_epoch)
+  arch_tx = optim.arch_optimizer(config)
+  sample = data.normalize(train_set.images[:1], config.data.mean, config.data.std)
+  state = loop.create_search_state(model, config, jax.random.PRNGKey(0), sample,
+                                   weight_tx, arch_tx)
+  step = jax.jit(loop.make_bilevel_step(model, config, steps_per_epoch, weight_tx, arch_tx))
+  return config, train_set, arch_set, state, step
+
+
+def _batch(dataset, start, size):
+  return {'image': dataset.images[start:start + size], 'label': dataset.labels[start:start + size]}
+
+
+def _changed(a, b):
+  return any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_arch_frozen_before_arch_start_then_both_move(step_setup):
+  config, train_set, arch_set, state0, step = step_setup
+  b = config.search.batch_size
+  state1, m1 = step(state0, _batch(train_set, 0, b), _batch(arch_set, 0, b), jax.random.PRNGKey(1))
+  # Step 0 < arch_start_epoch * steps_per_epoch: only the weights move.
+  for name in genotypes.ARCH_NAMES:
+    np.testing.assert_array_equal(state1.arch[name], state0.arch[name])
+  assert _changed(state0.params, state1.params)
+  assert float(m1['arch_count']) == 0.0 and float(m1['train_count']) == b
+  assert int(state1.step) == 1
+
+  state2, m2 = step(state1, _batch(train_set, b, b), _batch(arch_set, b, b), jax.random.PRNGKey(2))
+  for name in genotypes.ARCH_NAMES:
+    assert not np.array_equal(state2.arch[name], state1.arch[name]), name
+  assert _changed(state1.params, state2.params)
+  assert float(m2['arch_count']) == b
+  # The warm-up switch is traced: one compile serves both phases.
+  assert step._cache_size() == 1
+
+
+def test_arch_step_is_adam_with_l2_on_the_arch_batch(step_setup):
+  """The first arch update equals Adam's first step on grad + wd * alpha."""
+  config, train_set, arch_set, state0, step = step_setup
+  b = config.search.batch_size
+  state1, _ = step(state0, _batch(train_set, 0, b), _batch(arch_set, 0, b), jax.random.PRNGKey(1))
+  state2, _ = step(state1, _batch(train_set, b, b), _batch(arch_set, b, b), jax.random.PRNGKey(2))
+  delta = state2.arch['alphas_normal'] - state1.arch['alphas_normal']
+  # Adam's first step moves every coordinate by lr * g / (|g| + eps): about +-lr.
+  lr = config.search.arch_learning_rate
+  moved = np.abs(np.asarray(delta))
+  assert np.all(moved <= lr * 1.0001)
+  assert np.median(moved) > 0.9 * lr
+
+
+def test_few_hundred_steps_reduce_training_loss(step_setup):
+  config, train_set, arch_set, state, step = step_setup
+  b = config.search.batch_size
+  train_iter = data.EpochIterator(train_set, b, seed=0)
+  arch_iter = data.EpochIterator(arch_set, b, seed=1)
+  losses = []
+  rng = jax.random.PRNGKey(3)
+  for i in range(240):
+    state, m = step(state, next(train_iter), next(arch_iter), jax.random.fold_in(rng, i))
+    losses.append(m['train_loss_sum'] / m['train_count'])
+  losses = np.asarray(jax.device_get(losses))
+  assert np.all(np.isfinite(losses))
+  first, last = losses[:20].mean(), losses[-20:].mean()
+  assert last < 0.7 * first, (first, last)
+
+
+def test_learning_rate_is_cosine_stepped_per_epoch():
+  config = tiny_config()
+  config.search.epochs = 4
+  config.search.learning_rate = 0.1
+  config.search.learning_rate_min = 0.0
+  lr = optim.weight_learning_rate(config, steps_per_epoch=10)
+  expected = [0.1 * 0.5 * (1 + np.cos(np.pi * e / 4)) for e in range(4)]
+  for e in range(4):
+    for s in (0, 9):
+      assert float(lr(e * 10 + s)) == pytest.approx(expected[e], rel=1e-6)
+
+
+def test_search_writes_genotypes(tmp_path):
+  config = tiny_config()
+  config.search.eval_batch_size = 250
+  workdir = str(tmp_path / 'run')
+  genotype = loop.search(config, workdir)
+  lines = open(os.path.join(workdir, 'genotypes.jsonl')).read().splitlines()
+  assert len(lines) == config.search.epochs
+  records = [json.loads(line) for line in lines]
+  assert [r['epoch'] for r in records] == [0, 1]
+  assert records[0]['arch'] == {} and 0.0 <= records[1]['arch']['accuracy'] <= 1.0
+  assert 0.0 <= records[1]['valid']['accuracy'] <= 1.0
+  final = genotypes.from_json(open(os.path.join(workdir, 'genotype.json')).read())
+  assert final == genotype == genotypes.from_dict(records[-1]['genotype'])
+  assert len(final.normal) == 8 and len(final.reduce) == 8
+  assert all(op != 'none' and op in genotypes.PRIMITIVES for op, _ in final.normal + final.reduce)
+  arch = np.load(os.path.join(workdir, 'arch.npz'))
+  assert genotypes.derive_genotype(dict(arch)) == final
+
+
+@pytest.mark.slow
+def test_quickstart_command(tmp_path):
+  """The README's main command, exactly as written there."""
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, '-m', 'launch.search', '--config=configs/digits_search.py',
+       f'--workdir={workdir}'], cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'epoch 12/12' in result.stdout
+  genotypes.from_json((workdir / 'genotype.json').read_text())
+  assert len((workdir / 'genotypes.jsonl').read_text().splitlines()) == 12
