@@ -51,7 +51,10 @@ def _load_tfds(name: str, split: str, data_dir: Optional[str], download: bool) -
   """Reads a whole tfds split into host memory once."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')  # Keep TF off the accelerators.
+  try:
+    tf.config.set_visible_devices([], 'GPU')  # Keep TF off the accelerators.
+  except RuntimeError:  # TF already initialised its devices in this process.
+    pass
   try:
     ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True,
                    download=download, shuffle_files=False)

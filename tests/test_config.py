@@ -1,0 +1,210 @@
+"""Tests for the shipped configs, config_validation and the launcher's refusals.
+
+Nothing here compiles a model: every refusal happens before the supernet is built.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from configs import cifar100_search
+from configs import cifar10_search
+from configs import digits_search
+from pcdarts_jax import config_validation
+from pcdarts_jax.config_validation import ConfigError
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHIPPED = {'cifar10_search': cifar10_search, 'cifar100_search': cifar100_search,
+           'digits_search': digits_search}
+HALVES = {'cifar10_search': (25000, 25000), 'cifar100_search': (25000, 25000),
+          'digits_search': (750, 750)}
+
+# SPEC section 3 hyperparameters and where they live in the config.
+SPEC3_FIELDS = (
+    'data.train_portion', 'data.crop_padding', 'data.random_flip', 'data.mean', 'data.std',
+    'model.init_channels', 'model.layers', 'model.partial_channels', 'model.num_classes',
+    'search.batch_size', 'search.epochs', 'search.learning_rate',
+    'search.learning_rate_min', 'search.momentum', 'search.weight_decay',
+    'search.grad_clip', 'search.arch_learning_rate', 'search.arch_beta1',
+    'search.arch_beta2', 'search.arch_weight_decay', 'search.arch_start_epoch',
+    'search.architect')
+
+
+def _get(config, dotted):
+  section, field = dotted.split('.')
+  return config[section][field]
+
+
+def _one_line_error(config, field, **kwargs):
+  with pytest.raises(ConfigError) as info:
+    config_validation.validate_search_config(config, **kwargs)
+  message = str(info.value)
+  assert field in message
+  assert '\n' not in message
+  return message
+
+
+# ------------------------------------------------------------ shipped configs
+
+
+@pytest.mark.parametrize('name', sorted(SHIPPED))
+def test_shipped_configs_validate(name):
+  config = SHIPPED[name].get_config()
+  config_validation.validate_search_config(config)
+  config_validation.validate_batch_fits(config, *HALVES[name])
+  for field in SPEC3_FIELDS:
+    section, key = field.split('.')
+    assert key in config[section], f'{name} lacks {field}'
+
+
+def test_cifar10_has_the_spec_section3_values():
+  c = cifar10_search.get_config()
+  assert c.data.name == 'cifar10'
+  assert c.data.train_portion == 0.5
+  assert c.data.crop_padding == 4
+  assert c.data.random_flip is True
+  assert tuple(c.data.mean) == pytest.approx((0.49139968, 0.48215827, 0.44653124))
+  assert tuple(c.data.std) == pytest.approx((0.24703233, 0.24348505, 0.26158768))
+  assert c.model.num_classes == 10
+  assert c.model.init_channels == 16
+  assert c.model.layers == 8
+  assert c.model.partial_channels == 4
+  s = c.search
+  assert s.batch_size == 256
+  assert s.epochs == 50
+  assert s.learning_rate == 0.1
+  assert s.learning_rate_min == 0.0
+  assert s.momentum == 0.9
+  assert s.weight_decay == 3e-4
+  assert s.grad_clip == 5.0
+  assert s.arch_learning_rate == 6e-4
+  assert (s.arch_beta1, s.arch_beta2) == (0.5, 0.999)
+  assert s.arch_weight_decay == 1e-3
+  assert s.arch_start_epoch == 15
+  assert s.architect == 'first_order'
+
+
+def test_cifar100_is_cifar10_with_100_classes():
+  c10, c100 = cifar10_search.get_config(), cifar100_search.get_config()
+  assert c100.data.name == 'cifar100'
+  assert c100.model.num_classes == 100
+  for field in SPEC3_FIELDS:
+    if field in ('model.num_classes', 'data.mean', 'data.std'):
+      continue
+    assert _get(c100, field) == _get(c10, field), field
+
+
+# -------------------------------------------------------------- bad configs
+
+
+def test_partial_channels_must_divide_init_channels():
+  config = digits_search.get_config()
+  assert config.model.init_channels == 8
+  config.model.partial_channels = 3
+  message = _one_line_error(config, 'model.partial_channels')
+  assert '[1, 2, 4, 8]' in message  # the allowed divisors of 8
+
+
+def test_unknown_data_name():
+  config = digits_search.get_config()
+  config.data.name = 'mnist'
+  assert 'mnist' in _one_line_error(config, 'data.name')
+
+
+def test_negative_learning_rate():
+  config = digits_search.get_config()
+  config.search.learning_rate = -0.1
+  assert '-0.1' in _one_line_error(config, 'search.learning_rate')
+
+
+@pytest.mark.parametrize('delta', [0, 3])
+def test_arch_start_epoch_must_precede_the_end(delta):
+  config = digits_search.get_config()
+  config.search.arch_start_epoch = config.search.epochs + delta
+  _one_line_error(config, 'search.arch_start_epoch')
+  config.search.arch_start_epoch = config.search.epochs - 1  # last epoch is fine
+  config_validation.validate_search_config(config)
+
+
+def test_unknown_architect():
+  config = digits_search.get_config()
+  config.search.architect = 'bogus'
+  message = _one_line_error(config, 'search.architect')
+  assert 'bogus' in message and 'first_order' in message
+
+
+def test_unknown_depthwise_impl():
+  config = digits_search.get_config()
+  config.model.depthwise_impl = 'fast'
+  message = _one_line_error(config, 'model.depthwise_impl')
+  assert 'fast' in message and 'dense' in message
+
+
+def test_num_classes_must_match_the_data_set():
+  config = digits_search.get_config()
+  config.model.num_classes = 100
+  message = _one_line_error(config, 'model.num_classes')
+  assert 'digits' in message
+  c100 = cifar100_search.get_config()
+  c100.model.num_classes = 10
+  _one_line_error(c100, 'model.num_classes')
+
+
+def test_batch_size_divisible_by_devices():
+  config = digits_search.get_config()
+  assert config.search.batch_size % 3 != 0
+  message = _one_line_error(config, 'search.batch_size', num_devices=3)
+  assert '3 devices' in message
+  config_validation.validate_search_config(config, num_devices=2)  # 64 and 250 split
+
+
+def test_batch_must_fit_the_halves():
+  config = digits_search.get_config()
+  config.search.batch_size = 751
+  with pytest.raises(ConfigError) as info:
+    config_validation.validate_batch_fits(config, 750, 750)
+  message = str(info.value)
+  assert 'search.batch_size' in message and '751' in message
+  assert '\n' not in message
+  with pytest.raises(ConfigError):  # the smaller half decides
+    config_validation.validate_batch_fits(config, 1000, 700)
+  config.search.batch_size = 750
+  config_validation.validate_batch_fits(config, 750, 750)
+
+
+# ------------------------------------------------------------------ launcher
+
+
+@pytest.mark.parametrize('override,field', [
+    ('--config.model.partial_channels=3', 'model.partial_channels'),
+    ('--config.data.name=mnist', 'data.name'),
+])
+def test_launcher_refuses_before_touching_workdir(tmp_path, override, field):
+  workdir = tmp_path / 'w'
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS='cpu')
+  result = subprocess.run(
+      [sys.executable, '-m', 'launch.search', '--config=configs/digits_search.py',
+       '--workdir=' + str(workdir), override],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert field in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not workdir.exists()
+
+
+def test_search_refuses_a_used_workdir(tmp_path):
+  from pcdarts_jax import loop  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  existing = workdir / 'genotypes.jsonl'
+  content = b'{"epoch": 0, "genotype": "previous run"}\n'
+  existing.write_bytes(content)
+  with pytest.raises(ConfigError) as info:
+    loop.search(digits_search.get_config(), str(workdir))
+  assert 'genotypes.jsonl' in str(info.value)
+  assert '\n' not in str(info.value)
+  assert existing.read_bytes() == content
+  assert sorted(p.name for p in workdir.iterdir()) == ['genotypes.jsonl']
