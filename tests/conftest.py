@@ -1,0 +1,96 @@
+"""Shared test helpers: independent float64 NumPy references (NHWC / HWIO)."""
+
+import types
+
+import numpy as np
+import pytest
+
+BN_EPS = 1e-5
+
+
+def np_relu(x):
+  return np.maximum(np.asarray(x, np.float64), 0.0)
+
+
+def np_bn(y, eps=BN_EPS):
+  """Train-mode BN without affine: batch mean and biased variance over N, H, W."""
+  y = np.asarray(y, np.float64)
+  mean = y.mean(axis=(0, 1, 2))
+  var = y.var(axis=(0, 1, 2))  # ddof=0: biased.
+  return (y - mean) / np.sqrt(var + eps)
+
+
+def np_pool(x, kind, k, stride, pad):
+  """k x k pool; out-of-image cells are ignored (max: -inf pad, avg: not counted)."""
+  x = np.asarray(x, np.float64)
+  n, h, w, c = x.shape
+  oh = (h + 2 * pad - k) // stride + 1
+  ow = (w + 2 * pad - k) // stride + 1
+  out = np.empty((n, oh, ow, c))
+  for i in range(oh):
+    for j in range(ow):
+      r0, c0 = i * stride - pad, j * stride - pad
+      win = x[:, max(r0, 0):min(r0 + k, h), max(c0, 0):min(c0 + k, w), :]
+      out[:, i, j] = win.max(axis=(1, 2)) if kind == 'max' else win.mean(axis=(1, 2))
+  return out
+
+
+def np_conv(x, kernel, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1),
+            depthwise=False):
+  """Cross-correlation, NHWC x HWIO. depthwise: kernel (kh, kw, 1, C)."""
+  x = np.asarray(x, np.float64)
+  kernel = np.asarray(kernel, np.float64)
+  if isinstance(stride, int):
+    stride = (stride, stride)
+  if isinstance(dilation, int):
+    dilation = (dilation, dilation)
+  if isinstance(padding, int):
+    padding = ((padding, padding), (padding, padding))
+  kh, kw = kernel.shape[:2]
+  (sh, sw), (dh, dw) = stride, dilation
+  xp = np.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  oh = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1
+  ow = (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
+  out = 0.0
+  for a in range(kh):
+    for b in range(kw):
+      tap = xp[:, a * dh:a * dh + (oh - 1) * sh + 1:sh,
+               b * dw:b * dw + (ow - 1) * sw + 1:sw, :]
+      if depthwise:
+        out = out + tap * kernel[a, b, 0]
+      else:
+        out = out + tap @ kernel[a, b]
+  return out
+
+
+def np_pointwise(x, kernel, stride=1):
+  x = np.asarray(x, np.float64)[:, ::stride, ::stride, :]
+  return x @ np.asarray(kernel, np.float64)[0, 0]
+
+
+def np_factorized_reduce(x, k1, k2):
+  """ReLU; 1x1 stride-2 conv on x and on x shifted by one pixel; concat; BN."""
+  x = np_relu(x)
+  a = np_pointwise(x, k1, 2)
+  shifted = x[:, 1::2, 1::2, :]
+  # Odd sizes: the library zero-pads the shifted branch's far edge.
+  pad_h, pad_w = a.shape[1] - shifted.shape[1], a.shape[2] - shifted.shape[2]
+  shifted = np.pad(shifted, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+  b = shifted @ np.asarray(k2, np.float64)[0, 0]
+  return np_bn(np.concatenate([a, b], axis=-1))
+
+
+def np_channel_shuffle(x, groups):
+  """Channels viewed as (groups, C/groups), transposed, flattened."""
+  x = np.asarray(x)
+  *lead, c = x.shape
+  x = x.reshape(*lead, groups, c // groups)
+  x = np.swapaxes(x, -1, -2)
+  return x.reshape(*lead, c)
+
+
+@pytest.fixture(scope='session')
+def ref():
+  return types.SimpleNamespace(
+      relu=np_relu, bn=np_bn, pool=np_pool, conv=np_conv, pointwise=np_pointwise,
+      factorized_reduce=np_factorized_reduce, channel_shuffle=np_channel_shuffle)

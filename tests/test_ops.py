@@ -1,0 +1,266 @@
+"""Candidate operations: shapes, padding semantics, FactorizedReduce, depthwise impls."""
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pcdarts_jax import genotypes
+from pcdarts_jax import ops
+
+ALL_OPS = tuple(genotypes.PRIMITIVES) + ('sep_conv_7x7', 'conv_7x1_1x7')
+BN_OPS = tuple(p for p in ALL_OPS if p != 'none')  # Each ends in a BN when search=True.
+
+
+def _rand(shape, seed=0, scale=1.0):
+  return jnp.asarray(scale * np.random.RandomState(seed).randn(*shape), jnp.float32)
+
+
+def _init_apply(module, x, seed=0, jit=False):
+  variables = module.init(jax.random.PRNGKey(seed), x, train=True)
+  apply = lambda v, x: module.apply(v, x, train=True, mutable=['batch_stats'])
+  y, updates = (jax.jit(apply) if jit else apply)(variables, x)
+  return variables, y, updates
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize('hw', [(8, 6), (7, 5)], ids=['even', 'odd'])
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('name', ALL_OPS)
+def test_op_output_shape_and_bn(name, stride, hw):
+  h, w = hw
+  c = 4
+  x = _rand((2, h, w, c), seed=1)
+  # Depthwise impls are compared separately; 'conv' is the quickest to run eagerly.
+  module = ops.make_op(name, c, stride, affine=False, depthwise_impl='conv',
+                       search=True)
+  variables, y, updates = _init_apply(module, x)
+  if stride == 1:
+    expected = (2, h, w, c)
+  else:
+    expected = (2, -(-h // 2), -(-w // 2), c)  # ceil, like x[::2, ::2].
+  assert y.shape == expected
+  assert y.dtype == jnp.float32
+  assert np.all(np.isfinite(np.asarray(y)))
+  # affine=False: no BN scale or bias anywhere.
+  leaves = jax.tree_util.tree_flatten_with_path(variables.get('params', {}))[0]
+  assert not [p for p, _ in leaves if p[-1].key in ('scale', 'bias')]
+  if name == 'none':
+    assert not np.any(np.asarray(y))
+  elif name == 'skip_connect' and stride == 1:
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
+  else:
+    # The op ends in a train-mode BN without affine: per-channel mean 0, var ~1.
+    y64 = np.asarray(y, np.float64)
+    np.testing.assert_allclose(y64.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(y64.var(axis=(0, 1, 2)), 1.0, atol=2e-2)
+    assert 'batch_stats' in updates and jax.tree.leaves(updates['batch_stats'])
+
+
+def test_unknown_op_and_impl_raise():
+  with pytest.raises(ValueError):
+    ops.make_op('conv_9x9', 4, 1, affine=False)
+  with pytest.raises(ValueError):
+    ops.resolve_depthwise_impl('fft')
+
+
+# ---------------------------------------------------------------------------- pools
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_avg_pool_excludes_padding_on_ones(stride):
+  x = jnp.ones((2, 7, 6, 3), jnp.float32)
+  module = ops.make_op('avg_pool_3x3', 3, stride, affine=False, search=False)
+  _, y, _ = _init_apply(module, x)
+  assert y.shape == (2, 7 if stride == 1 else 4, 6 if stride == 1 else 3, 3)
+  # Counting padded zeros would give 4/9 at corners and 6/9 on borders.
+  np.testing.assert_array_equal(np.asarray(y), 1.0)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_avg_pool_values(stride, ref):
+  x = np.arange(2 * 5 * 6 * 2, dtype=np.float32).reshape(2, 5, 6, 2) ** 1.5 / 10
+  module = ops.make_op('avg_pool_3x3', 2, stride, affine=False, search=False)
+  _, y, _ = _init_apply(module, jnp.asarray(x))
+  y = np.asarray(y)
+  # Hand-computed corner: mean of the 4 in-image cells.
+  corner = (x[0, 0, 0, 1] + x[0, 0, 1, 1] + x[0, 1, 0, 1] + x[0, 1, 1, 1]) / 4
+  np.testing.assert_allclose(y[0, 0, 0, 1], corner, rtol=1e-6)
+  if stride == 1:
+    # A top-border (non-corner) cell averages the 6 in-image cells.
+    np.testing.assert_allclose(y[1, 0, 2, 0], x[1, 0:2, 1:4, 0].mean(), rtol=1e-6)
+    np.testing.assert_allclose(y[1, 2, 2, 0], x[1, 1:4, 1:4, 0].mean(), rtol=1e-6)
+  np.testing.assert_allclose(y, ref.pool(x, 'avg', 3, stride, 1), rtol=1e-5)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_max_pool_pads_with_minus_inf(stride, ref):
+  rng = np.random.RandomState(3)
+  x = -1.0 - rng.rand(2, 5, 6, 2).astype(np.float32)  # All < -1.
+  module = ops.make_op('max_pool_3x3', 2, stride, affine=False, search=False)
+  _, y, _ = _init_apply(module, jnp.asarray(x))
+  y = np.asarray(y)
+  assert np.all(y < -1.0)  # A zero pad would give 0 on the border.
+  np.testing.assert_allclose(y[:, 0, 0, :], x[:, 0:2, 0:2, :].max(axis=(1, 2)), rtol=1e-6)
+  np.testing.assert_allclose(y, ref.pool(x, 'max', 3, stride, 1), rtol=1e-6)
+
+
+def test_search_pool_has_bn_and_eval_pool_does_not():
+  x = _rand((2, 6, 6, 2))
+  for name in ('max_pool_3x3', 'avg_pool_3x3'):
+    v_search = ops.make_op(name, 2, 1, affine=False, search=True).init(
+        jax.random.PRNGKey(0), x)
+    v_eval = ops.make_op(name, 2, 1, affine=False, search=False).init(
+        jax.random.PRNGKey(0), x)
+    assert set(v_search['batch_stats']['bn']) == {'mean', 'var'}
+    assert 'params' not in v_search  # affine=False: nothing trainable.
+    assert not v_eval
+
+
+# ---------------------------------------------------------------- FactorizedReduce
+
+
+@pytest.mark.parametrize('hw', [(8, 8), (6, 10), (7, 7)])
+def test_factorized_reduce_identity_kernels(hw, ref):
+  c, half = 4, 2
+  h, w = hw
+  x = np.random.RandomState(4).randn(3, h, w, c).astype(np.float32)
+  k1 = np.zeros((1, 1, c, half), np.float32)
+  k2 = np.zeros((1, 1, c, half), np.float32)
+  k1[0, 0, 0, 0] = k1[0, 0, 1, 1] = 1.0  # out[0:2] = relu(x)[::2, ::2, 0:2]
+  k2[0, 0, 2, 0] = k2[0, 0, 3, 1] = 1.0  # out[2:4] = relu(x)[1::2, 1::2, 2:4]
+  module = ops.make_op('skip_connect', c, 2, affine=False, search=True)
+  variables = module.init(jax.random.PRNGKey(0), jnp.asarray(x))
+  assert variables['params']['conv_1']['kernel'].shape == (1, 1, c, half)
+  params = {'conv_1': {'kernel': jnp.asarray(k1)}, 'conv_2': {'kernel': jnp.asarray(k2)}}
+  y, updates = module.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                            jnp.asarray(x), train=True, mutable=['batch_stats'])
+  oh, ow = -(-h // 2), -(-w // 2)
+  assert y.shape == (3, oh, ow, c)
+  r = np.maximum(x, 0)
+  first = r[:, ::2, ::2, 0:2]
+  shifted = np.zeros((3, oh, ow, 2))
+  sub = r[:, 1::2, 1::2, 2:4]
+  shifted[:, :sub.shape[1], :sub.shape[2]] = sub
+  pre_bn = np.concatenate([first, shifted], axis=-1)
+  np.testing.assert_allclose(np.asarray(y), ref.bn(pre_bn), atol=1e-5)
+  # Running mean: PyTorch momentum 0.1 from 0.
+  np.testing.assert_allclose(np.asarray(updates['batch_stats']['bn']['mean']),
+                             0.1 * pre_bn.mean(axis=(0, 1, 2)), atol=1e-6)
+
+
+def test_factorized_reduce_random_kernels(ref):
+  c = 6
+  x = np.random.RandomState(5).randn(2, 8, 8, 4).astype(np.float32)
+  module = ops.FactorizedReduce(c, affine=False)
+  variables, y, _ = _init_apply(module, jnp.asarray(x))
+  k1 = variables['params']['conv_1']['kernel']
+  k2 = variables['params']['conv_2']['kernel']
+  assert k1.shape == k2.shape == (1, 1, 4, 3)
+  np.testing.assert_allclose(np.asarray(y), ref.factorized_reduce(x, k1, k2), atol=1e-5)
+  with pytest.raises(ValueError):
+    ops.FactorizedReduce(5, affine=False).init(jax.random.PRNGKey(0), jnp.asarray(x))
+
+
+# ---------------------------------------------------------------- DepthwiseConv
+
+DW_SETTINGS = [(3, 1, 1, 1), (3, 2, 1, 1), (5, 1, 2, 1), (3, 1, 2, 2), (5, 2, 4, 2)]
+
+
+@pytest.mark.parametrize('k,stride,pad,dil', DW_SETTINGS)
+def test_depthwise_impls_agree_with_gradients(k, stride, pad, dil, ref):
+  c = 4
+  x = _rand((2, 9, 8, c), seed=6)
+  kernel = _rand((k, k, 1, c), seed=7, scale=0.3)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def run(impl, x, kernel):
+    m = ops.DepthwiseConv(k, stride, pad, dil, impl)
+    return m.apply({'params': {'kernel': kernel}}, x)
+
+  expected = ref.conv(x, kernel, stride, pad, dil, depthwise=True)
+  outs = {impl: run(impl, x, kernel) for impl in ('conv', 'shifted', 'dense')}
+  for impl, y in outs.items():
+    assert y.shape == expected.shape, impl
+    np.testing.assert_allclose(np.asarray(y), expected, atol=1e-5, err_msg=impl)
+
+  cot = _rand(expected.shape, seed=8)
+  grads = {}
+  for impl in outs:
+    loss = lambda x_, k_, impl=impl: jnp.sum(run(impl, x_, k_) * cot)
+    grads[impl] = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+  gx, gk = (np.asarray(g) for g in grads['conv'])
+  assert np.abs(gk).max() > 0 and np.abs(gx).max() > 0
+  for impl in ('shifted', 'dense'):
+    np.testing.assert_allclose(np.asarray(grads[impl][0]), gx, atol=1e-5, err_msg=impl)
+    np.testing.assert_allclose(np.asarray(grads[impl][1]), gk, atol=1e-5, err_msg=impl)
+  # The kernel gradient is also checkable by hand: sum over taps of input * cotangent.
+  gk_ref = np.zeros((k, k, 1, c))
+  for a, b in itertools.product(range(k), range(k)):
+    one = np.zeros((k, k, 1, c))
+    one[a, b, 0, :] = 1.0
+    gk_ref[a, b, 0] = (ref.conv(x, one, stride, pad, dil, depthwise=True)
+                       * np.asarray(cot)).sum(axis=(0, 1, 2))
+  np.testing.assert_allclose(gk, gk_ref, atol=1e-4)
+
+
+# ------------------------------------------------------ conv ops against NumPy
+
+
+def test_dil_conv_matches_numpy(ref):
+  x = np.random.RandomState(9).randn(2, 9, 9, 4).astype(np.float32)
+  module = ops.make_op('dil_conv_3x3', 4, 2, affine=False, depthwise_impl='shifted',
+                       search=True)
+  variables, y, _ = _init_apply(module, jnp.asarray(x), jit=True)
+  p = variables['params']
+  assert p['dw']['kernel'].shape == (3, 3, 1, 4)
+  h = ref.conv(ref.relu(x), p['dw']['kernel'], 2, 2, 2, depthwise=True)
+  expected = ref.bn(ref.pointwise(h, p['pw']['kernel']))
+  assert y.shape == expected.shape == (2, 5, 5, 4)
+  np.testing.assert_allclose(np.asarray(y), expected, atol=1e-4)
+
+
+def test_sep_conv_matches_numpy(ref):
+  x = np.random.RandomState(10).randn(2, 8, 8, 4).astype(np.float32)
+  module = ops.make_op('sep_conv_5x5', 4, 2, affine=False, depthwise_impl='dense',
+                       search=True)
+  variables, y, _ = _init_apply(module, jnp.asarray(x))
+  p = variables['params']
+  h = ref.conv(ref.relu(x), p['dw1']['kernel'], 2, 2, 1, depthwise=True)
+  h = ref.bn(ref.pointwise(h, p['pw1']['kernel']))
+  h = ref.conv(ref.relu(h), p['dw2']['kernel'], 1, 2, 1, depthwise=True)  # stride 1
+  expected = ref.bn(ref.pointwise(h, p['pw2']['kernel']))
+  assert y.shape == expected.shape == (2, 4, 4, 4)
+  np.testing.assert_allclose(np.asarray(y), expected, atol=1e-4)
+
+
+def test_conv_7x1_1x7_matches_numpy(ref):
+  x = np.random.RandomState(11).randn(2, 9, 8, 4).astype(np.float32)
+  module = ops.make_op('conv_7x1_1x7', 4, 2, affine=False, search=True)
+  variables, y, _ = _init_apply(module, jnp.asarray(x))
+  p = variables['params']
+  assert p['conv_1x7']['kernel'].shape == (1, 7, 4, 4)
+  assert p['conv_7x1']['kernel'].shape == (7, 1, 4, 4)
+  h = ref.conv(ref.relu(x), p['conv_1x7']['kernel'], (1, 2), ((0, 0), (3, 3)))
+  h = ref.conv(h, p['conv_7x1']['kernel'], (2, 1), ((3, 3), (0, 0)))
+  expected = ref.bn(h)
+  assert y.shape == expected.shape == (2, 5, 4, 4)
+  np.testing.assert_allclose(np.asarray(y), expected, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- Zero
+
+
+def test_zero_stride2_shape_and_values():
+  x = _rand((2, 7, 8, 3)) + 5.0
+  y = ops.make_op('none', 3, 2, affine=False, search=True).apply({}, x)
+  assert y.shape == x[:, ::2, ::2].shape == (2, 4, 4, 3)
+  assert y.dtype == x.dtype
+  np.testing.assert_array_equal(np.asarray(y), 0.0)
+  y1 = ops.Zero(1).apply({}, x)
+  assert y1.shape == x.shape and not np.any(np.asarray(y1))

@@ -1,0 +1,361 @@
+"""PC-DARTS supernet: partial-channel mixed op, shuffle, edge normalization, cells, network."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from pcdarts_jax import genotypes
+from pcdarts_jax import initializers
+from pcdarts_jax import ops
+from pcdarts_jax import supernet
+
+PRIMS = genotypes.PRIMITIVES
+# Hand-set, non-uniform op mixing weights (deliberately not a softmax).
+MIX = np.array([0.9, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35], np.float32)
+
+
+def _rand(shape, seed=0, scale=1.0):
+  return np.asarray(scale * np.random.RandomState(seed).randn(*shape), np.float32)
+
+
+# ------------------------------------------------------------------ channel shuffle
+
+
+def test_channel_shuffle_arange():
+  x = jnp.arange(8, dtype=jnp.float32).reshape(1, 1, 1, 8)
+  out = np.asarray(supernet.channel_shuffle(x, 4)).ravel()
+  np.testing.assert_array_equal(out, [0, 2, 4, 6, 1, 3, 5, 7])
+  out2 = np.asarray(supernet.channel_shuffle(x, 2)).ravel()
+  np.testing.assert_array_equal(out2, [0, 4, 1, 5, 2, 6, 3, 7])
+  # Shuffling with groups K then C/K restores the order.
+  back = supernet.channel_shuffle(supernet.channel_shuffle(x, 4), 2)
+  np.testing.assert_array_equal(np.asarray(back).ravel(), np.arange(8))
+
+
+# ---------------------------------------------------------------- PartialMixedOp
+
+
+def _independent_mixed_op(x, weights, variables, channels, stride, k, ref):
+  """Ops built alone for C/K channels, fed the mixed op's own variables by name."""
+  width = channels // k
+  x_ops = jnp.asarray(x[..., :width])
+  params = flax.core.unfreeze(variables.get('params', {}))
+  stats = flax.core.unfreeze(variables.get('batch_stats', {}))
+  total = 0.0
+  new_stats = {}
+  for index, name in enumerate(PRIMS):
+    op = ops.make_op(name, width, stride, affine=False, depthwise_impl='dense',
+                     search=True)
+    op_vars = {}
+    if name in params:
+      op_vars['params'] = params[name]
+    if name in stats:
+      op_vars['batch_stats'] = stats[name]
+    y, upd = op.apply(op_vars, x_ops, train=True, mutable=['batch_stats'])
+    if upd:
+      new_stats[name] = upd['batch_stats']
+    total = total + float(weights[index]) * np.asarray(y, np.float64)
+  bypass = np.asarray(x[..., width:], np.float64)
+  if stride == 2:
+    bypass = ref.pool(bypass, 'max', 2, 2, 0)
+  if k == 1:
+    return total, bypass, total, new_stats
+  return ref.channel_shuffle(np.concatenate([total, bypass], -1), k), bypass, total, new_stats
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_partial_mixed_op_matches_independent_computation(stride, ref):
+  c, k = 8, 4
+  width = c // k
+  x = _rand((3, 8, 8, c), seed=stride)
+  weights = jnp.asarray(MIX)
+  mixed = supernet.PartialMixedOp(channels=c, stride=stride, partial_channels=k,
+                                  depthwise_impl='dense', train=True)
+  variables = mixed.init(jax.random.PRNGKey(0), jnp.asarray(x), weights)
+  expected_params = {'sep_conv_3x3', 'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5'}
+  if stride == 2:
+    expected_params.add('skip_connect')  # FactorizedReduce.
+  assert set(variables['params']) == expected_params
+  assert {'max_pool_3x3', 'avg_pool_3x3'} <= set(variables['batch_stats'])
+  # Ops are built for C/K channels.
+  assert variables['params']['sep_conv_3x3']['dw1']['kernel'].shape == (3, 3, 1, width)
+  assert variables['params']['sep_conv_3x3']['pw1']['kernel'].shape == (1, 1, width, width)
+
+  out, updates = mixed.apply(variables, jnp.asarray(x), weights,
+                             mutable=['batch_stats'])
+  out = np.asarray(out)
+  expected, bypass, opsum, new_stats = _independent_mixed_op(
+      x, MIX, variables, c, stride, k, ref)
+  h = 8 // stride
+  assert out.shape == expected.shape == (3, h, h, c)
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+  # The mixed op's BN statistics are exactly those of the ops run separately.
+  got_stats = flax.core.unfreeze(updates['batch_stats'])
+  assert set(got_stats) == set(new_stats)
+  for name in new_stats:
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                 got_stats[name], new_stats[name])
+
+  # Layout after the shuffle: out[..., j*K + g] holds concat[..., g*(C/K) + j];
+  # g = 0 is the weighted op sum, g >= 1 is the (pooled) bypass, untouched.
+  for j in range(width):
+    np.testing.assert_allclose(out[..., j * k], opsum[..., j], atol=1e-5)
+    for g in range(1, k):
+      np.testing.assert_allclose(out[..., j * k + g], bypass[..., (g - 1) * width + j],
+                                 atol=1e-6)
+  if stride == 1:  # Bypass channels are copied exactly.
+    np.testing.assert_array_equal(out[..., 1], x[..., width])
+    np.testing.assert_array_equal(out[..., k + 1], x[..., width + 1])
+  else:  # 2x2 max pool of the bypass.
+    np.testing.assert_allclose(out[0, 0, 0, 1], x[0, 0:2, 0:2, width].max(), rtol=1e-6)
+
+
+def test_partial_mixed_op_only_none_zeroes_processed_channels():
+  c, k = 8, 4
+  x = jnp.asarray(_rand((2, 6, 6, c), seed=5))
+  weights = jnp.asarray(np.eye(len(PRIMS), dtype=np.float32)[0])  # all on 'none'
+  mixed = supernet.PartialMixedOp(c, 1, k, depthwise_impl='dense')
+  variables = mixed.init(jax.random.PRNGKey(0), x, weights)
+  out, _ = mixed.apply(variables, x, weights, mutable=['batch_stats'])
+  out = np.asarray(out)
+  np.testing.assert_array_equal(out[..., 0::k], 0.0)
+  # The other channels are the bypass, non-zero.
+  np.testing.assert_array_equal(out[..., 1::k], np.asarray(x)[..., 2:4])
+
+
+def test_partial_channels_1_is_darts_mixed_op(ref):
+  c = 2  # Same op shapes as the C=8, K=4 test above: reuses compiled kernels.
+  x = _rand((3, 8, 8, c), seed=6)
+  weights = jnp.asarray(MIX)
+  mixed = supernet.PartialMixedOp(c, 2, partial_channels=1, depthwise_impl='dense')
+  variables = mixed.init(jax.random.PRNGKey(1), jnp.asarray(x), weights)
+  out, _ = mixed.apply(variables, jnp.asarray(x), weights, mutable=['batch_stats'])
+  expected, _, opsum, _ = _independent_mixed_op(x, MIX, variables, c, 2, 1, ref)
+  assert out.shape == (3, 4, 4, c)  # all channels processed, no bypass
+  np.testing.assert_allclose(np.asarray(out), opsum, atol=1e-5)
+
+
+# ------------------------------------------------------------ edge normalization
+
+
+def test_edge_normalization_groups():
+  betas = jnp.asarray(_rand((14,), seed=7, scale=2.0))
+  w = np.asarray(supernet.edge_normalization(betas, 4))
+  assert w.shape == (14,)
+  groups = [(0, 2), (2, 5), (5, 9), (9, 14)]
+  assert [e - s for s, e in groups] == [2, 3, 4, 5]
+  assert tuple(groups) == genotypes.node_edge_ranges(4)
+  b = np.asarray(betas, np.float64)
+  for s, e in groups:
+    np.testing.assert_allclose(w[s:e].sum(), 1.0, atol=1e-6)
+    expected = np.exp(b[s:e]) / np.exp(b[s:e]).sum()
+    np.testing.assert_allclose(w[s:e], expected, rtol=1e-5)
+  # A softmax over all 14 would not sum to 1 per group.
+  assert abs(w.sum() - 4.0) < 1e-5
+  np.testing.assert_allclose(w, genotypes.edge_weights(np.asarray(betas)), rtol=1e-5)
+
+  betas2 = betas.at[3].add(1.5)  # edge 3 belongs to node 1 (edges 2..4)
+  w2 = np.asarray(supernet.edge_normalization(betas2, 4))
+  np.testing.assert_array_equal(w2[:2], w[:2])
+  np.testing.assert_array_equal(w2[5:], w[5:])
+  assert w2[3] > w[3] and w2[2] < w[2] and w2[4] < w[4]
+  np.testing.assert_allclose(w2[2:5].sum(), 1.0, atol=1e-6)
+
+
+# ------------------------------------------------------------------ search cells
+
+
+def _np_cell_skip_only(s0, s1, pp, op_w, edge_w, k, reduction, reduction_prev,
+                       edge_params, ref):
+  """A search cell whose op set is ('none', 'skip_connect'), in NumPy."""
+  if reduction_prev:
+    p0 = ref.factorized_reduce(s0, pp['preprocess0']['conv_1']['kernel'],
+                               pp['preprocess0']['conv_2']['kernel'])
+  else:
+    p0 = ref.bn(ref.pointwise(ref.relu(s0), pp['preprocess0']['conv']['kernel']))
+  p1 = ref.bn(ref.pointwise(ref.relu(s1), pp['preprocess1']['conv']['kernel']))
+  states = [p0, p1]
+  c = p1.shape[-1]
+  width = c // k
+  for node, (start, end) in enumerate(genotypes.node_edge_ranges(4)):
+    acc = 0.0
+    for j in range(end - start):
+      e = start + j
+      x = states[j]
+      stride = 2 if reduction and j < 2 else 1
+      if stride == 1:
+        y = op_w[e, 1] * x[..., :width]
+      else:
+        k1, k2 = edge_params(e)
+        y = op_w[e, 1] * ref.factorized_reduce(x[..., :width], k1, k2)
+      if k > 1:
+        bypass = x[..., width:]
+        if stride == 2:
+          bypass = ref.pool(bypass, 'max', 2, 2, 0)
+        y = ref.channel_shuffle(np.concatenate([y, bypass], -1), k)
+      acc = acc + edge_w[e] * y
+    states.append(acc)
+  return np.concatenate(states[2:], -1)
+
+
+@pytest.mark.parametrize('reduction', [False, True])
+def test_search_cell_matches_numpy(reduction, ref):
+  c, k = 4, 2
+  prims = ('none', 'skip_connect')
+  rng = np.random.RandomState(8)
+  s1 = rng.randn(2, 8, 8, 5).astype(np.float32)
+  s0 = rng.randn(2, 16 if reduction else 8, 16 if reduction else 8, 6).astype(np.float32)
+  op_w = rng.rand(14, 2).astype(np.float32)
+  edge_w = rng.rand(14).astype(np.float32)
+  cell = supernet.SearchCell(c, reduction=reduction, reduction_prev=reduction,
+                             partial_channels=k, primitives=prims,
+                             depthwise_impl='dense')
+  args = (jnp.asarray(s0), jnp.asarray(s1), jnp.asarray(op_w), jnp.asarray(edge_w))
+  variables = cell.init(jax.random.PRNGKey(0), *args)
+  out, _ = cell.apply(variables, *args, mutable=['batch_stats'])
+  params = flax.core.unfreeze(variables['params'])
+
+  def edge_params(e):  # Stacked per-edge FactorizedReduce kernels, per edge_slot.
+    group, pos = supernet.edge_slot(e)
+    assert group == 'input_edges'
+    fr = params[group]['skip_connect']
+    return fr['conv_1']['kernel'][pos], fr['conv_2']['kernel'][pos]
+
+  if reduction:
+    kernels = params['input_edges']['skip_connect']['conv_1']['kernel']
+    assert kernels.shape == (8, 1, 1, c // k, c // (2 * k))  # 8 input edges
+    assert not np.allclose(kernels[0], kernels[1])  # each edge its own weights
+  expected = _np_cell_skip_only(s0, s1, params, op_w, edge_w, k, reduction,
+                                reduction, edge_params, ref)
+  h = 4 if reduction else 8
+  assert out.shape == expected.shape == (2, h, h, 4 * c)
+  np.testing.assert_allclose(np.asarray(out), expected, atol=1e-4)
+
+
+def test_edge_groups_and_slots():
+  groups = dict(supernet.edge_groups(4))
+  assert [e for e, _, _ in groups['input_edges']] == [0, 1, 2, 3, 5, 6, 9, 10]
+  assert [e for e, _, _ in groups['node_edges']] == [4, 7, 8, 11, 12, 13]
+  assert supernet.edge_slot(0) == ('input_edges', 0)
+  assert supernet.edge_slot(9) == ('input_edges', 6)
+  assert supernet.edge_slot(7) == ('node_edges', 1)
+  assert supernet.edge_slot(13) == ('node_edges', 5)
+  with pytest.raises(ValueError):
+    supernet.edge_slot(14)
+
+
+# ------------------------------------------------------------------- the network
+
+
+def _tiny_config(**extra):
+  return ml_collections.ConfigDict({'model': dict(
+      init_channels=4, layers=3, num_classes=10, partial_channels=2,
+      depthwise_impl='dense', **extra)})
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  model = supernet.build_supernet(_tiny_config())
+  x = jnp.asarray(_rand((2, 8, 8, 3), seed=9))
+  variables = initializers.init_variables(model, jax.random.PRNGKey(0), x[:1])
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))
+  logits, updates = apply(variables, x)
+  return dict(model=model, x=x, variables=variables, logits=logits, updates=updates)
+
+
+def test_supernet_collections_and_arch(tiny):
+  v = tiny['variables']
+  assert set(v) == {'params', 'batch_stats', 'arch'}
+  arch = v['arch']
+  assert set(arch) == {'alphas_normal', 'alphas_reduce', 'betas_normal', 'betas_reduce'}
+  assert arch['alphas_normal'].shape == arch['alphas_reduce'].shape == (14, 8)
+  assert arch['betas_normal'].shape == arch['betas_reduce'].shape == (14,)
+  for a in arch.values():  # 1e-3 * N(0, 1)
+    a = np.asarray(a)
+    assert 0 < np.abs(a).max() < 1e-2 and np.std(a) > 1e-4
+  assert not np.allclose(arch['alphas_normal'], arch['alphas_reduce'])
+  assert set(v['params']) == {'stem_conv', 'stem_bn', 'cell_0', 'cell_1', 'cell_2',
+                              'classifier'}
+  # Layers 3: reductions at 1 and 2; cell 2 follows a reduction.
+  assert 'conv_1' in v['params']['cell_2']['preprocess0']
+  assert 'conv' in v['params']['cell_1']['preprocess0']
+  assert v['params']['cell_0']['preprocess1']['conv']['kernel'].shape == (1, 1, 12, 4)
+  assert v['params']['cell_1']['preprocess1']['conv']['kernel'].shape == (1, 1, 16, 8)
+  assert v['params']['cell_2']['preprocess0']['conv_1']['kernel'].shape == (1, 1, 16, 8)
+  assert v['params']['classifier']['kernel'].shape == (64, 10)
+  # Edge parameters are stacked along a leading axis (8 input edges, 6 node edges);
+  # the ops act on C/K channels.
+  dw = v['params']['cell_0']['input_edges']['sep_conv_3x3']['dw1']['kernel']
+  assert dw.shape == (8, 3, 3, 1, 2)
+  dw = v['params']['cell_1']['node_edges']['dil_conv_5x5']['dw']['kernel']
+  assert dw.shape == (6, 5, 5, 1, 4)
+
+
+def test_init_variables_values(tiny):
+  v = tiny['variables']
+  p = v['params']
+  np.testing.assert_array_equal(p['stem_bn']['scale'], 1.0)  # the only affine BN
+  np.testing.assert_array_equal(p['stem_bn']['bias'], 0.0)
+  bound = 1 / np.sqrt(27)
+  k = np.asarray(p['stem_conv']['kernel'])
+  assert np.abs(k).max() <= bound and np.abs(k).max() > 0.5 * bound
+  cb = np.asarray(p['classifier']['bias'])
+  assert np.abs(cb).max() <= 1 / np.sqrt(64) and np.abs(cb).max() > 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(v['batch_stats'])[0]:
+    np.testing.assert_array_equal(leaf, 1.0 if path[-1].key == 'var' else 0.0)
+  scales = [p for p, _ in jax.tree_util.tree_flatten_with_path(p)[0]
+            if p[-1].key in ('scale', 'bias') and p[0].key.startswith('cell')]
+  assert not scales  # affine=False BNs in the cells
+
+
+def test_init_variables_matches_model_init_structure(tiny):
+  model, x, v = tiny['model'], tiny['x'], tiny['variables']
+  # unsafe_rbg keys: model.init's per-parameter key derivation compiles much faster.
+  key = jax.random.key(0, impl='unsafe_rbg')
+  ref_vars = jax.jit(lambda r, x: model.init(r, x, train=False))(key, x[:1])
+  ref_vars = flax.core.unfreeze(ref_vars)
+  assert jax.tree.structure(ref_vars) == jax.tree.structure(v)
+  shapes = lambda t: jax.tree.map(lambda a: (a.shape, a.dtype), t)
+  assert shapes(ref_vars) == shapes(v)
+
+
+def test_supernet_apply(tiny, ref):
+  v, x, logits, updates = tiny['variables'], tiny['x'], tiny['logits'], tiny['updates']
+  assert logits.shape == (2, 10)
+  assert np.all(np.isfinite(np.asarray(logits)))
+  assert np.asarray(logits).std() > 0
+  assert set(updates) == {'batch_stats'}
+  new = updates['batch_stats']
+  assert jax.tree.structure(new) == jax.tree.structure(v['batch_stats'])
+  # Stem BN running mean after one step: 0.1 * batch mean of the stem conv output.
+  stem = ref.conv(x, v['params']['stem_conv']['kernel'], 1, 1)
+  np.testing.assert_allclose(np.asarray(new['stem_bn']['mean']),
+                             0.1 * stem.mean(axis=(0, 1, 2)), atol=1e-5)
+  changed = [not np.allclose(a, b) for a, b in
+             zip(jax.tree.leaves(new), jax.tree.leaves(v['batch_stats']))]
+  assert sum(changed) > 0.9 * len(changed)
+
+
+def test_supernet_unrolled_edges_match_scan(tiny):
+  model = tiny['model'].clone(unroll_edges=True)
+  assert model.unroll_edges and not tiny['model'].unroll_edges
+  logits, updates = jax.jit(
+      lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
+          tiny['variables'], tiny['x'])
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(tiny['logits']), atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+               updates['batch_stats'], tiny['updates']['batch_stats'])
+
+
+def test_supernet_without_edge_normalization(tiny):
+  model = supernet.build_supernet(_tiny_config(edge_normalization=False))
+  assert not model.edge_normalization
+  v = initializers.init_variables(model, jax.random.PRNGKey(0), tiny['x'][:1])
+  assert set(v['arch']) == {'alphas_normal', 'alphas_reduce'}
+  shapes = lambda t: jax.tree.map(lambda a: a.shape, t)
+  # Edge normalization adds only arch parameters, no weights.
+  assert shapes(v['params']) == shapes(tiny['variables']['params'])
+  assert shapes(v['batch_stats']) == shapes(tiny['variables']['batch_stats'])
