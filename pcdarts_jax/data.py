@@ -152,10 +152,13 @@ def eval_batches(data: ArraySet, batch_size: int) -> Iterator[Dict[str, np.ndarr
     yield {'image': images, 'label': labels, 'mask': mask}
 
 
+def _standardize(x: jax.Array, mean, std) -> jax.Array:
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
 def normalize(images: jax.Array, mean, std) -> jax.Array:
   """uint8 (or [0, 255] float) images -> float32, per-channel standardised."""
-  x = images.astype(jnp.float32) / 255.0
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  return _standardize(images.astype(jnp.float32) / 255.0, mean, std)
 
 
 def augment(rng: jax.Array, images: jax.Array, mean, std, crop_padding: int,
@@ -177,4 +180,4 @@ def augment(rng: jax.Array, images: jax.Array, mean, std, crop_padding: int,
   if random_flip:
     flip = jax.random.bernoulli(flip_rng, 0.5, (n, 1, 1, 1))
     x = jnp.where(flip, x[:, :, ::-1, :], x)
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  return _standardize(x, mean, std)

@@ -128,11 +128,15 @@ def make_eval_step(model, config) -> Callable:
   return eval_step
 
 
+def _accumulate(totals, metrics):
+  """Adds metric sums on device (no host sync)."""
+  return metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+
+
 def evaluate(eval_step, state, dataset: data.ArraySet, batch_size: int) -> Dict[str, float]:
   totals = None
   for batch in data.eval_batches(dataset, batch_size):
-    m = eval_step(state, batch)
-    totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
+    totals = _accumulate(totals, eval_step(state, batch))
   return _summarise(jax.device_get(totals))
 
 
@@ -203,13 +207,14 @@ def search(config, workdir: str) -> genotypes.Genotype:
   for epoch in range(s.epochs):
     epoch_start = time.time()
     sums = None
-    for _ in range(steps_per_epoch):
+    for i in range(steps_per_epoch):
       step_rng, rng_now = jax.random.split(step_rng)
-      # Metrics are summed on device: no host sync inside the epoch.
+      # Metrics are summed on device: no host sync inside the epoch but the log.
       state, metrics = bilevel_step(state, next(train_iter), next(arch_iter), rng_now)
-      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-      if s.log_every_steps and int(state.step) % s.log_every_steps == 0:
-        logging.info('step %d: %s', int(state.step), _summarise(jax.device_get(sums), 'train_'))
+      sums = _accumulate(sums, metrics)
+      step_number = epoch * steps_per_epoch + i + 1  # Host count: no device read.
+      if s.log_every_steps and step_number % s.log_every_steps == 0:
+        logging.info('step %d: %s', step_number, _summarise(jax.device_get(sums), 'train_'))
     sums = jax.device_get(sums)
     train = _summarise(sums, 'train_')
     arch = _summarise(sums, 'arch_')
