@@ -1,7 +1,11 @@
-"""Architecture search from a config file.
+"""Architecture search from a config file; an existing workdir is resumed.
 
   python -m launch.search --config=configs/digits_search.py --workdir=/tmp/run \
       [--config.search.epochs=2 ...]
+
+Exit status: 0 done, or stopped by SIGTERM/SIGINT after writing a checkpoint
+(run the same command to resume); 1 a step went non-finite; 2 a config, data or
+workdir error (nothing was written).
 """
 
 import sys
@@ -28,6 +32,12 @@ def main(argv):
   except (config_validation.ConfigError, data.DataError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except loop.NonFiniteError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  except loop.SearchInterrupted as e:
+    print(str(e), flush=True)
+    sys.exit(0)
 
 
 if __name__ == '__main__':

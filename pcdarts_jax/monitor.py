@@ -1,0 +1,148 @@
+"""Watching a run: TensorBoard event files, a per-epoch progress display, and
+scalar summaries of the architecture.
+
+The event writer uses the `tensorboard` package's own protobufs and file writer,
+so it needs neither TensorFlow nor a running TensorBoard.
+"""
+
+import glob
+import os
+import socket
+import struct
+import sys
+import time
+from typing import Dict, Mapping, Optional, Sequence
+
+import numpy as np
+
+from pcdarts_jax import genotypes
+from pcdarts_jax import visualize
+
+
+class SummaryWriter:
+  """Scalars and PNG images to `logdir`/events.out.tfevents.* (TensorBoard format).
+
+  Records are written with tensorboard's RecordWriter into a plain file: its
+  EventFileWriter would import all of TensorFlow just to create a directory.
+  """
+
+  def __init__(self, logdir: str, enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
+    from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
+    os.makedirs(logdir, exist_ok=True)
+    now = time.time()
+    path = os.path.join(logdir, f'events.out.tfevents.{now:.0f}.{socket.gethostname()}.'
+                                f'{os.getpid()}.pcdarts')
+    self._writer = record_writer.RecordWriter(open(path, 'wb'))
+    self._write(event_pb2.Event(wall_time=now, file_version='brain.Event:2'))
+
+  def _write(self, event):
+    self._writer.write(event.SerializeToString())
+
+  def scalars(self, step: int, values: Mapping[str, float]):
+    if not self.enabled or not values:
+      return
+    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()])
+    self._add(step, summary)
+
+  def image_png(self, step: int, tag: str, png_path: str):
+    if not self.enabled:
+      return
+    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
+    with open(png_path, 'rb') as f:
+      encoded = f.read()
+    width, height = struct.unpack('>II', encoded[16:24])  # The PNG IHDR chunk.
+    image = summary_pb2.Summary.Image(height=height, width=width, colorspace=4,
+                                      encoded_image_string=encoded)
+    self._add(step, summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, image=image)]))
+
+  def _add(self, step: int, summary):
+    from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    self._write(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+
+  def flush(self):
+    if self.enabled:
+      self._writer.flush()
+
+  def close(self):
+    if self.enabled and not self._writer.closed:
+      self._writer.close()
+
+
+def read_scalars(logdir: str) -> Dict[str, Dict[int, float]]:
+  """{tag: {step: value}} of every scalar in the event files under `logdir`."""
+  from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=g-import-not-at-top
+  scalars: Dict[str, Dict[int, float]] = {}
+  for path in sorted(glob.glob(os.path.join(logdir, '**', 'events.out.tfevents.*'),
+                               recursive=True)):
+    for event in event_file_loader.LegacyEventFileLoader(path).Load():
+      for value in event.summary.value:
+        if value.HasField('simple_value'):
+          scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+  return scalars
+
+
+def arch_scalars(arch: Mapping[str, np.ndarray], primitives: Sequence[str],
+                 steps: int) -> Dict[str, float]:
+  """Mean per-edge entropy of softmax(alpha) per cell, every edge's op weights,
+  and the normalised betas (when edge normalization is on)."""
+  labels = visualize.edge_labels(steps)
+  values = {}
+  for cell in ('normal', 'reduce'):
+    weights = genotypes.cell_weights(arch[f'alphas_{cell}'])
+    entropy = -np.sum(weights * np.log(np.maximum(weights, 1e-12)), axis=-1)
+    values[f'arch/{cell}/entropy'] = float(entropy.mean())
+    for e, label in enumerate(labels):
+      for k, op in enumerate(primitives):
+        values[f'alpha_{cell}/edge_{label}/{op}'] = float(weights[e, k])
+    if f'betas_{cell}' in arch:
+      betas = genotypes.edge_weights(arch[f'betas_{cell}'], steps)
+      for e, label in enumerate(labels):
+        values[f'beta_{cell}/edge_{label}'] = float(betas[e])
+  return values
+
+
+class Progress:
+  """One epoch's progress: a tqdm bar on an interactive terminal, otherwise a
+  plain line every `log_every` steps (0 = none)."""
+
+  def __init__(self, epoch: int, epochs: int, total_steps: int, batch_size: int,
+               log_every: int, interactive: Optional[bool] = None, initial: int = 0):
+    self.epoch, self.epochs, self.total = epoch, epochs, total_steps
+    self.batch_size, self.log_every = batch_size, log_every
+    self.done = initial
+    self._start, self._start_done = time.time(), initial
+    if interactive is None:
+      interactive = sys.stderr.isatty()
+    self._bar = None
+    if interactive:
+      import tqdm  # pylint: disable=g-import-not-at-top
+      self._bar = tqdm.tqdm(total=total_steps, initial=initial, unit='step', leave=False,
+                            desc=f'epoch {epoch + 1}/{epochs}', dynamic_ncols=True)
+
+  def images_per_second(self) -> float:
+    elapsed = time.time() - self._start
+    return (self.done - self._start_done) * self.batch_size / max(elapsed, 1e-9)
+
+  def update(self, metrics: Optional[Mapping[str, float]] = None):
+    """One step done; `metrics` (loss, accuracy so far) when known."""
+    self.done += 1
+    postfix = {'img/s': f'{self.images_per_second():.1f}'}
+    if metrics:
+      postfix.update({k: f'{v:.4f}' for k, v in metrics.items()})
+    if self._bar is not None:
+      self._bar.update(1)
+      self._bar.set_postfix(postfix, refresh=False)
+    elif self.log_every and self.done % self.log_every == 0:
+      text = ' '.join(f'{k} {v}' for k, v in postfix.items())
+      print(f'  epoch {self.epoch + 1}/{self.epochs} step {self.done}/{self.total} {text}',
+            flush=True)
+
+  def close(self):
+    if self._bar is not None:
+      self._bar.close()
