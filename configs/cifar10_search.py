@@ -53,4 +53,15 @@ def get_config():
   config.search.architect = 'first_order'
   config.search.eval_batch_size = 500   # validation on the arch half each epoch
   config.search.log_every_steps = 50
+  config.search.skip_nonfinite = False  # True: drop non-finite steps and go on (counted)
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 50    # also at every epoch end; 0 = epoch ends only
+  config.checkpoint.keep = 3            # newest checkpoints kept
+  config.checkpoint.resume = True       # False: refuse a non-empty workdir
+
+  config.monitor = ml_collections.ConfigDict()
+  config.monitor.tensorboard = True     # event files in WORKDIR/tensorboard
+  config.monitor.pictures = True        # per-epoch cells + arch heat-map in WORKDIR/plots
+  config.monitor.progress = 'auto'      # auto (bar on a terminal) | bar | lines
   return config

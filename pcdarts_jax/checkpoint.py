@@ -9,10 +9,10 @@ while saving leaves the previous checkpoints intact.
 
 import os
 import shutil
+import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
@@ -63,8 +63,7 @@ class Checkpoints:
         message = (f'warning: checkpoint {step} in {self.directory} cannot be restored '
                    f'({type(e).__name__}: {str(e)[:200]}); moved to {moved}, trying the '
                    f'previous one.')
-        logging.warning(message)
-        print(message, flush=True)
+        print(message, file=sys.stderr, flush=True)
     return None
 
   def _quarantine(self, step: int) -> str:

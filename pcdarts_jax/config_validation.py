@@ -9,6 +9,7 @@ from pcdarts_jax import ops
 from pcdarts_jax import supernet
 
 ARCHITECTS = tuple(architect.ARCHITECTS)
+PROGRESS_MODES = ('auto', 'bar', 'lines')
 
 
 class ConfigError(ValueError):
@@ -69,6 +70,12 @@ def validate_search_config(config, num_devices: int = 1):
   for field in ('learning_rate_min', 'weight_decay', 'arch_weight_decay', 'momentum',
                 'arch_start_epoch', 'log_every_steps'):
     _positive(config, 'search', field, allow_zero=True)
+  for field in ('batch_size', 'epochs', 'eval_batch_size', 'arch_start_epoch',
+                'log_every_steps'):
+    _require(isinstance(s[field], int) and not isinstance(s[field], bool),
+             f'search.{field}={s[field]!r} must be an integer.')
+  _require(isinstance(config.seed, int) and not isinstance(config.seed, bool)
+           and config.seed >= 0, f'seed={config.seed!r} must be an integer >= 0.')
   _require(s.learning_rate_min <= s.learning_rate,
            f'search.learning_rate_min={s.learning_rate_min} exceeds '
            f'search.learning_rate={s.learning_rate}.')
@@ -79,6 +86,22 @@ def validate_search_config(config, num_devices: int = 1):
            f'{s.epochs}, or the architecture is never trained.')
   _require(s.architect in ARCHITECTS,
            f'search.architect={s.architect!r} is not one of {ARCHITECTS}.')
+  _require(isinstance(s.skip_nonfinite, bool),
+           f'search.skip_nonfinite={s.skip_nonfinite!r} must be True or False.')
+  c = config.checkpoint
+  _require(isinstance(c.every_steps, int) and not isinstance(c.every_steps, bool)
+           and c.every_steps >= 0,
+           f'checkpoint.every_steps={c.every_steps!r} must be an integer >= 0 '
+           f'(0: only at epoch ends).')
+  _require(isinstance(c.keep, int) and not isinstance(c.keep, bool) and c.keep >= 1,
+           f'checkpoint.keep={c.keep!r} must be an integer >= 1.')
+  _require(isinstance(c.resume, bool),
+           f'checkpoint.resume={c.resume!r} must be True or False.')
+  _require(config.monitor.progress in PROGRESS_MODES,
+           f'monitor.progress={config.monitor.progress!r} is not one of {PROGRESS_MODES}.')
+  for field in ('tensorboard', 'pictures'):
+    _require(isinstance(config.monitor[field], bool),
+             f'monitor.{field}={config.monitor[field]!r} must be True or False.')
   for field in ('batch_size', 'eval_batch_size'):
     _require(s[field] % num_devices == 0,
              f'search.{field}={s[field]} is not divisible by the {num_devices} devices.')

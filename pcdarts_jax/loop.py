@@ -6,6 +6,8 @@ happen only here in the loop.
 
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Dict, Tuple
 
@@ -17,12 +19,15 @@ import numpy as np
 import optax
 
 from pcdarts_jax import architect
+from pcdarts_jax import checkpoint
 from pcdarts_jax import config_validation
 from pcdarts_jax import data
 from pcdarts_jax import genotypes
 from pcdarts_jax import initializers
+from pcdarts_jax import monitor
 from pcdarts_jax import optim
 from pcdarts_jax import supernet
+from pcdarts_jax import visualize
 
 
 @flax.struct.dataclass
@@ -33,6 +38,11 @@ class SearchState:
   arch: Any
   weight_opt_state: Any
   arch_opt_state: Any
+  # Non-finite guard (see `guard_nonfinite`): steps whose update was not applied,
+  # the first such step (-1: none) and its (train, arch) losses.
+  nonfinite_steps: jax.Array = None
+  first_nonfinite_step: jax.Array = None
+  first_nonfinite_losses: jax.Array = None
 
 
 def create_search_state(model, config, rng, sample_images, weight_tx, arch_tx) -> SearchState:
@@ -43,7 +53,50 @@ def create_search_state(model, config, rng, sample_images, weight_tx, arch_tx) -
       batch_stats=variables['batch_stats'],
       arch=variables['arch'],
       weight_opt_state=weight_tx.init(variables['params']),
-      arch_opt_state=arch_tx.init(variables['arch']))
+      arch_opt_state=arch_tx.init(variables['arch']),
+      nonfinite_steps=jnp.zeros((), jnp.int32),
+      first_nonfinite_step=jnp.full((), -1, jnp.int32),
+      first_nonfinite_losses=jnp.zeros((2,), jnp.float32))
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def guard_nonfinite(step_fn: Callable, skip: bool) -> Callable:
+  """Wraps a step so that a non-finite loss or update never reaches the state.
+
+  A step is bad when its train or arch loss, or any updated weight, BatchNorm
+  statistic or arch value, is not finite. Its update is dropped and it is
+  recorded in the state (`nonfinite_steps`, `first_nonfinite_step`, losses).
+  skip=True: the run goes on (the step counter still advances, the batch is
+  consumed). skip=False: the state freezes at the last good values, so that the
+  host, which sees the `nonfinite` metric a step later, stops with the state
+  exactly as it was before the bad step. Adds a `nonfinite` metric (0/1).
+  """
+  def guarded(state: SearchState, *args):
+    new_state, metrics = step_fn(state, *args)
+    losses = jnp.stack([metrics['train_loss_sum'] / jnp.maximum(metrics['train_count'], 1),
+                        metrics['arch_loss_sum'] / jnp.maximum(metrics['arch_count'], 1)])
+    finite = jnp.all(jnp.isfinite(losses)) & _all_finite(
+        (new_state.params, new_state.batch_stats, new_state.arch))
+    halted = jnp.bool_(False) if skip else state.nonfinite_steps > 0
+    apply = finite & ~halted
+    bad = ~finite & ~halted
+    first = state.first_nonfinite_step < 0
+    out = jax.tree.map(lambda n, o: jnp.where(apply, n, o), new_state, state)
+    out = out.replace(
+        step=jnp.where(apply | (skip & bad), state.step + 1, state.step),
+        nonfinite_steps=state.nonfinite_steps + bad.astype(jnp.int32),
+        first_nonfinite_step=jnp.where(bad & first, state.step, state.first_nonfinite_step),
+        first_nonfinite_losses=jnp.where(bad & first, losses, state.first_nonfinite_losses))
+    metrics = {k: jnp.where(apply, v, jnp.zeros_like(v)) for k, v in metrics.items()}
+    metrics['nonfinite'] = bad.astype(jnp.float32)
+    return out, metrics
+
+  return guarded
 
 
 def _metrics(loss, logits, labels) -> Dict[str, jax.Array]:
@@ -152,6 +205,20 @@ def arch_numpy(state: SearchState) -> Dict[str, np.ndarray]:
   return {k: np.asarray(v) for k, v in jax.device_get(state.arch).items()}
 
 
+class SearchInterrupted(Exception):
+  """SIGTERM/SIGINT: a checkpoint was written; running the same command resumes."""
+
+
+class NonFiniteError(RuntimeError):
+  """A step produced a non-finite loss or update (and search.skip_nonfinite is off)."""
+
+
+# Fields that may differ between a run and its resumption: they do not change
+# what is computed, only where data lives and how progress is reported.
+RESUMABLE_CHANGES = ('checkpoint.', 'monitor.', 'search.log_every_steps', 'data.data_dir',
+                     'data.download')
+
+
 def _write_atomic(path: str, text: str):
   tmp = f'{path}.tmp-{os.getpid()}'
   with open(tmp, 'w') as f:
@@ -159,25 +226,145 @@ def _write_atomic(path: str, text: str):
   os.replace(tmp, path)
 
 
-def _prepare_workdir(workdir: str):
-  existing = os.path.join(workdir, 'genotypes.jsonl')
-  if os.path.exists(existing):
+def _config_json(config) -> Dict[str, Any]:
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _flatten(d: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+class _Workdir:
+  """Paths of a run's outputs (see README, "Resuming and monitoring")."""
+
+  def __init__(self, root: str):
+    self.root = root
+    self.checkpoints = os.path.join(root, 'checkpoints')
+    self.tensorboard = os.path.join(root, 'tensorboard')
+    self.plots = os.path.join(root, 'plots')
+    self.config = os.path.join(root, 'config.json')
+    self.jsonl = os.path.join(root, 'genotypes.jsonl')
+    self.genotype = os.path.join(root, 'genotype.json')
+    self.arch = os.path.join(root, 'arch.npz')
+    self.summary = os.path.join(root, 'summary.json')
+
+  def checkpoint_steps(self):
+    if not os.path.isdir(self.checkpoints):
+      return []
+    return sorted(int(n) for n in os.listdir(self.checkpoints) if n.isdigit())
+
+
+def _check_workdir(workdir: _Workdir, config):
+  """Refuses, before anything is written, a workdir this run must not touch."""
+  if not os.path.isdir(workdir.root) or not os.listdir(workdir.root):
+    return
+  held = sorted(os.listdir(workdir.root))
+  if not config.checkpoint.resume:
     raise config_validation.ConfigError(
-        f'--workdir={workdir!r} already holds a search ({existing}); choose a new '
-        f'workdir or remove it; nothing was changed.')
-  os.makedirs(workdir, exist_ok=True)
+        f'--workdir={workdir.root!r} is not empty ({", ".join(held[:5])}) and '
+        f'checkpoint.resume=False: refusing to overwrite it; choose a new workdir, or '
+        f'drop checkpoint.resume=False to resume it. Nothing was changed.')
+  if os.path.exists(workdir.jsonl) and not workdir.checkpoint_steps():
+    raise config_validation.ConfigError(
+        f'--workdir={workdir.root!r} already holds a search ({workdir.jsonl}) but no '
+        f'checkpoint to resume it from; choose a new workdir or remove it. Nothing was '
+        f'changed.')
+  if os.path.exists(workdir.config):
+    with open(workdir.config) as f:
+      before = _flatten(json.load(f))
+    now = _flatten(_config_json(config))
+    changed = sorted(k for k in set(before) | set(now)
+                     if before.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES))
+    if changed:
+      details = ', '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in changed[:6])
+      raise config_validation.ConfigError(
+          f'--workdir={workdir.root!r} holds a run with a different config ({details}); '
+          f'resuming would mix two searches. Use the original config or a new workdir. '
+          f'Nothing was changed.')
+
+
+class _StopSignals:
+  """Turns SIGTERM/SIGINT into a flag checked after each step (a second SIGINT
+  interrupts at once). Only in the main thread, where Python allows handlers."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.received = signum
+    print(f'\nreceived {signal.Signals(signum).name}: stopping after this step and '
+          f'writing a checkpoint...', flush=True)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _epoch_pictures(workdir: _Workdir, epoch: int, arch_values, genotype, model, writer):
+  """Cells (graphviz) and the alpha/beta heat-map of this epoch, under plots/."""
+  prefix = os.path.join(workdir.plots, f'epoch_{epoch + 1:03d}')
+  heatmap = visualize.arch_heatmap(arch_values, model.primitives, model.steps,
+                                   prefix + '_arch.png', title=f'epoch {epoch + 1}')
+  writer.image_png(epoch + 1, 'arch/heatmap', heatmap)
+  for path in visualize.draw_genotype(genotype, prefix + '_cell'):
+    if path.endswith('.png'):
+      writer.image_png(epoch + 1, 'cells/' + ('normal' if '_normal' in path else 'reduce'), path)
+
+
+def _summary(workdir: _Workdir, genotype, state, meta, steps_run: int, step_seconds: float,
+             n_params: int, ckpt_figures) -> Dict[str, Any]:
+  records = []
+  if os.path.exists(workdir.jsonl):
+    with open(workdir.jsonl) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+  with_valid = [r for r in records if r.get('valid')]
+  best = max(with_valid, key=lambda r: r['valid']['accuracy']) if with_valid else None
+  last = records[-1] if records else None
+  return {
+      'genotype': genotypes.to_dict(genotype),
+      'best': best and {'epoch': best['epoch'], 'valid': best['valid'], 'train': best['train'],
+                        'arch': best['arch']},
+      'last': last and {k: last[k] for k in ('epoch', 'step', 'lr', 'train', 'arch', 'valid')},
+      'epochs': len(records),
+      'steps': int(state.step),
+      'nonfinite_steps_skipped': int(state.nonfinite_steps),
+      'wall_seconds': meta['wall_seconds'],
+      'steps_per_second': steps_run / step_seconds if step_seconds > 0 else None,
+      'supernet_weights': n_params,
+      'resumed_from_steps': meta['resumed_from'],
+      'checkpoint': ckpt_figures,
+  }
 
 
 def search(config, workdir: str) -> genotypes.Genotype:
-  """Runs the architecture search described by `config`; returns the final genotype.
+  """Runs (or resumes) the architecture search described by `config`.
 
-  Writes WORKDIR/genotypes.jsonl (one line per epoch), WORKDIR/genotype.json and
-  WORKDIR/arch.npz (final arch values).
+  Returns the final genotype. Writes, under `workdir`: genotypes.jsonl (one line
+  per epoch), genotype.json, arch.npz, summary.json, config.json, checkpoints/,
+  tensorboard/ and plots/. An existing workdir is resumed from its newest good
+  checkpoint. Raises SearchInterrupted on SIGTERM/SIGINT (after checkpointing)
+  and NonFiniteError when a step goes non-finite.
   """
   config_validation.validate_search_config(config, num_devices=1)
   train_set, arch_set = data.search_splits(config.data)
   config_validation.validate_batch_fits(config, len(train_set), len(arch_set))
-  _prepare_workdir(workdir)  # Only after every check passed.
+  paths = _Workdir(workdir)
+  _check_workdir(paths, config)  # Only after every check passed; before any write.
 
   s = config.search
   train_iter = data.EpochIterator(train_set, s.batch_size, seed=config.seed)
@@ -187,60 +374,172 @@ def search(config, workdir: str) -> genotypes.Genotype:
   model = supernet.build_supernet(config)
   weight_tx = optim.weight_optimizer(config, steps_per_epoch)
   arch_tx = optim.arch_optimizer(config)
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
+  init_rng, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
   sample = data.normalize(train_set.images[:1], config.data.mean, config.data.std)
   state = create_search_state(model, config, init_rng, sample, weight_tx, arch_tx)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
+
+  os.makedirs(paths.root, exist_ok=True)
+  checkpoints = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
+  meta = {'train_iter': train_iter.state(), 'arch_iter': arch_iter.state(), 'sums': None,
+          'wall_seconds': 0.0, 'resumed_from': []}
+  restored = checkpoints.restore_latest(jax.eval_shape(lambda: state))
+  if restored is None:
+    if os.path.exists(paths.jsonl):  # Every checkpoint was unreadable.
+      raise config_validation.ConfigError(
+          f'--workdir={workdir!r} holds a search but none of its checkpoints could be '
+          f'restored (see the warnings above); choose a new workdir.')
+    _write_atomic(paths.config, json.dumps(_config_json(config), indent=2) + '\n')
+  else:
+    step_done, state, meta = restored
+    train_iter.restore(meta['train_iter'])
+    arch_iter.restore(meta['arch_iter'])
+    meta['resumed_from'] = meta['resumed_from'] + [step_done]
+    print(f'resuming from checkpoint {step_done} (epoch {step_done // steps_per_epoch + 1}, '
+          f'step {step_done % steps_per_epoch} of {steps_per_epoch}) in {paths.checkpoints}',
+          flush=True)
+  start_step = int(state.step)
+  start_epoch = start_step // steps_per_epoch
+  # Epoch lines written after the restored checkpoint are rewritten by this run.
+  if os.path.exists(paths.jsonl):
+    with open(paths.jsonl) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)['epoch'] < start_epoch]
+    _write_atomic(paths.jsonl, ''.join(kept))
+
   logging.info('supernet: %d weights; %d steps per epoch', n_params, steps_per_epoch)
   print(f'supernet: {n_params:,} weights, {steps_per_epoch} steps/epoch, '
         f'{s.epochs} epochs, arch steps from epoch {s.arch_start_epoch}', flush=True)
 
-  bilevel_step = jax.jit(make_bilevel_step(model, config, steps_per_epoch, weight_tx, arch_tx),
-                         donate_argnums=0)
+  bilevel_step = jax.jit(
+      guard_nonfinite(make_bilevel_step(model, config, steps_per_epoch, weight_tx, arch_tx),
+                      skip=s.skip_nonfinite),
+      donate_argnums=0)
   eval_step = jax.jit(make_eval_step(model, config))
   lr_fn = optim.weight_learning_rate(config, steps_per_epoch)
+  writer = monitor.SummaryWriter(paths.tensorboard, enabled=config.monitor.tensorboard)
+  interactive = {'auto': None, 'bar': True, 'lines': False}[config.monitor.progress]
+  every = config.checkpoint.every_steps
+  ckpt_figures = {'save_seconds': None, 'size_bytes': None}
 
-  jsonl_path = os.path.join(workdir, 'genotypes.jsonl')
-  start_time = time.time()
-  genotype = None
-  for epoch in range(s.epochs):
-    epoch_start = time.time()
-    sums = None
-    for i in range(steps_per_epoch):
-      step_rng, rng_now = jax.random.split(step_rng)
-      # Metrics are summed on device: no host sync inside the epoch but the log.
-      state, metrics = bilevel_step(state, next(train_iter), next(arch_iter), rng_now)
-      sums = _accumulate(sums, metrics)
-      step_number = epoch * steps_per_epoch + i + 1  # Host count: no device read.
-      if s.log_every_steps and step_number % s.log_every_steps == 0:
-        logging.info('step %d: %s', step_number, _summarise(jax.device_get(sums), 'train_'))
-    sums = jax.device_get(sums)
-    train = _summarise(sums, 'train_')
-    arch = _summarise(sums, 'arch_')
-    valid = evaluate(eval_step, state, arch_set, s.eval_batch_size)
-    arch_values = arch_numpy(state)
-    genotype = genotypes.derive_genotype(arch_values, model.primitives, model.steps)
-    record = {
-        'epoch': epoch, 'step': int(state.step),
-        'lr': float(lr_fn(epoch * steps_per_epoch)),
-        'train': train, 'arch': arch, 'valid': valid,
-        'seconds': time.time() - epoch_start,
-        'genotype': genotypes.to_dict(genotype),
-    }
-    with open(jsonl_path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
-    arch_text = (f" arch_loss {arch['loss']:.4f} arch_acc {arch['accuracy']:.4f}"
-                 if arch else ' (arch warm-up)')
-    print(f"epoch {epoch + 1}/{s.epochs} lr {record['lr']:.5f} train_loss "
-          f"{train['loss']:.4f} train_acc {train['accuracy']:.4f}{arch_text} valid_loss "
-          f"{valid['loss']:.4f} valid_acc {valid['accuracy']:.4f} "
-          f"({record['seconds']:.1f}s)\n  genotype = {genotype}", flush=True)
+  def last_good_checkpoint():
+    step = checkpoints.latest_step()
+    return (f'checkpoint {step} in {paths.checkpoints}' if step is not None
+            else 'none was written yet')
 
-  _write_atomic(os.path.join(workdir, 'genotype.json'), genotypes.to_json(genotype) + '\n')
-  arch_path = os.path.join(workdir, 'arch.npz')
-  np.savez(arch_path + '.tmp.npz', **arch_numpy(state))
-  os.replace(arch_path + '.tmp.npz', arch_path)
-  print(f'search done in {time.time() - start_time:.1f}s; genotype written to '
-        f'{os.path.join(workdir, "genotype.json")}', flush=True)
+  def check_finite(step_metrics):
+    """Host check of one step's `nonfinite` flag (fetched a step late: no stall)."""
+    if s.skip_nonfinite or not float(step_metrics['nonfinite']):
+      return
+    bad_step = int(state.first_nonfinite_step)
+    train_loss, arch_loss = (float(x) for x in state.first_nonfinite_losses)
+    raise NonFiniteError(
+        f'non-finite values at step {bad_step} (epoch {bad_step // steps_per_epoch + 1}): '
+        f'train loss {train_loss}, arch loss {arch_loss} (0 during the arch warm-up), or '
+        f'a non-finite weight/arch update; the update was not applied and the run stopped. '
+        f'Last good checkpoint: {last_good_checkpoint()}. Lower the learning rates, check '
+        f'the data, or set search.skip_nonfinite=True to skip such steps.')
+
+  def save(step: int, sums):
+    meta.update(train_iter=train_iter.state(), arch_iter=arch_iter.state(),
+                sums=None if sums is None else {k: float(v) for k, v in
+                                                 jax.device_get(sums).items()},
+                wall_seconds=meta['wall_seconds'] + (time.time() - clock[0]))
+    clock[0] = time.time()
+    ckpt_figures['save_seconds'] = checkpoints.save(step, state, meta)
+    ckpt_figures['size_bytes'] = checkpoint.directory_size(
+        os.path.join(paths.checkpoints, str(step)))
+
+  clock = [time.time()]
+  steps_run, step_seconds = 0, 0.0
+  genotype = genotypes.derive_genotype(arch_numpy(state), model.primitives, model.steps)
+  with _StopSignals() as stop:
+    for epoch in range(start_epoch, s.epochs):
+      epoch_start = time.time()
+      first = start_step - epoch * steps_per_epoch if epoch == start_epoch else 0
+      sums = None
+      if first and meta['sums'] is not None:  # Resumed mid-epoch.
+        sums = {k: jnp.asarray(v, jnp.float32) for k, v in meta['sums'].items()}
+      progress = monitor.Progress(epoch, s.epochs, steps_per_epoch, s.batch_size,
+                                  s.log_every_steps, interactive, initial=first)
+      pending = None  # The previous step's metrics, read after the next is queued.
+      loop_start = time.time()
+      for i in range(first, steps_per_epoch):
+        step_number = epoch * steps_per_epoch + i
+        # The step's rng depends only on (seed, step): resumed runs draw the same.
+        state, metrics = bilevel_step(state, next(train_iter), next(arch_iter),
+                                      jax.random.fold_in(step_key, step_number))
+        sums = _accumulate(sums, metrics)
+        if pending is not None:
+          check_finite(pending)
+          progress.update({'loss': float(pending['train_loss_sum'] / pending['train_count'])})
+        pending = metrics
+        done = step_number + 1
+        # At an epoch's last step the epoch-end checkpoint (after validation) serves.
+        if i + 1 < steps_per_epoch and (stop.received is not None or
+                                        (every and done % every == 0)):
+          check_finite(pending)
+          save(done, sums)
+          if stop.received is not None:
+            progress.close()
+            raise SearchInterrupted(
+                f'stopped by {signal.Signals(stop.received).name} after step {done}; '
+                f'checkpoint {done} written to {paths.checkpoints}. Run the same command '
+                f'again to resume.')
+      if pending is not None:
+        check_finite(pending)
+        progress.update()
+      progress.close()
+      sums = jax.device_get(sums)
+      steps_run += steps_per_epoch - first
+      step_seconds += time.time() - loop_start
+
+      train = _summarise(sums, 'train_')
+      arch = _summarise(sums, 'arch_')
+      valid = evaluate(eval_step, state, arch_set, s.eval_batch_size)
+      arch_values = arch_numpy(state)
+      genotype = genotypes.derive_genotype(arch_values, model.primitives, model.steps)
+      lr = float(lr_fn(epoch * steps_per_epoch))
+      record = {
+          'epoch': epoch, 'step': int(state.step), 'lr': lr,
+          'train': train, 'arch': arch, 'valid': valid,
+          'nonfinite_skipped': float(sums['nonfinite']),
+          'seconds': time.time() - epoch_start,
+          'genotype': genotypes.to_dict(genotype),
+      }
+      with open(paths.jsonl, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+      scalars = {'lr': lr, 'epoch_seconds': record['seconds'],
+                 'images_per_second': (steps_per_epoch - first) * s.batch_size /
+                                      max(time.time() - loop_start, 1e-9)}
+      for name, values in (('train', train), ('arch', arch), ('valid', valid)):
+        scalars.update({f'{name}/{k}': v for k, v in values.items()})
+      scalars.update(monitor.arch_scalars(arch_values, model.primitives, model.steps))
+      writer.scalars(epoch + 1, scalars)
+      if config.monitor.pictures:
+        _epoch_pictures(paths, epoch, arch_values, genotype, model, writer)
+      writer.flush()
+      arch_text = (f" arch_loss {arch['loss']:.4f} arch_acc {arch['accuracy']:.4f}"
+                   if arch else ' (arch warm-up)')
+      print(f"epoch {epoch + 1}/{s.epochs} lr {lr:.5f} train_loss "
+            f"{train['loss']:.4f} train_acc {train['accuracy']:.4f}{arch_text} valid_loss "
+            f"{valid['loss']:.4f} valid_acc {valid['accuracy']:.4f} "
+            f"({record['seconds']:.1f}s)\n  genotype = {genotype}", flush=True)
+      save((epoch + 1) * steps_per_epoch, None)
+      if stop.received is not None:
+        raise SearchInterrupted(
+            f'stopped by {signal.Signals(stop.received).name} after epoch {epoch + 1}; '
+            f'checkpoint written to {paths.checkpoints}. Run the same command again to '
+            f'resume.')
+
+  meta['wall_seconds'] += time.time() - clock[0]
+  writer.close()
+  checkpoints.close()
+  _write_atomic(paths.genotype, genotypes.to_json(genotype) + '\n')
+  np.savez(paths.arch + '.tmp.npz', **arch_numpy(state))
+  os.replace(paths.arch + '.tmp.npz', paths.arch)
+  summary = _summary(paths, genotype, state, meta, steps_run, step_seconds, n_params,
+                     ckpt_figures)
+  _write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
+  print(f'search done ({summary["wall_seconds"]:.1f}s of search in total); genotype written '
+        f'to {paths.genotype}', flush=True)
   return genotype

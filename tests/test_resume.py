@@ -1,0 +1,300 @@
+"""Checkpoint/resume, preemption, the non-finite guard, reproducibility and the
+monitoring outputs, through the real launcher on a tiny digits search.
+
+Runs share a persistent XLA compilation cache (one per test session), so only
+the first launcher run compiles; the others start in seconds.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import digits_search
+from pcdarts_jax import checkpoint
+from pcdarts_jax import data
+from pcdarts_jax import genotypes
+from pcdarts_jax import loop
+from pcdarts_jax import monitor
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS_PER_EPOCH = 11  # 750 weight images / batch 64.
+EPOCHS = 3
+TINY = ['--config.model.init_channels=4', '--config.model.layers=2',
+        f'--config.search.epochs={EPOCHS}', '--config.search.arch_start_epoch=1',
+        '--config.checkpoint.every_steps=3', '--config.monitor.progress=lines']
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+  cache = tmp_path_factory.mktemp('xla_cache')
+  return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu',
+              JAX_COMPILATION_CACHE_DIR=str(cache),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+
+
+def _command(workdir, *overrides):
+  return [sys.executable, '-m', 'launch.search', '--config=configs/digits_search.py',
+          f'--workdir={workdir}', *TINY, *overrides]
+
+
+def _run(env, workdir, *overrides, timeout=600):
+  result = subprocess.run(_command(workdir, *overrides), cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+  return result
+
+
+def _start(env, workdir, *overrides):
+  return subprocess.Popen(_command(workdir, *overrides), cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(process, workdir, step, timeout=600):
+  directory = os.path.join(workdir, 'checkpoints', str(step))
+  deadline = time.time() + timeout
+  while not os.path.isdir(directory):
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    assert time.time() < deadline, f'no checkpoint {step} after {timeout}s'
+    time.sleep(0.02)
+
+
+def _arch(workdir):
+  with np.load(os.path.join(workdir, 'arch.npz')) as f:
+    return {k: f[k] for k in f.files}
+
+
+def _genotype(workdir):
+  with open(os.path.join(workdir, 'genotype.json')) as f:
+    return genotypes.from_json(f.read())
+
+
+def _assert_same_result(workdir, reference):
+  arch, ref = _arch(workdir), _arch(reference)
+  assert sorted(arch) == sorted(ref)
+  for name in ref:  # Bitwise: same data order, augmentations and arithmetic.
+    np.testing.assert_array_equal(arch[name], ref[name], err_msg=name)
+  assert _genotype(workdir) == _genotype(reference)
+
+
+@pytest.fixture(scope='module')
+def reference(env, tmp_path_factory):
+  """An uninterrupted run, with every monitoring output on."""
+  workdir = str(tmp_path_factory.mktemp('reference') / 'run')
+  result = _run(env, workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(env, reference, tmp_path):
+  workdir = str(tmp_path / 'run')
+  process = _start(env, workdir)
+  # Checkpoint 15 is mid-epoch 2, with arch steps on: kill right after it.
+  _wait_for_checkpoint(process, workdir, 15)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert process.returncode == -signal.SIGKILL
+  assert not os.path.exists(os.path.join(workdir, 'genotype.json'))
+  latest = max(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit())
+  assert latest < EPOCHS * STEPS_PER_EPOCH
+
+  result = _run(env, workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'resuming from checkpoint {latest}' in result.stdout
+  _assert_same_result(workdir, reference)
+  with open(os.path.join(workdir, 'genotypes.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  assert [r['epoch'] for r in records] == list(range(EPOCHS))
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    assert json.load(f)['resumed_from_steps'] == [latest]
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_0(env, reference, tmp_path):
+  workdir = str(tmp_path / 'run')
+  process = _start(env, workdir)
+  _wait_for_checkpoint(process, workdir, 3)
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=600)
+  assert process.returncode == 0, stderr[-3000:]
+  assert 'Run the same command again to resume' in stdout
+  assert not os.path.exists(os.path.join(workdir, 'genotype.json'))
+  saved = sorted(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit())
+  stopped_at = int(stdout.split('checkpoint ')[-1].split()[0]) if 'after step' in stdout else None
+  assert saved[-1] < EPOCHS * STEPS_PER_EPOCH
+  if stopped_at is not None:  # Stopped mid-epoch: the checkpoint is that very step.
+    assert saved[-1] == stopped_at
+
+  result = _run(env, workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'resuming from checkpoint' in result.stdout
+  _assert_same_result(workdir, reference)
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(env, reference, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(reference, workdir)
+  steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit())
+  assert len(steps) == 3  # checkpoint.keep
+  newest, previous = steps[-1], steps[-2]
+  data_dir = os.path.join(workdir, 'checkpoints', str(newest), 'state', 'ocdbt.process_0', 'd')
+  for name in os.listdir(data_dir):  # Truncate every data file of the newest one.
+    with open(os.path.join(data_dir, name), 'r+b') as f:
+      f.truncate(10)
+  os.remove(os.path.join(workdir, 'arch.npz'))
+
+  result = _run(env, workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'checkpoint {newest} in' in result.stderr and 'cannot be restored' in result.stderr
+  assert f'resuming from checkpoint {previous}' in result.stdout
+  moved = os.listdir(os.path.join(workdir, 'checkpoints_unreadable'))
+  assert len(moved) == 1 and moved[0].startswith(f'{newest}-')  # Kept, not deleted.
+  # The steps after `previous` are recomputed: same final result.
+  _assert_same_result(workdir, reference)
+
+
+def test_same_seed_same_result_and_another_seed_differs(env, reference, tmp_path):
+  again = str(tmp_path / 'again')
+  result = _run(env, again)
+  assert result.returncode == 0, result.stderr[-3000:]
+  _assert_same_result(again, reference)
+  other = str(tmp_path / 'other')
+  result = _run(env, other, '--config.seed=3')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert not np.array_equal(_arch(other)['alphas_normal'], _arch(reference)['alphas_normal'])
+
+
+def test_tensorboard_pictures_and_summary(reference):
+  scalars = monitor.read_scalars(os.path.join(reference, 'tensorboard'))
+  for tag in ('train/loss', 'train/accuracy', 'arch/loss', 'arch/accuracy', 'valid/loss',
+              'valid/accuracy', 'lr', 'images_per_second', 'arch/normal/entropy',
+              'arch/reduce/entropy', 'alpha_normal/edge_k-2->0/sep_conv_3x3',
+              'alpha_reduce/edge_2->3/skip_connect', 'beta_normal/edge_k-1->2'):
+    assert tag in scalars, tag
+  assert sorted(scalars['valid/accuracy']) == list(range(1, EPOCHS + 1))
+  assert sorted(scalars['arch/loss']) == list(range(2, EPOCHS + 1))  # After the warm-up.
+  # Entropy of 8 nearly uniform weights starts close to log(8).
+  assert abs(scalars['arch/normal/entropy'][1] - np.log(8)) < 0.01
+  ops = [scalars[f'alpha_normal/edge_k-2->0/{op}'][EPOCHS] for op in genotypes.PRIMITIVES]
+  assert sum(ops) == pytest.approx(1.0, abs=1e-5)
+
+  plots = os.path.join(reference, 'plots')
+  for epoch in range(1, EPOCHS + 1):
+    for name in ('arch.png', 'cell_normal.png', 'cell_reduce.png', 'cell_normal.svg'):
+      path = os.path.join(plots, f'epoch_{epoch:03d}_{name}')
+      assert os.path.getsize(path) > 1000, path
+      if path.endswith('.png'):
+        with open(path, 'rb') as f:
+          assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+  with open(os.path.join(reference, 'summary.json')) as f:
+    summary = json.load(f)
+  assert genotypes.from_dict(summary['genotype']) == _genotype(reference)
+  assert summary['steps'] == EPOCHS * STEPS_PER_EPOCH and summary['epochs'] == EPOCHS
+  assert summary['last']['epoch'] == EPOCHS - 1
+  assert summary['best']['valid']['accuracy'] >= summary['last']['valid']['accuracy']
+  assert summary['steps_per_second'] > 0 and summary['wall_seconds'] > 0
+  assert summary['checkpoint']['size_bytes'] > 0
+  assert summary['nonfinite_steps_skipped'] == 0 and summary['resumed_from_steps'] == []
+
+
+def test_resume_false_refuses_a_non_empty_workdir(env, reference, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(reference, workdir)
+  before = {p: os.path.getmtime(os.path.join(workdir, p)) for p in os.listdir(workdir)}
+  result = _run(env, workdir, '--config.checkpoint.resume=False')
+  assert result.returncode == 2
+  line = result.stderr.strip().splitlines()[-1]
+  assert 'checkpoint.resume=False' in line and 'refusing to overwrite' in line
+  assert {p: os.path.getmtime(os.path.join(workdir, p)) for p in os.listdir(workdir)} == before
+
+
+def test_resume_with_a_different_config_is_refused(env, reference, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(reference, workdir)
+  result = _run(env, workdir, '--config.search.learning_rate=0.05')
+  assert result.returncode == 2
+  line = result.stderr.strip().splitlines()[-1]
+  assert 'search.learning_rate: 0.1 -> 0.05' in line
+
+
+class _NaNAtBatch(data.EpochIterator):
+  """Train batches as float images, with NaN pixels in batch `nan_batch` only."""
+  nan_batch = 4
+  calls = 0
+
+  def __next__(self):
+    batch = super().__next__()
+    images = batch['image'].astype(np.float32)
+    if self.seed == self.train_seed:
+      if _NaNAtBatch.calls == self.nan_batch:
+        images[0, 0, 0, 0] = np.nan
+      _NaNAtBatch.calls += 1
+    return {'image': images, 'label': batch['label']}
+
+
+def _nan_config(skip):
+  config = digits_search.get_config()
+  config.model.init_channels = 4
+  config.model.layers = 2
+  config.search.epochs = 2
+  config.search.arch_start_epoch = 1
+  config.checkpoint.every_steps = 3
+  config.search.skip_nonfinite = skip
+  config.monitor.pictures = False
+  config.monitor.progress = 'lines'
+  return config
+
+
+def test_nan_in_a_batch_stops_the_run_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+  config = _nan_config(skip=False)
+  _NaNAtBatch.train_seed, _NaNAtBatch.calls = config.seed, 0
+  monkeypatch.setattr(data, 'EpochIterator', _NaNAtBatch)
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(loop.NonFiniteError) as info:
+    loop.search(config, workdir)
+  message = str(info.value)
+  assert 'step 4 ' in message and 'train loss nan' in message, message
+  assert f'checkpoint 3 in {os.path.join(workdir, "checkpoints")}' in message
+  assert '\n' not in message
+  # Checkpoint 3 (before the bad step) is intact; nothing after it was written.
+  steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit())
+  assert steps == [3]
+  assert not os.path.exists(os.path.join(workdir, 'genotype.json'))
+
+  from pcdarts_jax import optim, supernet  # pylint: disable=g-import-not-at-top
+  train_set, _ = data.search_splits(config.data)
+  model = supernet.build_supernet(config)
+  state = loop.create_search_state(
+      model, config, jax.random.PRNGKey(0),
+      data.normalize(train_set.images[:1], config.data.mean, config.data.std),
+      optim.weight_optimizer(config, STEPS_PER_EPOCH), optim.arch_optimizer(config))
+  restored = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'), 3).restore_latest(
+      jax.eval_shape(lambda: state))
+  step, state, meta = restored
+  assert step == 3 and int(state.step) == 3
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+  assert meta['train_iter'] == {'epoch': 0, 'position': 3}
+
+
+def test_skip_nonfinite_counts_and_goes_on(tmp_path, monkeypatch):
+  config = _nan_config(skip=True)
+  _NaNAtBatch.train_seed, _NaNAtBatch.calls = config.seed, 0
+  monkeypatch.setattr(data, 'EpochIterator', _NaNAtBatch)
+  workdir = str(tmp_path / 'run')
+  loop.search(config, workdir)
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    summary = json.load(f)
+  assert summary['nonfinite_steps_skipped'] == 1
+  assert summary['steps'] == 2 * STEPS_PER_EPOCH  # The skipped step still counts.
+  with open(os.path.join(workdir, 'genotypes.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  assert [r['nonfinite_skipped'] for r in records] == [1.0, 0.0]
+  assert np.isfinite(records[0]['train']['loss'])
+  arch = _arch(workdir)
+  assert all(np.all(np.isfinite(v)) for v in arch.values())
