@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from configs import cifar100_search
@@ -151,6 +152,41 @@ def test_num_classes_must_match_the_data_set():
   c100 = cifar100_search.get_config()
   c100.model.num_classes = 10
   _one_line_error(c100, 'model.num_classes')
+
+
+@pytest.mark.parametrize('field,value,expect', [
+    ('checkpoint.every_steps', -1, '>= 0'),
+    ('checkpoint.every_steps', 2.5, 'integer'),
+    ('checkpoint.keep', 0, '>= 1'),
+    ('checkpoint.resume', 'yes', 'True or False'),
+    ('search.skip_nonfinite', 1, 'True or False'),
+    ('monitor.progress', 'fancy', "('auto', 'bar', 'lines')"),
+    ('monitor.tensorboard', 'on', 'True or False'),
+    ('monitor.pictures', None, 'True or False'),
+    ('search.epochs', 2.5, 'integer'),
+    ('search.batch_size', 0, '> 0'),
+    ('search.batch_size', 32.0, 'integer'),
+    ('search.momentum', -0.9, '>= 0'),
+    ('search.weight_decay', -1e-4, '>= 0'),
+    ('search.arch_beta1', 1.0, '[0, 1)'),
+    ('search.grad_clip', 0.0, '> 0'),
+    ('data.train_portion', 1.0, '(0, 1)'),
+    ('model.layers', 0, '>= 1'),
+    ('model.stem', 'resnet', "('cifar', 'imagenet')"),
+    ('seed', -1, '>= 0'),
+])
+def test_every_field_error_is_one_line_naming_the_field(field, value, expect):
+  config = digits_search.get_config()
+  # A config file may hold any type; rebuild the section so ConfigDict's own type
+  # check (which guards command-line overrides) does not intercept the value.
+  if '.' in field:
+    section, key = field.split('.')
+    config[section] = ml_collections.ConfigDict({**config[section].to_dict(), key: value})
+  else:
+    config = ml_collections.ConfigDict({**config.to_dict(), field: value})
+  message = _one_line_error(config, field)
+  assert expect in message, message
+  assert repr(value) in message or str(value) in message
 
 
 def test_batch_size_divisible_by_devices():
