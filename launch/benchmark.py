@@ -1,0 +1,103 @@
+"""Step-throughput benchmark of a search config.
+
+  python -m launch.benchmark --config=configs/cifar10_search.py \
+      [--batch_size=64] [--measure=weight_step,arch_step,bilevel_step,pipeline,fed_step] \
+      [--architects=first_order,second_order] [--sweep] [--steps=10] [--out=bench.jsonl] \
+      [--config.model.depthwise_impl=dense ...]
+
+Prints one JSON line per measurement on stdout (appended to --out as well) and
+a table on stderr. Fields: measurement, architect, batch_size, compile_seconds,
+ms_per_step_median/_p10/_p90, images_per_second, flops_per_step (XLA cost
+analysis), flops_per_second, peak_memory_bytes + memory_kind, device_kind,
+device_count, jax_version, config_digest, depthwise_impl, dtype, data.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from pcdarts_jax import benchmark
+from pcdarts_jax import config_validation
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Search config file.',
+                                          lock_config=True)
+_MEASURE = flags.DEFINE_list('measure', list(benchmark.MEASUREMENTS),
+                             f'Measurements, any of {benchmark.MEASUREMENTS}.')
+_ARCHITECTS = flags.DEFINE_list('architects', ['first_order'],
+                                'Architect strategies for the arch/bilevel/fed steps.')
+_BATCH = flags.DEFINE_integer('batch_size', None, 'Batch size (default: the config\'s).')
+_SWEEP = flags.DEFINE_bool('sweep', False, 'Run every batch size of --sweep_batch_sizes.')
+_SWEEP_SIZES = flags.DEFINE_list('sweep_batch_sizes', ['32', '64', '128', '256'],
+                                 'Batch sizes of --sweep.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per measurement.')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
+_OUT = flags.DEFINE_string('out', None, 'Append the JSON lines to this file.')
+flags.mark_flags_as_required(['config'])
+
+
+def _is_out_of_memory(error: Exception) -> bool:
+  text = str(error)
+  return 'RESOURCE_EXHAUSTED' in text or 'Out of memory' in text or 'out of memory' in text
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  config = _CONFIG.value
+  unknown = [m for m in _MEASURE.value if m not in benchmark.MEASUREMENTS]
+  if unknown:
+    print(f'error: --measure={",".join(unknown)} is not one of {benchmark.MEASUREMENTS}',
+          file=sys.stderr)
+    sys.exit(2)
+  for name in _ARCHITECTS.value:
+    if name not in config_validation.ARCHITECTS:
+      print(f'error: --architects={name!r} is not one of {config_validation.ARCHITECTS}',
+            file=sys.stderr)
+      sys.exit(2)
+  sizes = ([int(b) for b in _SWEEP_SIZES.value] if _SWEEP.value
+           else [_BATCH.value or config.search.batch_size])
+  try:
+    for b in sizes:
+      with config.unlocked():
+        config.search.batch_size = b
+        config.search.eval_batch_size = b
+      config_validation.validate_search_config(config)
+  except config_validation.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+  results, largest = [], None
+  out = open(_OUT.value, 'a') if _OUT.value else None
+  for b in sizes:
+    try:
+      batch_results = benchmark.run(config, _MEASURE.value, b, _STEPS.value, _WARMUP.value,
+                                    _ARCHITECTS.value, config_name=config_flags.get_config_filename(flags.FLAGS['config']))
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_out_of_memory(e):
+        raise
+      failure = {'measurement': 'out_of_memory', 'batch_size': b, 'error': str(e)[:300],
+                 'config_digest': benchmark.config_digest(config), **benchmark.environment()}
+      print(benchmark.to_json_line(failure), flush=True)
+      if out:
+        out.write(benchmark.to_json_line(failure) + '\n')
+      break
+    largest = b
+    for r in batch_results:
+      print(benchmark.to_json_line(r), flush=True)
+      if out:
+        out.write(benchmark.to_json_line(r) + '\n')
+    results += batch_results
+  if out:
+    out.close()
+  print(benchmark.format_table(results), file=sys.stderr)
+  if _SWEEP.value:
+    print(f'largest batch that fits: {largest}', file=sys.stderr)
+
+
+if __name__ == '__main__':
+  app.run(main)

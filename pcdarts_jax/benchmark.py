@@ -1,0 +1,290 @@
+"""Step-throughput measurements: compile time, ms/step, images/s, memory, FLOPs.
+
+Each measurement jits one function, compiles it explicitly (timed), runs
+`warmup` calls, then times `steps` calls one by one (blocking on the result, so
+a time is the whole step). Inputs are already on the device unless the
+measurement is about the input pipeline.
+"""
+
+import hashlib
+import json
+import platform
+import resource
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pcdarts_jax import architect
+from pcdarts_jax import data
+from pcdarts_jax import loop
+from pcdarts_jax import optim
+from pcdarts_jax import supernet
+
+MEASUREMENTS = ('weight_step', 'arch_step', 'bilevel_step', 'pipeline', 'fed_step')
+
+
+def config_digest(config) -> str:
+  text = config.to_json_best_effort(sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def peak_memory() -> Dict[str, Any]:
+  """Accelerator: the device's peak bytes in use; CPU: the process's peak RSS
+  (which only grows: a sweep reports the largest so far)."""
+  device = jax.devices()[0]
+  stats = device.memory_stats() if device.platform != 'cpu' else None
+  if stats and 'peak_bytes_in_use' in stats:
+    return {'peak_memory_bytes': int(stats['peak_bytes_in_use']),
+            'memory_kind': 'device_peak_bytes_in_use'}
+  rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux.
+  return {'peak_memory_bytes': int(rss_kb) * 1024, 'memory_kind': 'process_peak_rss'}
+
+
+def _flops(compiled) -> Optional[float]:
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  (not every backend has one)
+    return None
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  flops = analysis.get('flops') if analysis else None
+  return float(flops) if flops is not None and flops >= 0 else None
+
+
+def _percentiles(times: Sequence[float]) -> Dict[str, float]:
+  ms = np.asarray(times) * 1e3
+  return {'ms_per_step_median': float(np.median(ms)),
+          'ms_per_step_p10': float(np.percentile(ms, 10)),
+          'ms_per_step_p90': float(np.percentile(ms, 90))}
+
+
+def compile_timed(fn: Callable, args: tuple):
+  """(compiled executable, seconds spent lowering and compiling)."""
+  start = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def time_jitted(fn: Callable, args: tuple, steps: int, warmup: int, carry_state: bool,
+                compiled_and_seconds=None) -> Dict[str, Any]:
+  """Compile (timed), warm up, then time `steps` calls. With `carry_state`, the
+  first output is fed back as the first argument (a training loop)."""
+  compiled, compile_seconds = compiled_and_seconds or compile_timed(fn, args)
+  args = list(args)
+  times = []
+  for i in range(warmup + steps):
+    start = time.perf_counter()
+    out = compiled(*args)
+    jax.block_until_ready(out)
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+    if carry_state:
+      args[0] = out[0]
+  return {'compile_seconds': compile_seconds, 'flops_per_step': _flops(compiled),
+          **_percentiles(times)}
+
+
+def _synthetic_split(config, size: int, seed: int) -> data.ArraySet:
+  shape = data.IMAGE_SHAPES[config.data.name]
+  rng = np.random.default_rng(seed)
+  return data.ArraySet(rng.integers(0, 256, (size,) + shape, dtype=np.uint8),
+                       rng.integers(0, config.model.num_classes, size).astype(np.int32))
+
+
+def search_splits_or_synthetic(config, batch_size: int):
+  """The config's data set when it can be read here, else random images of the
+  same shape (the step's cost does not depend on pixel values)."""
+  try:
+    train_set, arch_set = data.search_splits(config.data)
+    if min(len(train_set), len(arch_set)) >= batch_size:
+      return train_set, arch_set, config.data.name
+  except data.DataError:
+    pass
+  size = max(4 * batch_size, 256)
+  return (_synthetic_split(config, size, 0), _synthetic_split(config, size, 1),
+          f'synthetic {config.data.name}-shaped')
+
+
+class SearchBench:
+  """The search steps of one config at one batch size."""
+
+  def __init__(self, config, batch_size: int):
+    self.config = config
+    self.batch_size = batch_size
+    self.train_set, self.arch_set, self.data_source = search_splits_or_synthetic(
+        config, batch_size)
+    self.model = supernet.build_supernet(config)
+    self.steps_per_epoch = max(len(self.train_set) // batch_size, 1)
+    self.weight_tx = optim.weight_optimizer(config, self.steps_per_epoch)
+    self.arch_tx = optim.arch_optimizer(config)
+    sample = data.normalize(self.train_set.images[:1], config.data.mean, config.data.std)
+    self.state = loop.create_search_state(self.model, config, jax.random.PRNGKey(0), sample,
+                                          self.weight_tx, self.arch_tx)
+    take = lambda s: {'image': jax.device_put(s.images[:batch_size]),
+                      'label': jax.device_put(s.labels[:batch_size])}
+    self.train_batch, self.arch_batch = take(self.train_set), take(self.arch_set)
+    self.rng = jax.random.PRNGKey(1)
+    self._compiled = {}
+
+  def _state(self):
+    # A fresh copy each time: the steps donate their state argument.
+    return jax.tree.map(jnp.copy, self.state)
+
+  def _bilevel(self, architect_name: str):
+    """The search loop's step, arch steps on from step 0, compiled once per
+    architect (bilevel_step and fed_step share it)."""
+    if architect_name not in self._compiled:
+      config = self.config.copy_and_resolve_references()
+      config.search.architect = architect_name
+      config.search.arch_start_epoch = 0
+      step = jax.jit(loop.make_bilevel_step(self.model, config, self.steps_per_epoch,
+                                            self.weight_tx, self.arch_tx), donate_argnums=0)
+      self._compiled[architect_name] = compile_timed(
+          step, (self._state(), self.train_batch, self.arch_batch, self.rng))
+    return self._compiled[architect_name]
+
+  def _augment(self, rng, images):
+    d = self.config.data
+    return data.augment(rng, images, d.mean, d.std, d.crop_padding, d.random_flip)
+
+  def _channel_rng(self, rng):
+    random_channels = self.config.model.get('channel_sampling', 'first') == 'random'
+    return rng if random_channels else None
+
+  def weight_step(self, steps, warmup, **_):
+    """The weight update alone (augmentation, forward/backward, SGD), built
+    without the arch branch so that XLA's FLOP count is the weight step's."""
+    loss_fn = loop.make_loss_fn(self.model)
+    weight_tx = self.weight_tx
+
+    def step(state, train_batch, arch_batch, rng):
+      del arch_batch
+      aug_rng, channel_rng = jax.random.split(rng)
+      (loss, (batch_stats, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state.params, state.arch, state.batch_stats,
+          self._augment(aug_rng, train_batch['image']), train_batch['label'],
+          self._channel_rng(channel_rng))
+      updates, opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
+      return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                           batch_stats=batch_stats, weight_opt_state=opt_state), loss
+
+    return time_jitted(jax.jit(step, donate_argnums=0),
+                       (self._state(), self.train_batch, self.arch_batch, self.rng),
+                       steps, warmup, carry_state=True)
+
+  def bilevel_step(self, steps, warmup, architect_name='first_order'):
+    return time_jitted(None, (self._state(), self.train_batch, self.arch_batch, self.rng),
+                       steps, warmup, carry_state=True,
+                       compiled_and_seconds=self._bilevel(architect_name))
+
+  def arch_step(self, steps, warmup, architect_name='first_order'):
+    """The architecture update alone (augmentation included, as in the search)."""
+    loss_fn = loop.make_loss_fn(self.model)
+    lr_fn = optim.weight_learning_rate(self.config, self.steps_per_epoch)
+    arch_grad = architect.make_architect(architect_name, self.config, loss_fn, lr_fn)
+    arch_tx = self.arch_tx
+
+    def step(state, train_batch, arch_batch, rng):
+      train_rng, arch_rng, channel_rng = jax.random.split(rng, 3)
+      grads, batch_stats, loss, _ = arch_grad(
+          state, self._augment(arch_rng, arch_batch['image']), arch_batch['label'],
+          self._augment(train_rng, train_batch['image']), train_batch['label'],
+          self._channel_rng(channel_rng))
+      updates, arch_opt_state = arch_tx.update(grads, state.arch_opt_state, state.arch)
+      return state.replace(arch=optax.apply_updates(state.arch, updates),
+                           arch_opt_state=arch_opt_state, batch_stats=batch_stats), loss
+
+    return time_jitted(jax.jit(step, donate_argnums=0),
+                       (self._state(), self.train_batch, self.arch_batch, self.rng),
+                       steps, warmup, carry_state=True)
+
+  def pipeline(self, steps, warmup, **_):
+    """Host batches (shuffled gather) and their transfer to the device, no step."""
+    train_iter = data.EpochIterator(self.train_set, self.batch_size, seed=0)
+    arch_iter = data.EpochIterator(self.arch_set, self.batch_size, seed=1)
+    times = []
+    for i in range(warmup + steps):
+      start = time.perf_counter()
+      batches = jax.device_put((next(train_iter), next(arch_iter)))
+      jax.block_until_ready(batches)
+      if i >= warmup:
+        times.append(time.perf_counter() - start)
+    return {'compile_seconds': 0.0, 'flops_per_step': None, **_percentiles(times)}
+
+  def fed_step(self, steps, warmup, architect_name='first_order'):
+    """The bilevel step fed by the pipeline, as the search loop runs it (next
+    batches prepared while the device computes)."""
+    compiled, compile_seconds = self._bilevel(architect_name)
+    train_iter = data.EpochIterator(self.train_set, self.batch_size, seed=0)
+    arch_iter = data.EpochIterator(self.arch_set, self.batch_size, seed=1)
+    state = self._state()
+    for _ in range(warmup):
+      state, _ = compiled(state, next(train_iter), next(arch_iter), self.rng)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(steps):  # Asynchronous dispatch: host work overlaps the step.
+      state, _ = compiled(state, next(train_iter), next(arch_iter), self.rng)
+    jax.block_until_ready(state)
+    per_step = (time.perf_counter() - start) / steps
+    return {'compile_seconds': compile_seconds, 'flops_per_step': _flops(compiled),
+            'ms_per_step_median': per_step * 1e3, 'ms_per_step_p10': None,
+            'ms_per_step_p90': None}
+
+
+def environment() -> Dict[str, Any]:
+  device = jax.devices()[0]
+  return {'device_kind': device.device_kind, 'platform': device.platform,
+          'device_count': jax.device_count(), 'jax_version': jax.__version__,
+          'host': platform.node()}
+
+
+def run(config, measurements: Sequence[str], batch_size: int, steps: int, warmup: int,
+        architects: Sequence[str] = ('first_order',), config_name: str = '') -> List[Dict]:
+  """Every requested measurement at one batch size; one dict per result."""
+  bench = SearchBench(config, batch_size)
+  base = {'config': config_name, 'config_digest': config_digest(config),
+          'batch_size': batch_size, 'data': bench.data_source, 'steps': steps,
+          'warmup': warmup, 'depthwise_impl': config.model.depthwise_impl,
+          'dtype': config.model.get('dtype', 'float32'), **environment()}
+  results = []
+  for name in measurements:
+    if name not in MEASUREMENTS:
+      raise ValueError(f'--measure={name!r} is not one of {MEASUREMENTS}.')
+    per_architect = name in ('arch_step', 'bilevel_step', 'fed_step')
+    for arch_name in (architects if per_architect else (None,)):
+      kwargs = {'architect_name': arch_name} if arch_name else {}
+      figures = getattr(bench, name)(steps, warmup, **kwargs)
+      ms = figures['ms_per_step_median']
+      flops = figures['flops_per_step']
+      result = {'measurement': name, 'architect': arch_name, **base, **figures,
+                'images_per_second': batch_size / (ms / 1e3) if ms else None,
+                'flops_per_second': flops / (ms / 1e3) if flops and ms else None,
+                **peak_memory()}
+      results.append(result)
+  return results
+
+
+def format_table(results: Sequence[Dict]) -> str:
+  header = (f'{"measurement":<14} {"architect":<19} {"batch":>5} {"compile s":>9} '
+            f'{"ms/step":>9} {"p10":>8} {"p90":>8} {"img/s":>8} {"GFLOP/step":>10} '
+            f'{"GFLOP/s":>8} {"peak MB":>8}')
+  lines = [header, '-' * len(header)]
+  fmt = lambda v, spec: format(v, spec) if v is not None else '-'
+  for r in results:
+    lines.append(
+        f'{r["measurement"]:<14} {r["architect"] or "":<19} {r["batch_size"]:>5} '
+        f'{fmt(r["compile_seconds"], ".1f"):>9} {fmt(r["ms_per_step_median"], ".1f"):>9} '
+        f'{fmt(r["ms_per_step_p10"], ".1f"):>8} {fmt(r["ms_per_step_p90"], ".1f"):>8} '
+        f'{fmt(r["images_per_second"], ".1f"):>8} '
+        f'{fmt(r["flops_per_step"] and r["flops_per_step"] / 1e9, ".2f"):>10} '
+        f'{fmt(r["flops_per_second"] and r["flops_per_second"] / 1e9, ".1f"):>8} '
+        f'{r["peak_memory_bytes"] / 2 ** 20:>8.0f}')
+  return '\n'.join(lines)
+
+
+def to_json_line(result: Dict) -> str:
+  return json.dumps(result, sort_keys=True)
