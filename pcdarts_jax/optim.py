@@ -1,5 +1,6 @@
 """The two optimizers of the bilevel search, one per variable collection."""
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -23,6 +24,20 @@ def weight_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformati
       optax.clip_by_global_norm(s.grad_clip),
       optax.add_decayed_weights(s.weight_decay),
       optax.sgd(weight_learning_rate(config, steps_per_epoch), momentum=s.momentum))
+
+
+def momentum_buffer(weight_opt_state, params):
+  """The SGD momentum buffer (optax `trace`) inside the weight optimizer's state,
+  shaped like `params`; zeros if the optimizer keeps none. Before the first
+  weight step it is zeros, like the reference's missing PyTorch buffer."""
+  is_trace = lambda node: isinstance(node, optax.TraceState)
+  traces = [node.trace for node in jax.tree.leaves(weight_opt_state, is_leaf=is_trace)
+            if is_trace(node)]
+  if len(traces) > 1:
+    raise ValueError(f'the weight optimizer has {len(traces)} momentum buffers; expected one.')
+  if not traces:
+    return jax.tree.map(jnp.zeros_like, params)
+  return traces[0]
 
 
 def arch_optimizer(config) -> optax.GradientTransformation:

@@ -3,6 +3,9 @@
 Weights live in `params`/`batch_stats`; the architecture lives in the `arch`
 collection (`alphas_normal`, `alphas_reduce` of shape (edges, ops) and, with edge
 normalization, `betas_normal`, `betas_reduce` of shape (edges,)).
+Variants: `channel_sampling` (`first` | `random`, the latter drawing from the
+Flax rng stream 'channels') and `channel_mixing` (`shuffle` | `shift`); neither
+changes the parameters.
 """
 
 from typing import Optional, Sequence
@@ -17,6 +20,9 @@ from pcdarts_jax import initializers
 from pcdarts_jax import ops
 
 STEM_TYPES = ('cifar', 'imagenet')
+CHANNEL_SAMPLINGS = ('first', 'random')
+CHANNEL_MIXINGS = ('shuffle', 'shift')
+CHANNEL_RNG = 'channels'  # Flax rng stream of the random channel sampling.
 
 
 def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
@@ -27,17 +33,64 @@ def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
   return x.reshape(*lead, channels)
 
 
+def channel_shift(x: jax.Array, width: int) -> jax.Array:
+  """NHWC channel shift: the first `width` channels move to the end."""
+  return jnp.concatenate([x[..., width:], x[..., :width]], axis=-1)
+
+
+def mix_channels(x: jax.Array, mixing: str, groups: int) -> jax.Array:
+  """The mixed op's final channel permutation: `shuffle` (K groups) or `shift`."""
+  if mixing == 'shuffle':
+    return channel_shuffle(x, groups)
+  if mixing == 'shift':
+    return channel_shift(x, x.shape[-1] // groups)
+  raise ValueError(f'model.channel_mixing={mixing!r} is not one of {CHANNEL_MIXINGS}.')
+
+
+def sample_channels(rng: jax.Array, channels: int, width: int) -> jax.Array:
+  """A random permutation of the channels whose first `width` entries are the
+  sampled subset: [sorted sample, sorted rest]. Sorting keeps the relative
+  channel order inside both parts, so K = 1 (all sampled) is the identity."""
+  chosen = jax.random.permutation(rng, channels)[:width]
+  mask = jnp.zeros((channels,), bool).at[chosen].set(True)
+  # Stable argsort of "not sampled": sampled channels first, each part ascending.
+  return jnp.argsort((~mask).astype(jnp.int32), stable=True)
+
+
 def edge_normalization(betas: jax.Array, steps: int) -> jax.Array:
   """Softmax of the betas over each node's incoming edges (2, 3, 4, ... edges)."""
   return jnp.concatenate([jax.nn.softmax(betas[s:e])
                           for s, e in genotypes.node_edge_ranges(steps)])
 
 
-def _partial_mixed_op(x, weights, channels, stride, partial_channels, primitives,
-                      depthwise_impl, axis_name, train):
-  """Body of the mixed op; creates its ops in the calling (compact) module."""
+def _partial_mixed_op(module, x, weights, channels, stride, partial_channels,
+                      primitives, depthwise_impl, axis_name, train,
+                      channel_sampling='first', channel_mixing='shuffle'):
+  """Body of the mixed op; creates its ops in the calling (compact) `module`.
+
+  `first`: the first C/K channels go through the ops. `random`: a fresh subset
+  of C/K channels, drawn from the module's 'channels' rng stream on every call;
+  the op sum is written back to the sampled channels' places and every other
+  channel keeps its own place, so the result (before mixing) is
+  S * MixedOp(S x) + (1 - S) * x for the sampling mask S. Without that rng
+  (initialisation, evaluation) the first C/K channels are used. (The
+  reference's model_search_random.py draws a permutation but discards it, a
+  defect not copied.)
+  """
   k = partial_channels
   width = channels // k
+  perm = None
+  if channel_sampling == 'random' and k > 1:
+    if module.has_rng(CHANNEL_RNG):
+      perm = sample_channels(module.make_rng(CHANNEL_RNG), channels, width)
+      x = jnp.take(x, perm, axis=-1)
+    elif train and not module.is_initializing():
+      raise ValueError(
+          "model.channel_sampling='random' needs a 'channels' rng in train mode: "
+          "model.apply(..., rngs={'channels': key}).")
+  elif channel_sampling not in CHANNEL_SAMPLINGS:
+    raise ValueError(f'model.channel_sampling={channel_sampling!r} is not one of '
+                     f'{CHANNEL_SAMPLINGS}.')
   x_ops, x_bypass = x[..., :width], x[..., width:]
   out = None
   for index, primitive in enumerate(primitives):
@@ -54,14 +107,19 @@ def _partial_mixed_op(x, weights, channels, stride, partial_channels, primitives
     return out
   if stride == 2:
     x_bypass = nn.max_pool(x_bypass, (2, 2), (2, 2))
-  return channel_shuffle(jnp.concatenate([out, x_bypass], axis=-1), k)
+  y = jnp.concatenate([out, x_bypass], axis=-1)
+  if perm is not None:  # Every channel back to its own place.
+    y = jnp.take(y, jnp.argsort(perm), axis=-1)
+  return mix_channels(y, channel_mixing, k)
 
 
 class PartialMixedOp(nn.Module):
   """Mixed op on the first C/K channels; the rest bypasses, then channels shuffle.
 
   With K = 1 this is DARTS' mixed op: all channels through all ops, no shuffle.
-  The bypass is max-pooled 2x2 on stride-2 edges.
+  The bypass is max-pooled 2x2 on stride-2 edges. `channel_sampling` picks the
+  processed channels (`first` | `random`, see `_partial_mixed_op`);
+  `channel_mixing` is the final permutation (`shuffle` | `shift`).
   """
   channels: int
   stride: int
@@ -70,12 +128,15 @@ class PartialMixedOp(nn.Module):
   depthwise_impl: str = 'auto'
   axis_name: Optional[str] = None
   train: bool = True
+  channel_sampling: str = 'first'
+  channel_mixing: str = 'shuffle'
 
   @nn.compact
   def __call__(self, x, weights):
-    return _partial_mixed_op(x, weights, self.channels, self.stride,
+    return _partial_mixed_op(self, x, weights, self.channels, self.stride,
                              self.partial_channels, self.primitives,
-                             self.depthwise_impl, self.axis_name, self.train)
+                             self.depthwise_impl, self.axis_name, self.train,
+                             self.channel_sampling, self.channel_mixing)
 
 
 class _EdgeScanStep(PartialMixedOp):
@@ -90,9 +151,10 @@ class _EdgeScanStep(PartialMixedOp):
   def __call__(self, nodes, edge, inputs):
     source, node, op_weights, edge_weight = edge
     x = (nodes if self.from_nodes else inputs)[source]
-    y = _partial_mixed_op(x, op_weights, self.channels, self.stride,
+    y = _partial_mixed_op(self, x, op_weights, self.channels, self.stride,
                           self.partial_channels, self.primitives,
-                          self.depthwise_impl, self.axis_name, self.train)
+                          self.depthwise_impl, self.axis_name, self.train,
+                          self.channel_sampling, self.channel_mixing)
     return nodes.at[node].add(edge_weight * y), None
 
 
@@ -100,7 +162,7 @@ def _edge_scan(unroll: bool):
   return nn.scan(
       _EdgeScanStep,
       variable_axes={'params': 0, 'batch_stats': 0},
-      split_rngs={'params': True},
+      split_rngs={'params': True, CHANNEL_RNG: True},  # Each edge its own sample.
       in_axes=(0, nn.broadcast),
       unroll=True if unroll else 1)
 
@@ -150,6 +212,8 @@ class SearchCell(nn.Module):
   depthwise_impl: str = 'auto'
   unroll_edges: bool = False
   axis_name: Optional[str] = None
+  channel_sampling: str = 'first'
+  channel_mixing: str = 'shuffle'
 
   @nn.compact
   def __call__(self, s0, s1, op_weights, edge_weights, train: bool = True):
@@ -172,6 +236,7 @@ class SearchCell(nn.Module):
       scan = _edge_scan(self.unroll_edges)(
           c, group_stride, self.partial_channels, self.primitives,
           self.depthwise_impl, self.axis_name, train,
+          channel_sampling=self.channel_sampling, channel_mixing=self.channel_mixing,
           from_nodes=name == 'node_edges', name=name)
       nodes, _ = scan(nodes, (sources, targets, op_weights[edges],
                               edge_weights[edges]), inputs)
@@ -193,6 +258,8 @@ class SearchNetwork(nn.Module):
   depthwise_impl: str = 'auto'
   unroll_edges: bool = False
   axis_name: Optional[str] = None
+  channel_sampling: str = 'first'   # first | random ('channels' rng per apply)
+  channel_mixing: str = 'shuffle'   # shuffle | shift
 
   def _arch(self, name, shape):
     init = lambda: 1e-3 * jax.random.normal(self.make_rng('params'), shape)
@@ -233,7 +300,8 @@ class SearchNetwork(nn.Module):
       cell = SearchCell(c_curr, reduction, reduction_prev, self.steps,
                         self.multiplier, self.partial_channels, self.primitives,
                         self.depthwise_impl, self.unroll_edges, self.axis_name,
-                        name=f'cell_{i}')
+                        channel_sampling=self.channel_sampling,
+                        channel_mixing=self.channel_mixing, name=f'cell_{i}')
       s0, s1 = s1, cell(s0, s1, op_weights[kind], edge_w[kind], train)
       reduction_prev = reduction
     out = jnp.mean(s1, axis=(1, 2))
@@ -264,4 +332,6 @@ def build_supernet(config, axis_name: Optional[str] = None) -> SearchNetwork:
       stem=get('stem', 'cifar'),
       depthwise_impl=get('depthwise_impl', 'auto'),
       unroll_edges=get('unroll_edges', False),
-      axis_name=axis_name)
+      axis_name=axis_name,
+      channel_sampling=get('channel_sampling', 'first'),
+      channel_mixing=get('channel_mixing', 'shuffle'))

@@ -359,3 +359,33 @@ def test_supernet_without_edge_normalization(tiny):
   # Edge normalization adds only arch parameters, no weights.
   assert shapes(v['params']) == shapes(tiny['variables']['params'])
   assert shapes(v['batch_stats']) == shapes(tiny['variables']['batch_stats'])
+
+
+def test_supernet_random_channel_sampling(tiny):
+  """Same parameters as `first`; a fresh channel subset per rng, per edge; the
+  scanned and unrolled edges draw the same subsets; no rng in eval mode."""
+  model = tiny['model'].clone(channel_sampling='random')
+  v, x = tiny['variables'], tiny['x']
+  shapes = lambda t: jax.tree.map(lambda a: (a.shape, a.dtype), t)
+  assert shapes(initializers.init_variables(model, jax.random.PRNGKey(0), x[:1])) == shapes(v)
+  run = lambda m: jax.jit(lambda key: m.apply(v, x, train=True, mutable=['batch_stats'],
+                                                rngs={'channels': key})[0])
+  apply = run(model)
+  a, b = apply(jax.random.PRNGKey(1)), apply(jax.random.PRNGKey(2))
+  assert a.shape == (2, 10) and np.all(np.isfinite(np.asarray(a)))
+  np.testing.assert_array_equal(np.asarray(apply(jax.random.PRNGKey(1))), np.asarray(a))
+  assert not np.allclose(a, b, atol=1e-3)
+  assert not np.allclose(a, tiny['logits'], atol=1e-3)  # not the first C/K channels
+  unrolled = run(model.clone(unroll_edges=True))(jax.random.PRNGKey(1))
+  np.testing.assert_allclose(np.asarray(unrolled), np.asarray(a), atol=1e-5)
+  # Evaluation without a 'channels' rng uses the first C/K channels.
+  np.testing.assert_array_equal(np.asarray(model.apply(v, x, train=False)),
+                                np.asarray(tiny['model'].apply(v, x, train=False)))
+
+
+def test_supernet_channel_shift_same_parameters(tiny):
+  model = tiny['model'].clone(channel_mixing='shift')
+  v, x = tiny['variables'], tiny['x']
+  logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(v, x)
+  assert logits.shape == (2, 10) and np.all(np.isfinite(np.asarray(logits)))
+  assert not np.allclose(logits, tiny['logits'], atol=1e-3)
