@@ -36,6 +36,8 @@ def get_config():
   config.model.stem = 'cifar'           # cifar | imagenet
   config.model.depthwise_impl = 'auto'  # auto | conv | shifted | dense
   config.model.unroll_edges = False     # True: slower compile, faster steps
+  config.model.channel_sampling = 'first'  # first | random: which C/K channels the ops see
+  config.model.channel_mixing = 'shuffle'  # shuffle | shift: permutation after the concat
 
   config.search = ml_collections.ConfigDict()
   config.search.epochs = 50
@@ -50,7 +52,8 @@ def get_config():
   config.search.arch_beta2 = 0.999
   config.search.arch_weight_decay = 1e-3
   config.search.arch_start_epoch = 15
-  config.search.architect = 'first_order'
+  config.search.architect = 'first_order'  # first_order | second_order | second_order_exact
+  config.search.single_level = False    # True: weights and arch from one train-batch step
   config.search.eval_batch_size = 500   # validation on the arch half each epoch
   config.search.log_every_steps = 50
   config.search.skip_nonfinite = False  # True: drop non-finite steps and go on (counted)

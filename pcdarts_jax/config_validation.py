@@ -58,6 +58,12 @@ def validate_search_config(config, num_devices: int = 1):
            f'model.stem={m.stem!r} is not one of {supernet.STEM_TYPES}.')
   _require(m.depthwise_impl in ops.DEPTHWISE_IMPLS,
            f'model.depthwise_impl={m.depthwise_impl!r} is not one of {ops.DEPTHWISE_IMPLS}.')
+  sampling = m.get('channel_sampling', 'first')
+  _require(sampling in supernet.CHANNEL_SAMPLINGS,
+           f'model.channel_sampling={sampling!r} is not one of {supernet.CHANNEL_SAMPLINGS}.')
+  mixing = m.get('channel_mixing', 'shuffle')
+  _require(mixing in supernet.CHANNEL_MIXINGS,
+           f'model.channel_mixing={mixing!r} is not one of {supernet.CHANNEL_MIXINGS}.')
   size = data.IMAGE_SHAPES[d.name][0]
   reductions = 2 + (3 if m.stem == 'imagenet' else 0)
   _require(size % (2 ** reductions) == 0,
@@ -86,6 +92,12 @@ def validate_search_config(config, num_devices: int = 1):
            f'{s.epochs}, or the architecture is never trained.')
   _require(s.architect in ARCHITECTS,
            f'search.architect={s.architect!r} is not one of {ARCHITECTS}.')
+  single_level = s.get('single_level', False)
+  _require(isinstance(single_level, bool),
+           f'search.single_level={single_level!r} must be True or False.')
+  _require(not single_level or s.architect == 'first_order',
+           f'search.single_level=True updates the architecture on the train batch and '
+           f'takes no architect; search.architect={s.architect!r} must be \'first_order\'.')
   _require(isinstance(s.skip_nonfinite, bool),
            f'search.skip_nonfinite={s.skip_nonfinite!r} must be True or False.')
   c = config.checkpoint

@@ -108,56 +108,92 @@ def _metrics(loss, logits, labels) -> Dict[str, jax.Array]:
 
 
 def make_loss_fn(model):
-  def loss_fn(params, arch, batch_stats, images, labels):
+  """loss_fn(params, arch, batch_stats, images, labels, rng=None) -> (loss,
+  (batch_stats, logits)), train mode. `rng` is the 'channels' stream of the
+  random channel sampling; the default (first-channel) supernet ignores it."""
+  def loss_fn(params, arch, batch_stats, images, labels, rng=None):
+    rngs = None if rng is None else {supernet.CHANNEL_RNG: rng}
     logits, new_state = model.apply(
         {'params': params, 'arch': arch, 'batch_stats': batch_stats},
-        images, train=True, mutable=['batch_stats'])
+        images, train=True, mutable=['batch_stats'], rngs=rngs)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, (new_state['batch_stats'], logits)
   return loss_fn
+
+
+def _zero_metrics() -> Dict[str, jax.Array]:
+  zero = jnp.zeros((), jnp.float32)
+  return {'loss_sum': zero, 'correct': zero, 'count': zero}
 
 
 def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx) -> Callable:
   """One search step: an arch step on the arch batch (from `arch_start_epoch` on),
   then a weight step on the train batch, both in train mode.
 
+  The arch gradient comes from the `search.architect` strategy (architect.py);
+  second-order strategies also see the train batch, the weight lr and the
+  momentum buffer. With `search.single_level` there is one forward/backward on
+  the train batch for weights and architecture together (arch batch unused).
   The warm-up switch is a traced comparison on `state.step`, so the step compiles
   once; `lax.cond` skips the arch pass's compute during warm-up.
   """
   d, s = config.data, config.search
   loss_fn = make_loss_fn(model)
-  arch_grad_fn = architect.ARCHITECTS[s.architect]
+  lr_fn = optim.weight_learning_rate(config, steps_per_epoch)
+  arch_grad_fn = architect.make_architect(s.architect, config, loss_fn, lr_fn)
+  single_level = bool(s.get('single_level', False))
   arch_start_step = s.arch_start_epoch * steps_per_epoch
   augment = lambda rng, images: data.augment(rng, images, d.mean, d.std,
                                              d.crop_padding, d.random_flip)
 
-  def step(state: SearchState, train_batch, arch_batch, rng) -> Tuple[SearchState, Dict]:
-    train_rng, arch_rng = jax.random.split(rng)
+  def apply_arch_grads(state, grads):
+    updates, arch_opt_state = arch_tx.update(grads, state.arch_opt_state, state.arch)
+    return state.replace(arch=optax.apply_updates(state.arch, updates),
+                         arch_opt_state=arch_opt_state)
 
+  def apply_weight_grads(state, grads, batch_stats):
+    updates, weight_opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
+    return state.replace(step=state.step + 1,
+                         params=optax.apply_updates(state.params, updates),
+                         batch_stats=batch_stats, weight_opt_state=weight_opt_state)
+
+  def bilevel(state, images, labels, arch_batch, arch_rng, train_channels, arch_channels):
     def arch_update(state):
-      images = augment(arch_rng, arch_batch['image'])
-      grads, batch_stats, loss, logits = arch_grad_fn(loss_fn, state, images,
-                                                      arch_batch['label'])
-      updates, arch_opt_state = arch_tx.update(grads, state.arch_opt_state, state.arch)
-      state = state.replace(arch=optax.apply_updates(state.arch, updates),
-                            arch_opt_state=arch_opt_state, batch_stats=batch_stats)
+      arch_images = augment(arch_rng, arch_batch['image'])
+      grads, batch_stats, loss, logits = arch_grad_fn(
+          state, arch_images, arch_batch['label'], images, labels, arch_channels)
+      state = apply_arch_grads(state, grads).replace(batch_stats=batch_stats)
       return state, _metrics(loss, logits, arch_batch['label'])
 
-    def no_arch_update(state):
-      zero = jnp.zeros((), jnp.float32)
-      return state, {'loss_sum': zero, 'correct': zero, 'count': zero}
-
     state, arch_metrics = jax.lax.cond(state.step >= arch_start_step,
-                                       arch_update, no_arch_update, state)
-
-    images = augment(train_rng, train_batch['image'])
+                                       arch_update, lambda st: (st, _zero_metrics()), state)
     (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.arch, state.batch_stats, images, train_batch['label'])
-    updates, weight_opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
-    state = state.replace(step=state.step + 1,
-                          params=optax.apply_updates(state.params, updates),
-                          batch_stats=batch_stats, weight_opt_state=weight_opt_state)
-    metrics = {'train_' + k: v for k, v in _metrics(loss, logits, train_batch['label']).items()}
+        state.params, state.arch, state.batch_stats, images, labels, train_channels)
+    return apply_weight_grads(state, grads, batch_stats), loss, logits, arch_metrics
+
+  def single(state, images, labels, train_channels):
+    """Single-level (Single-DARTS): both gradients from one train-batch pass."""
+    (loss, (batch_stats, logits)), (grads, arch_grads) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(
+            state.params, state.arch, state.batch_stats, images, labels, train_channels)
+    arch_on = state.step >= arch_start_step
+    state = jax.lax.cond(arch_on, apply_arch_grads, lambda st, _: st, state, arch_grads)
+    # The arch metrics are those of the shared pass while the arch moves.
+    arch_metrics = jax.tree.map(lambda m: m * arch_on, _metrics(loss, logits, labels))
+    return apply_weight_grads(state, grads, batch_stats), loss, logits, arch_metrics
+
+  def step(state: SearchState, train_batch, arch_batch, rng) -> Tuple[SearchState, Dict]:
+    train_rng, arch_rng = jax.random.split(rng)
+    # Keys of the random channel sampling (unused with model.channel_sampling=first).
+    train_channels, arch_channels = jax.random.split(jax.random.fold_in(rng, 1))
+    images = augment(train_rng, train_batch['image'])
+    labels = train_batch['label']
+    if single_level:
+      state, loss, logits, arch_metrics = single(state, images, labels, train_channels)
+    else:
+      state, loss, logits, arch_metrics = bilevel(state, images, labels, arch_batch, arch_rng,
+                                                  train_channels, arch_channels)
+    metrics = {'train_' + k: v for k, v in _metrics(loss, logits, labels).items()}
     metrics.update({'arch_' + k: v for k, v in arch_metrics.items()})
     return state, metrics
 
