@@ -462,9 +462,11 @@ def search(config, workdir: str) -> genotypes.Genotype:
     return (f'checkpoint {step} in {paths.checkpoints}' if step is not None
             else 'none was written yet')
 
-  def check_finite(step_metrics):
-    """Host check of one step's `nonfinite` flag (fetched a step late: no stall)."""
-    if s.skip_nonfinite or not float(step_metrics['nonfinite']):
+  def check_finite(host_sums):
+    """Stops the run if a step went non-finite. The check reads metric sums that
+    are fetched anyway (log lines, checkpoints, epoch ends), so it adds no host
+    sync; the guarded step has frozen the state at the last good values since."""
+    if s.skip_nonfinite or not host_sums or not host_sums['nonfinite']:
       return
     bad_step = int(state.first_nonfinite_step)
     train_loss, arch_loss = (float(x) for x in state.first_nonfinite_losses)
@@ -475,10 +477,9 @@ def search(config, workdir: str) -> genotypes.Genotype:
         f'Last good checkpoint: {last_good_checkpoint()}. Lower the learning rates, check '
         f'the data, or set search.skip_nonfinite=True to skip such steps.')
 
-  def save(step: int, sums):
+  def save(step: int, host_sums):
     meta.update(train_iter=train_iter.state(), arch_iter=arch_iter.state(),
-                sums=None if sums is None else {k: float(v) for k, v in
-                                                 jax.device_get(sums).items()},
+                sums=host_sums,
                 wall_seconds=meta['wall_seconds'] + (time.time() - clock[0]))
     clock[0] = time.time()
     ckpt_figures['save_seconds'] = checkpoints.save(step, state, meta)
@@ -497,34 +498,34 @@ def search(config, workdir: str) -> genotypes.Genotype:
         sums = {k: jnp.asarray(v, jnp.float32) for k, v in meta['sums'].items()}
       progress = monitor.Progress(epoch, s.epochs, steps_per_epoch, s.batch_size,
                                   s.log_every_steps, interactive, initial=first)
-      pending = None  # The previous step's metrics, read after the next is queued.
       loop_start = time.time()
       for i in range(first, steps_per_epoch):
         step_number = epoch * steps_per_epoch + i
         # The step's rng depends only on (seed, step): resumed runs draw the same.
         state, metrics = bilevel_step(state, next(train_iter), next(arch_iter),
                                       jax.random.fold_in(step_key, step_number))
-        sums = _accumulate(sums, metrics)
-        if pending is not None:
-          check_finite(pending)
-          progress.update({'loss': float(pending['train_loss_sum'] / pending['train_count'])})
-        pending = metrics
+        sums = _accumulate(sums, metrics)  # On device: no per-step host sync.
         done = step_number + 1
         # At an epoch's last step the epoch-end checkpoint (after validation) serves.
-        if i + 1 < steps_per_epoch and (stop.received is not None or
-                                        (every and done % every == 0)):
-          check_finite(pending)
-          save(done, sums)
+        saving = i + 1 < steps_per_epoch and (stop.received is not None or
+                                              (every and done % every == 0))
+        logging_now = s.log_every_steps and done % s.log_every_steps == 0
+        host_sums = None
+        if saving or logging_now:
+          host_sums = {k: float(v) for k, v in jax.device_get(sums).items()}
+          check_finite(host_sums)
+        progress.update(host_sums and {'loss': host_sums['train_loss_sum'] /
+                                               max(host_sums['train_count'], 1.0)})
+        if saving:
+          save(done, host_sums)
           if stop.received is not None:
             progress.close()
             raise SearchInterrupted(
                 f'stopped by {signal.Signals(stop.received).name} after step {done}; '
                 f'checkpoint {done} written to {paths.checkpoints}. Run the same command '
                 f'again to resume.')
-      if pending is not None:
-        check_finite(pending)
-        progress.update()
       progress.close()
+      check_finite({k: float(v) for k, v in jax.device_get(sums).items()})
       sums = jax.device_get(sums)
       steps_run += steps_per_epoch - first
       step_seconds += time.time() - loop_start
