@@ -36,6 +36,7 @@ def get_config():
   config.model.stem = 'cifar'           # cifar | imagenet
   config.model.depthwise_impl = 'auto'  # auto | conv | shifted | dense
   config.model.unroll_edges = False     # True: slower compile, faster steps
+  config.model.dtype = 'float32'       # float32 | bfloat16 (activations; params, arch stay float32)
   config.model.channel_sampling = 'first'  # first | random: which C/K channels the ops see
   config.model.channel_mixing = 'shuffle'  # shuffle | shift: permutation after the concat
 

@@ -56,6 +56,8 @@ def validate_search_config(config, num_devices: int = 1):
            f'(FactorizedReduce halves the channels of the stride-2 skip op).')
   _require(m.stem in supernet.STEM_TYPES,
            f'model.stem={m.stem!r} is not one of {supernet.STEM_TYPES}.')
+  _require(m.get('dtype', 'float32') in supernet.DTYPES,
+           f"model.dtype={m.get('dtype')!r} is not one of {supernet.DTYPES}.")
   _require(m.depthwise_impl in ops.DEPTHWISE_IMPLS,
            f'model.depthwise_impl={m.depthwise_impl!r} is not one of {ops.DEPTHWISE_IMPLS}.')
   sampling = m.get('channel_sampling', 'first')

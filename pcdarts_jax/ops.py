@@ -33,9 +33,17 @@ def _pair(padding: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
   return ((padding, padding), (padding, padding))
 
 
+class BatchNorm(nn.BatchNorm):
+  """nn.BatchNorm whose output keeps the input's dtype: under bfloat16 the
+  statistics (and the running averages) stay float32, the activations bfloat16."""
+
+  def __call__(self, x, *args, **kwargs):
+    return super().__call__(x, *args, **kwargs).astype(x.dtype)
+
+
 def batch_norm(train: bool, affine: bool, name: Optional[str] = None,
                axis_name: Optional[str] = None) -> nn.BatchNorm:
-  return nn.BatchNorm(
+  return BatchNorm(
       use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
       use_scale=affine, use_bias=affine, axis_name=axis_name, name=name)
 
@@ -107,6 +115,26 @@ class Pointwise(nn.Module):
     return jnp.einsum('nhwc,cd->nhwd', x, kernel[0, 0].astype(x.dtype))
 
 
+class Conv(nn.Module):
+  """Bias-free conv computed in the input's dtype (float32 kernel cast at use).
+
+  Same parameter as nn.Conv (`kernel`, (kh, kw, C_in, C_out)), so checkpoints
+  and the PyTorch import are unchanged.
+  """
+  features: int
+  kernel_size: Tuple[int, int]
+  strides: Tuple[int, int] = (1, 1)
+  padding: Tuple[Tuple[int, int], Tuple[int, int]] = ((0, 0), (0, 0))
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', initializers.kernel_init,
+                        (*self.kernel_size, x.shape[-1], self.features), jnp.float32)
+    return lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), window_strides=self.strides, padding=self.padding,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
 def conv(features: int, kernel_size, stride=1, padding=0, name=None) -> nn.Module:
   if kernel_size == 1 and padding == 0 and isinstance(stride, int):
     return Pointwise(features, stride, name=name)
@@ -116,8 +144,8 @@ def conv(features: int, kernel_size, stride=1, padding=0, name=None) -> nn.Modul
     stride = (stride, stride)
   if isinstance(padding, int):
     padding = _pair(padding)
-  return nn.Conv(features, kernel_size, strides=stride, padding=padding,
-                 use_bias=False, kernel_init=initializers.kernel_init, name=name)
+  return Conv(features, tuple(kernel_size), tuple(stride), tuple(map(tuple, padding)),
+              name=name)
 
 
 class Zero(nn.Module):
@@ -150,7 +178,7 @@ class Pool(nn.Module):
     else:
       # Padded cells are not counted (PyTorch count_include_pad=False).
       y = nn.avg_pool(x, window, strides, padding=_pair(1),
-                      count_include_pad=False)
+                      count_include_pad=False).astype(x.dtype)  # counts are float32
     if self.bn_after:
       y = batch_norm(train, self.affine, 'bn', self.axis_name)(y)
     return y

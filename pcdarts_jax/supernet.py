@@ -20,6 +20,7 @@ from pcdarts_jax import initializers
 from pcdarts_jax import ops
 
 STEM_TYPES = ('cifar', 'imagenet')
+DTYPES = ('float32', 'bfloat16')
 CHANNEL_SAMPLINGS = ('first', 'random')
 CHANNEL_MIXINGS = ('shuffle', 'shift')
 CHANNEL_RNG = 'channels'  # Flax rng stream of the random channel sampling.
@@ -99,7 +100,7 @@ def _partial_mixed_op(module, x, weights, channels, stride, partial_channels,
     op = ops.make_op(primitive, width, stride, affine=False,
                      depthwise_impl=depthwise_impl, search=True,
                      axis_name=axis_name, name=primitive)
-    term = weights[index] * op(x_ops, train=train)
+    term = weights[index].astype(x_ops.dtype) * op(x_ops, train=train)
     out = term if out is None else out + term
   if out is None:  # Only `none` in the op set.
     out = jnp.zeros_like(x_ops[:, ::stride, ::stride, :])
@@ -155,7 +156,7 @@ class _EdgeScanStep(PartialMixedOp):
                           self.partial_channels, self.primitives,
                           self.depthwise_impl, self.axis_name, self.train,
                           self.channel_sampling, self.channel_mixing)
-    return nodes.at[node].add(edge_weight * y), None
+    return nodes.at[node].add(edge_weight.astype(y.dtype) * y), None
 
 
 def _edge_scan(unroll: bool):
@@ -260,6 +261,7 @@ class SearchNetwork(nn.Module):
   axis_name: Optional[str] = None
   channel_sampling: str = 'first'   # first | random ('channels' rng per apply)
   channel_mixing: str = 'shuffle'   # shuffle | shift
+  dtype: str = 'float32'            # activations; params, arch, BN stats and logits stay float32
 
   def _arch(self, name, shape):
     init = lambda: 1e-3 * jax.random.normal(self.make_rng('params'), shape)
@@ -289,7 +291,7 @@ class SearchNetwork(nn.Module):
         edge_w[kind] = edge_normalization(self._arch(f'betas_{kind}', (num_edges,)),
                                           self.steps)
 
-    s0, s1 = self._stem(x, train)
+    s0, s1 = self._stem(x.astype(self.dtype), train)
     c_curr = self.init_channels
     reduction_prev = self.stem == 'imagenet'
     for i in range(self.layers):
@@ -304,7 +306,7 @@ class SearchNetwork(nn.Module):
                         channel_mixing=self.channel_mixing, name=f'cell_{i}')
       s0, s1 = s1, cell(s0, s1, op_weights[kind], edge_w[kind], train)
       reduction_prev = reduction
-    out = jnp.mean(s1, axis=(1, 2))
+    out = jnp.mean(s1.astype(jnp.float32), axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=initializers.kernel_init,
                     bias_init=initializers.bias_init_for(out.shape[-1]),
                     name='classifier')(out)
@@ -334,4 +336,5 @@ def build_supernet(config, axis_name: Optional[str] = None) -> SearchNetwork:
       unroll_edges=get('unroll_edges', False),
       axis_name=axis_name,
       channel_sampling=get('channel_sampling', 'first'),
-      channel_mixing=get('channel_mixing', 'shuffle'))
+      channel_mixing=get('channel_mixing', 'shuffle'),
+      dtype=get('dtype', 'float32'))
