@@ -98,8 +98,10 @@ def _synthetic_split(config, size: int, seed: int) -> data.ArraySet:
 def search_splits_or_synthetic(config, batch_size: int):
   """The config's data set when it can be read here, else random images of the
   same shape (the step's cost does not depend on pixel values)."""
+  data_config = config.data.copy_and_resolve_references()
+  data_config.download = False  # Measure now: never start a download.
   try:
-    train_set, arch_set = data.search_splits(config.data)
+    train_set, arch_set = data.search_splits(data_config)
     if min(len(train_set), len(arch_set)) >= batch_size:
       return train_set, arch_set, config.data.name
   except data.DataError:
