@@ -291,7 +291,9 @@ class SearchNetwork(nn.Module):
         edge_w[kind] = edge_normalization(self._arch(f'betas_{kind}', (num_edges,)),
                                           self.steps)
 
-    s0, s1 = self._stem(x.astype(self.dtype), train)
+    if self.dtype == 'bfloat16':  # float32: the input's own precision (float64 in tests).
+      x = x.astype(jnp.bfloat16)
+    s0, s1 = self._stem(x, train)
     c_curr = self.init_channels
     reduction_prev = self.stem == 'imagenet'
     for i in range(self.layers):
@@ -306,7 +308,7 @@ class SearchNetwork(nn.Module):
                         channel_mixing=self.channel_mixing, name=f'cell_{i}')
       s0, s1 = s1, cell(s0, s1, op_weights[kind], edge_w[kind], train)
       reduction_prev = reduction
-    out = jnp.mean(s1.astype(jnp.float32), axis=(1, 2))
+    out = jnp.mean(s1.astype(jnp.promote_types(s1.dtype, jnp.float32)), axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=initializers.kernel_init,
                     bias_init=initializers.bias_init_for(out.shape[-1]),
                     name='classifier')(out)
