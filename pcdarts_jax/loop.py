@@ -431,9 +431,12 @@ def search(config, workdir: str) -> genotypes.Genotype:
     train_iter.restore(meta['train_iter'])
     arch_iter.restore(meta['arch_iter'])
     meta['resumed_from'] = meta['resumed_from'] + [step_done]
-    print(f'resuming from checkpoint {step_done} (epoch {step_done // steps_per_epoch + 1}, '
-          f'step {step_done % steps_per_epoch} of {steps_per_epoch}) in {paths.checkpoints}',
-          flush=True)
+    if step_done >= s.epochs * steps_per_epoch:
+      where = 'the search had finished; rewriting its final outputs'
+    else:
+      where = (f'epoch {step_done // steps_per_epoch + 1}, step '
+               f'{step_done % steps_per_epoch} of {steps_per_epoch}')
+    print(f'resuming from checkpoint {step_done} ({where}) in {paths.checkpoints}', flush=True)
   start_step = int(state.step)
   start_epoch = start_step // steps_per_epoch
   # Epoch lines written after the restored checkpoint are rewritten by this run.
