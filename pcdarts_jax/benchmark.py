@@ -131,6 +131,7 @@ class SearchBench:
     self.train_batch, self.arch_batch = take(self.train_set), take(self.arch_set)
     self.rng = jax.random.PRNGKey(1)
     self._compiled = {}
+    self._augment = data.train_augment(config.data)
 
   def _state(self):
     # A fresh copy each time: the steps donate their state argument.
@@ -149,9 +150,6 @@ class SearchBench:
           step, (self._state(), self.train_batch, self.arch_batch, self.rng))
     return self._compiled[architect_name]
 
-  def _augment(self, rng, images):
-    d = self.config.data
-    return data.augment(rng, images, d.mean, d.std, d.crop_padding, d.random_flip)
 
   def _channel_rng(self, rng):
     random_channels = self.config.model.get('channel_sampling', 'first') == 'random'

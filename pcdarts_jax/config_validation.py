@@ -21,6 +21,14 @@ def _require(ok: bool, message: str):
     raise ConfigError(message)
 
 
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require_bool(value, field: str):
+  _require(isinstance(value, bool), f'{field}={value!r} must be True or False.')
+
+
 def _positive(config, section: str, field: str, allow_zero: bool = False):
   value = config[section][field]
   ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
@@ -45,7 +53,7 @@ def validate_search_config(config, num_devices: int = 1):
   for field in ('init_channels', 'layers', 'partial_channels', 'steps', 'multiplier',
                 'stem_multiplier'):
     value = m[field]
-    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+    _require(_is_int(value) and value >= 1,
              f'model.{field}={value!r} must be an integer >= 1.')
   k, c = m.partial_channels, m.init_channels
   _require(c % k == 0,
@@ -80,10 +88,10 @@ def validate_search_config(config, num_devices: int = 1):
     _positive(config, 'search', field, allow_zero=True)
   for field in ('batch_size', 'epochs', 'eval_batch_size', 'arch_start_epoch',
                 'log_every_steps'):
-    _require(isinstance(s[field], int) and not isinstance(s[field], bool),
+    _require(_is_int(s[field]),
              f'search.{field}={s[field]!r} must be an integer.')
-  _require(isinstance(config.seed, int) and not isinstance(config.seed, bool)
-           and config.seed >= 0, f'seed={config.seed!r} must be an integer >= 0.')
+  _require(_is_int(config.seed) and config.seed >= 0,
+           f'seed={config.seed!r} must be an integer >= 0.')
   _require(s.learning_rate_min <= s.learning_rate,
            f'search.learning_rate_min={s.learning_rate_min} exceeds '
            f'search.learning_rate={s.learning_rate}.')
@@ -95,27 +103,22 @@ def validate_search_config(config, num_devices: int = 1):
   _require(s.architect in ARCHITECTS,
            f'search.architect={s.architect!r} is not one of {ARCHITECTS}.')
   single_level = s.get('single_level', False)
-  _require(isinstance(single_level, bool),
-           f'search.single_level={single_level!r} must be True or False.')
+  _require_bool(single_level, 'search.single_level')
   _require(not single_level or s.architect == 'first_order',
            f'search.single_level=True updates the architecture on the train batch and '
            f'takes no architect; search.architect={s.architect!r} must be \'first_order\'.')
-  _require(isinstance(s.skip_nonfinite, bool),
-           f'search.skip_nonfinite={s.skip_nonfinite!r} must be True or False.')
+  _require_bool(s.skip_nonfinite, 'search.skip_nonfinite')
   c = config.checkpoint
-  _require(isinstance(c.every_steps, int) and not isinstance(c.every_steps, bool)
-           and c.every_steps >= 0,
+  _require(_is_int(c.every_steps) and c.every_steps >= 0,
            f'checkpoint.every_steps={c.every_steps!r} must be an integer >= 0 '
            f'(0: only at epoch ends).')
-  _require(isinstance(c.keep, int) and not isinstance(c.keep, bool) and c.keep >= 1,
+  _require(_is_int(c.keep) and c.keep >= 1,
            f'checkpoint.keep={c.keep!r} must be an integer >= 1.')
-  _require(isinstance(c.resume, bool),
-           f'checkpoint.resume={c.resume!r} must be True or False.')
+  _require_bool(c.resume, 'checkpoint.resume')
   _require(config.monitor.progress in PROGRESS_MODES,
            f'monitor.progress={config.monitor.progress!r} is not one of {PROGRESS_MODES}.')
   for field in ('tensorboard', 'pictures'):
-    _require(isinstance(config.monitor[field], bool),
-             f'monitor.{field}={config.monitor[field]!r} must be True or False.')
+    _require_bool(config.monitor[field], f'monitor.{field}')
   for field in ('batch_size', 'eval_batch_size'):
     _require(s[field] % num_devices == 0,
              f'search.{field}={s[field]} is not divisible by the {num_devices} devices.')

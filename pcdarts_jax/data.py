@@ -181,3 +181,11 @@ def augment(rng: jax.Array, images: jax.Array, mean, std, crop_padding: int,
     flip = jax.random.bernoulli(flip_rng, 0.5, (n, 1, 1, 1))
     x = jnp.where(flip, x[:, :, ::-1, :], x)
   return _standardize(x, mean, std)
+
+
+def train_augment(data_config):
+  """`augment` with the config's crop padding, flip and normalisation bound:
+  (rng, uint8 images) -> float32 images."""
+  d = data_config
+  return lambda rng, images: augment(rng, images, d.mean, d.std, d.crop_padding,
+                                     d.random_flip)

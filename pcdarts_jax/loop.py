@@ -73,8 +73,9 @@ def guard_nonfinite(step_fn: Callable, skip: bool) -> Callable:
   recorded in the state (`nonfinite_steps`, `first_nonfinite_step`, losses).
   skip=True: the run goes on (the step counter still advances, the batch is
   consumed). skip=False: the state freezes at the last good values, so that the
-  host, which sees the `nonfinite` metric a step later, stops with the state
-  exactly as it was before the bad step. Adds a `nonfinite` metric (0/1).
+  host, which reads the summed `nonfinite` metric only at its log, checkpoint
+  and epoch points, stops with the state exactly as it was before the bad step.
+  Adds a `nonfinite` metric (0/1).
   """
   def guarded(state: SearchState, *args):
     new_state, metrics = step_fn(state, *args)
@@ -143,8 +144,7 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx) -
   arch_grad_fn = architect.make_architect(s.architect, config, loss_fn, lr_fn)
   single_level = bool(s.get('single_level', False))
   arch_start_step = s.arch_start_epoch * steps_per_epoch
-  augment = lambda rng, images: data.augment(rng, images, d.mean, d.std,
-                                             d.crop_padding, d.random_flip)
+  augment = data.train_augment(d)
 
   def apply_arch_grads(state, grads):
     updates, arch_opt_state = arch_tx.update(grads, state.arch_opt_state, state.arch)
@@ -220,6 +220,11 @@ def make_eval_step(model, config) -> Callable:
 def _accumulate(totals, metrics):
   """Adds metric sums on device (no host sync)."""
   return metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+
+
+def _host(sums) -> Dict[str, float]:
+  """Device metric sums -> Python floats (one transfer)."""
+  return {k: float(v) for k, v in jax.device_get(sums).items()}
 
 
 def evaluate(eval_step, state, dataset: data.ArraySet, batch_size: int) -> Dict[str, float]:
@@ -515,7 +520,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
         logging_now = s.log_every_steps and done % s.log_every_steps == 0
         host_sums = None
         if saving or logging_now:
-          host_sums = {k: float(v) for k, v in jax.device_get(sums).items()}
+          host_sums = _host(sums)
           check_finite(host_sums)
         progress.update(host_sums and {'loss': host_sums['train_loss_sum'] /
                                                max(host_sums['train_count'], 1.0)})
@@ -528,8 +533,8 @@ def search(config, workdir: str) -> genotypes.Genotype:
                 f'checkpoint {done} written to {paths.checkpoints}. Run the same command '
                 f'again to resume.')
       progress.close()
-      check_finite({k: float(v) for k, v in jax.device_get(sums).items()})
-      sums = jax.device_get(sums)
+      sums = _host(sums)
+      check_finite(sums)
       steps_run += steps_per_epoch - first
       step_seconds += time.time() - loop_start
 
