@@ -1,6 +1,7 @@
 """Architecture-gradient strategies; the search loop picks one by name.
 
-`make_architect(name, config, loss_fn, lr_fn)` returns a pure, jittable
+`make_architect(name, config, loss_fn, lr_fn, axis_name=None)` returns a pure,
+jittable
 
   arch_grad(state, arch_images, arch_labels, train_images, train_labels, rng)
       -> (arch_grads, batch_stats, loss, logits)
@@ -9,7 +10,10 @@ where `loss_fn(params, arch, batch_stats, images, labels, rng)` ->
 (loss, (batch_stats, logits)) runs the supernet in train mode (`rng` feeds the
 random channel sampling, if any) and `lr_fn(step)` is the weight learning rate.
 `loss` and `logits` are those of the arch batch at the weights the gradient is
-taken at (w for first order, the virtual w' for second order).
+taken at (w for first order, the virtual w' for second order). Under pmap,
+`axis_name` names the device axis: every gradient (the virtual step's, the
+perturbed passes', the final one) is averaged over it, so N devices holding
+B/N images each compute the global-batch gradient.
 
 Strategies (../shared/SPEC.md section 3):
 - `first_order`: grad_alpha L_val(w, alpha).
@@ -35,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from pcdarts_jax import optim
+from pcdarts_jax import parallel
 
 FINITE_DIFFERENCE_R = 0.01  # eps = r / ||v|| (the reference's hessian_vector_product).
 
@@ -62,31 +67,34 @@ def _split(rng):
   return tuple(jax.random.split(rng))
 
 
-def first_order(config, loss_fn, lr_fn) -> Callable:
+def first_order(config, loss_fn, lr_fn, axis_name=None) -> Callable:
   """DARTS first order: gradient of the arch-batch loss at the current weights."""
   del config, lr_fn
 
   def arch_grad(state, arch_images, arch_labels, train_images, train_labels, rng=None):
     del train_images, train_labels
-    (loss, (batch_stats, logits)), grads = jax.value_and_grad(
-        loss_fn, argnums=1, has_aux=True)(state.params, state.arch, state.batch_stats,
-                                          arch_images, arch_labels, rng)
+    (loss, (batch_stats, logits)), grads = parallel.value_and_grad(
+        loss_fn, axis_name, argnums=1, has_aux=True)(
+            state.params, state.arch, state.batch_stats, arch_images, arch_labels, rng)
     return grads, batch_stats, loss, logits
 
   return arch_grad
 
 
-def _unrolled(config, loss_fn, lr_fn, state, arch, train_images, train_labels, train_rng):
+def _unrolled(config, loss_fn, lr_fn, state, arch, train_images, train_labels, train_rng,
+              axis_name):
   """w'(alpha) and the train pass's BatchNorm statistics."""
   s = config.search
-  (_, (batch_stats, _)), grads = jax.value_and_grad(loss_fn, argnums=0, has_aux=True)(
+  (_, (batch_stats, _)), grads = parallel.value_and_grad(
+      loss_fn, axis_name, argnums=0, has_aux=True)(
       state.params, arch, state.batch_stats, train_images, train_labels, train_rng)
   buffer = optim.momentum_buffer(state.weight_opt_state, state.params)
   lr = lr_fn(state.step)
   return virtual_step(state.params, grads, buffer, lr, s.momentum, s.weight_decay), batch_stats
 
 
-def second_order(config, loss_fn, lr_fn, r: float = FINITE_DIFFERENCE_R) -> Callable:
+def second_order(config, loss_fn, lr_fn, axis_name=None,
+                 r: float = FINITE_DIFFERENCE_R) -> Callable:
   """DARTS second order (unrolled), with the reference's finite differences.
 
   grad = grad_alpha L_val(w', alpha) - lr * (grad_alpha L_train(w+, alpha) -
@@ -99,16 +107,16 @@ def second_order(config, loss_fn, lr_fn, r: float = FINITE_DIFFERENCE_R) -> Call
   def arch_grad(state, arch_images, arch_labels, train_images, train_labels, rng=None):
     train_rng, arch_rng = _split(rng)
     unrolled, batch_stats = _unrolled(config, loss_fn, lr_fn, state, state.arch,
-                                      train_images, train_labels, train_rng)
-    (loss, (_, logits)), (v, grads) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(unrolled, state.arch, state.batch_stats,
+                                      train_images, train_labels, train_rng, axis_name)
+    (loss, (_, logits)), (v, grads) = parallel.value_and_grad(
+        loss_fn, axis_name, argnums=(0, 1), has_aux=True)(unrolled, state.arch, state.batch_stats,
                                                arch_images, arch_labels, arch_rng)
     eps = r / jnp.maximum(global_norm(v), 1e-12)
     # w+ and w- stacked on a leading axis and run by one lax.map: one compiled
     # gradient body instead of two.
     perturbed = jax.tree.map(lambda w, d: jnp.stack([w + eps * d, w - eps * d]),
                              state.params, v)
-    train_arch_grad = lambda w: jax.grad(loss_fn, argnums=1, has_aux=True)(
+    train_arch_grad = lambda w: parallel.grad(loss_fn, axis_name, argnums=1, has_aux=True)(
         w, state.arch, state.batch_stats, train_images, train_labels, train_rng)[0]
     plus_minus = jax.lax.map(train_arch_grad, perturbed)
     lr = lr_fn(state.step)
@@ -119,7 +127,7 @@ def second_order(config, loss_fn, lr_fn, r: float = FINITE_DIFFERENCE_R) -> Call
   return arch_grad
 
 
-def second_order_exact(config, loss_fn, lr_fn) -> Callable:
+def second_order_exact(config, loss_fn, lr_fn, axis_name=None) -> Callable:
   """The gradient of alpha -> L_val(w'(alpha), alpha) by autodiff through the
   virtual step (a second-order reverse pass; no finite difference)."""
   def arch_grad(state, arch_images, arch_labels, train_images, train_labels, rng=None):
@@ -127,13 +135,13 @@ def second_order_exact(config, loss_fn, lr_fn) -> Callable:
 
     def unrolled_loss(arch):
       unrolled, batch_stats = _unrolled(config, loss_fn, lr_fn, state, arch,
-                                        train_images, train_labels, train_rng)
+                                        train_images, train_labels, train_rng, axis_name)
       loss, (_, logits) = loss_fn(unrolled, arch, state.batch_stats, arch_images,
                                   arch_labels, arch_rng)
       return loss, (batch_stats, logits)
 
-    (loss, (batch_stats, logits)), grads = jax.value_and_grad(
-        unrolled_loss, has_aux=True)(state.arch)
+    (loss, (batch_stats, logits)), grads = parallel.value_and_grad(
+        unrolled_loss, axis_name, has_aux=True)(state.arch)
     return grads, batch_stats, loss, logits
 
   return arch_grad
@@ -146,8 +154,9 @@ ARCHITECTS = {
 }
 
 
-def make_architect(name: str, config, loss_fn, lr_fn) -> Callable:
-  """The arch-gradient function of strategy `name` (one of ARCHITECTS)."""
+def make_architect(name: str, config, loss_fn, lr_fn, axis_name=None) -> Callable:
+  """The arch-gradient function of strategy `name` (one of ARCHITECTS), with
+  gradients averaged over the device axis `axis_name` (None: one device)."""
   if name not in ARCHITECTS:
     raise ValueError(f'search.architect={name!r} is not one of {tuple(ARCHITECTS)}.')
-  return ARCHITECTS[name](config, loss_fn, lr_fn)
+  return ARCHITECTS[name](config, loss_fn, lr_fn, axis_name)

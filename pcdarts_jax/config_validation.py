@@ -119,9 +119,12 @@ def validate_search_config(config, num_devices: int = 1):
            f'monitor.progress={config.monitor.progress!r} is not one of {PROGRESS_MODES}.')
   for field in ('tensorboard', 'pictures'):
     _require_bool(config.monitor[field], f'monitor.{field}')
-  for field in ('batch_size', 'eval_batch_size'):
-    _require(s[field] % num_devices == 0,
-             f'search.{field}={s[field]} is not divisible by the {num_devices} devices.')
+  # The global batch is split evenly over the devices (validation batches are
+  # padded and masked, so any eval_batch_size works).
+  _require(s.batch_size % num_devices == 0,
+           f'search.batch_size={s.batch_size} is not divisible by the {num_devices} '
+           f'devices of this run (allowed: multiples of {num_devices}, e.g. '
+           f'{max(num_devices, s.batch_size // num_devices * num_devices)}).')
 
 
 def validate_batch_fits(config, train_size: int, arch_size: int):

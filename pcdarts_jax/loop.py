@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from absl import logging
 import flax
@@ -26,6 +26,7 @@ from pcdarts_jax import genotypes
 from pcdarts_jax import initializers
 from pcdarts_jax import monitor
 from pcdarts_jax import optim
+from pcdarts_jax import parallel
 from pcdarts_jax import supernet
 from pcdarts_jax import visualize
 
@@ -127,9 +128,25 @@ def _zero_metrics() -> Dict[str, jax.Array]:
   return {'loss_sum': zero, 'correct': zero, 'count': zero}
 
 
-def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx) -> Callable:
+def augment_examples(augment: Callable, rng: jax.Array, images: jax.Array,
+                     axis_name: Optional[str] = None) -> jax.Array:
+  """`augment` per example with the key fold_in(rng, position in the global
+  batch): the crops and flips do not depend on how the batch is split over
+  devices."""
+  index = parallel.global_index(images.shape[0], axis_name)
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, index)
+  return jax.vmap(lambda key, image: augment(key, image[None])[0])(keys, images)
+
+
+def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
+                      axis_name: Optional[str] = None) -> Callable:
   """One search step: an arch step on the arch batch (from `arch_start_epoch` on),
   then a weight step on the train batch, both in train mode.
+
+  Under pmap, `axis_name` is the device axis (the model's BatchNorm modules must
+  carry the same name): each device holds a slice of the global batch, every
+  gradient is averaged over the axis and the metric sums are added over it, so
+  the step computes what one device computes with the whole batch.
 
   The arch gradient comes from the `search.architect` strategy (architect.py);
   second-order strategies also see the train batch, the weight lr and the
@@ -141,10 +158,11 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx) -
   d, s = config.data, config.search
   loss_fn = make_loss_fn(model)
   lr_fn = optim.weight_learning_rate(config, steps_per_epoch)
-  arch_grad_fn = architect.make_architect(s.architect, config, loss_fn, lr_fn)
+  arch_grad_fn = architect.make_architect(s.architect, config, loss_fn, lr_fn, axis_name)
   single_level = bool(s.get('single_level', False))
   arch_start_step = s.arch_start_epoch * steps_per_epoch
-  augment = data.train_augment(d)
+  train_augment = data.train_augment(d)
+  augment = lambda rng, images: augment_examples(train_augment, rng, images, axis_name)
 
   def apply_arch_grads(state, grads):
     updates, arch_opt_state = arch_tx.update(grads, state.arch_opt_state, state.arch)
@@ -167,14 +185,15 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx) -
 
     state, arch_metrics = jax.lax.cond(state.step >= arch_start_step,
                                        arch_update, lambda st: (st, _zero_metrics()), state)
-    (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.arch, state.batch_stats, images, labels, train_channels)
+    (loss, (batch_stats, logits)), grads = parallel.value_and_grad(
+        loss_fn, axis_name, has_aux=True)(
+            state.params, state.arch, state.batch_stats, images, labels, train_channels)
     return apply_weight_grads(state, grads, batch_stats), loss, logits, arch_metrics
 
   def single(state, images, labels, train_channels):
     """Single-level (Single-DARTS): both gradients from one train-batch pass."""
-    (loss, (batch_stats, logits)), (grads, arch_grads) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(
+    (loss, (batch_stats, logits)), (grads, arch_grads) = parallel.value_and_grad(
+        loss_fn, axis_name, argnums=(0, 1), has_aux=True)(
             state.params, state.arch, state.batch_stats, images, labels, train_channels)
     arch_on = state.step >= arch_start_step
     state = jax.lax.cond(arch_on, apply_arch_grads, lambda st, _: st, state, arch_grads)
@@ -195,13 +214,14 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx) -
                                                   train_channels, arch_channels)
     metrics = {'train_' + k: v for k, v in _metrics(loss, logits, labels).items()}
     metrics.update({'arch_' + k: v for k, v in arch_metrics.items()})
-    return state, metrics
+    return state, parallel.psum(metrics, axis_name)
 
   return step
 
 
-def make_eval_step(model, config) -> Callable:
-  """Masked loss/accuracy sums with BatchNorm running statistics (eval mode)."""
+def make_eval_step(model, config, axis_name: Optional[str] = None) -> Callable:
+  """Masked loss/accuracy sums with BatchNorm running statistics (eval mode),
+  added over the device axis `axis_name`."""
   d = config.data
 
   def eval_step(state: SearchState, batch) -> Dict[str, jax.Array]:
@@ -211,8 +231,9 @@ def make_eval_step(model, config) -> Callable:
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     mask = batch['mask']
     correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
-    return {'loss_sum': jnp.sum(losses * mask), 'correct': jnp.sum(correct * mask),
-            'count': jnp.sum(mask)}
+    return parallel.psum({'loss_sum': jnp.sum(losses * mask),
+                          'correct': jnp.sum(correct * mask), 'count': jnp.sum(mask)},
+                         axis_name)
 
   return eval_step
 
@@ -223,15 +244,19 @@ def _accumulate(totals, metrics):
 
 
 def _host(sums) -> Dict[str, float]:
-  """Device metric sums -> Python floats (one transfer)."""
-  return {k: float(v) for k, v in jax.device_get(sums).items()}
+  """Device metric sums -> Python floats (one transfer). Sums of a pmapped step
+  are already added over the devices: every device holds the total."""
+  return {k: float(np.asarray(v).reshape(-1)[0]) for k, v in jax.device_get(sums).items()}
 
 
-def evaluate(eval_step, state, dataset: data.ArraySet, batch_size: int) -> Dict[str, float]:
+def evaluate(eval_step, state, dataset: data.ArraySet, batch_size: int,
+             feed: Callable = lambda batch: batch) -> Dict[str, float]:
+  """Loss/accuracy over `dataset`; `feed` turns a host batch into the step's
+  input (the pmapped loop shards it over the devices)."""
   totals = None
   for batch in data.eval_batches(dataset, batch_size):
-    totals = _accumulate(totals, eval_step(state, batch))
-  return _summarise(jax.device_get(totals))
+    totals = _accumulate(totals, eval_step(state, feed(batch)))
+  return _summarise(_host(totals))
 
 
 def _summarise(sums: Dict[str, Any], prefix: str = '') -> Dict[str, float]:
@@ -401,7 +426,8 @@ def search(config, workdir: str) -> genotypes.Genotype:
   checkpoint. Raises SearchInterrupted on SIGTERM/SIGINT (after checkpointing)
   and NonFiniteError when a step goes non-finite.
   """
-  config_validation.validate_search_config(config, num_devices=1)
+  num_devices = parallel.device_count()
+  config_validation.validate_search_config(config, num_devices=num_devices)
   train_set, arch_set = data.search_splits(config.data)
   config_validation.validate_batch_fits(config, len(train_set), len(arch_set))
   paths = _Workdir(workdir)
@@ -413,6 +439,9 @@ def search(config, workdir: str) -> genotypes.Genotype:
   steps_per_epoch = train_iter.steps_per_epoch
 
   model = supernet.build_supernet(config)
+  # The steps run under pmap: BatchNorm statistics over the global batch.
+  step_model = supernet.build_supernet(config, axis_name=parallel.AXIS)
+  main = parallel.is_main_process()  # Only process 0 writes files.
   weight_tx = optim.weight_optimizer(config, steps_per_epoch)
   arch_tx = optim.arch_optimizer(config)
   init_rng, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -420,7 +449,8 @@ def search(config, workdir: str) -> genotypes.Genotype:
   state = create_search_state(model, config, init_rng, sample, weight_tx, arch_tx)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
 
-  os.makedirs(paths.root, exist_ok=True)
+  if main:
+    os.makedirs(paths.root, exist_ok=True)
   checkpoints = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
   meta = {'train_iter': train_iter.state(), 'arch_iter': arch_iter.state(), 'sums': None,
           'wall_seconds': 0.0, 'resumed_from': []}
@@ -430,7 +460,8 @@ def search(config, workdir: str) -> genotypes.Genotype:
       raise config_validation.ConfigError(
           f'--workdir={workdir!r} holds a search but none of its checkpoints could be '
           f'restored (see the warnings above); choose a new workdir.')
-    _write_atomic(paths.config, json.dumps(_config_json(config), indent=2) + '\n')
+    if main:
+      _write_atomic(paths.config, json.dumps(_config_json(config), indent=2) + '\n')
   else:
     step_done, state, meta = restored
     train_iter.restore(meta['train_iter'])
@@ -445,22 +476,34 @@ def search(config, workdir: str) -> genotypes.Genotype:
   start_step = int(state.step)
   start_epoch = start_step // steps_per_epoch
   # Epoch lines written after the restored checkpoint are rewritten by this run.
-  if os.path.exists(paths.jsonl):
+  if main and os.path.exists(paths.jsonl):
     with open(paths.jsonl) as f:
       kept = [line for line in f if line.strip() and json.loads(line)['epoch'] < start_epoch]
     _write_atomic(paths.jsonl, ''.join(kept))
 
   logging.info('supernet: %d weights; %d steps per epoch', n_params, steps_per_epoch)
   print(f'supernet: {n_params:,} weights, {steps_per_epoch} steps/epoch, '
-        f'{s.epochs} epochs, arch steps from epoch {s.arch_start_epoch}', flush=True)
+        f'{s.epochs} epochs, arch steps from epoch {s.arch_start_epoch}; '
+        f'{num_devices} device(s) in {jax.process_count()} process(es), '
+        f'{s.batch_size // num_devices} images per device', flush=True)
 
-  bilevel_step = jax.jit(
-      guard_nonfinite(make_bilevel_step(model, config, steps_per_epoch, weight_tx, arch_tx),
+  # One code path for any device count: the state is replicated over the local
+  # devices, each global batch is cut into this process's slice and sharded.
+  bilevel_step = parallel.pmap_step(
+      guard_nonfinite(make_bilevel_step(step_model, config, steps_per_epoch, weight_tx,
+                                        arch_tx, axis_name=parallel.AXIS),
                       skip=s.skip_nonfinite),
-      donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(model, config))
+      in_axes=(0, 0, 0, None))
+  eval_step = parallel.pmap_step(make_eval_step(step_model, config, parallel.AXIS),
+                                 in_axes=(0, 0), donate_state=False)
+  feed = lambda batch: parallel.shard(parallel.host_slice(batch))
+  # Padded and masked anyway: rounded up to split evenly over the devices.
+  eval_batch_size = -(-s.eval_batch_size // num_devices) * num_devices
+  host_state = state
+  state = parallel.replicate(state)
   lr_fn = optim.weight_learning_rate(config, steps_per_epoch)
-  writer = monitor.SummaryWriter(paths.tensorboard, enabled=config.monitor.tensorboard)
+  writer = monitor.SummaryWriter(paths.tensorboard,
+                                 enabled=config.monitor.tensorboard and main)
   interactive = {'auto': None, 'bar': True, 'lines': False}[config.monitor.progress]
   every = config.checkpoint.every_steps
   ckpt_figures = {'save_seconds': None, 'size_bytes': None}
@@ -476,8 +519,9 @@ def search(config, workdir: str) -> genotypes.Genotype:
     sync; the guarded step has frozen the state at the last good values since."""
     if s.skip_nonfinite or not host_sums or not host_sums['nonfinite']:
       return
-    bad_step = int(state.first_nonfinite_step)
-    train_loss, arch_loss = (float(x) for x in state.first_nonfinite_losses)
+    record = parallel.unreplicate(state)
+    bad_step = int(record.first_nonfinite_step)
+    train_loss, arch_loss = (float(x) for x in record.first_nonfinite_losses)
     raise NonFiniteError(
         f'non-finite values at step {bad_step} (epoch {bad_step // steps_per_epoch + 1}): '
         f'train loss {train_loss}, arch loss {arch_loss} (0 during the arch warm-up), or '
@@ -490,13 +534,15 @@ def search(config, workdir: str) -> genotypes.Genotype:
                 sums=host_sums,
                 wall_seconds=meta['wall_seconds'] + (time.time() - clock[0]))
     clock[0] = time.time()
-    ckpt_figures['save_seconds'] = checkpoints.save(step, state, meta)
+    # Host copies: every process passes the same values; orbax writes them once.
+    ckpt_figures['save_seconds'] = checkpoints.save(
+        step, jax.device_get(parallel.unreplicate(state)), meta)
     ckpt_figures['size_bytes'] = checkpoint.directory_size(
         os.path.join(paths.checkpoints, str(step)))
 
   clock = [time.time()]
   steps_run, step_seconds = 0, 0.0
-  genotype = genotypes.derive_genotype(arch_numpy(state), model.primitives, model.steps)
+  genotype = genotypes.derive_genotype(arch_numpy(host_state), model.primitives, model.steps)
   with _StopSignals() as stop:
     for epoch in range(start_epoch, s.epochs):
       epoch_start = time.time()
@@ -510,7 +556,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
       for i in range(first, steps_per_epoch):
         step_number = epoch * steps_per_epoch + i
         # The step's rng depends only on (seed, step): resumed runs draw the same.
-        state, metrics = bilevel_step(state, next(train_iter), next(arch_iter),
+        state, metrics = bilevel_step(state, feed(next(train_iter)), feed(next(arch_iter)),
                                       jax.random.fold_in(step_key, step_number))
         sums = _accumulate(sums, metrics)  # On device: no per-step host sync.
         done = step_number + 1
@@ -540,19 +586,21 @@ def search(config, workdir: str) -> genotypes.Genotype:
 
       train = _summarise(sums, 'train_')
       arch = _summarise(sums, 'arch_')
-      valid = evaluate(eval_step, state, arch_set, s.eval_batch_size)
-      arch_values = arch_numpy(state)
+      valid = evaluate(eval_step, state, arch_set, eval_batch_size, feed)
+      host_state = jax.device_get(parallel.unreplicate(state))
+      arch_values = arch_numpy(host_state)
       genotype = genotypes.derive_genotype(arch_values, model.primitives, model.steps)
       lr = float(lr_fn(epoch * steps_per_epoch))
       record = {
-          'epoch': epoch, 'step': int(state.step), 'lr': lr,
+          'epoch': epoch, 'step': int(host_state.step), 'lr': lr,
           'train': train, 'arch': arch, 'valid': valid,
           'nonfinite_skipped': float(sums['nonfinite']),
           'seconds': time.time() - epoch_start,
           'genotype': genotypes.to_dict(genotype),
       }
-      with open(paths.jsonl, 'a') as f:
-        f.write(json.dumps(record) + '\n')
+      if main:
+        with open(paths.jsonl, 'a') as f:
+          f.write(json.dumps(record) + '\n')
       scalars = {'lr': lr, 'epoch_seconds': record['seconds'],
                  'images_per_second': (steps_per_epoch - first) * s.batch_size /
                                       max(time.time() - loop_start, 1e-9)}
@@ -560,12 +608,13 @@ def search(config, workdir: str) -> genotypes.Genotype:
         scalars.update({f'{name}/{k}': v for k, v in values.items()})
       scalars.update(monitor.arch_scalars(arch_values, model.primitives, model.steps))
       writer.scalars(epoch + 1, scalars)
-      if config.monitor.pictures:
+      if config.monitor.pictures and main:
         _epoch_pictures(paths, epoch, arch_values, genotype, model, writer)
       writer.flush()
       arch_text = (f" arch_loss {arch['loss']:.4f} arch_acc {arch['accuracy']:.4f}"
                    if arch else ' (arch warm-up)')
-      print(f"epoch {epoch + 1}/{s.epochs} lr {lr:.5f} train_loss "
+      log = print if main else (lambda *args, **kwargs: None)
+      log(f"epoch {epoch + 1}/{s.epochs} lr {lr:.5f} train_loss "
             f"{train['loss']:.4f} train_acc {train['accuracy']:.4f}{arch_text} valid_loss "
             f"{valid['loss']:.4f} valid_acc {valid['accuracy']:.4f} "
             f"({record['seconds']:.1f}s)\n  genotype = {genotype}", flush=True)
@@ -579,10 +628,13 @@ def search(config, workdir: str) -> genotypes.Genotype:
   meta['wall_seconds'] += time.time() - clock[0]
   writer.close()
   checkpoints.close()
+  host_state = jax.device_get(parallel.unreplicate(state))
+  if not main:
+    return genotype
   _write_atomic(paths.genotype, genotypes.to_json(genotype) + '\n')
-  np.savez(paths.arch + '.tmp.npz', **arch_numpy(state))
+  np.savez(paths.arch + '.tmp.npz', **arch_numpy(host_state))
   os.replace(paths.arch + '.tmp.npz', paths.arch)
-  summary = _summary(paths, genotype, state, meta, steps_run, step_seconds, n_params,
+  summary = _summary(paths, genotype, host_state, meta, steps_run, step_seconds, n_params,
                      ckpt_figures)
   _write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
   print(f'search done ({summary["wall_seconds"]:.1f}s of search in total); genotype written '

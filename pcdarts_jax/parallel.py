@@ -80,10 +80,19 @@ def global_index(local_size: int, axis_name: Optional[str]) -> jax.Array:
   return offset + jnp.arange(local_size)
 
 
-def replicate(tree) -> Any:
-  """Host pytree -> one copy per local device (leading axis)."""
-  devices = jax.local_devices()
-  return jax.device_put_replicated(tree, devices)
+def _local_sharding(devices=None) -> jax.sharding.NamedSharding:
+  """Leading axis split over `devices` (default: this process's, in pmap's order)."""
+  mesh = jax.sharding.Mesh(np.array(devices or jax.local_devices()), (AXIS,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+
+
+def replicate(tree, devices=None) -> Any:
+  """Host pytree -> one copy per device (leading axis); default: the local devices."""
+  devices = devices or jax.local_devices()
+  n, sharding = len(devices), _local_sharding(devices)
+  return jax.tree.map(
+      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), sharding),
+      tree)
 
 
 def unreplicate(tree) -> Any:
@@ -129,12 +138,11 @@ def shard(batch, devices: Optional[int] = None):
 def prefetch_to_device(iterator: Iterator, size: int = 2) -> Iterator:
   """Shards host batches and copies them to the local devices `size` steps
   ahead, so the transfer overlaps the running step."""
-  devices = jax.local_devices()
+  sharding = _local_sharding()
   queue = []
 
   def put(batch):
-    sharded = shard(batch, len(devices))
-    return jax.tree.map(lambda x: jax.device_put_sharded(list(x), devices), sharded)
+    return jax.device_put(shard(batch, local_device_count()), sharding)
 
   for batch in iterator:
     queue.append(put(batch))
@@ -144,12 +152,13 @@ def prefetch_to_device(iterator: Iterator, size: int = 2) -> Iterator:
     yield queue.pop(0)
 
 
-def pmap_step(step_fn: Callable, in_axes, donate_state: bool = True):
+def pmap_step(step_fn: Callable, in_axes, donate_state: bool = True, devices=None):
   """`step_fn` pmapped over AXIS. `in_axes` as for pmap: 0 for the replicated
   state and the sharded batches, None for an argument every device gets whole
   (the step rng: the same key everywhere, per-example randomness comes from
-  `global_index`). Argument 0, the state, is donated."""
-  return jax.pmap(step_fn, axis_name=AXIS, in_axes=in_axes,
+  `global_index`). Argument 0, the state, is donated. `devices`: a subset of
+  the local devices (tests); default all."""
+  return jax.pmap(step_fn, axis_name=AXIS, in_axes=in_axes, devices=devices,
                   donate_argnums=(0,) if donate_state else ())
 
 
