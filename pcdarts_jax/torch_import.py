@@ -1,10 +1,13 @@
-"""Import a PyTorch PC-DARTS search-network checkpoint into our Flax supernet.
+"""Import PyTorch DARTS / PC-DARTS checkpoints: search supernet and evaluation networks.
 
 The reference (yuhuixu1993/PC-DARTS `model_search.Network` and its ImageNet twin)
-saves a `state_dict` whose key names are listed in SPEC section 7. This module
-maps those keys onto the variables of `supernet.build_supernet(config)`, without
-importing torch: the caller hands over the tensors as numpy arrays (for example
-`{k: v.cpu().numpy() for k, v in state_dict.items()}`) and the four arch tensors.
+saves a `state_dict` whose key names are listed in SPEC section 7.
+`supernet_variables` maps those keys onto the variables of
+`supernet.build_supernet(config)`; `network_variables` maps the keys of the
+reference evaluation networks (model.py `NetworkCIFAR` / `NetworkImageNet`) onto
+`network.build_network(config)`. Neither imports torch: the caller hands over
+the tensors as numpy arrays (for example
+`{k: v.cpu().numpy() for k, v in state_dict.items()}`).
 
 The expected structure comes from `jax.eval_shape` of the model itself, so every
 Flax leaf is filled from exactly one PyTorch tensor (per edge, for the stacked edge
@@ -190,32 +193,16 @@ def _convert_arch(arch: Mapping[str, Any], expected: Mapping[str, Any],
   return out
 
 
-def supernet_variables(state_dict: Mapping[str, Any], arch: Mapping[str, Any],
-                       config) -> Dict[str, Any]:
-  """Flax variables for `supernet.build_supernet(config)` from PyTorch tensors.
+def _load(shapes: Mapping[str, Any], plan, state_dict: Mapping[str, Any],
+          what: str) -> Dict[str, Any]:
+  """Fills the `params` and `batch_stats` leaves of `shapes` from `state_dict`.
 
-  Args:
-    state_dict: key -> array, the reference search network's `state_dict()`
-      (SPEC section 7 names; a uniform `module.` prefix is dropped). BN
-      `num_batches_tracked` buffers are ignored.
-    arch: `alphas_normal`, `alphas_reduce` (edges, ops) and, when the model
-      uses edge normalization, `betas_normal`, `betas_reduce` (edges,).
-    config: a config with `model` fields (or the model fields themselves).
-
-  Returns:
-    {'params', 'batch_stats', 'arch'} of float32 jnp arrays, ready for
-    `model.apply(variables, x, train=False)`.
-
-  Raises:
-    ValueError: a key is missing, unused, or has the wrong shape (the message
-      names it), or the arch entries do not match the model.
+  `plan(collection, path, shape)` gives the PyTorch keys of one Flax leaf as
+  [(key, row or None)]: a whole leaf, or one row of a stacked leaf per key.
+  Every leaf must be filled exactly once and every tensor used (BN
+  `num_batches_tracked` counters of loaded BNs excepted); the first missing,
+  misshapen or unexpected key is reported by name.
   """
-  model = supernet.build_supernet(config)
-  state_dict = _strip_data_parallel(state_dict)
-  shapes = flax.core.unfreeze(jax.eval_shape(
-      lambda rng, x: model.init(rng, x, train=False),
-      jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3), jnp.float32)))
-
   missing, consumed = [], set()
   shape_errors = []
   converted = {}
@@ -225,7 +212,7 @@ def supernet_variables(state_dict: Mapping[str, Any], arch: Mapping[str, Any],
     for path, spec in flat.items():
       shape = tuple(spec.shape)
       buffer = np.zeros(shape, np.float32)
-      entries = _plan(model, collection, path, shape)
+      entries = plan(collection, path, shape)
       # How many times each row (or the whole leaf) was written.
       filled = np.zeros(shape[0] if entries[0][1] is not None else 1, np.int32)
       for key, index in entries:
@@ -271,11 +258,117 @@ def supernet_variables(state_dict: Mapping[str, Any], arch: Mapping[str, Any],
   if unexpected:
     raise ValueError(_one_line(
         'state_dict has unexpected key', unexpected,
-        ' (not a variable of this supernet: check config.model)'))
-
-  edge_norm = bool(model.edge_normalization)
-  out = {name: flax.traverse_util.unflatten_dict(
+        f' (not a variable of this {what}: check config.model)'))
+  return {name: flax.traverse_util.unflatten_dict(
       {p: jnp.asarray(v) for p, v in leaves.items()})
-         for name, leaves in converted.items() if leaves}
-  out['arch'] = _convert_arch(arch, shapes.get('arch', {}), edge_norm)
+          for name, leaves in converted.items() if leaves}
+
+
+def supernet_variables(state_dict: Mapping[str, Any], arch: Mapping[str, Any],
+                       config) -> Dict[str, Any]:
+  """Flax variables for `supernet.build_supernet(config)` from PyTorch tensors.
+
+  Args:
+    state_dict: key -> array, the reference search network's `state_dict()`
+      (SPEC section 7 names; a uniform `module.` prefix is dropped). BN
+      `num_batches_tracked` buffers are ignored.
+    arch: `alphas_normal`, `alphas_reduce` (edges, ops) and, when the model
+      uses edge normalization, `betas_normal`, `betas_reduce` (edges,).
+    config: a config with `model` fields (or the model fields themselves).
+
+  Returns:
+    {'params', 'batch_stats', 'arch'} of float32 jnp arrays, ready for
+    `model.apply(variables, x, train=False)`.
+
+  Raises:
+    ValueError: a key is missing, unused, or has the wrong shape (the message
+      names it), or the arch entries do not match the model.
+  """
+  model = supernet.build_supernet(config)
+  state_dict = _strip_data_parallel(state_dict)
+  shapes = flax.core.unfreeze(jax.eval_shape(
+      lambda rng, x: model.init(rng, x, train=False),
+      jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3), jnp.float32)))
+  out = _load(shapes, lambda c, p, s: _plan(model, c, p, s), state_dict, 'supernet')
+  out['arch'] = _convert_arch(arch, shapes.get('arch', {}), bool(model.edge_normalization))
   return out
+
+
+# The evaluation networks' auxiliary head: `features` = Sequential(ReLU, AvgPool,
+# conv 1x1, BN, ReLU, conv 2x2, BN, ReLU) on CIFAR; ImageNet lacks the second BN
+# (its ReLU sits at index 6). `classifier` keeps its name.
+_AUX_HEAD = {'conv1': 'features.2', 'bn1': 'features.3', 'conv2': 'features.5',
+             'bn2': 'features.6', 'classifier': 'classifier'}
+# Evaluation-cell ops: pools have no variables (no BN after them, unlike the search).
+_EVAL_OPS = {'skip_connect': _FACTORIZED_REDUCE, 'conv_7x1_1x7': _CONV_7x1_1x7}
+
+
+def _network_plan(model, collection: str, path: Tuple[str, ...]) -> List[Tuple[str, None]]:
+  """The PyTorch key of one Flax leaf of an evaluation network (model.py naming)."""
+  from pcdarts_jax import network  # pylint: disable=g-import-not-at-top
+  where = _flax_name(collection, path, None)
+  unknown = ValueError(f'no PyTorch name is known for the Flax variable {where}.')
+  leaf = path[-1]
+  if leaf not in _LEAF_NAMES:
+    raise unknown
+  suffix = _LEAF_NAMES[leaf]
+  top = path[0]
+  if top in _STEM_MODULES and len(path) == 2:
+    return [(f'{_STEM_MODULES[top]}.{suffix}', None)]
+  if top == 'classifier' and len(path) == 2:
+    return [(f'classifier.{suffix}', None)]
+  if top == network.AUXILIARY and len(path) == 3 and path[1] in _AUX_HEAD:
+    return [(f'auxiliary_head.{_AUX_HEAD[path[1]]}.{suffix}', None)]
+  if not top.startswith('cell_') or len(path) != 4:
+    raise unknown
+  cell, part, module = int(top[len('cell_'):]), path[1], path[2]
+  if part in ('preprocess0', 'preprocess1'):
+    reduction_prev = (isinstance(model, network.NetworkImageNet) if cell == 0 else
+                      cell - 1 in network.reduction_layers(model.layers))
+    modules = (_FACTORIZED_REDUCE if part == 'preprocess0' and reduction_prev
+               else _RELU_CONV_BN)
+  elif part.startswith('op_'):
+    j = int(part[len('op_'):])
+    reduction = cell in network.reduction_layers(model.layers)
+    primitive, _ = (model.genotype.reduce if reduction else model.genotype.normal)[j]
+    if primitive.startswith('sep_conv_'):
+      modules = _SEP_CONV
+    elif primitive.startswith('dil_conv_'):
+      modules = _DIL_CONV
+    else:
+      modules = _EVAL_OPS.get(primitive, {})
+  else:
+    raise unknown
+  if module not in modules:
+    raise unknown
+  return [(f'cells.{cell}.{part.replace("op_", "_ops.")}.{modules[module]}.{suffix}', None)]
+
+
+def network_variables(state_dict: Mapping[str, Any], genotype, config) -> Dict[str, Any]:
+  """Flax variables for `network.build_network(config, genotype=genotype)` from a
+  reference evaluation network's state_dict (DARTS / PC-DARTS model.py:
+  NetworkCIFAR or NetworkImageNet), so published checkpoints run in JAX.
+
+  Args:
+    state_dict: key -> array (`stem.*` or `stem0.*`/`stem1.*`,
+      `cells.{i}.preprocess{0,1}.*`, `cells.{i}._ops.{j}.*`, `auxiliary_head.*`,
+      `classifier.*`); a uniform `module.` prefix (nn.DataParallel) is dropped,
+      BN `num_batches_tracked` buffers are ignored. With
+      config.model.auxiliary=False, `auxiliary_head.*` keys are ignored too.
+    genotype: the cells of the checkpoint (a Genotype).
+    config: a train config (`model` fields; `data.name` gives the input size).
+
+  Returns:
+    {'params', 'batch_stats'} of float32 jnp arrays.
+
+  Raises:
+    ValueError: a key is missing, unused, or has the wrong shape (named).
+  """
+  from pcdarts_jax import network  # pylint: disable=g-import-not-at-top
+  model = network.build_network(config, genotype=genotype)
+  state_dict = _strip_data_parallel(state_dict)
+  if not model.auxiliary:  # A checkpoint trained with the head still evaluates.
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith('auxiliary_head.')}
+  shapes = network.variable_shapes(model, network.input_shape(config))
+  return _load(shapes, lambda c, p, s: _network_plan(model, c, p), state_dict,
+               'evaluation network')
