@@ -8,6 +8,7 @@ machine is online). Paper: 50 epochs, batch 256, 0.1 GPU-days on a 1080Ti.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config():
@@ -16,11 +17,12 @@ def get_config():
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'cifar10'          # cifar10 | cifar100 | digits
-  config.data.data_dir = None           # tfds data dir; None = tfds default
+  config.data.data_dir = config_dict.placeholder(str)  # tfds data dir; None = tfds default
   config.data.download = True           # let tfds download and prepare when missing
   config.data.train_portion = 0.5       # first part trains weights, rest the arch
   config.data.crop_padding = 4          # random crop after zero padding
   config.data.random_flip = True
+  config.data.in_memory = True          # False: stream from tfds (input_pipeline.py)
   config.data.mean = (0.49139968, 0.48215827, 0.44653124)
   config.data.std = (0.24703233, 0.24348505, 0.26158768)
 
@@ -45,6 +47,7 @@ def get_config():
   config.search.batch_size = 256
   config.search.learning_rate = 0.1
   config.search.learning_rate_min = 0.0
+  config.search.warmup_epochs = 0       # > 0: lr * (epoch + 1) / warmup_epochs at first
   config.search.momentum = 0.9
   config.search.weight_decay = 3e-4
   config.search.grad_clip = 5.0
@@ -52,6 +55,7 @@ def get_config():
   config.search.arch_beta1 = 0.5
   config.search.arch_beta2 = 0.999
   config.search.arch_weight_decay = 1e-3
+  config.search.arch_grad_clip = 0.0    # > 0: clip the arch gradient's norm (ImageNet: 5)
   config.search.arch_start_epoch = 15
   config.search.architect = 'first_order'  # first_order | second_order | second_order_exact
   config.search.single_level = False    # True: weights and arch from one train-batch step

@@ -5,6 +5,7 @@ Every error is one line naming the field, its value and what is allowed.
 
 from pcdarts_jax import architect
 from pcdarts_jax import data
+from pcdarts_jax import input_pipeline
 from pcdarts_jax import ops
 from pcdarts_jax import supernet
 
@@ -39,16 +40,33 @@ def _positive(config, section: str, field: str, allow_zero: bool = False):
 
 def validate_search_config(config, num_devices: int = 1):
   d, m, s = config.data, config.model, config.search
-  _require(d.name in data.DATASETS, f'data.name={d.name!r} is not one of {data.DATASETS}.')
-  _require(0.0 < d.train_portion < 1.0,
-           f'data.train_portion={d.train_portion!r} must be in (0, 1).')
-  channels = data.IMAGE_SHAPES[d.name][-1]
+  names = input_pipeline.dataset_names()
+  _require(d.name in names, f'data.name={d.name!r} is not one of {names}.')
+  if d.name == input_pipeline.IMAGENET:
+    for field in ('train_fraction', 'arch_fraction'):
+      _require(0.0 < d[field] <= 1.0, f'data.{field}={d[field]!r} must be in (0, 1].')
+    _require(d.train_fraction + d.arch_fraction <= 1.0,
+             f'data.train_fraction + data.arch_fraction = '
+             f'{d.train_fraction + d.arch_fraction} must be <= 1 (the subsets are disjoint).')
+    _require(_is_int(d.image_size) and d.image_size >= 32,
+             f'data.image_size={d.image_size!r} must be an integer >= 32.')
+    _require(_is_int(d.get('mock_examples', 0)) and d.get('mock_examples', 0) >= 0,
+             f"data.mock_examples={d.get('mock_examples')!r} must be an integer >= 0.")
+  else:
+    _require(0.0 < d.train_portion < 1.0,
+             f'data.train_portion={d.train_portion!r} must be in (0, 1).')
+    in_memory = d.get('in_memory', True)
+    _require_bool(in_memory, 'data.in_memory')
+    _require(in_memory or d.name in input_pipeline.STREAMING,
+             f'data.in_memory=False streams from tfds, which {d.name!r} is not in; '
+             f'allowed for {tuple(input_pipeline.STREAMING)}.')
+  channels = input_pipeline.image_shape(d)[-1]
   _require(len(d.mean) == channels and len(d.std) == channels,
            f'data.mean / data.std need {channels} values for {d.name}, got '
            f'{len(d.mean)} / {len(d.std)}.')
-  _require(m.num_classes == data.NUM_CLASSES[d.name],
-           f'model.num_classes={m.num_classes!r} but {d.name} has '
-           f'{data.NUM_CLASSES[d.name]} classes.')
+  classes = input_pipeline.num_classes(d.name)
+  _require(m.num_classes == classes,
+           f'model.num_classes={m.num_classes!r} but {d.name} has {classes} classes.')
 
   for field in ('init_channels', 'layers', 'partial_channels', 'steps', 'multiplier',
                 'stem_multiplier'):
@@ -74,7 +92,7 @@ def validate_search_config(config, num_devices: int = 1):
   mixing = m.get('channel_mixing', 'shuffle')
   _require(mixing in supernet.CHANNEL_MIXINGS,
            f'model.channel_mixing={mixing!r} is not one of {supernet.CHANNEL_MIXINGS}.')
-  size = data.IMAGE_SHAPES[d.name][0]
+  size = input_pipeline.image_shape(d)[0]
   reductions = 2 + (3 if m.stem == 'imagenet' else 0)
   _require(size % (2 ** reductions) == 0,
            f'{d.name} images are {size}x{size}; model.stem={m.stem!r} with two reduction '
@@ -86,6 +104,11 @@ def validate_search_config(config, num_devices: int = 1):
   for field in ('learning_rate_min', 'weight_decay', 'arch_weight_decay', 'momentum',
                 'arch_start_epoch', 'log_every_steps'):
     _positive(config, 'search', field, allow_zero=True)
+  for field in ('warmup_epochs', 'arch_grad_clip'):
+    if field in s:
+      _positive(config, 'search', field, allow_zero=True)
+  _require(_is_int(s.get('warmup_epochs', 0)),
+           f"search.warmup_epochs={s.get('warmup_epochs')!r} must be an integer.")
   for field in ('batch_size', 'epochs', 'eval_batch_size', 'arch_start_epoch',
                 'log_every_steps'):
     _require(_is_int(s[field]),

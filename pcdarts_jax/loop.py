@@ -24,6 +24,7 @@ from pcdarts_jax import config_validation
 from pcdarts_jax import data
 from pcdarts_jax import genotypes
 from pcdarts_jax import initializers
+from pcdarts_jax import input_pipeline
 from pcdarts_jax import monitor
 from pcdarts_jax import optim
 from pcdarts_jax import parallel
@@ -249,12 +250,12 @@ def _host(sums) -> Dict[str, float]:
   return {k: float(np.asarray(v).reshape(-1)[0]) for k, v in jax.device_get(sums).items()}
 
 
-def evaluate(eval_step, state, dataset: data.ArraySet, batch_size: int,
-             feed: Callable = lambda batch: batch) -> Dict[str, float]:
-  """Loss/accuracy over `dataset`; `feed` turns a host batch into the step's
-  input (the pmapped loop shards it over the devices)."""
+def evaluate(eval_step, state, batches, feed: Callable = lambda batch: batch
+             ) -> Dict[str, float]:
+  """Loss/accuracy over masked `batches`; `feed` turns a host batch into the
+  step's input (the pmapped loop shards it over the devices)."""
   totals = None
-  for batch in data.eval_batches(dataset, batch_size):
+  for batch in batches:
     totals = _accumulate(totals, eval_step(state, feed(batch)))
   return _summarise(_host(totals))
 
@@ -282,7 +283,7 @@ class NonFiniteError(RuntimeError):
 # Fields that may differ between a run and its resumption: they do not change
 # what is computed, only where data lives and how progress is reported.
 RESUMABLE_CHANGES = ('checkpoint.', 'monitor.', 'search.log_every_steps', 'data.data_dir',
-                     'data.download')
+                     'data.download', 'data.manual_dir', 'data.subset_dir', 'data.cache_dir')
 
 
 def _write_atomic(path: str, text: str):
@@ -428,14 +429,13 @@ def search(config, workdir: str) -> genotypes.Genotype:
   """
   num_devices = parallel.device_count()
   config_validation.validate_search_config(config, num_devices=num_devices)
-  train_set, arch_set = data.search_splits(config.data)
-  config_validation.validate_batch_fits(config, len(train_set), len(arch_set))
   paths = _Workdir(workdir)
-  _check_workdir(paths, config)  # Only after every check passed; before any write.
+  _check_workdir(paths, config)  # Before the data (which may take long) and any write.
+  inputs = input_pipeline.search_inputs(config)
 
   s = config.search
-  train_iter = data.EpochIterator(train_set, s.batch_size, seed=config.seed)
-  arch_iter = data.EpochIterator(arch_set, s.batch_size, seed=config.seed + 1)
+  train_iter, arch_iter = inputs.train, inputs.arch
+  # An epoch is a pass over the weight subset; the arch iterator cycles on its own.
   steps_per_epoch = train_iter.steps_per_epoch
 
   model = supernet.build_supernet(config)
@@ -445,7 +445,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
   weight_tx = optim.weight_optimizer(config, steps_per_epoch)
   arch_tx = optim.arch_optimizer(config)
   init_rng, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  sample = data.normalize(train_set.images[:1], config.data.mean, config.data.std)
+  sample = data.normalize(inputs.sample_image, config.data.mean, config.data.std)
   state = create_search_state(model, config, init_rng, sample, weight_tx, arch_tx)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
 
@@ -488,7 +488,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
         f'{s.batch_size // num_devices} images per device', flush=True)
 
   # One code path for any device count: the state is replicated over the local
-  # devices, each global batch is cut into this process's slice and sharded.
+  # devices, and this process's slice of each global batch is sharded over them.
   bilevel_step = parallel.pmap_step(
       guard_nonfinite(make_bilevel_step(step_model, config, steps_per_epoch, weight_tx,
                                         arch_tx, axis_name=parallel.AXIS),
@@ -496,7 +496,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
       in_axes=(0, 0, 0, None))
   eval_step = parallel.pmap_step(make_eval_step(step_model, config, parallel.AXIS),
                                  in_axes=(0, 0), donate_state=False)
-  feed = lambda batch: parallel.shard(parallel.host_slice(batch))
+  feed = parallel.shard  # Batches are already this process's slice.
   # Padded and masked anyway: rounded up to split evenly over the devices.
   eval_batch_size = -(-s.eval_batch_size // num_devices) * num_devices
   host_state = state
@@ -586,7 +586,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
 
       train = _summarise(sums, 'train_')
       arch = _summarise(sums, 'arch_')
-      valid = evaluate(eval_step, state, arch_set, eval_batch_size, feed)
+      valid = evaluate(eval_step, state, inputs.eval_batches(eval_batch_size), feed)
       host_state = jax.device_get(parallel.unreplicate(state))
       arch_values = arch_numpy(host_state)
       genotype = genotypes.derive_genotype(arch_values, model.primitives, model.steps)

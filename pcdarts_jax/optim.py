@@ -7,13 +7,19 @@ import optax
 
 def weight_learning_rate(config, steps_per_epoch: int):
   """Cosine annealing stepped once per epoch (piecewise constant within an epoch),
-  lr at epoch e = lr_min + (lr - lr_min) (1 + cos(pi e / epochs)) / 2."""
+  lr at epoch e = lr_min + (lr - lr_min) (1 + cos(pi e / epochs)) / 2; with
+  `search.warmup_epochs` = W > 0, epochs e < W use that lr times (e + 1) / W
+  (the reference's ImageNet search warm-up)."""
   s = config.search
+  warmup = s.get('warmup_epochs', 0)
 
   def schedule(count):
     epoch = count // steps_per_epoch
-    return s.learning_rate_min + 0.5 * (s.learning_rate - s.learning_rate_min) * (
+    lr = s.learning_rate_min + 0.5 * (s.learning_rate - s.learning_rate_min) * (
         1.0 + jnp.cos(jnp.pi * epoch / s.epochs))
+    if warmup:
+      lr = lr * jnp.minimum(1.0, (epoch + 1) / warmup)
+    return lr
   return schedule
 
 
@@ -41,8 +47,12 @@ def momentum_buffer(weight_opt_state, params):
 
 
 def arch_optimizer(config) -> optax.GradientTransformation:
-  """Adam with L2 added to the gradient (PyTorch Adam weight_decay, not AdamW)."""
+  """Adam with L2 added to the gradient (PyTorch Adam weight_decay, not AdamW),
+  after an optional clip of the gradient norm (`search.arch_grad_clip`)."""
   s = config.search
+  clip = s.get('arch_grad_clip', 0.0)
+  # The reference clips the raw arch gradient, then Adam adds the decay.
   return optax.chain(
+      optax.clip_by_global_norm(clip) if clip else optax.identity(),
       optax.add_decayed_weights(s.arch_weight_decay),
       optax.adam(s.arch_learning_rate, b1=s.arch_beta1, b2=s.arch_beta2, eps=1e-8))
