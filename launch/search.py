@@ -6,6 +6,10 @@
 Exit status: 0 done, or stopped by SIGTERM/SIGINT after writing a checkpoint
 (run the same command to resume); 1 a step went non-finite; 2 a config, data or
 workdir error (nothing was written).
+
+Uses every local device (pmap; the global batch is split over them). Several
+hosts: run the same command on each with --coordinator_address=HOST0:PORT
+--num_processes=N --process_id=I.
 """
 
 import os
@@ -20,6 +24,7 @@ from ml_collections import config_flags
 from pcdarts_jax import config_validation
 from pcdarts_jax import data
 from pcdarts_jax import loop
+from pcdarts_jax import parallel
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Search config file.',
                                           lock_config=True)
@@ -30,6 +35,13 @@ _CACHE = flags.DEFINE_string(
                  'pcdarts_jax', 'xla'),
     'Persistent XLA compilation cache: a resumed or repeated run skips compiling '
     '(minutes on CPU). Empty string: off.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None,
+    'Multi-host: host:port of process 0 for jax.distributed.initialize. Every process '
+    'runs the same command with its own --process_id; only process 0 writes files '
+    '(the workdir must be on a file system all processes see, for checkpoints).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: process count.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-host: this process, 0..N-1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -41,6 +53,12 @@ def main(argv):
   if _CACHE.value and not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     jax.config.update('jax_compilation_cache_dir', _CACHE.value)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  try:
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                    _PROCESS_ID.value)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   try:
     loop.search(_CONFIG.value, _WORKDIR.value)
   except (config_validation.ConfigError, data.DataError) as e:

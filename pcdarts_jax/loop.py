@@ -247,7 +247,9 @@ def _accumulate(totals, metrics):
 def _host(sums) -> Dict[str, float]:
   """Device metric sums -> Python floats (one transfer). Sums of a pmapped step
   are already added over the devices: every device holds the total."""
-  return {k: float(np.asarray(v).reshape(-1)[0]) for k, v in jax.device_get(sums).items()}
+  if next(iter(sums.values())).ndim:  # A device axis: take this process's first copy.
+    sums = parallel.unreplicate(sums)
+  return {k: float(v) for k, v in jax.device_get(sums).items()}
 
 
 def evaluate(eval_step, state, batches, feed: Callable = lambda batch: batch
@@ -548,8 +550,9 @@ def search(config, workdir: str) -> genotypes.Genotype:
       epoch_start = time.time()
       first = start_step - epoch * steps_per_epoch if epoch == start_epoch else 0
       sums = None
-      if first and meta['sums'] is not None:  # Resumed mid-epoch.
-        sums = {k: jnp.asarray(v, jnp.float32) for k, v in meta['sums'].items()}
+      # Resumed mid-epoch: the sums of the steps before the checkpoint, added on the host.
+      carried = meta['sums'] if first and meta['sums'] is not None else {}
+      epoch_sums = lambda: {k: v + carried.get(k, 0.0) for k, v in _host(sums).items()}
       progress = monitor.Progress(epoch, s.epochs, steps_per_epoch, s.batch_size,
                                   s.log_every_steps, interactive, initial=first)
       loop_start = time.time()
@@ -566,7 +569,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
         logging_now = s.log_every_steps and done % s.log_every_steps == 0
         host_sums = None
         if saving or logging_now:
-          host_sums = _host(sums)
+          host_sums = epoch_sums()
           check_finite(host_sums)
         progress.update(host_sums and {'loss': host_sums['train_loss_sum'] /
                                                max(host_sums['train_count'], 1.0)})
@@ -579,7 +582,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
                 f'checkpoint {done} written to {paths.checkpoints}. Run the same command '
                 f'again to resume.')
       progress.close()
-      sums = _host(sums)
+      sums = epoch_sums()
       check_finite(sums)
       steps_run += steps_per_epoch - first
       step_seconds += time.time() - loop_start

@@ -96,8 +96,15 @@ def replicate(tree, devices=None) -> Any:
 
 
 def unreplicate(tree) -> Any:
-  """The first device's copy (all copies are equal after a synced step)."""
-  return jax.tree.map(lambda x: x[0], tree)
+  """This process's first copy (all copies are equal after a synced step). With
+  several processes a pmapped output spans devices this process cannot read, so
+  the copy comes from a local shard."""
+  def first(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      local = x.addressable_data(0)
+      return local[0] if local.ndim == x.ndim else local
+    return x[0]
+  return jax.tree.map(first, tree)
 
 
 def check_divisible(batch_size: int, field: str, devices: Optional[int] = None):

@@ -83,3 +83,38 @@ def test_replicate_and_unreplicate_round_trip():
   assert copies['a'].shape == (jax.local_device_count(), 3)
   back = parallel.unreplicate(copies)
   np.testing.assert_array_equal(back['a'], tree['a'])
+
+
+def _free_port() -> int:
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_agree_with_one_process(tmp_path):
+  """jax.distributed on localhost (CPU collectives): 2 processes x 2 devices run
+  2 bilevel steps on one global batch, each feeding its half; one process with
+  one device runs the same global batch."""
+  script = os.path.join(REPO, 'tests', 'multidevice', 'one_vs_many.py')
+  port = _free_port()
+  env = lambda devices: dict(os.environ, PYTHONPATH=REPO,
+                             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  dist, single = str(tmp_path / 'dist.npz'), str(tmp_path / 'single.npz')
+  procs = [subprocess.Popen(
+      [sys.executable, script, 'first_order', '2', f'--save={dist}',
+       f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={i}'],
+      cwd=REPO, env=env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  run_devices([script, 'first_order', '2', f'--save={single}'], devices=1)
+  for p in procs:
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:]
+  a, b = np.load(single), np.load(dist)
+  assert (int(a['devices']), int(a['processes'])) == (1, 1)
+  assert (int(b['devices']), int(b['processes'])) == (4, 2)
+  keys = [k for k in a.files if k.startswith(('arch/', 'params/'))]
+  assert keys and sorted(keys) == sorted(k for k in b.files if k.startswith(('arch/', 'params/')))
+  for k in keys:
+    np.testing.assert_allclose(b[k], a[k], atol=TOLERANCE, rtol=0, err_msg=k)
+  np.testing.assert_allclose(b['loss'], a['loss'], rtol=1e-5)

@@ -2,9 +2,13 @@
 XLA_FLAGS=--xla_force_host_platform_device_count=N must precede jax's start).
 
   python tests/multidevice/one_vs_many.py ARCHITECT STEPS
+  python tests/multidevice/one_vs_many.py ARCHITECT STEPS --save=OUT.npz \
+      [--coordinator_address=localhost:PORT --num_processes=2 --process_id=I]
 
-Prints one JSON line: the max abs differences of the arch values, weights and
-BatchNorm statistics after STEPS bilevel steps, and both derived genotypes.
+The first form prints one JSON line: the max abs differences of the arch values,
+weights and BatchNorm statistics after STEPS bilevel steps, and both derived
+genotypes. The second runs only the all-devices (all-processes) path and saves
+the final arch and weights (process 0), for the multi-host test.
 """
 
 import json
@@ -34,6 +38,7 @@ def tiny_config(architect: str):
 
 
 def run(config, devices, steps: int):
+  """STEPS bilevel steps over `devices` (None: every device of every process)."""
   train_set, arch_set = data.search_splits(config.data)
   model = supernet.build_supernet(config)
   step_model = supernet.build_supernet(config, axis_name=parallel.AXIS)
@@ -45,15 +50,16 @@ def run(config, devices, steps: int):
   step = parallel.pmap_step(
       loop.make_bilevel_step(step_model, config, 100, weight_tx, arch_tx, parallel.AXIS),
       in_axes=(0, 0, 0, None), devices=devices)
-  state = parallel.replicate(state, devices)
+  local = devices or jax.local_devices()
+  state = parallel.replicate(state, local)
   b = config.search.batch_size
   metrics = []
   for i in range(steps):
-    batch = lambda s: parallel.shard(
-        {'image': s.images[i * b:(i + 1) * b], 'label': s.labels[i * b:(i + 1) * b]},
-        len(devices))
+    batch = lambda s: parallel.shard(parallel.host_slice(
+        {'image': s.images[i * b:(i + 1) * b], 'label': s.labels[i * b:(i + 1) * b]}),
+        len(local))
     state, m = step(state, batch(train_set), batch(arch_set), jax.random.PRNGKey(i))
-    metrics.append({k: float(v[0]) for k, v in m.items()})
+    metrics.append({k: float(v) for k, v in jax.device_get(parallel.unreplicate(m)).items()})
   state = jax.device_get(parallel.unreplicate(state))
   genotype = genotypes.derive_genotype(loop.arch_numpy(state), model.primitives, model.steps)
   return state, metrics, genotype
@@ -66,7 +72,20 @@ def max_diff(a, b) -> float:
 
 def main():
   architect, steps = sys.argv[1], int(sys.argv[2])
+  options = dict(arg[2:].split('=', 1) for arg in sys.argv[3:])
   config = tiny_config(architect)
+  if 'save' in options:
+    parallel.initialize_distributed(
+        options.get('coordinator_address'), int(options.get('num_processes', 1)),
+        int(options.get('process_id', 0)))
+    state, metrics, genotype = run(config, None, steps)
+    if parallel.is_main_process():
+      np.savez(options['save'], **{f'arch/{k}': v for k, v in state.arch.items()},
+               **{'params/' + '/'.join(str(p.key) for p in path): leaf
+                  for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)},
+               loss=np.array([m['train_loss_sum'] for m in metrics]),
+               devices=jax.device_count(), processes=jax.process_count())
+    return
   devices = jax.local_devices()
   one, m1, g1 = run(config, devices[:1], steps)
   many, mn, gn = run(config, devices, steps)
