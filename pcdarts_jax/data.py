@@ -189,3 +189,21 @@ def train_augment(data_config):
   d = data_config
   return lambda rng, images: augment(rng, images, d.mean, d.std, d.crop_padding,
                                      d.random_flip)
+
+
+def cutout(rng: jax.Array, images: jax.Array, length: int) -> jax.Array:
+  """Zeroes one length x length square per image (reference Cutout, applied after
+  normalisation): the centre is uniform over the image and the square is clipped
+  at the borders, rows and columns [centre - length//2, centre + length//2)."""
+  if length <= 0:
+    return images
+  n, h, w, _ = images.shape
+  y_rng, x_rng = jax.random.split(rng)
+  cy = jax.random.randint(y_rng, (n, 1), 0, h)
+  cx = jax.random.randint(x_rng, (n, 1), 0, w)
+  half = length // 2
+  rows, cols = jnp.arange(h)[None], jnp.arange(w)[None]
+  in_rows = (rows >= cy - half) & (rows < cy + half)
+  in_cols = (cols >= cx - half) & (cols < cx + half)
+  keep = ~(in_rows[:, :, None] & in_cols[:, None, :])
+  return images * keep[..., None].astype(images.dtype)
