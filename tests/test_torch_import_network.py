@@ -33,7 +33,8 @@ def _config(network_kind, c, layers, auxiliary=True):
                 'num_classes': 10, 'auxiliary': auxiliary, 'depthwise_impl': 'dense'}})
 
 
-def reference_state_dict(rng, kind, c, layers, genotype, classes=10, auxiliary=True):
+def reference_state_dict(rng, kind, c, layers, genotype, classes=10, auxiliary=True,
+                         in_channels=3):
   """{torch key: (array, flax (collection, path), layout)} of the reference network."""
   sd = {}
 
@@ -84,11 +85,11 @@ def reference_state_dict(rng, kind, c, layers, genotype, classes=10, auxiliary=T
       bn(f'{name}.3', flax + ('bn',), ch)
 
   if kind == 'cifar':
-    conv('stem.0', ('stem_conv',), 3 * c, 3, 3, 3)
+    conv('stem.0', ('stem_conv',), 3 * c, in_channels, 3, 3)
     bn('stem.1', ('stem_bn',), 3 * c)
     c_pp, c_p, reduction_prev = 3 * c, 3 * c, False
   else:
-    conv('stem0.0', ('stem0_conv1',), c // 2, 3, 3, 3)
+    conv('stem0.0', ('stem0_conv1',), c // 2, in_channels, 3, 3)
     bn('stem0.1', ('stem0_bn1',), c // 2)
     conv('stem0.3', ('stem0_conv2',), c, c // 2, 3, 3)
     bn('stem0.4', ('stem0_bn2',), c)
