@@ -190,6 +190,21 @@ def test_imagenet_data_needs_the_streaming_pipeline(monkeypatch):
     trainer._datasets(imagenet_train.get_config())  # pylint: disable=protected-access
 
 
+def test_one_and_four_devices_train_alike():
+  """Crops, cutout and drop-path keyed by global example positions, BatchNorm
+  over the global batch: 4 devices on 4 images each follow the 1-device run."""
+  env = dict(os.environ, PYTHONPATH=REPO,
+             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  run = subprocess.run([sys.executable, os.path.join('tests', 'multidevice',
+                                                     'train_one_vs_many.py'), '3'],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  figures = json.loads(run.stdout.strip().splitlines()[-1])
+  assert figures['devices'] == 4 and figures['moved'] > 1e-2
+  assert figures['params'] < 1e-5 and figures['batch_stats'] < 1e-5, figures
+  assert figures['metrics'] < 1e-4 and figures['test'] < 1e-4, figures
+
+
 def _tiny_digits():
   config = digits_train.get_config()
   config.model.init_channels, config.model.layers = 4, 2
