@@ -18,10 +18,10 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
-import numpy as np
 
 from pcdarts_jax import config_validation
 from pcdarts_jax import data
+from pcdarts_jax import torch_import
 from pcdarts_jax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Train config file.',
@@ -32,22 +32,6 @@ _TORCH = flags.DEFINE_string('torch_checkpoint', None,
 flags.mark_flags_as_required(['config'])
 
 
-def load_state_dict(path: str):
-  """key -> numpy array from a .npz, or from a torch file (torch imported lazily)."""
-  if path.endswith('.npz'):
-    with np.load(path) as f:
-      return {k: f[k] for k in f.files}
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise config_validation.ConfigError(
-        f'--torch_checkpoint={path!r} needs PyTorch to read (pip install torch), or '
-        f'convert it elsewhere to a .npz of its state_dict arrays.') from None
-  loaded = torch.load(path, map_location='cpu')
-  loaded = loaded.get('state_dict', loaded)
-  return {k: v.cpu().numpy() for k, v in loaded.items()}
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -56,7 +40,7 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO.
   try:
-    state_dict = load_state_dict(_TORCH.value) if _TORCH.value else None
+    state_dict = torch_import.read_state_dict(_TORCH.value) if _TORCH.value else None
     result = trainer.evaluate_checkpoint(_CONFIG.value, workdir=_WORKDIR.value,
                                          torch_state_dict=state_dict)
   except (config_validation.ConfigError, data.DataError, ValueError, OSError) as e:

@@ -344,6 +344,23 @@ def _network_plan(model, collection: str, path: Tuple[str, ...]) -> List[Tuple[s
   return [(f'cells.{cell}.{part.replace("op_", "_ops.")}.{modules[module]}.{suffix}', None)]
 
 
+def read_state_dict(path: str) -> Dict[str, np.ndarray]:
+  """key -> numpy array of a saved state_dict: a .npz of its arrays, or a torch
+  file (`torch.save(model.state_dict())`, or a checkpoint dict holding one under
+  `state_dict`); torch is imported only for the latter."""
+  if path.endswith('.npz'):
+    with np.load(path) as f:
+      return {k: f[k] for k in f.files}
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ValueError(f'{path!r} needs PyTorch to read (pip install torch); or convert it '
+                     f'elsewhere to a .npz of its state_dict arrays.') from None
+  loaded = torch.load(path, map_location='cpu')
+  loaded = loaded.get('state_dict', loaded)
+  return {k: v.cpu().numpy() for k, v in loaded.items()}
+
+
 def network_variables(state_dict: Mapping[str, Any], genotype, config) -> Dict[str, Any]:
   """Flax variables for `network.build_network(config, genotype=genotype)` from a
   reference evaluation network's state_dict (DARTS / PC-DARTS model.py:

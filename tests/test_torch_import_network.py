@@ -193,3 +193,13 @@ def test_errors_name_the_key():
   # A checkpoint of another genotype does not fit.
   with pytest.raises(ValueError):
     torch_import.network_variables(sd, genotypes.PCDARTS, config)
+
+
+def test_reading_a_torch_file_without_torch_says_what_to_do(tmp_path):
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+    pytest.skip('torch is installed')
+  except ImportError:
+    pass
+  with pytest.raises(ValueError, match=r'needs PyTorch to read \(pip install torch\)'):
+    torch_import.read_state_dict(str(tmp_path / 'weights.pt'))

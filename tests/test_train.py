@@ -22,6 +22,7 @@ from pcdarts_jax import config_validation
 from pcdarts_jax import data
 from pcdarts_jax import genotypes
 from pcdarts_jax import network
+from pcdarts_jax import torch_import
 from pcdarts_jax import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -295,7 +296,9 @@ def test_digits_launchers_train_and_evaluate(tmp_path):
     leaf = np.asarray(_lookup(variables, where))
     state_dict[key] = {'conv': lambda x: x.transpose(3, 2, 0, 1),
                        'linear': lambda x: x.T}.get(layout, lambda x: x)(leaf)
-  result = trainer.evaluate_checkpoint(config, torch_state_dict=state_dict)
+  np.savez(tmp_path / 'weights.npz', **state_dict)
+  result = trainer.evaluate_checkpoint(
+      config, torch_state_dict=torch_import.read_state_dict(str(tmp_path / 'weights.npz')))
   assert result['top1_error'] == pytest.approx(1 - summary['test']['accuracy'])
 
 
