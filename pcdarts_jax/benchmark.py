@@ -20,6 +20,7 @@ import optax
 
 from pcdarts_jax import architect
 from pcdarts_jax import data
+from pcdarts_jax import input_pipeline
 from pcdarts_jax import loop
 from pcdarts_jax import optim
 from pcdarts_jax import supernet
@@ -89,7 +90,7 @@ def time_jitted(fn: Callable, args: tuple, steps: int, warmup: int, carry_state:
 
 
 def _synthetic_split(config, size: int, seed: int) -> data.ArraySet:
-  shape = data.IMAGE_SHAPES[config.data.name]
+  shape = input_pipeline.image_shape(config.data)
   rng = np.random.default_rng(seed)
   return data.ArraySet(rng.integers(0, 256, (size,) + shape, dtype=np.uint8),
                        rng.integers(0, config.model.num_classes, size).astype(np.int32))
