@@ -15,6 +15,7 @@ small .npz of example keys, and then streamed: decode, random-resized-crop to
 its share of the record files.
 """
 
+import collections
 import dataclasses
 import hashlib
 import os
@@ -144,6 +145,39 @@ class StreamIterator:
       self._iterator = iter(self.make_epoch(self.epoch, self.position))
     batch = next(self._iterator)
     self.position += 1
+    return batch
+
+
+class DevicePrefetch:
+  """Shards batches and copies them to the local devices `size` steps ahead, so
+  the transfer overlaps the running step. `state()` is the position after the
+  batches handed out, not those in flight: a checkpoint resumes exactly."""
+
+  def __init__(self, iterator, size: int = 2):
+    self.inner, self.size = iterator, size
+    self._queue = collections.deque()
+    self._state = iterator.state()
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.inner.steps_per_epoch
+
+  def state(self):
+    return self._state
+
+  def restore(self, state):
+    self.inner.restore(state)
+    self._queue.clear()
+    self._state = state
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    while len(self._queue) <= self.size:
+      batch = parallel.put_sharded(next(self.inner))
+      self._queue.append((batch, self.inner.state()))
+    batch, self._state = self._queue.popleft()
     return batch
 
 

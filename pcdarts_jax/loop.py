@@ -436,7 +436,9 @@ def search(config, workdir: str) -> genotypes.Genotype:
   inputs = input_pipeline.search_inputs(config)
 
   s = config.search
-  train_iter, arch_iter = inputs.train, inputs.arch
+  # On the devices two steps ahead, sharded (positions stay exact for checkpoints).
+  train_iter = input_pipeline.DevicePrefetch(inputs.train)
+  arch_iter = input_pipeline.DevicePrefetch(inputs.arch)
   # An epoch is a pass over the weight subset; the arch iterator cycles on its own.
   steps_per_epoch = train_iter.steps_per_epoch
 
@@ -559,7 +561,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
       for i in range(first, steps_per_epoch):
         step_number = epoch * steps_per_epoch + i
         # The step's rng depends only on (seed, step): resumed runs draw the same.
-        state, metrics = bilevel_step(state, feed(next(train_iter)), feed(next(arch_iter)),
+        state, metrics = bilevel_step(state, next(train_iter), next(arch_iter),
                                       jax.random.fold_in(step_key, step_number))
         sums = _accumulate(sums, metrics)  # On device: no per-step host sync.
         done = step_number + 1

@@ -142,17 +142,17 @@ def shard(batch, devices: Optional[int] = None):
   return jax.tree.map(split, batch)
 
 
+def put_sharded(batch) -> Any:
+  """Host batch (B, ...) -> device arrays (local devices, B / devices, ...)."""
+  return jax.device_put(shard(batch, local_device_count()), _local_sharding())
+
+
 def prefetch_to_device(iterator: Iterator, size: int = 2) -> Iterator:
   """Shards host batches and copies them to the local devices `size` steps
   ahead, so the transfer overlaps the running step."""
-  sharding = _local_sharding()
   queue = []
-
-  def put(batch):
-    return jax.device_put(shard(batch, local_device_count()), sharding)
-
   for batch in iterator:
-    queue.append(put(batch))
+    queue.append(put_sharded(batch))
     if len(queue) > size:
       yield queue.pop(0)
   while queue:

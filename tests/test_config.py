@@ -14,6 +14,7 @@ import pytest
 from configs import cifar100_search
 from configs import cifar10_search
 from configs import digits_search
+from configs import imagenet_search
 from pcdarts_jax import config_validation
 from pcdarts_jax.config_validation import ConfigError
 
@@ -244,3 +245,50 @@ def test_search_refuses_a_used_workdir(tmp_path):
   assert '\n' not in str(info.value)
   assert existing.read_bytes() == content
   assert sorted(p.name for p in workdir.iterdir()) == ['genotypes.jsonl']
+
+
+# ------------------------------------------------------------ ImageNet search
+
+
+def test_imagenet_search_has_the_spec_section4_values():
+  config = imagenet_search.get_config()
+  config_validation.validate_search_config(config, num_devices=8)
+  d, m, s = config.data, config.model, config.search
+  assert (d.name, d.train_fraction, d.arch_fraction, d.image_size) == (
+      'imagenet2012', 0.1, 0.025, 224)
+  assert d.mean == (0.485, 0.456, 0.406) and d.std == (0.229, 0.224, 0.225)
+  assert (m.stem, m.init_channels, m.layers, m.partial_channels, m.num_classes) == (
+      'imagenet', 16, 8, 2, 1000)
+  assert (s.batch_size, s.epochs, s.learning_rate, s.learning_rate_min, s.warmup_epochs) == (
+      1024, 50, 0.5, 0.0, 5)
+  assert (s.arch_learning_rate, s.arch_beta1, s.arch_beta2, s.arch_weight_decay) == (
+      6e-3, 0.5, 0.999, 1e-3)
+  assert (s.arch_grad_clip, s.arch_start_epoch) == (5.0, 35)
+
+
+@pytest.mark.parametrize('field,value,expect', [
+    ('data.train_fraction', 0.0, 'must be in (0, 1]'),
+    ('data.arch_fraction', 0.95, 'must be <= 1'),
+    ('data.image_size', 20, 'integer >= 32'),
+    ('search.warmup_epochs', -1, '>= 0'),
+    ('search.arch_grad_clip', -1.0, '>= 0'),
+])
+def test_imagenet_field_errors(field, value, expect):
+  config = imagenet_search.get_config()
+  section, key = field.split('.')
+  config[section][key] = value
+  message = _one_line_error(config, field)
+  assert expect in message, message
+
+
+def test_global_batch_must_split_over_the_devices():
+  config = imagenet_search.get_config()
+  message = _one_line_error(config, 'search.batch_size', num_devices=24)
+  assert '24 devices' in message and 'multiples of 24' in message
+
+
+def test_streaming_needs_a_tfds_data_set():
+  config = digits_search.get_config()
+  config.data.in_memory = False
+  message = _one_line_error(config, 'data.in_memory')
+  assert "'cifar10'" in message

@@ -128,3 +128,20 @@ def test_imagenet_supernet_stem_reduces_224_to_28():
   inter = state['intermediates']
   assert inter['stem0_bn2']['__call__'][0].shape == (2, 56, 56, 12)  # s0: stride 4
   assert inter['stem1_bn']['__call__'][0].shape == (2, 28, 28, 12)   # s1: 224 -> 28
+
+
+def test_device_prefetch_reports_the_position_of_batches_handed_out():
+  dataset = data.ArraySet(np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1),
+                          np.arange(40, dtype=np.int32))
+  make = lambda: input_pipeline.HostSlice(data.EpochIterator(dataset, 4, seed=0))
+  prefetched = input_pipeline.DevicePrefetch(make(), size=2)
+  plain = make()
+  for _ in range(3):
+    got, want = next(prefetched), next(plain)
+    np.testing.assert_array_equal(np.asarray(got['label']).reshape(-1), want['label'])
+  # Two more batches are already on the device, but the position is 3.
+  assert prefetched.state() == {'epoch': 0, 'position': 3} == plain.state()
+  resumed = input_pipeline.DevicePrefetch(make(), size=2)
+  resumed.restore(prefetched.state())
+  np.testing.assert_array_equal(np.asarray(next(resumed)['label']).reshape(-1),
+                                next(plain)['label'])

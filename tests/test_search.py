@@ -146,3 +146,34 @@ def test_quickstart_command(tmp_path):
   assert 'epoch 12/12' in result.stdout
   genotypes.from_json((workdir / 'genotype.json').read_text())
   assert len((workdir / 'genotypes.jsonl').read_text().splitlines()) == 12
+
+
+def test_warmup_scales_the_first_epochs_and_arch_clip_bounds_the_update():
+  from configs import imagenet_search  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  config = imagenet_search.get_config()
+  lr = optim.weight_learning_rate(config, steps_per_epoch=10)
+  cosine = lambda e: 0.25 * (1 + np.cos(np.pi * e / 50))
+  for epoch in range(7):
+    factor = min(1.0, (epoch + 1) / 5)
+    assert float(lr(epoch * 10 + 3)) == pytest.approx(cosine(epoch) * factor, rel=1e-6)
+  # Clipped to norm 5 before the L2 term and Adam: a huge gradient followed by a
+  # small one moves the arch exactly like the same gradient scaled to norm 5
+  # (Adam's second moment remembers the first gradient's size).
+  arch = {'a': jnp.ones(4)}
+  huge, clipped = {'a': jnp.array([300.0, 400.0, 0.0, 0.0])}, {'a': jnp.array([3., 4., 0, 0])}
+  small = {'a': jnp.array([0.03, -0.04, 0.05, 0.0])}
+
+  def two_steps(tx, first):
+    state = tx.init(arch)
+    updates, state = tx.update(first, state, arch)
+    params = optax.apply_updates(arch, updates)
+    updates, state = tx.update(small, state, params)
+    return optax.apply_updates(params, updates)['a']
+
+  tx = optim.arch_optimizer(config)
+  np.testing.assert_allclose(two_steps(tx, huge), two_steps(tx, clipped), rtol=0, atol=1e-6)
+  config.search.arch_grad_clip = 0.0
+  tx = optim.arch_optimizer(config)
+  unclipped_gap = np.max(np.abs(two_steps(tx, huge) - two_steps(tx, clipped)))
+  assert unclipped_gap > 3e-5  # vs. < 1e-6 above: the clip is what made them equal.
