@@ -11,6 +11,7 @@ PC_DARTS_image), a genotype.json, or a search workdir holding one.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config():
@@ -20,7 +21,7 @@ def get_config():
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'cifar10'          # cifar10 | cifar100 | digits | imagenet2012
-  config.data.data_dir = None           # tfds data dir; None = tfds default
+  config.data.data_dir = config_dict.placeholder(str)  # tfds data dir; None = tfds default
   config.data.download = True           # let tfds download and prepare when missing
   config.data.crop_padding = 4          # random crop after zero padding
   config.data.random_flip = True

@@ -10,6 +10,8 @@ top-1/top-5 error: DARTS_V2 26.7/8.7% (4.7M params, 574M multiply-adds),
 PC_DARTS_image 24.2/7.3% (5.3M, 597M) on 8 V100s.
 """
 
+from ml_collections import config_dict
+
 from configs import cifar10_train
 
 
@@ -19,6 +21,10 @@ def get_config():
 
   config.data.name = 'imagenet2012'     # streamed by pcdarts_jax.input_pipeline
   config.data.crop_padding = 0          # the pipeline does random-resized crops
+  config.data.manual_dir = config_dict.placeholder(str)  # ILSVRC2012 tars (see README)
+  config.data.image_size = 224          # random-resized-crop size (test: resize 256, crop 224)
+  config.data.shuffle_buffer = 10_000
+  config.data.mock_examples = 0         # > 0: random images in imagenet2012's format (smoke tests)
   config.data.mean = (0.485, 0.456, 0.406)
   config.data.std = (0.229, 0.224, 0.225)
 

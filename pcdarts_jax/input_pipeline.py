@@ -281,19 +281,32 @@ class _Mock:
       self._context.__exit__(*exc)
 
 
+def host_range(total: int, process_index: Optional[int] = None,
+               process_count: Optional[int] = None) -> Tuple[int, int]:
+  """This process's contiguous share [start, stop) of `total` examples."""
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  return index * total // count, (index + 1) * total // count
+
+
+def _split_size(d, split: str) -> int:
+  if d.get('mock_examples', 0):  # Mocked splits carry no metadata; each has this many.
+    return int(d.mock_examples)
+  with _Mock(d):
+    return int(_builder(d).info.splits[split].num_examples)
+
+
 def _read(d, split: str, shard: bool):
-  """The split's records with the image left encoded; with `shard`, only this
-  process's share of the record files."""
+  """The split's records in their stored order, image left encoded; with
+  `shard`, only this process's contiguous share (tfds reads only those files)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  tf = _tf()
-  read_config = tfds.ReadConfig(shuffle_seed=0)
+  _tf()
   if shard and jax.process_count() > 1:
-    read_config.input_context = tf.distribute.InputContext(
-        num_input_pipelines=jax.process_count(), input_pipeline_id=jax.process_index())
+    start, stop = host_range(_split_size(d, split))
+    split = f'{split}[{start}:{stop}]'
   with _Mock(d):
     return _builder(d).as_dataset(
-        split=split, shuffle_files=False, read_config=read_config,
-        decoders={'image': tfds.decode.SkipDecoding()})
+        split=split, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()})
 
 
 def _key_name(d) -> str:
@@ -308,8 +321,10 @@ def _subset_cache_path(d, seed: int, fractions) -> str:
   return os.path.join(directory, f'{d.name}_search_subsets_{tag}.npz')
 
 
-def subset_keys(d, seed: int) -> Tuple[np.ndarray, np.ndarray]:
-  """Keys (file names / ids) of the weight and architecture subsets, chosen once
+def subset_keys(d, seed: int) -> Dict[str, np.ndarray]:
+  """The weight and architecture subsets: `weights` / `arch` keys (file names or
+  ids) and `weights_index` / `arch_index` (positions in the split's stored
+  order, which tell each process how many of them its share holds). Chosen once
   from one pass over the labels and cached (process 0 writes the cache)."""
   fractions = _fractions(d)
   path = _subset_cache_path(d, seed, fractions)
@@ -324,13 +339,20 @@ def subset_keys(d, seed: int) -> Tuple[np.ndarray, np.ndarray]:
       weight_index, arch_index = _choose(d, labels, fractions, seed)
       os.makedirs(os.path.dirname(path), exist_ok=True)
       tmp = path + f'.tmp-{os.getpid()}.npz'
-      np.savez(tmp, weights=keys[weight_index], arch=keys[arch_index])
+      np.savez(tmp, weights=keys[weight_index], arch=keys[arch_index],
+               weights_index=weight_index, arch_index=arch_index, total=len(keys))
       os.replace(tmp, path)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices('search subsets written')
   with np.load(path) as f:
-    return f['weights'], f['arch']
+    return {k: f[k] for k in f.files}
+
+
+def share_counts(index: np.ndarray, total: int) -> np.ndarray:
+  """How many of the examples at positions `index` fall in each process's share."""
+  bounds = [host_range(total, p, jax.process_count())[0] for p in range(jax.process_count())]
+  return np.diff(np.searchsorted(np.sort(index), bounds + [total]))
 
 
 def _fractions(d) -> Tuple[float, float]:
@@ -395,76 +417,121 @@ def _subset_dataset(d, keys: np.ndarray, tf):
   return ds
 
 
-def _count(ds) -> int:
-  return int(ds.reduce(np.int64(0), lambda n, _: n + 1).numpy())
+def _batches(ds, decode, local_batch: int, steps: int, seed: int, shuffle_buffer: int, tf):
+  """`make_epoch(epoch, skip_batches)` over records `ds`: a seeded shuffle per
+  epoch (repeated, so a process whose share is a little short never runs dry),
+  `steps` batches, the first `skip_batches` skipped before decoding."""
+  def make_epoch(epoch, skip_batches):
+    epoch_ds = ds.repeat().shuffle(shuffle_buffer, seed=seed * 100_003 + epoch,
+                                   reshuffle_each_iteration=False)
+    epoch_ds = epoch_ds.take(steps * local_batch).enumerate()
+    epoch_ds = epoch_ds.skip(skip_batches * local_batch)
+    base = (seed * 7919 + epoch) * 1024 + jax.process_index()
+    epoch_ds = epoch_ds.map(
+        lambda i, ex: {'image': decode(ex['image'], tf.stack([tf.cast(base, tf.int64), i])),
+                       'label': ex['label']},
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return epoch_ds.batch(local_batch, drop_remainder=True).prefetch(2).as_numpy_iterator()
+  return make_epoch
+
+
+def _masked_batches(ds, decode, local_size: int, steps: int, shape, tf):
+  """One pass of masked batches; every process yields `steps` of them (padding
+  batches at the end), as the pmapped collectives need."""
+  ds = ds.map(lambda ex: {'image': decode(ex['image'], None), 'label': ex['label']},
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  count = 0
+  for batch in ds.batch(local_size).prefetch(2).as_numpy_iterator():
+    count += 1
+    yield _pad(batch, local_size)
+  for _ in range(steps - count):
+    yield _pad({'image': np.zeros((0,) + shape, np.uint8), 'label': np.zeros(0, np.int32)},
+               local_size)
+
+
+def _local_eval_size(global_size: int) -> int:
+  """Per-process eval batch, the global one rounded up to split over the devices."""
+  return -(-global_size // parallel.device_count()) * parallel.local_device_count()
 
 
 def _streaming_search_inputs(config) -> SearchInputs:
   tf = _tf()
   d, s = config.data, config.search
-  weight_keys, arch_keys = subset_keys(d, config.data.get('subset_seed', config.seed))
+  subsets = subset_keys(d, config.data.get('subset_seed', config.seed))
+  total = int(subsets['total'])
   local_batch = s.batch_size // jax.process_count()
-  local_eval = -(-s.eval_batch_size // parallel.device_count()) * \
-      parallel.local_device_count()
-  autotune = tf.data.AUTOTUNE
+  local_eval = _local_eval_size(s.eval_batch_size)
   shuffle_buffer = int(d.get('shuffle_buffer', 10_000))
+  shape = image_shape(d)
 
-  def source(keys):
-    """(records, local count, smallest count over the processes)."""
-    ds = _subset_dataset(d, keys, tf)
-    local = smallest = _count(ds)
-    if jax.process_count() > 1:  # Every process must run the same number of steps.
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      smallest = int(np.min(multihost_utils.process_allgather(np.int64(local))))
-    return ds, local, smallest
-
-  def train_iterator(ds, size, seed):
-    steps = size // local_batch
+  def train_iterator(name, seed):
+    size = len(subsets[name])
+    steps = size // s.batch_size
     if steps == 0:
       raise data.DataError(
-          f'search.batch_size={s.batch_size} is larger than the {size * jax.process_count()} '
-          f'images of a {d.name} search subset on this run; lower it.')
-    decode = _decode(d, True, tf)
-
-    def make_epoch(epoch, skip_batches):
-      epoch_ds = ds.shuffle(shuffle_buffer, seed=seed * 100_003 + epoch,
-                            reshuffle_each_iteration=False)
-      epoch_ds = epoch_ds.take(steps * local_batch).enumerate()
-      epoch_ds = epoch_ds.skip(skip_batches * local_batch)
-      base = (seed * 7919 + epoch) * 8 + jax.process_index()
-      epoch_ds = epoch_ds.map(
-          lambda i, ex: {'image': decode(ex['image'], tf.stack([tf.cast(base, tf.int64), i])),
-                         'label': ex['label']}, num_parallel_calls=autotune,
-          deterministic=True)
-      return epoch_ds.batch(local_batch, drop_remainder=True).prefetch(2).as_numpy_iterator()
+          f'search.batch_size={s.batch_size} is larger than the {size} images of the '
+          f'{d.name} {name} subset; lower it (allowed: 1..{size}).')
+    make_epoch = _batches(_subset_dataset(d, subsets[name], tf), _decode(d, True, tf),
+                          local_batch, steps, seed, shuffle_buffer, tf)
     return StreamIterator(make_epoch, steps), size
 
-  def eval_batches(global_size):
-    del global_size  # The streamed batch is fixed by the config (padded, masked).
-    decode = _decode(d, False, tf)
-    ds = arch_ds.map(lambda ex: {'image': decode(ex['image'], None), 'label': ex['label']},
-                     num_parallel_calls=autotune, deterministic=True)
-    count = 0
-    for batch in ds.batch(local_eval).prefetch(2).as_numpy_iterator():
-      count += 1
-      yield _pad(batch, local_eval)
-    # Every process yields as many batches as the one with the most (collectives).
-    for _ in range(eval_steps - count):
-      yield _pad({'image': np.zeros((0,) + image_shape(d), np.uint8),
-                  'label': np.zeros(0, np.int32)}, local_eval)
-
-  weight_ds, _, weight_size = source(weight_keys)
-  arch_ds, arch_local, arch_size = source(arch_keys)
-  train_iter, train_size = train_iterator(weight_ds, weight_size, config.seed)
-  arch_iter, arch_size = train_iterator(arch_ds, arch_size, config.seed + 1)
-  eval_steps = -(-arch_local // local_eval)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    eval_steps = int(np.max(multihost_utils.process_allgather(np.int64(eval_steps))))
-  sample = np.zeros((1,) + image_shape(d), np.uint8)
+  train_iter, train_size = train_iterator('weights', config.seed)
+  arch_iter, arch_size = train_iterator('arch', config.seed + 1)
+  eval_steps = int(max(-(-share_counts(subsets['arch_index'], total) // local_eval)))
+  eval_batches = lambda global_size: _masked_batches(
+      _subset_dataset(d, subsets['arch'], tf), _decode(d, False, tf), local_eval,
+      eval_steps, shape, tf)
   return SearchInputs(train=train_iter, arch=arch_iter, eval_batches=eval_batches,
-                      sample_image=sample, train_size=train_size * jax.process_count(),
-                      arch_size=arch_size * jax.process_count())
+                      sample_image=np.zeros((1,) + shape, np.uint8),
+                      train_size=train_size, arch_size=arch_size)
+
+
+@dataclasses.dataclass
+class DataSource:
+  """What the trainer reads: endless train batches from a global step on, and
+  one pass of masked test batches (`mask` 0 on padding). Batches are this
+  process's slice of each global batch, dicts of uint8 NHWC `image` and int32
+  `label`; crops/flips and normalisation happen on device (data.augment)."""
+  steps_per_epoch: int
+  train_batches: Callable[[int], Iterator[Dict[str, np.ndarray]]]
+  test_batches: Callable[[], Iterator[Dict[str, np.ndarray]]]
+  test_size: int
+
+
+def train_data_source(config, need_train: bool = True) -> DataSource:
+  """ImageNet for the trainer: the whole train split streamed (each process its
+  share, random-resized crops), the validation split as the test set (resize
+  256, centre crop 224)."""
+  tf = _tf()
+  d, t = config.data, config.train
+  shape = image_shape(d)
+  train_total = _split_size(d, 'train')
+  test_total = _split_size(d, 'validation')
+  local_batch = t.batch_size // jax.process_count()
+  steps = train_total // t.batch_size
+  train_batches = None
+  if need_train:
+    if steps == 0:
+      raise data.DataError(f'train.batch_size={t.batch_size} is larger than the '
+                           f'{train_total} {d.name} train images.')
+    records = _read(d, 'train', shard=True).map(
+        lambda ex: {'image': ex['image'], 'label': tf.cast(ex['label'], tf.int32)})
+    make_epoch = _batches(records, _decode(d, True, tf), local_batch, steps, config.seed,
+                          int(d.get('shuffle_buffer', 10_000)), tf)
+
+    def train_batches(start_step: int):
+      iterator = StreamIterator(make_epoch, steps)
+      iterator.restore({'epoch': start_step // steps, 'position': start_step % steps})
+      return iterator
+
+  local_eval = _local_eval_size(t.eval_batch_size)
+  shares = [b - a for a, b in (host_range(test_total, p) for p in range(jax.process_count()))]
+  eval_steps = max(-(-n // local_eval) for n in shares)
+  test_batches = lambda: _masked_batches(
+      _read(d, 'validation', shard=True).map(
+          lambda ex: {'image': ex['image'], 'label': tf.cast(ex['label'], tf.int32)}),
+      _decode(d, False, tf), local_eval, eval_steps, shape, tf)
+  return DataSource(steps, train_batches, test_batches, test_total)
 
 
 def _pad(batch, size: int) -> Dict[str, np.ndarray]:

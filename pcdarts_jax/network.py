@@ -274,6 +274,9 @@ def input_shape(config) -> Tuple[int, int, int, int]:
   """(1, H, W, C) of one image of `config.data.name`; without data fields, the
   network's reference input (CIFAR 32x32, ImageNet 224x224)."""
   name = config.data.name if hasattr(config, 'data') else None
+  if name in IMAGE_SHAPES and (name != 'imagenet2012' or 'image_size' in config.data):
+    from pcdarts_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    return (1,) + input_pipeline.image_shape(config.data)
   if name not in IMAGE_SHAPES:
     name = 'imagenet2012' if _get(config.model, 'network', 'cifar') == 'imagenet' else 'cifar10'
   return (1,) + IMAGE_SHAPES[name]

@@ -14,7 +14,6 @@ host sends uint8 images, flipped (and pad-cropped on CIFAR), cut out and
 normalised on device.
 """
 
-import dataclasses
 import itertools
 import json
 import math
@@ -34,6 +33,7 @@ from pcdarts_jax import config_validation
 from pcdarts_jax import data
 from pcdarts_jax import genotypes
 from pcdarts_jax import initializers
+from pcdarts_jax import input_pipeline
 from pcdarts_jax import loop
 from pcdarts_jax import monitor
 from pcdarts_jax import network
@@ -41,10 +41,8 @@ from pcdarts_jax import ops
 from pcdarts_jax import parallel
 from pcdarts_jax import visualize
 
-IMAGENET = 'imagenet2012'
-DATASETS = data.DATASETS + (IMAGENET,)
-NUM_CLASSES = {**data.NUM_CLASSES, IMAGENET: 1000}
-IMAGE_SHAPES = network.IMAGE_SHAPES
+IMAGENET = input_pipeline.IMAGENET
+DATASETS = input_pipeline.dataset_names()
 LR_SCHEDULES = ('cosine', 'linear')
 # The reference's linear decay reaches lr/(epochs - 5) five epochs before the end
 # and then slows down, so the lr does not drop to a relatively large step at 0.
@@ -102,7 +100,7 @@ def validate_train_config(config, num_devices: int = 1):
   except ValueError as e:
     raise ConfigError(f'genotype={config.genotype!r}: {e}') from None
   _require(d.name in DATASETS, f'data.name={d.name!r} is not one of {DATASETS}.')
-  size, _, channels = IMAGE_SHAPES[d.name]
+  size, _, channels = input_pipeline.image_shape(d)
   _require(len(d.mean) == channels and len(d.std) == channels,
            f'data.mean / data.std need {channels} values for {d.name}, got '
            f'{len(d.mean)} / {len(d.std)}.')
@@ -111,9 +109,9 @@ def validate_train_config(config, num_devices: int = 1):
 
   _require(m.network in network.NETWORKS,
            f'model.network={m.network!r} is not one of {network.NETWORKS}.')
-  _require(m.num_classes == NUM_CLASSES[d.name],
-           f'model.num_classes={m.num_classes!r} but {d.name} has '
-           f'{NUM_CLASSES[d.name]} classes.')
+  classes = input_pipeline.num_classes(d.name)
+  _require(m.num_classes == classes,
+           f'model.num_classes={m.num_classes!r} but {d.name} has {classes} classes.')
   _integer(m.init_channels, 'model.init_channels', 1)
   _integer(m.layers, 'model.layers', 1)
   _require(m.network != 'imagenet' or m.init_channels % 2 == 0,
@@ -172,16 +170,7 @@ def validate_train_config(config, num_devices: int = 1):
 # ------------------------------------------------------------------------ data
 
 
-@dataclasses.dataclass
-class DataSource:
-  """What the trainer reads: endless train batches from a global step on, and
-  one pass of masked test batches (`mask` 0 on padding). Batches are this
-  process's slice of each global batch, dicts of uint8 NHWC `image` and int32
-  `label`; crops/flips and normalisation happen on device (data.augment)."""
-  steps_per_epoch: int
-  train_batches: Callable[[int], Iterator[Dict[str, np.ndarray]]]
-  test_batches: Callable[[], Iterator[Dict[str, np.ndarray]]]
-  test_size: int
+DataSource = input_pipeline.DataSource
 
 
 def _in_memory(config, need_train: bool) -> DataSource:
@@ -215,15 +204,7 @@ def _datasets(config, need_train: bool = True) -> DataSource:
   """The train and test data of `config.data` (the only data access of the trainer)."""
   if config.data.name != IMAGENET:
     return _in_memory(config, need_train)
-  try:
-    from pcdarts_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-    source = input_pipeline.train_data_source
-  except (ImportError, AttributeError):
-    raise data.DataError(
-        f"data.name='{IMAGENET}' needs the streaming ImageNet pipeline "
-        f'(pcdarts_jax/input_pipeline.train_data_source), which this checkout does not '
-        f'have yet; allowed here: {data.DATASETS}.') from None
-  return source(config, need_train)
+  return input_pipeline.train_data_source(config, need_train)
 
 
 # ----------------------------------------------------------------------- steps

@@ -58,7 +58,9 @@ def tiny_imagenet_config(tmp_path, mock_examples=256):
 def test_streaming_pipeline_on_mock_imagenet(tmp_path):
   config = tiny_imagenet_config(tmp_path)
   inputs = input_pipeline.search_inputs(config)
-  weight_keys, arch_keys = input_pipeline.subset_keys(config.data, config.data.subset_seed)
+  subsets = input_pipeline.subset_keys(config.data, config.data.subset_seed)
+  weight_keys, arch_keys = subsets['weights'], subsets['arch']
+  assert len(subsets['weights_index']) == len(weight_keys) and int(subsets['total']) == 256
   assert not set(weight_keys.tolist()) & set(arch_keys.tolist())
   assert inputs.train_size == len(weight_keys) and inputs.arch_size == len(arch_keys)
   assert inputs.train.steps_per_epoch == len(weight_keys) // 8
@@ -82,9 +84,9 @@ def test_subset_cache_reused_and_seed_dependent(tmp_path):
   config = tiny_imagenet_config(tmp_path)
   first = input_pipeline.subset_keys(config.data, 0)
   again = input_pipeline.subset_keys(config.data, 0)
-  np.testing.assert_array_equal(first[0], again[0])
+  np.testing.assert_array_equal(first['weights'], again['weights'])
   other = input_pipeline.subset_keys(config.data, 1)
-  assert set(other[0].tolist()) != set(first[0].tolist())
+  assert set(other['weights'].tolist()) != set(first['weights'].tolist())
 
 
 def test_device_normalisation_uses_imagenet_statistics():
@@ -145,3 +147,29 @@ def test_device_prefetch_reports_the_position_of_batches_handed_out():
   resumed.restore(prefetched.state())
   np.testing.assert_array_equal(np.asarray(next(resumed)['label']).reshape(-1),
                                 next(plain)['label'])
+
+
+def test_host_shares_partition_the_split():
+  ranges = [input_pipeline.host_range(10, p, 3) for p in range(3)]
+  assert ranges == [(0, 3), (3, 6), (6, 10)]
+  import jax  # pylint: disable=g-import-not-at-top
+  # One process: it holds every subset example.
+  assert input_pipeline.share_counts(np.array([9, 1, 4]), 10).tolist() == [3]
+  assert jax.process_count() == 1
+
+
+def test_trainer_imagenet_source_on_mock_data(tmp_path):
+  from configs import imagenet_train  # pylint: disable=g-import-not-at-top
+  config = imagenet_train.get_config()
+  config.data.mock_examples = 24
+  config.data.image_size = 64
+  config.data.shuffle_buffer = 16
+  config.train.batch_size = 8
+  config.train.eval_batch_size = 16
+  source = input_pipeline.train_data_source(config)
+  assert source.steps_per_epoch == 3 and source.test_size == 24
+  batches = source.train_batches(4)  # Epoch 1, position 1.
+  batch = next(batches)
+  assert batch['image'].shape == (8, 64, 64, 3) and batch['image'].dtype == np.uint8
+  tests = list(source.test_batches())
+  assert len(tests) == 2 and sum(float(b['mask'].sum()) for b in tests) == 24
