@@ -7,7 +7,6 @@ happen only here in the loop.
 import json
 import os
 import signal
-import threading
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -27,6 +26,7 @@ from pcdarts_jax import initializers
 from pcdarts_jax import input_pipeline
 from pcdarts_jax import monitor
 from pcdarts_jax import optim
+from pcdarts_jax import rundir
 from pcdarts_jax import parallel
 from pcdarts_jax import supernet
 from pcdarts_jax import visualize
@@ -288,103 +288,15 @@ RESUMABLE_CHANGES = ('checkpoint.', 'monitor.', 'search.log_every_steps', 'data.
                      'data.download', 'data.manual_dir', 'data.subset_dir', 'data.cache_dir')
 
 
-def _write_atomic(path: str, text: str):
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
+LOG_NAME = 'genotypes.jsonl'  # the per-epoch JSON-lines log in the workdir
 
 
-def _config_json(config) -> Dict[str, Any]:
-  return json.loads(config.to_json_best_effort(sort_keys=True))
-
-
-def _flatten(d: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[prefix + k] = v
-  return out
-
-
-class _Workdir:
-  """Paths of a run's outputs (see README, "Resuming and monitoring")."""
-
-  def __init__(self, root: str):
-    self.root = root
-    self.checkpoints = os.path.join(root, 'checkpoints')
-    self.tensorboard = os.path.join(root, 'tensorboard')
-    self.plots = os.path.join(root, 'plots')
-    self.config = os.path.join(root, 'config.json')
-    self.jsonl = os.path.join(root, 'genotypes.jsonl')
-    self.genotype = os.path.join(root, 'genotype.json')
-    self.arch = os.path.join(root, 'arch.npz')
-    self.summary = os.path.join(root, 'summary.json')
-
-  def checkpoint_steps(self):
-    if not os.path.isdir(self.checkpoints):
-      return []
-    return sorted(int(n) for n in os.listdir(self.checkpoints) if n.isdigit())
-
-
-def _check_workdir(workdir: _Workdir, config):
+def _check_workdir(workdir: rundir.Workdir, config):
   """Refuses, before anything is written, a workdir this run must not touch."""
-  if not os.path.isdir(workdir.root) or not os.listdir(workdir.root):
-    return
-  held = sorted(os.listdir(workdir.root))
-  if not config.checkpoint.resume:
-    raise config_validation.ConfigError(
-        f'--workdir={workdir.root!r} is not empty ({", ".join(held[:5])}) and '
-        f'checkpoint.resume=False: refusing to overwrite it; choose a new workdir, or '
-        f'drop checkpoint.resume=False to resume it. Nothing was changed.')
-  if os.path.exists(workdir.jsonl) and not workdir.checkpoint_steps():
-    raise config_validation.ConfigError(
-        f'--workdir={workdir.root!r} already holds a search ({workdir.jsonl}) but no '
-        f'checkpoint to resume it from; choose a new workdir or remove it. Nothing was '
-        f'changed.')
-  if os.path.exists(workdir.config):
-    with open(workdir.config) as f:
-      before = _flatten(json.load(f))
-    now = _flatten(_config_json(config))
-    changed = sorted(k for k in set(before) | set(now)
-                     if before.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES))
-    if changed:
-      details = ', '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in changed[:6])
-      raise config_validation.ConfigError(
-          f'--workdir={workdir.root!r} holds a run with a different config ({details}); '
-          f'resuming would mix two searches. Use the original config or a new workdir. '
-          f'Nothing was changed.')
+  rundir.check_resumable(workdir, config, RESUMABLE_CHANGES, 'search')
 
 
-class _StopSignals:
-  """Turns SIGTERM/SIGINT into a flag checked after each step (a second SIGINT
-  interrupts at once). Only in the main thread, where Python allows handlers."""
-
-  def __init__(self):
-    self.received = None
-    self._previous = {}
-
-  def _handle(self, signum, frame):
-    if self.received is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.received = signum
-    print(f'\nreceived {signal.Signals(signum).name}: stopping after this step and '
-          f'writing a checkpoint...', flush=True)
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
-def _epoch_pictures(workdir: _Workdir, epoch: int, arch_values, genotype, model, writer):
+def _epoch_pictures(workdir: rundir.Workdir, epoch: int, arch_values, genotype, model, writer):
   """Cells (graphviz) and the alpha/beta heat-map of this epoch, under plots/."""
   prefix = os.path.join(workdir.plots, f'epoch_{epoch + 1:03d}')
   heatmap = visualize.arch_heatmap(arch_values, model.primitives, model.steps,
@@ -395,7 +307,7 @@ def _epoch_pictures(workdir: _Workdir, epoch: int, arch_values, genotype, model,
       writer.image_png(epoch + 1, 'cells/' + ('normal' if '_normal' in path else 'reduce'), path)
 
 
-def _summary(workdir: _Workdir, genotype, state, meta, steps_run: int, step_seconds: float,
+def _summary(workdir: rundir.Workdir, genotype, state, meta, steps_run: int, step_seconds: float,
              n_params: int, ckpt_figures) -> Dict[str, Any]:
   records = []
   if os.path.exists(workdir.jsonl):
@@ -431,7 +343,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
   """
   num_devices = parallel.device_count()
   config_validation.validate_search_config(config, num_devices=num_devices)
-  paths = _Workdir(workdir)
+  paths = rundir.Workdir(workdir, LOG_NAME)
   _check_workdir(paths, config)  # Before the data (which may take long) and any write.
   inputs = input_pipeline.search_inputs(config)
 
@@ -465,7 +377,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
           f'--workdir={workdir!r} holds a search but none of its checkpoints could be '
           f'restored (see the warnings above); choose a new workdir.')
     if main:
-      _write_atomic(paths.config, json.dumps(_config_json(config), indent=2) + '\n')
+      rundir.write_atomic(paths.config, json.dumps(rundir.config_json(config), indent=2) + '\n')
   else:
     step_done, state, meta = restored
     train_iter.restore(meta['train_iter'])
@@ -483,7 +395,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
   if main and os.path.exists(paths.jsonl):
     with open(paths.jsonl) as f:
       kept = [line for line in f if line.strip() and json.loads(line)['epoch'] < start_epoch]
-    _write_atomic(paths.jsonl, ''.join(kept))
+    rundir.write_atomic(paths.jsonl, ''.join(kept))
 
   logging.info('supernet: %d weights; %d steps per epoch', n_params, steps_per_epoch)
   print(f'supernet: {n_params:,} weights, {steps_per_epoch} steps/epoch, '
@@ -547,7 +459,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
   clock = [time.time()]
   steps_run, step_seconds = 0, 0.0
   genotype = genotypes.derive_genotype(arch_numpy(host_state), model.primitives, model.steps)
-  with _StopSignals() as stop:
+  with rundir.StopSignals() as stop:
     for epoch in range(start_epoch, s.epochs):
       epoch_start = time.time()
       first = start_step - epoch * steps_per_epoch if epoch == start_epoch else 0
@@ -636,12 +548,12 @@ def search(config, workdir: str) -> genotypes.Genotype:
   host_state = jax.device_get(parallel.unreplicate(state))
   if not main:
     return genotype
-  _write_atomic(paths.genotype, genotypes.to_json(genotype) + '\n')
+  rundir.write_atomic(paths.genotype, genotypes.to_json(genotype) + '\n')
   np.savez(paths.arch + '.tmp.npz', **arch_numpy(host_state))
   os.replace(paths.arch + '.tmp.npz', paths.arch)
   summary = _summary(paths, genotype, host_state, meta, steps_run, step_seconds, n_params,
                      ckpt_figures)
-  _write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
+  rundir.write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
   print(f'search done ({summary["wall_seconds"]:.1f}s of search in total); genotype written '
         f'to {paths.genotype}', flush=True)
   return genotype

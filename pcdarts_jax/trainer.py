@@ -39,6 +39,7 @@ from pcdarts_jax import monitor
 from pcdarts_jax import network
 from pcdarts_jax import ops
 from pcdarts_jax import parallel
+from pcdarts_jax import rundir
 from pcdarts_jax import visualize
 
 IMAGENET = input_pipeline.IMAGENET
@@ -49,6 +50,7 @@ LR_SCHEDULES = ('cosine', 'linear')
 LINEAR_TAIL_EPOCHS = 5
 # Fields that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ('checkpoint.', 'monitor.', 'train.log_every_steps', 'data.data_dir',
+                     'data.manual_dir',
                      'data.download')
 ConfigError = config_validation.ConfigError
 # Helpers shared with the search loop and its validation.
@@ -56,10 +58,6 @@ ConfigError = config_validation.ConfigError
 _require = config_validation._require
 _require_bool = config_validation._require_bool
 _is_int = config_validation._is_int
-_write_atomic = loop._write_atomic
-_config_json = loop._config_json
-_flatten = loop._flatten
-_StopSignals = loop._StopSignals
 # pylint: enable=protected-access
 
 
@@ -367,49 +365,12 @@ def create_train_state(model, config, rng, steps_per_epoch: int) -> TrainState:
                     opt_state=tx.init(variables['params']))
 
 
-class _Workdir:
-  """Paths of a training run's outputs."""
-
-  def __init__(self, root: str):
-    self.root = root
-    self.checkpoints = os.path.join(root, 'checkpoints')
-    self.tensorboard = os.path.join(root, 'tensorboard')
-    self.plots = os.path.join(root, 'plots')
-    self.config = os.path.join(root, 'config.json')
-    self.genotype = os.path.join(root, 'genotype.json')
-    self.jsonl = os.path.join(root, 'train_log.jsonl')
-    self.summary = os.path.join(root, 'summary.json')
-
-  def has_checkpoints(self) -> bool:
-    return os.path.isdir(self.checkpoints) and any(
-        n.isdigit() for n in os.listdir(self.checkpoints))
+LOG_NAME = 'train_log.jsonl'  # the per-epoch JSON-lines log in the workdir
 
 
-def _check_workdir(paths: _Workdir, config, genotype):
+def _check_workdir(paths: rundir.Workdir, config, genotype):
   """Refuses, before anything is written, a workdir this run must not touch."""
-  if not os.path.isdir(paths.root) or not os.listdir(paths.root):
-    return
-  held = sorted(os.listdir(paths.root))
-  if not config.checkpoint.resume:
-    raise ConfigError(
-        f'--workdir={paths.root!r} is not empty ({", ".join(held[:5])}) and '
-        f'checkpoint.resume=False: refusing to overwrite it; choose a new workdir, or drop '
-        f'checkpoint.resume=False to resume it. Nothing was changed.')
-  if os.path.exists(paths.jsonl) and not paths.has_checkpoints():
-    raise ConfigError(
-        f'--workdir={paths.root!r} already holds a training run ({paths.jsonl}) but no '
-        f'checkpoint to resume it from; choose a new workdir. Nothing was changed.')
-  if os.path.exists(paths.config):
-    with open(paths.config) as f:
-      before = _flatten(json.load(f))
-    now = _flatten(_config_json(config))
-    changed = sorted(k for k in set(before) | set(now)
-                     if before.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES))
-    if changed:
-      details = ', '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in changed[:6])
-      raise ConfigError(
-          f'--workdir={paths.root!r} holds a run with a different config ({details}); '
-          f'use the original config or a new workdir. Nothing was changed.')
+  rundir.check_resumable(paths, config, RESUMABLE_CHANGES, 'training run')
   if os.path.exists(paths.genotype):
     with open(paths.genotype) as f:
       trained = genotypes.from_json(f.read())
@@ -438,7 +399,7 @@ def train(config, workdir: str) -> Dict[str, Any]:
   validate_train_config(config, parallel.device_count())
   genotype = network.resolve_genotype(config.genotype)
   source = _datasets(config)
-  paths = _Workdir(workdir)
+  paths = rundir.Workdir(workdir, LOG_NAME)
   main = parallel.is_main_process()
   _check_workdir(paths, config, genotype)  # After every check; before any write.
 
@@ -459,8 +420,8 @@ def train(config, workdir: str) -> Dict[str, Any]:
       raise ConfigError(f'--workdir={workdir!r} holds a training run but none of its '
                         f'checkpoints could be restored (see above); choose a new workdir.')
     if main:
-      _write_atomic(paths.config, json.dumps(_config_json(config), indent=2) + '\n')
-      _write_atomic(paths.genotype, genotypes.to_json(genotype) + '\n')
+      rundir.write_atomic(paths.config, json.dumps(rundir.config_json(config), indent=2) + '\n')
+      rundir.write_atomic(paths.genotype, genotypes.to_json(genotype) + '\n')
       if config.monitor.pictures:
         visualize.draw_genotype(genotype, os.path.join(paths.plots, 'cell'))
   else:
@@ -476,7 +437,7 @@ def train(config, workdir: str) -> Dict[str, Any]:
   if main and os.path.exists(paths.jsonl):  # Epochs after the checkpoint are redone.
     with open(paths.jsonl) as f:
       kept = [line for line in f if line.strip() and json.loads(line)['epoch'] < start_epoch]
-    _write_atomic(paths.jsonl, ''.join(kept))
+    rundir.write_atomic(paths.jsonl, ''.join(kept))
 
   print(f'{type(model).__name__} {config.genotype}: {n_params:,} parameters (auxiliary '
         f'head excluded), {spe} steps/epoch, {t.epochs} epochs, '
@@ -506,7 +467,7 @@ def train(config, workdir: str) -> Dict[str, Any]:
   batches = source.train_batches(start_step)
   test = {}
   steps_run, step_seconds = 0, 0.0
-  with _StopSignals() as stop:
+  with rundir.StopSignals() as stop:
     for epoch in range(start_epoch, t.epochs):
       epoch_start = time.time()
       first = start_step - epoch * spe if epoch == start_epoch else 0
@@ -584,14 +545,14 @@ def train(config, workdir: str) -> Dict[str, Any]:
   summary = _summary(paths, config, genotype, n_params, test, meta, steps_run, step_seconds,
                      t.epochs * spe)
   if main:
-    _write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
+    rundir.write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
   print(f"training done: test top-1 accuracy {test['accuracy']:.4f}, top-5 "
         f"{test['top5_accuracy']:.4f} ({summary['wall_seconds']:.1f}s in total); "
         f'summary in {paths.summary}', flush=True)
   return summary
 
 
-def _summary(paths: _Workdir, config, genotype, n_params: int, test, meta, steps_run: int,
+def _summary(paths: rundir.Workdir, config, genotype, n_params: int, test, meta, steps_run: int,
              step_seconds: float, steps: int) -> Dict[str, Any]:
   records = []
   if os.path.exists(paths.jsonl):
@@ -620,8 +581,8 @@ def _summary(paths: _Workdir, config, genotype, n_params: int, test, meta, steps
 
 def _genotype_for(config, workdir: Optional[str]) -> genotypes.Genotype:
   """The genotype a train workdir was trained with (its genotype.json), else the config's."""
-  if workdir and os.path.exists(_Workdir(workdir).genotype):
-    return network.resolve_genotype(_Workdir(workdir).genotype)
+  if workdir and os.path.exists(rundir.Workdir(workdir, LOG_NAME).genotype):
+    return network.resolve_genotype(rundir.Workdir(workdir, LOG_NAME).genotype)
   return network.resolve_genotype(config.genotype)
 
 
@@ -637,8 +598,8 @@ def evaluate_checkpoint(config, workdir: Optional[str] = None,
   source = _datasets(config, need_train=False)
   model = network.build_network(config, parallel.AXIS, genotype)
   if workdir is not None:
-    paths = _Workdir(workdir)
-    if not paths.has_checkpoints():
+    paths = rundir.Workdir(workdir, LOG_NAME)
+    if not rundir.has_checkpoints(paths.checkpoints):
       raise ConfigError(f'--workdir={workdir!r} holds no checkpoint ({paths.checkpoints}).')
     shapes = network.variable_shapes(model, network.input_shape(config))
     abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=shapes['params'],
