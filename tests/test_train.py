@@ -183,12 +183,13 @@ def test_validation_batch_and_devices_and_published_configs():
     trainer.validate_train_config(config)
 
 
-def test_imagenet_data_needs_the_streaming_pipeline(monkeypatch):
-  import pcdarts_jax  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(pcdarts_jax, 'input_pipeline', object(), raising=False)
-  monkeypatch.setitem(sys.modules, 'pcdarts_jax.input_pipeline', object())
-  with pytest.raises(data.DataError, match='input_pipeline.train_data_source'):
-    trainer._datasets(imagenet_train.get_config())  # pylint: disable=protected-access
+def test_imagenet_without_data_says_how_to_prepare_it(tmp_path):
+  config = imagenet_train.get_config()
+  config.data.data_dir = str(tmp_path / 'tfds')
+  config.data.manual_dir = str(tmp_path / 'missing')
+  with pytest.raises(data.DataError) as info:
+    trainer._datasets(config)  # pylint: disable=protected-access
+  assert 'data.manual_dir' in str(info.value) and 'ILSVRC2012_img_val.tar' in str(info.value)
 
 
 def test_one_and_four_devices_train_alike():
