@@ -1,0 +1,44 @@
+"""Search spaces behind one small interface, picked by `model.space`.
+
+A space is a module providing:
+
+- `build_supernet(config, axis_name=None) -> nn.Module`: the search supernet of
+  `config.model`; weights in `params`/`batch_stats`, the architecture in the
+  Flax collection `arch`. Called as `model.apply(variables, x, train,
+  temperature)`.
+- `derive(arch, model) -> genotype`: the discrete architecture from the arch
+  values (a dict of NumPy arrays) of supernet `model`.
+- `genotype_to_dict(genotype) -> dict` (JSON-able) and
+  `genotype_from_dict(d) -> genotype`, its inverse.
+- `genotype_str(genotype) -> str`: one line for logs.
+- `arch_scalars(arch, model) -> {tag: float}`: TensorBoard scalars (per-edge
+  op weights, entropy).
+- `draw(genotype, prefix) -> [paths]`: cell pictures (may be []).
+- `heatmap(arch, model, path, title=None) -> path | None`: a picture of the
+  relaxed op weights (None where the space has none).
+- `build_network(genotype, config, axis_name=None) -> nn.Module`: the
+  stand-alone network of a derived genotype.
+
+A new space is one new module in this package plus its name in SPACES.
+"""
+
+import importlib
+from types import ModuleType
+
+SPACES = ('darts', 'nb201')
+FUNCTIONS = ('build_supernet', 'derive', 'genotype_to_dict', 'genotype_from_dict',
+             'genotype_str', 'arch_scalars', 'draw', 'heatmap', 'build_network')
+
+
+def get(name: str) -> ModuleType:
+  """The module of search space `name` (the value of `model.space`)."""
+  if name not in SPACES:
+    raise ValueError(f'model.space={name!r} is not one of {SPACES}.')
+  return importlib.import_module(f'{__name__}.{name}')
+
+
+def of_config(config) -> ModuleType:
+  """The space of a search config; configs without `model.space` are DARTS."""
+  model = config.model if hasattr(config, 'model') else config
+  return get(model.get('space', 'darts') if hasattr(model, 'get') else
+             getattr(model, 'space', 'darts'))

@@ -1,0 +1,48 @@
+"""The DARTS / PC-DARTS cell space (SPEC sections 1-2): an adapter over the
+existing supernet, genotype, monitor, visualize and network modules."""
+
+from typing import Optional
+
+from pcdarts_jax import genotypes
+from pcdarts_jax import monitor
+from pcdarts_jax import network
+from pcdarts_jax import supernet
+from pcdarts_jax import visualize
+
+Genotype = genotypes.Genotype
+
+
+def build_supernet(config, axis_name: Optional[str] = None):
+  return supernet.build_supernet(config, axis_name=axis_name)
+
+
+def derive(arch, model) -> Genotype:
+  return genotypes.derive_genotype(arch, model.primitives, model.steps)
+
+
+def genotype_to_dict(genotype: Genotype) -> dict:
+  return genotypes.to_dict(genotype)
+
+
+def genotype_from_dict(d) -> Genotype:
+  return genotypes.from_dict(d)
+
+
+def genotype_str(genotype: Genotype) -> str:
+  return str(genotype)
+
+
+def arch_scalars(arch, model):
+  return monitor.arch_scalars(arch, model.primitives, model.steps)
+
+
+def draw(genotype: Genotype, prefix: str):
+  return visualize.draw_genotype(genotype, prefix)
+
+
+def heatmap(arch, model, path: str, title: Optional[str] = None):
+  return visualize.arch_heatmap(arch, model.primitives, model.steps, path, title=title)
+
+
+def build_network(genotype: Genotype, config, axis_name: Optional[str] = None):
+  return network.build_network(config, axis_name=axis_name, genotype=genotype)
