@@ -33,7 +33,7 @@ strategies keep the statistics of one pass of the real network:
   reference's throw-away copy) are dropped here.
 """
 
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,17 @@ from pcdarts_jax import optim
 from pcdarts_jax import parallel
 
 FINITE_DIFFERENCE_R = 0.01  # eps = r / ||v|| (the reference's hessian_vector_product).
+
+
+def with_penalty(loss_fn: Callable, penalty: Optional[Callable]) -> Callable:
+  """loss_fn plus `penalty(arch)` (an arch regulariser such as DrNAS' KL term)."""
+  if penalty is None:
+    return loss_fn
+
+  def penalised(params, arch, *args):
+    loss, aux = loss_fn(params, arch, *args)
+    return loss + penalty(arch), aux
+  return penalised
 
 
 def global_norm(tree) -> jax.Array:
@@ -67,9 +78,10 @@ def _split(rng):
   return tuple(jax.random.split(rng))
 
 
-def first_order(config, loss_fn, lr_fn, axis_name=None) -> Callable:
+def first_order(config, loss_fn, lr_fn, axis_name=None, penalty=None) -> Callable:
   """DARTS first order: gradient of the arch-batch loss at the current weights."""
   del config, lr_fn
+  loss_fn = with_penalty(loss_fn, penalty)
 
   def arch_grad(state, arch_images, arch_labels, train_images, train_labels, rng=None):
     del train_images, train_labels
@@ -93,7 +105,7 @@ def _unrolled(config, loss_fn, lr_fn, state, arch, train_images, train_labels, t
   return virtual_step(state.params, grads, buffer, lr, s.momentum, s.weight_decay), batch_stats
 
 
-def second_order(config, loss_fn, lr_fn, axis_name=None,
+def second_order(config, loss_fn, lr_fn, axis_name=None, penalty=None,
                  r: float = FINITE_DIFFERENCE_R) -> Callable:
   """DARTS second order (unrolled), with the reference's finite differences.
 
@@ -109,7 +121,7 @@ def second_order(config, loss_fn, lr_fn, axis_name=None,
     unrolled, batch_stats = _unrolled(config, loss_fn, lr_fn, state, state.arch,
                                       train_images, train_labels, train_rng, axis_name)
     (loss, (_, logits)), (v, grads) = parallel.value_and_grad(
-        loss_fn, axis_name, argnums=(0, 1), has_aux=True)(unrolled, state.arch, state.batch_stats,
+        with_penalty(loss_fn, penalty), axis_name, argnums=(0, 1), has_aux=True)(unrolled, state.arch, state.batch_stats,
                                                arch_images, arch_labels, arch_rng)
     eps = r / jnp.maximum(global_norm(v), 1e-12)
     # w+ and w- stacked on a leading axis and run by one lax.map: one compiled
@@ -127,7 +139,7 @@ def second_order(config, loss_fn, lr_fn, axis_name=None,
   return arch_grad
 
 
-def second_order_exact(config, loss_fn, lr_fn, axis_name=None) -> Callable:
+def second_order_exact(config, loss_fn, lr_fn, axis_name=None, penalty=None) -> Callable:
   """The gradient of alpha -> L_val(w'(alpha), alpha) by autodiff through the
   virtual step (a second-order reverse pass; no finite difference)."""
   def arch_grad(state, arch_images, arch_labels, train_images, train_labels, rng=None):
@@ -136,8 +148,8 @@ def second_order_exact(config, loss_fn, lr_fn, axis_name=None) -> Callable:
     def unrolled_loss(arch):
       unrolled, batch_stats = _unrolled(config, loss_fn, lr_fn, state, arch,
                                         train_images, train_labels, train_rng, axis_name)
-      loss, (_, logits) = loss_fn(unrolled, arch, state.batch_stats, arch_images,
-                                  arch_labels, arch_rng)
+      loss, (_, logits) = with_penalty(loss_fn, penalty)(
+          unrolled, arch, state.batch_stats, arch_images, arch_labels, arch_rng)
       return loss, (batch_stats, logits)
 
     (loss, (batch_stats, logits)), grads = parallel.value_and_grad(
@@ -154,9 +166,12 @@ ARCHITECTS = {
 }
 
 
-def make_architect(name: str, config, loss_fn, lr_fn, axis_name=None) -> Callable:
+def make_architect(name: str, config, loss_fn, lr_fn, axis_name=None,
+                   penalty: Optional[Callable] = None) -> Callable:
   """The arch-gradient function of strategy `name` (one of ARCHITECTS), with
-  gradients averaged over the device axis `axis_name` (None: one device)."""
+  gradients averaged over the device axis `axis_name` (None: one device).
+  `penalty(arch)` is added to the arch-batch loss (not to the train-batch passes
+  of the second-order strategies)."""
   if name not in ARCHITECTS:
     raise ValueError(f'search.architect={name!r} is not one of {tuple(ARCHITECTS)}.')
-  return ARCHITECTS[name](config, loss_fn, lr_fn, axis_name)
+  return ARCHITECTS[name](config, loss_fn, lr_fn, axis_name, penalty)

@@ -7,6 +7,7 @@ from pcdarts_jax import architect
 from pcdarts_jax import data
 from pcdarts_jax import input_pipeline
 from pcdarts_jax import ops
+from pcdarts_jax import relaxation
 from pcdarts_jax import supernet
 
 ARCHITECTS = tuple(architect.ARCHITECTS)
@@ -86,6 +87,23 @@ def validate_search_config(config, num_devices: int = 1):
            f"model.dtype={m.get('dtype')!r} is not one of {supernet.DTYPES}.")
   _require(m.depthwise_impl in ops.DEPTHWISE_IMPLS,
            f'model.depthwise_impl={m.depthwise_impl!r} is not one of {ops.DEPTHWISE_IMPLS}.')
+  relax = m.get('relaxation', 'softmax')
+  _require(relax in relaxation.RELAXATIONS,
+           f'model.relaxation={relax!r} is not one of {relaxation.RELAXATIONS}.')
+  regularizer = s.get('arch_regularizer', 'l2')
+  _require(regularizer in relaxation.REGULARIZERS,
+           f'search.arch_regularizer={regularizer!r} is not one of {relaxation.REGULARIZERS}.')
+  _require(regularizer != 'kl' or relax == 'dirichlet',
+           f"search.arch_regularizer='kl' is the Dirichlet KL term and needs "
+           f"model.relaxation='dirichlet', not {relax!r}.")
+  if regularizer == 'kl':
+    _positive(config, 'search', 'arch_regularizer_scale', allow_zero=True)
+  if relax == 'gumbel':
+    for field in ('gumbel_tau_max', 'gumbel_tau_min'):
+      _positive(config, 'search', field)
+    _require(s.gumbel_tau_min <= s.gumbel_tau_max,
+             f'search.gumbel_tau_min={s.gumbel_tau_min} exceeds search.gumbel_tau_max='
+             f'{s.gumbel_tau_max}.')
   sampling = m.get('channel_sampling', 'first')
   _require(sampling in supernet.CHANNEL_SAMPLINGS,
            f'model.channel_sampling={sampling!r} is not one of {supernet.CHANNEL_SAMPLINGS}.')

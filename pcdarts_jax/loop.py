@@ -28,6 +28,7 @@ from pcdarts_jax import monitor
 from pcdarts_jax import optim
 from pcdarts_jax import rundir
 from pcdarts_jax import parallel
+from pcdarts_jax import relaxation
 from pcdarts_jax import supernet
 from pcdarts_jax import visualize
 
@@ -110,15 +111,26 @@ def _metrics(loss, logits, labels) -> Dict[str, jax.Array]:
           'count': jnp.asarray(n, jnp.float32)}
 
 
-def make_loss_fn(model):
+def _rngs(rng):
+  """The supernet's rng streams from one key: random channel sampling and the
+  stochastic relaxations (each model ignores the streams it does not use)."""
+  if rng is None:
+    return None
+  return {supernet.CHANNEL_RNG: rng,
+          relaxation.RELAX_RNG: jax.random.fold_in(rng, 0x7e1a)}
+
+
+def make_loss_fn(model, temperature=None):
   """loss_fn(params, arch, batch_stats, images, labels, rng=None) -> (loss,
-  (batch_stats, logits)), train mode. `rng` is the 'channels' stream of the
-  random channel sampling; the default (first-channel) supernet ignores it."""
+  (batch_stats, logits)), train mode. `rng` feeds the random channel sampling
+  and the Dirichlet/Gumbel samples; the default supernet ignores it.
+  `temperature`: the Gumbel-softmax tau (gumbel relaxation only; may be traced)."""
+  extra = {} if temperature is None else {'temperature': temperature}
+
   def loss_fn(params, arch, batch_stats, images, labels, rng=None):
-    rngs = None if rng is None else {supernet.CHANNEL_RNG: rng}
     logits, new_state = model.apply(
         {'params': params, 'arch': arch, 'batch_stats': batch_stats},
-        images, train=True, mutable=['batch_stats'], rngs=rngs)
+        images, train=True, mutable=['batch_stats'], rngs=_rngs(rng), **extra)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, (new_state['batch_stats'], logits)
   return loss_fn
@@ -157,9 +169,19 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
   once; `lax.cond` skips the arch pass's compute during warm-up.
   """
   d, s = config.data, config.search
-  loss_fn = make_loss_fn(model)
   lr_fn = optim.weight_learning_rate(config, steps_per_epoch)
-  arch_grad_fn = architect.make_architect(s.architect, config, loss_fn, lr_fn, axis_name)
+  gumbel = config.model.get('relaxation', 'softmax') == 'gumbel'
+  penalty = lambda arch: relaxation.arch_penalty(config, arch)
+
+  def functions(state):
+    """The loss and arch-gradient functions of this step: the Gumbel temperature
+    follows the (traced) epoch, so they are built inside the step."""
+    temperature = (relaxation.gumbel_temperature(s, state.step // steps_per_epoch)
+                   if gumbel else None)
+    loss_fn = make_loss_fn(model, temperature)
+    return loss_fn, architect.make_architect(s.architect, config, loss_fn, lr_fn, axis_name,
+                                             penalty)
+
   single_level = bool(s.get('single_level', False))
   arch_start_step = s.arch_start_epoch * steps_per_epoch
   train_augment = data.train_augment(d)
@@ -177,6 +199,8 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
                          batch_stats=batch_stats, weight_opt_state=weight_opt_state)
 
   def bilevel(state, images, labels, arch_batch, arch_rng, train_channels, arch_channels):
+    loss_fn, arch_grad_fn = functions(state)
+
     def arch_update(state):
       arch_images = augment(arch_rng, arch_batch['image'])
       grads, batch_stats, loss, logits = arch_grad_fn(
@@ -192,7 +216,9 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
     return apply_weight_grads(state, grads, batch_stats), loss, logits, arch_metrics
 
   def single(state, images, labels, train_channels):
-    """Single-level (Single-DARTS): both gradients from one train-batch pass."""
+    """Single-level (Single-DARTS): both gradients from one train-batch pass (the
+    arch regulariser, if any, added; it does not depend on the weights)."""
+    loss_fn = architect.with_penalty(functions(state)[0], penalty)
     (loss, (batch_stats, logits)), (grads, arch_grads) = parallel.value_and_grad(
         loss_fn, axis_name, argnums=(0, 1), has_aux=True)(
             state.params, state.arch, state.batch_stats, images, labels, train_channels)
@@ -222,13 +248,15 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
 
 def make_eval_step(model, config, axis_name: Optional[str] = None) -> Callable:
   """Masked loss/accuracy sums with BatchNorm running statistics (eval mode),
-  added over the device axis `axis_name`."""
+  added over the device axis `axis_name`. `rng` draws the Dirichlet/Gumbel
+  mixing weights (DrNAS samples on every forward pass, validation included)."""
   d = config.data
 
-  def eval_step(state: SearchState, batch) -> Dict[str, jax.Array]:
+  def eval_step(state: SearchState, batch, rng) -> Dict[str, jax.Array]:
     images = data.normalize(batch['image'], d.mean, d.std)
     logits = model.apply({'params': state.params, 'arch': state.arch,
-                          'batch_stats': state.batch_stats}, images, train=False)
+                          'batch_stats': state.batch_stats}, images, train=False,
+                         rngs=_rngs(rng))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     mask = batch['mask']
     correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
@@ -252,13 +280,13 @@ def _host(sums) -> Dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(sums).items()}
 
 
-def evaluate(eval_step, state, batches, feed: Callable = lambda batch: batch
+def evaluate(eval_step, state, batches, rng, feed: Callable = lambda batch: batch
              ) -> Dict[str, float]:
   """Loss/accuracy over masked `batches`; `feed` turns a host batch into the
   step's input (the pmapped loop shards it over the devices)."""
   totals = None
-  for batch in batches:
-    totals = _accumulate(totals, eval_step(state, feed(batch)))
+  for i, batch in enumerate(batches):
+    totals = _accumulate(totals, eval_step(state, feed(batch), jax.random.fold_in(rng, i)))
   return _summarise(_host(totals))
 
 
@@ -361,6 +389,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
   weight_tx = optim.weight_optimizer(config, steps_per_epoch)
   arch_tx = optim.arch_optimizer(config)
   init_rng, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  eval_key = jax.random.fold_in(step_key, -1 % (2 ** 31))
   sample = data.normalize(inputs.sample_image, config.data.mean, config.data.std)
   state = create_search_state(model, config, init_rng, sample, weight_tx, arch_tx)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -411,7 +440,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
                       skip=s.skip_nonfinite),
       in_axes=(0, 0, 0, None))
   eval_step = parallel.pmap_step(make_eval_step(step_model, config, parallel.AXIS),
-                                 in_axes=(0, 0), donate_state=False)
+                                 in_axes=(0, 0, None), donate_state=False)
   feed = parallel.shard  # Batches are already this process's slice.
   # Padded and masked anyway: rounded up to split evenly over the devices.
   eval_batch_size = -(-s.eval_batch_size // num_devices) * num_devices
@@ -503,7 +532,8 @@ def search(config, workdir: str) -> genotypes.Genotype:
 
       train = _summarise(sums, 'train_')
       arch = _summarise(sums, 'arch_')
-      valid = evaluate(eval_step, state, inputs.eval_batches(eval_batch_size), feed)
+      valid = evaluate(eval_step, state, inputs.eval_batches(eval_batch_size),
+                       jax.random.fold_in(eval_key, epoch), feed)
       host_state = jax.device_get(parallel.unreplicate(state))
       arch_values = arch_numpy(host_state)
       genotype = genotypes.derive_genotype(arch_values, model.primitives, model.steps)

@@ -51,8 +51,10 @@ def arch_optimizer(config) -> optax.GradientTransformation:
   after an optional clip of the gradient norm (`search.arch_grad_clip`)."""
   s = config.search
   clip = s.get('arch_grad_clip', 0.0)
+  # DrNAS: the KL regulariser replaces the L2 decay (relaxation.arch_penalty).
+  decay = 0.0 if s.get('arch_regularizer', 'l2') == 'kl' else s.arch_weight_decay
   # The reference clips the raw arch gradient, then Adam adds the decay.
   return optax.chain(
       optax.clip_by_global_norm(clip) if clip else optax.identity(),
-      optax.add_decayed_weights(s.arch_weight_decay),
+      optax.add_decayed_weights(decay),
       optax.adam(s.arch_learning_rate, b1=s.arch_beta1, b2=s.arch_beta2, eps=1e-8))

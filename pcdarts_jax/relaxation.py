@@ -57,7 +57,7 @@ def _masked_normalise(weights: jax.Array, mask: Optional[jax.Array]) -> jax.Arra
 def mixing_weights(kind: str, param: jax.Array, rng: Optional[jax.Array] = None,
                    temperature: float = 1.0, mask: Optional[jax.Array] = None) -> jax.Array:
   """(edges, ops) mixing weights of relaxation `kind` (see the module docstring)."""
-  param = param.astype(jnp.float32)
+  param = param.astype(jnp.promote_types(param.dtype, jnp.float32))  # float64 stays
   if kind == 'softmax':
     return _masked_normalise(jax.nn.softmax(param, axis=-1), mask)
   if kind == 'dirichlet':

@@ -18,6 +18,7 @@ import numpy as np
 from pcdarts_jax import genotypes
 from pcdarts_jax import initializers
 from pcdarts_jax import ops
+from pcdarts_jax import relaxation
 
 STEM_TYPES = ('cifar', 'imagenet')
 DTYPES = ('float32', 'bfloat16')
@@ -262,6 +263,7 @@ class SearchNetwork(nn.Module):
   channel_sampling: str = 'first'   # first | random ('channels' rng per apply)
   channel_mixing: str = 'shuffle'   # shuffle | shift
   dtype: str = 'float32'            # activations; params, arch, BN stats and logits stay float32
+  relaxation: str = 'softmax'       # softmax | dirichlet (DrNAS) | gumbel: see relaxation.py
 
   def _arch(self, name, shape):
     init = lambda: 1e-3 * jax.random.normal(self.make_rng('params'), shape)
@@ -280,11 +282,19 @@ class SearchNetwork(nn.Module):
     return s0, s1
 
   @nn.compact
-  def __call__(self, x, train: bool = True):
+  def __call__(self, x, train: bool = True, temperature=1.0):
+    """Logits. `temperature`: the Gumbel-softmax tau (gumbel relaxation only).
+    The stochastic relaxations draw a fresh sample per call, for each cell type,
+    from the 'relax' rng stream (without it: their mean / the plain softmax)."""
     num_edges = sum(i + 2 for i in range(self.steps))
     shape = (num_edges, len(self.primitives))
     alphas = {kind: self._arch(f'alphas_{kind}', shape) for kind in ('normal', 'reduce')}
-    op_weights = {k: jax.nn.softmax(a, axis=-1) for k, a in alphas.items()}
+    draw = self.has_rng(relaxation.RELAX_RNG) and not self.is_initializing()
+    op_weights = {
+        k: relaxation.mixing_weights(
+            self.relaxation, a, self.make_rng(relaxation.RELAX_RNG) if draw else None,
+            temperature)
+        for k, a in alphas.items()}
     edge_w = {'normal': None, 'reduce': None}
     if self.edge_normalization:
       for kind in ('normal', 'reduce'):
@@ -339,4 +349,5 @@ def build_supernet(config, axis_name: Optional[str] = None) -> SearchNetwork:
       axis_name=axis_name,
       channel_sampling=get('channel_sampling', 'first'),
       channel_mixing=get('channel_mixing', 'shuffle'),
-      dtype=get('dtype', 'float32'))
+      dtype=get('dtype', 'float32'),
+      relaxation=get('relaxation', 'softmax'))
