@@ -1,4 +1,5 @@
-"""Input pipelines: in-memory CIFAR (tfds) and the embedded digits data set.
+"""Input pipelines: in-memory CIFAR (tfds), the embedded digits data set, and
+ImageNet16-120 (NAS-Bench-201) from the down-sampled ImageNet files.
 
 Images stay uint8 on the host; batches go to the device as uint8 and are
 augmented (pad + random crop, flip) and normalised there, inside the jitted step.
@@ -12,9 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DATASETS = ('cifar10', 'cifar100', 'digits')
-NUM_CLASSES = {'cifar10': 10, 'cifar100': 100, 'digits': 10}
-IMAGE_SHAPES = {'cifar10': (32, 32, 3), 'cifar100': (32, 32, 3), 'digits': (8, 8, 1)}
+DATASETS = ('cifar10', 'cifar100', 'digits', 'imagenet16_120')
+NUM_CLASSES = {'cifar10': 10, 'cifar100': 100, 'digits': 10, 'imagenet16_120': 120}
+IMAGE_SHAPES = {'cifar10': (32, 32, 3), 'cifar100': (32, 32, 3), 'digits': (8, 8, 1),
+                'imagenet16_120': (16, 16, 3)}
 DIGITS_TRAIN_SIZE = 1500  # The rest of scikit-learn's 1797 digits is the test split.
 
 
@@ -75,6 +77,63 @@ def _load_tfds(name: str, split: str, data_dir: Optional[str], download: bool) -
                   np.concatenate(labels).astype(np.int32))
 
 
+IMAGENET16_TRAIN_FILES = tuple(f'train_data_batch_{i}' for i in range(1, 11))
+IMAGENET16_TEST_FILES = ('val_data',)
+IMAGENET16_CLASSES = 120  # ImageNet16-120 keeps the classes with label <= 120.
+
+
+def _imagenet16_dir(data_dir: Optional[str]) -> str:
+  """The directory holding the down-sampled files: data_dir itself or its
+  `ImageNet16` subdirectory."""
+  names = IMAGENET16_TRAIN_FILES + IMAGENET16_TEST_FILES
+  how = (f'ImageNet16-120 is read from the 16x16 down-sampled ImageNet files '
+         f'(Chrabaszcz et al. 2017, image-net.org "Downsampled ImageNet 16x16", as used by '
+         f'NAS-Bench-201): put {", ".join(names)} into one directory and pass '
+         f'--config.data.data_dir=DIR.')
+  if data_dir is None:
+    raise DataError(f'data.data_dir is not set. {how}')
+  data_dir = os.path.expanduser(data_dir)
+  for candidate in (data_dir, os.path.join(data_dir, 'ImageNet16')):
+    if all(os.path.isfile(os.path.join(candidate, n)) for n in names):
+      return candidate
+  missing = [n for n in names if not os.path.isfile(os.path.join(data_dir, n))]
+  raise DataError(f'data.data_dir={data_dir!r} lacks {missing}. {how}')
+
+
+def load_imagenet16(data_dir: Optional[str], split: str,
+                    num_classes: int = IMAGENET16_CLASSES) -> ArraySet:
+  """ImageNet16-120: `train` from train_data_batch_1..10, `test` from val_data.
+
+  Each file is a pickled dict: 'data' uint8 (N, 768), every row a 3x16x16
+  channel-planar image, and 'labels', class ids 1..1000. Classes 1..`num_classes`
+  are kept and relabelled 0..num_classes-1.
+  """
+  import pickle  # pylint: disable=g-import-not-at-top
+  if split not in ('train', 'test'):
+    raise DataError(f"data split {split!r} is not one of ('train', 'test') for "
+                    f'imagenet16_120.')
+  root = _imagenet16_dir(data_dir)
+  images, labels = [], []
+  for name in IMAGENET16_TRAIN_FILES if split == 'train' else IMAGENET16_TEST_FILES:
+    path = os.path.join(root, name)
+    try:
+      with open(path, 'rb') as f:
+        entry = pickle.load(f, encoding='latin1')
+      x = np.asarray(entry['data'], np.uint8)
+      x = x.reshape(len(x), 3, 16, 16)
+      y = np.asarray(entry['labels'], np.int64).reshape(-1)
+    except Exception as e:  # Unreadable or not in the expected layout.
+      raise DataError(f'data.data_dir: {path!r} is not a down-sampled ImageNet 16x16 file '
+                      f"(a pickled dict with 'data' uint8 (N, 3 * 16 * 16) and 'labels'): "
+                      f'{type(e).__name__}: {e}') from e
+    if len(x) != len(y):
+      raise DataError(f'data.data_dir: {path!r} has {len(x)} images but {len(y)} labels.')
+    keep = (y >= 1) & (y <= num_classes)
+    images.append(x[keep].transpose(0, 2, 3, 1))  # channel-planar -> HWC
+    labels.append((y[keep] - 1).astype(np.int32))
+  return ArraySet(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels))
+
+
 def load_split(data_config, split: str = 'train') -> ArraySet:
   """The whole split `split` of `data_config.name` as uint8 NHWC arrays."""
   name = data_config.name
@@ -82,6 +141,8 @@ def load_split(data_config, split: str = 'train') -> ArraySet:
     raise DataError(f'data.name={name!r} is not one of {DATASETS}.')
   if name == 'digits':
     return _load_digits(split)
+  if name == 'imagenet16_120':
+    return load_imagenet16(data_config.get('data_dir'), split)
   data_dir = data_config.get('data_dir')
   if data_dir is not None:
     data_dir = os.path.expanduser(data_dir)

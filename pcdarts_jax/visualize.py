@@ -51,8 +51,13 @@ def cell_graph(cell: Sequence[Tuple[str, int]], concat: Sequence[int], title: st
 def draw_cell(cell, concat, path: str, title: str = '',
               formats: Sequence[str] = ('png', 'svg')) -> List[str]:
   """Writes `path`.gv and, when `dot` is installed, `path`.png / .svg; returns the paths."""
+  return render_graph(cell_graph(cell, concat, title), path, formats)
+
+
+def render_graph(g, path: str, formats: Sequence[str] = ('png', 'svg')) -> List[str]:
+  """Writes graphviz graph `g` as `path`.gv and, when `dot` is installed, as
+  `path`.<format> for each format; returns the paths written."""
   global _warned_no_dot
-  g = cell_graph(cell, concat, title)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   written = [path + '.gv']
   with open(written[0], 'w') as f:
