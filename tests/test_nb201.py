@@ -159,6 +159,15 @@ def test_masked_ops_are_not_built():
       assert sorted(params[cell][f'edge_{e}']) == ['nor_conv_1x1']
 
 
+def test_stage_overrides():
+  model = nb201.build_supernet(tiny_model(partial_channels=1), partial_channels=2,
+                               op_masks={'alphas': np.asarray(MASK)})
+  assert model.partial_channels == 2 and model.op_mask == MASK
+  assert nb201.build_supernet(tiny_model(), op_masks=np.asarray(MASK)).op_mask == MASK
+  with pytest.raises(ValueError, match='holds one'):
+    nb201.build_supernet(tiny_model(), op_masks={'normal': MASK, 'reduce': MASK})
+
+
 def test_masked_ops_are_not_computed():
   x = jnp.ones((1, 4, 4, 2))
   weights = jnp.full((5,), 0.2)

@@ -12,8 +12,10 @@ from pcdarts_jax import visualize
 Genotype = genotypes.Genotype
 
 
-def build_supernet(config, axis_name: Optional[str] = None):
-  return supernet.build_supernet(config, axis_name=axis_name)
+def build_supernet(config, axis_name: Optional[str] = None, **overrides):
+  """`overrides`: supernet.build_supernet's stage overrides (`partial_channels`,
+  `op_masks`)."""
+  return supernet.build_supernet(config, axis_name, **overrides)
 
 
 def derive(arch, model) -> Genotype:

@@ -284,8 +284,9 @@ def check_op_mask(op_mask) -> Optional[Tuple[Tuple[int, ...], ...]]:
   return tuple(tuple(int(v) for v in row) for row in mask)
 
 
-def _check_channels(model):
-  c, k = model.init_channels, _get(model, 'partial_channels', 1)
+def _check_channels(model, k=None):
+  c = model.init_channels
+  k = _get(model, 'partial_channels', 1) if k is None else k
   if not isinstance(k, int) or k < 1 or c % k:
     raise ValueError(f'model.partial_channels={k!r} must be a positive integer dividing '
                      f'model.init_channels={c}.')
@@ -294,26 +295,42 @@ def _check_channels(model):
     raise ValueError(f'model.dtype={dtype!r} is not one of {DTYPES}.')
 
 
-def build_supernet(config, axis_name: Optional[str] = None) -> SearchNetwork:
+def build_supernet(config, axis_name: Optional[str] = None,
+                   partial_channels: Optional[int] = None, op_masks=None) -> SearchNetwork:
   """The NB-201 supernet of `config.model` (`init_channels`, `num_classes`,
-  `cells_per_stage`, `partial_channels`, `relaxation`, `op_mask`, `dtype`)."""
+  `cells_per_stage`, `partial_channels`, `relaxation`, `op_mask`, `dtype`).
+
+  `partial_channels` and `op_masks` override the config for a stage of DrNAS
+  progressive learning; `op_masks` is the (6, 5) mask itself or a mapping with
+  one entry (e.g. {'alphas': mask} or {'cell': mask}).
+  """
   model = config.model if hasattr(config, 'model') else config
-  _check_channels(model)
+  if partial_channels is None:
+    partial_channels = _get(model, 'partial_channels', 1)
+  _check_channels(model, partial_channels)
   relax = _get(model, 'relaxation', 'softmax')
   if relax not in relaxation.RELAXATIONS:
     raise ValueError(f'model.relaxation={relax!r} is not one of {relaxation.RELAXATIONS}.')
+  mask = _get(model, 'op_mask', None)
+  if op_masks is not None:
+    if isinstance(op_masks, Mapping):
+      if len(op_masks) != 1:
+        raise ValueError(f'op_masks for the NB-201 space holds one (6, 5) mask; got the '
+                         f'keys {sorted(op_masks)}.')
+      op_masks = next(iter(op_masks.values()))
+    mask = op_masks
   return SearchNetwork(
       init_channels=model.init_channels, num_classes=model.num_classes,
       cells_per_stage=_get(model, 'cells_per_stage', 5),
-      partial_channels=_get(model, 'partial_channels', 1), relaxation=relax,
-      op_mask=check_op_mask(_get(model, 'op_mask', None)), axis_name=axis_name,
+      partial_channels=partial_channels, relaxation=relax,
+      op_mask=check_op_mask(mask), axis_name=axis_name,
       dtype=_get(model, 'dtype', 'float32'))
 
 
 def build_network(genotype, config, axis_name: Optional[str] = None) -> Network:
   """The stand-alone network of `genotype` (a genotype tuple or its string)."""
   model = config.model if hasattr(config, 'model') else config
-  _check_channels(model)
+  _check_channels(model, 1)  # K is a search setting
   if isinstance(genotype, str):
     genotype = parse(genotype)
   else:
