@@ -16,6 +16,7 @@ from configs import nb201_cifar100_search
 from configs import nb201_digits_search
 from configs import nb201_imagenet16_search
 from pcdarts_jax import data
+from pcdarts_jax import initializers
 from pcdarts_jax import relaxation
 from pcdarts_jax import spaces
 from pcdarts_jax.spaces import nb201
@@ -117,6 +118,34 @@ def test_default_macro_has_five_cells_per_stage():
   assert shapes['params']['classifier']['kernel'].shape == (64, 10)
 
 
+def test_fast_init_matches_structure():
+  model = nb201.build_supernet(tiny_model(partial_channels=2))
+  x = jnp.zeros((1, 8, 8, 3))
+  variables = initializers.init_variables(model, jax.random.PRNGKey(0), x)
+  shapes = shapes_of(model, (1, 8, 8, 3))
+  assert jax.tree.map(lambda a: a.shape, variables) == jax.tree.map(lambda s: s.shape, shapes)
+  assert 0 < np.abs(variables['arch']['alphas']).max() < 1e-2
+
+
+def count_params(model, size=32):
+  shapes = shapes_of(model, (1, size, size, 3))
+  return sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes['params']))
+
+
+def test_network_parameter_counts():
+  """C 16, 5 cells per stage, 10 classes: the all-`none` network is the macro
+  skeleton alone; each nor_conv_3x3 edge adds 9 C^2 weights and an affine BN."""
+  config = nb201_cifar10_search.get_config()
+  skeleton = count_params(nb201.build_network(
+      '|none~0|+|none~0|none~1|+|none~0|none~1|none~2|', config))
+  assert skeleton == (27 * 16 + 32 + (9 * 16 * 32 + 64) + (9 * 32 * 32 + 64) + 16 * 32 +
+                      (9 * 32 * 64 + 128) + (9 * 64 * 64 + 128) + 32 * 64 + 128 + 64 * 10 + 10)
+  all_conv = '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|'
+  per_cell = sum(6 * (9 * c * c + 2 * c) for c in (16, 32, 64))
+  # 1,531,546: NAS-Bench-201's largest network (1.53 M parameters).
+  assert count_params(nb201.build_network(all_conv, config)) == skeleton + 5 * per_cell == 1531546
+
+
 def test_resnet_block_matches_reference(ref):
   block = nb201.ResNetBasicBlock(6, stride=2)
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 6, 3))
@@ -129,6 +158,23 @@ def test_resnet_block_matches_reference(ref):
   pooled = (xn[:, 0::2, 0::2] + xn[:, 1::2, 0::2] + xn[:, 0::2, 1::2] + xn[:, 1::2, 1::2]) / 4
   shortcut = ref.pointwise(pooled, p['shortcut']['kernel'])
   np.testing.assert_allclose(out, shortcut + b, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_statistics_over_devices():
+  """With `axis_name`, every BN of the block and the cell normalises over the
+  global batch: two 'devices' of 2 images compute what one device of 4 does."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 4, 4, 4))
+  weights = jnp.full((6, 5), 0.2)
+  for make in (lambda a: nb201.ResNetBasicBlock(8, axis_name=a),
+               lambda a: nb201.SearchCell(4, partial_channels=2, axis_name=a)):
+    args = () if isinstance(make(None), nb201.ResNetBasicBlock) else (weights,)
+    variables = make(None).init(jax.random.PRNGKey(1), x, *args, train=False)
+    run = lambda a, x: make(a).apply(variables, x, *args, train=True, mutable=['batch_stats'])[0]
+    split = jax.jit(jax.vmap(lambda x: run('devices', x), axis_name='devices'))(
+        x.reshape(2, 2, 4, 4, 4))
+    whole = jax.jit(lambda x: run(None, x))(x)
+    np.testing.assert_allclose(split.reshape(whole.shape), whole,
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_partial_channel_mixed_op(ref):
