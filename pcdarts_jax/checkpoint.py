@@ -46,6 +46,13 @@ class Checkpoints:
     return time.time() - start
 
   def restore(self, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
+    """`abstract_state` is the state's shapes, or a function of the checkpoint's
+    meta giving them (the state's layout may depend on it, e.g. a later stage of
+    progressive learning)."""
+    if callable(abstract_state):
+      meta = self._manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))['meta']
+      abstract_state = abstract_state(meta)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored['state'], restored['meta']
@@ -56,7 +63,8 @@ class Checkpoints:
     for step in reversed(self.steps()):
       try:
         state, meta = self.restore(step, abstract_state)
-        _check_shapes(state, abstract_state)
+        _check_shapes(state, abstract_state(meta) if callable(abstract_state)
+                      else abstract_state)
         return step, state, meta
       except Exception as e:  # pylint: disable=broad-except
         moved = self._quarantine(step)

@@ -7,6 +7,7 @@ from pcdarts_jax import architect
 from pcdarts_jax import data
 from pcdarts_jax import input_pipeline
 from pcdarts_jax import ops
+from pcdarts_jax import progressive
 from pcdarts_jax import relaxation
 from pcdarts_jax import supernet
 
@@ -78,9 +79,6 @@ def validate_search_config(config, num_devices: int = 1):
   _require(c % k == 0,
            f'model.partial_channels={k} must divide model.init_channels={c} '
            f'(allowed: divisors of {c}: {[i for i in range(1, c + 1) if c % i == 0]}).')
-  _require((c // k) % 2 == 0 or m.layers < 2,
-           f'model.init_channels / model.partial_channels = {c // k} must be even '
-           f'(FactorizedReduce halves the channels of the stride-2 skip op).')
   _require(m.stem in supernet.STEM_TYPES,
            f'model.stem={m.stem!r} is not one of {supernet.STEM_TYPES}.')
   _require(m.get('dtype', 'float32') in supernet.DTYPES,
@@ -104,6 +102,7 @@ def validate_search_config(config, num_devices: int = 1):
     _require(s.gumbel_tau_min <= s.gumbel_tau_max,
              f'search.gumbel_tau_min={s.gumbel_tau_min} exceeds search.gumbel_tau_max='
              f'{s.gumbel_tau_max}.')
+  progressive.validate(config, _require)
   sampling = m.get('channel_sampling', 'first')
   _require(sampling in supernet.CHANNEL_SAMPLINGS,
            f'model.channel_sampling={sampling!r} is not one of {supernet.CHANNEL_SAMPLINGS}.')

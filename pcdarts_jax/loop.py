@@ -28,6 +28,7 @@ from pcdarts_jax import monitor
 from pcdarts_jax import optim
 from pcdarts_jax import rundir
 from pcdarts_jax import parallel
+from pcdarts_jax import progressive
 from pcdarts_jax import relaxation
 from pcdarts_jax import supernet
 from pcdarts_jax import visualize
@@ -152,7 +153,8 @@ def augment_examples(augment: Callable, rng: jax.Array, images: jax.Array,
 
 
 def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
-                      axis_name: Optional[str] = None) -> Callable:
+                      axis_name: Optional[str] = None,
+                      arch_start_step: Optional[int] = None) -> Callable:
   """One search step: an arch step on the arch batch (from `arch_start_epoch` on),
   then a weight step on the train batch, both in train mode.
 
@@ -166,7 +168,9 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
   momentum buffer. With `search.single_level` there is one forward/backward on
   the train batch for weights and architecture together (arch batch unused).
   The warm-up switch is a traced comparison on `state.step`, so the step compiles
-  once; `lax.cond` skips the arch pass's compute during warm-up.
+  once; `lax.cond` skips the arch pass's compute during warm-up. `arch_start_step`
+  overrides `search.arch_start_epoch * steps_per_epoch` (a later stage of
+  progressive learning warms up again).
   """
   d, s = config.data, config.search
   lr_fn = optim.weight_learning_rate(config, steps_per_epoch)
@@ -183,7 +187,8 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
                                              penalty)
 
   single_level = bool(s.get('single_level', False))
-  arch_start_step = s.arch_start_epoch * steps_per_epoch
+  if arch_start_step is None:
+    arch_start_step = s.arch_start_epoch * steps_per_epoch
   train_augment = data.train_augment(d)
   augment = lambda rng, images: augment_examples(train_augment, rng, images, axis_name)
 
@@ -319,6 +324,14 @@ RESUMABLE_CHANGES = ('checkpoint.', 'monitor.', 'search.log_every_steps', 'data.
 LOG_NAME = 'genotypes.jsonl'  # the per-epoch JSON-lines log in the workdir
 
 
+def _check_layout(state, shapes):
+  got = jax.tree.map(lambda x: tuple(np.shape(x)), (state.params, state.batch_stats))
+  want = jax.tree.map(lambda x: tuple(x.shape), (shapes.params, shapes.batch_stats))
+  if got != want:
+    raise RuntimeError('progressive learning: the widened weights do not match the next '
+                       "stage's supernet.")
+
+
 def _check_workdir(workdir: rundir.Workdir, config):
   """Refuses, before anything is written, a workdir this run must not touch."""
   rundir.check_resumable(workdir, config, RESUMABLE_CHANGES, 'search')
@@ -382,15 +395,29 @@ def search(config, workdir: str) -> genotypes.Genotype:
   # An epoch is a pass over the weight subset; the arch iterator cycles on its own.
   steps_per_epoch = train_iter.steps_per_epoch
 
-  model = supernet.build_supernet(config)
-  # The steps run under pmap: BatchNorm statistics over the global batch.
-  step_model = supernet.build_supernet(config, axis_name=parallel.AXIS)
   main = parallel.is_main_process()  # Only process 0 writes files.
   weight_tx = optim.weight_optimizer(config, steps_per_epoch)
   arch_tx = optim.arch_optimizer(config)
   init_rng, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
   eval_key = jax.random.fold_in(step_key, -1 % (2 ** 31))
   sample = data.normalize(inputs.sample_image, config.data.mean, config.data.std)
+
+  def stage_model(stage, masks, axis_name=None):
+    """The supernet of a progressive-learning stage (one stage: the config's)."""
+    return supernet.build_supernet(config, axis_name, partial_channels=stage.partial_channels,
+                                   op_masks=masks)
+
+  def stage_abstract_state(meta):
+    """The state's shapes at a checkpoint: its stage's layout (meta's op masks)."""
+    masks = meta.get('op_masks')
+    stage = progressive.stages(config)[meta.get('stage', 0)]
+    shapes_model = stage_model(stage, masks and {k: np.asarray(v) for k, v in masks.items()})
+    fresh = create_search_state(shapes_model, config, init_rng, sample, weight_tx, arch_tx)
+    return jax.eval_shape(lambda: fresh)
+
+  stage = progressive.stages(config)[0]
+  masks = None
+  model = stage_model(stage, masks)
   state = create_search_state(model, config, init_rng, sample, weight_tx, arch_tx)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
 
@@ -398,8 +425,8 @@ def search(config, workdir: str) -> genotypes.Genotype:
     os.makedirs(paths.root, exist_ok=True)
   checkpoints = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
   meta = {'train_iter': train_iter.state(), 'arch_iter': arch_iter.state(), 'sums': None,
-          'wall_seconds': 0.0, 'resumed_from': []}
-  restored = checkpoints.restore_latest(jax.eval_shape(lambda: state))
+          'wall_seconds': 0.0, 'resumed_from': [], 'stage': 0, 'op_masks': None}
+  restored = checkpoints.restore_latest(stage_abstract_state)
   if restored is None:
     if os.path.exists(paths.jsonl):  # Every checkpoint was unreadable.
       raise config_validation.ConfigError(
@@ -409,6 +436,12 @@ def search(config, workdir: str) -> genotypes.Genotype:
       rundir.write_atomic(paths.config, json.dumps(rundir.config_json(config), indent=2) + '\n')
   else:
     step_done, state, meta = restored
+    meta.setdefault('stage', 0)
+    meta.setdefault('op_masks', None)
+    if meta['op_masks'] is not None:
+      stage = progressive.stages(config)[meta['stage']]
+      masks = {k: np.asarray(v) for k, v in meta['op_masks'].items()}
+      model = stage_model(stage, masks)
     train_iter.restore(meta['train_iter'])
     arch_iter.restore(meta['arch_iter'])
     meta['resumed_from'] = meta['resumed_from'] + [step_done]
@@ -432,15 +465,45 @@ def search(config, workdir: str) -> genotypes.Genotype:
         f'{num_devices} device(s) in {jax.process_count()} process(es), '
         f'{s.batch_size // num_devices} images per device', flush=True)
 
-  # One code path for any device count: the state is replicated over the local
-  # devices, and this process's slice of each global batch is sharded over them.
-  bilevel_step = parallel.pmap_step(
-      guard_nonfinite(make_bilevel_step(step_model, config, steps_per_epoch, weight_tx,
-                                        arch_tx, axis_name=parallel.AXIS),
-                      skip=s.skip_nonfinite),
-      in_axes=(0, 0, 0, None))
-  eval_step = parallel.pmap_step(make_eval_step(step_model, config, parallel.AXIS),
-                                 in_axes=(0, 0, None), donate_state=False)
+  def stage_steps(stage, masks):
+    """The pmapped steps of a stage (compiled once per stage). One code path for
+    any device count: the state is replicated over the local devices, and this
+    process's slice of each global batch is sharded over them. BatchNorm
+    statistics over the global batch."""
+    step_model = stage_model(stage, masks, parallel.AXIS)
+    arch_start = (stage.start_epoch + s.arch_start_epoch) * steps_per_epoch
+    bilevel = parallel.pmap_step(
+        guard_nonfinite(make_bilevel_step(step_model, config, steps_per_epoch, weight_tx,
+                                          arch_tx, parallel.AXIS, arch_start),
+                        skip=s.skip_nonfinite),
+        in_axes=(0, 0, 0, None))
+    evaluate_step = parallel.pmap_step(make_eval_step(step_model, config, parallel.AXIS),
+                                       in_axes=(0, 0, None), donate_state=False)
+    return bilevel, evaluate_step
+
+  def next_stage(state, model, stage, masks):
+    """Prunes and widens at a stage boundary (outside jit); returns the new
+    (state, model, masks) with the state replicated."""
+    host = jax.device_get(parallel.unreplicate(state))
+    masks = progressive.prune_masks(arch_numpy(host), stage.ops_kept, masks)
+    new_model = stage_model(stage, masks)
+    shapes = create_search_state(new_model, config, init_rng, sample, weight_tx, arch_tx)
+    rng, index = np.random.default_rng([config.seed, stage.index]), {}
+    move = lambda tree, like: progressive.transfer(tree, like, model, new_model, rng, index)
+    host = host.replace(
+        params=move(host.params, shapes.params),
+        batch_stats=move(host.batch_stats, shapes.batch_stats),
+        weight_opt_state=progressive.transfer_opt_state(
+            host.weight_opt_state, None, lambda t: move(t, shapes.params)))
+    _check_layout(host, shapes)
+    meta.update(stage=stage.index, op_masks={k: v.tolist() for k, v in masks.items()})
+    kept = {k: int(v.sum(-1).max()) for k, v in masks.items()}
+    print(f'stage {stage.index + 1}: ops pruned to {kept["normal"]} per edge, partial '
+          f'channels k={stage.partial_channels}; arch steps from epoch '
+          f'{stage.start_epoch + s.arch_start_epoch + 1}', flush=True)
+    return parallel.replicate(host), new_model, masks
+
+  bilevel_step, eval_step = stage_steps(stage, masks)
   feed = parallel.shard  # Batches are already this process's slice.
   # Padded and masked anyway: rounded up to split evenly over the devices.
   eval_batch_size = -(-s.eval_batch_size // num_devices) * num_devices
@@ -487,10 +550,16 @@ def search(config, workdir: str) -> genotypes.Genotype:
 
   clock = [time.time()]
   steps_run, step_seconds = 0, 0.0
-  genotype = genotypes.derive_genotype(arch_numpy(host_state), model.primitives, model.steps)
+  derive = lambda arch: genotypes.derive_genotype(
+      progressive.masked_arch_for_genotype(arch, masks), model.primitives, model.steps)
+  genotype = derive(arch_numpy(host_state))
   with rundir.StopSignals() as stop:
     for epoch in range(start_epoch, s.epochs):
       epoch_start = time.time()
+      if progressive.stage_of_epoch(config, epoch).index != meta['stage']:
+        stage = progressive.stage_of_epoch(config, epoch)
+        state, model, masks = next_stage(state, model, stage, masks)
+        bilevel_step, eval_step = stage_steps(stage, masks)
       first = start_step - epoch * steps_per_epoch if epoch == start_epoch else 0
       sums = None
       # Resumed mid-epoch: the sums of the steps before the checkpoint, added on the host.
@@ -536,7 +605,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
                        jax.random.fold_in(eval_key, epoch), feed)
       host_state = jax.device_get(parallel.unreplicate(state))
       arch_values = arch_numpy(host_state)
-      genotype = genotypes.derive_genotype(arch_values, model.primitives, model.steps)
+      genotype = derive(arch_values)
       lr = float(lr_fn(epoch * steps_per_epoch))
       record = {
           'epoch': epoch, 'step': int(host_state.step), 'lr': lr,

@@ -8,7 +8,7 @@ Flax rng stream 'channels') and `channel_mixing` (`shuffle` | `shift`); neither
 changes the parameters.
 """
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -216,6 +216,28 @@ class SearchCell(nn.Module):
   axis_name: Optional[str] = None
   channel_sampling: str = 'first'
   channel_mixing: str = 'shuffle'
+  # DrNAS progressive learning: per edge, 1 = op kept. Kept ops differ from edge
+  # to edge, so the edges become separate modules (`edge_{e}`) computing only
+  # their kept ops (no scan over stacked parameters).
+  op_mask: Optional[Tuple[Tuple[int, ...], ...]] = None
+
+  def _masked_edges(self, s0, s1, op_weights, edge_weights, train):
+    states = [s0, s1]
+    stride = 2 if self.reduction else 1
+    for start, end in genotypes.node_edge_ranges(self.steps):
+      node = None
+      for j in range(end - start):
+        e = start + j
+        kept = [k for k, on in enumerate(self.op_mask[e]) if on]
+        op = PartialMixedOp(self.channels, stride if j < 2 else 1, self.partial_channels,
+                            tuple(self.primitives[k] for k in kept), self.depthwise_impl,
+                            self.axis_name, train, self.channel_sampling,
+                            self.channel_mixing, name=f'edge_{e}')
+        y = op(states[j], op_weights[e][np.array(kept)])
+        y = edge_weights[e].astype(y.dtype) * y
+        node = y if node is None else node + y
+      states.append(node)
+    return jnp.concatenate(states[-self.multiplier:], axis=-1)
 
   @nn.compact
   def __call__(self, s0, s1, op_weights, edge_weights, train: bool = True):
@@ -225,12 +247,14 @@ class SearchCell(nn.Module):
     else:
       s0 = ops.ReLUConvBN(c, 1, 1, 0, affine=False, name='preprocess0', **bn_axis)(s0, train)
     s1 = ops.ReLUConvBN(c, 1, 1, 0, affine=False, name='preprocess1', **bn_axis)(s1, train)
+    if edge_weights is None:
+      edge_weights = jnp.ones(op_weights.shape[:1], op_weights.dtype)
+    if self.op_mask is not None:
+      return self._masked_edges(s0, s1, op_weights, edge_weights, train)
     inputs = jnp.stack([s0, s1])
     stride = 2 if self.reduction else 1
     n, h, w = s1.shape[0], s1.shape[1] // stride, s1.shape[2] // stride
     nodes = jnp.zeros((self.steps, n, h, w, c), s1.dtype)
-    if edge_weights is None:
-      edge_weights = jnp.ones(op_weights.shape[:1], op_weights.dtype)
     for (name, members), group_stride in zip(edge_groups(self.steps), (stride, 1)):
       edges, targets, sources = (np.array(v) for v in zip(*members))
       if name == 'node_edges':
@@ -264,6 +288,9 @@ class SearchNetwork(nn.Module):
   channel_mixing: str = 'shuffle'   # shuffle | shift
   dtype: str = 'float32'            # activations; params, arch, BN stats and logits stay float32
   relaxation: str = 'softmax'       # softmax | dirichlet (DrNAS) | gumbel: see relaxation.py
+  # DrNAS progressive learning: {'normal': mask, 'reduce': mask} as nested
+  # tuples (edges x ops, 1 = kept); pruned ops get no weight and are not built.
+  op_masks: Optional[Any] = None
 
   def _arch(self, name, shape):
     init = lambda: 1e-3 * jax.random.normal(self.make_rng('params'), shape)
@@ -290,10 +317,11 @@ class SearchNetwork(nn.Module):
     shape = (num_edges, len(self.primitives))
     alphas = {kind: self._arch(f'alphas_{kind}', shape) for kind in ('normal', 'reduce')}
     draw = self.has_rng(relaxation.RELAX_RNG) and not self.is_initializing()
+    masks = dict(self.op_masks) if self.op_masks is not None else {}
     op_weights = {
         k: relaxation.mixing_weights(
             self.relaxation, a, self.make_rng(relaxation.RELAX_RNG) if draw else None,
-            temperature)
+            temperature, None if k not in masks else jnp.asarray(masks[k], a.dtype))
         for k, a in alphas.items()}
     edge_w = {'normal': None, 'reduce': None}
     if self.edge_normalization:
@@ -315,7 +343,9 @@ class SearchNetwork(nn.Module):
                         self.multiplier, self.partial_channels, self.primitives,
                         self.depthwise_impl, self.unroll_edges, self.axis_name,
                         channel_sampling=self.channel_sampling,
-                        channel_mixing=self.channel_mixing, name=f'cell_{i}')
+                        channel_mixing=self.channel_mixing,
+                        op_mask=dict(self.op_masks)[kind] if self.op_masks else None,
+                        name=f'cell_{i}')
       s0, s1 = s1, cell(s0, s1, op_weights[kind], edge_w[kind], train)
       reduction_prev = reduction
     out = jnp.mean(s1.astype(jnp.promote_types(s1.dtype, jnp.float32)), axis=(1, 2))
@@ -328,8 +358,11 @@ def reduction_layers(layers: int):
   return (layers // 3, 2 * layers // 3)
 
 
-def build_supernet(config, axis_name: Optional[str] = None) -> SearchNetwork:
-  """The search supernet described by `config.model` (a search config or its model part)."""
+def build_supernet(config, axis_name: Optional[str] = None, partial_channels=None,
+                   op_masks=None) -> SearchNetwork:
+  """The search supernet described by `config.model` (a search config or its model
+  part); `partial_channels` and `op_masks` ({'normal': mask, 'reduce': mask},
+  edges x ops, 1 = kept) override it for a stage of DrNAS progressive learning."""
   model = config.model if hasattr(config, 'model') else config
   get = lambda name, default: model.get(name, default) if hasattr(model, 'get') \
       else getattr(model, name, default)
@@ -340,7 +373,7 @@ def build_supernet(config, axis_name: Optional[str] = None) -> SearchNetwork:
       steps=get('steps', 4),
       multiplier=get('multiplier', 4),
       stem_multiplier=get('stem_multiplier', 3),
-      partial_channels=model.partial_channels,
+      partial_channels=partial_channels or model.partial_channels,
       edge_normalization=get('edge_normalization', True),
       primitives=tuple(get('primitives', genotypes.PRIMITIVES)),
       stem=get('stem', 'cifar'),
@@ -350,4 +383,7 @@ def build_supernet(config, axis_name: Optional[str] = None) -> SearchNetwork:
       channel_sampling=get('channel_sampling', 'first'),
       channel_mixing=get('channel_mixing', 'shuffle'),
       dtype=get('dtype', 'float32'),
-      relaxation=get('relaxation', 'softmax'))
+      relaxation=get('relaxation', 'softmax'),
+      op_masks=None if op_masks is None else tuple(
+          (kind, tuple(tuple(int(v) for v in row) for row in np.asarray(op_masks[kind])))
+          for kind in ('normal', 'reduce')))
