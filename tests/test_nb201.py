@@ -214,6 +214,19 @@ def test_stage_overrides():
     nb201.build_supernet(tiny_model(), op_masks={'normal': MASK, 'reduce': MASK})
 
 
+def test_prune_masks_and_cell_channels():
+  alphas = np.array([[0.0, 3.0, 2.0, 1.0, 2.0]] * 6)
+  first = nb201.prune_masks({'alphas': alphas}, 3)['alphas']
+  np.testing.assert_array_equal(first[0], [0, 1, 1, 0, 1])  # tie 2.0: both kept
+  alphas[:, 3] = 9.0  # op 3 was pruned: it cannot come back
+  second = nb201.prune_masks({'alphas': alphas}, 2, {'alphas': first})['alphas']
+  np.testing.assert_array_equal(second[0], [0, 1, 1, 0, 0])
+  model = nb201.build_supernet(tiny_model(cells_per_stage=2), op_masks=second)
+  assert [nb201.cell_channels(model, i) for i in range(6)] == [4, 4, 8, 8, 16, 16]
+  params = shapes_of(model, (1, 8, 8, 3))['params']
+  assert sorted(params['cell_5']['edge_0']) == ['nor_conv_1x1']
+
+
 def test_masked_ops_are_not_computed():
   x = jnp.ones((1, 4, 4, 2))
   weights = jnp.full((5,), 0.2)
@@ -460,6 +473,17 @@ def test_table_errors(tmp_path, content, message):
     path.write_text(content)
   with pytest.raises(nb201_table.TableError, match=f'nb201.table=.*{message}'):
     nb201_table.load_table(str(path))
+
+
+def test_table_from_config(tmp_path):
+  config = nb201_cifar10_search.get_config()
+  assert nb201_table.from_config(config) is None
+  path = tmp_path / 't.json'
+  path.write_text(json.dumps({BEST: {'cifar10': 94.37}}))
+  config.nb201.table = str(path)
+  table = nb201_table.from_config(config)
+  assert nb201_table.lookup(table, BEST, config.data.name) == 94.37
+  assert nb201_table.from_config(ml_collections.ConfigDict({'model': {}})) is None
 
 
 def test_table_csv_header_error(tmp_path):

@@ -341,6 +341,26 @@ def build_network(genotype, config, axis_name: Optional[str] = None) -> Network:
                  axis_name=axis_name, dtype=_get(model, 'dtype', 'float32'))
 
 
+def cell_channels(model: SearchNetwork, cell: int) -> int:
+  """Channel count of search cell `cell` (C, 2C, 4C by stage); its ops see
+  that divided by `model.partial_channels`, all at stride 1."""
+  return model.init_channels * 2 ** (cell // model.cells_per_stage)
+
+
+def prune_masks(arch: Mapping[str, np.ndarray], keep: int,
+                previous: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+  """{'alphas': (6, 5) 0/1 mask}: per edge the `keep` ops of largest alpha among
+  those `previous` kept (ties: the lower op index); for `build_supernet(...,
+  op_masks=...)` at a progressive-learning stage boundary."""
+  alphas = np.asarray(arch[ARCH_NAME], np.float64)
+  if previous is not None:
+    alphas = np.where(np.asarray(next(iter(previous.values()))) > 0, alphas, -np.inf)
+  order = np.argsort(-alphas, axis=-1, kind='stable')[:, :keep]
+  mask = np.zeros(alphas.shape, np.int32)
+  np.put_along_axis(mask, order, 1, axis=-1)
+  return {ARCH_NAME: mask}
+
+
 # --------------------------------------------------------------------------
 # Genotypes.
 

@@ -100,6 +100,13 @@ def load_table(path: str) -> Table:
   return table
 
 
+def from_config(config) -> Optional[Table]:
+  """The table named by `config.nb201.table`, or None when unset."""
+  section = config.get('nb201') if hasattr(config, 'get') else None
+  path = section.get('table') if section is not None else None
+  return None if path is None else load_table(path)
+
+
 def lookup(table: Optional[Table], genotype_str: str, dataset: str) -> Optional[float]:
   """The accuracy of `genotype_str` on `dataset`, or None when there is no table,
   or it has no entry for that architecture or data set."""
