@@ -3,7 +3,8 @@
   python -m launch.search --config=configs/nb201_digits_search.py --workdir=/tmp/nb201
 
 A tiny NB-201 supernet (C 8, 1 cell per stage: 8x8 -> 4x4 -> 2x2) on the 1500
-train digits (750 weights / 750 arch), 4 epochs, arch steps from epoch 1.
+train digits (750 weights / 750 arch), 10 epochs, arch steps from epoch 2;
+about 40 s on a 2-core CPU, nearly all of it compilation (0.5 s per epoch).
 """
 
 from configs import digits_search
@@ -17,9 +18,9 @@ def get_config():
   config.model.cells_per_stage = 1
   config.model.num_classes = 10
   config.model.partial_channels = 2
-  config.search.epochs = 4
+  config.search.epochs = 10
   config.search.batch_size = 64
-  config.search.arch_start_epoch = 1
+  config.search.arch_start_epoch = 2
   config.search.eval_batch_size = 250
   config.search.log_every_steps = 0
   config.checkpoint.every_steps = 0

@@ -517,7 +517,7 @@ def heatmap(arch: Mapping[str, np.ndarray], model, path: str,
   ax.set_xticks(range(len(PRIMITIVES)), PRIMITIVES, rotation=45, ha='right', fontsize=8)
   ax.set_yticks(range(len(EDGES)), edge_labels(), fontsize=8)
   for (i, j), w in np.ndenumerate(weights):
-    ax.text(j, i, f'{w:.2f}', ha='center', va='center', fontsize=7,
+    ax.text(j, i, f'{w:.3f}', ha='center', va='center', fontsize=7,
             color='white' if w < (weights.min() + weights.max()) / 2 else 'black')
   fig.colorbar(image, ax=ax, fraction=0.05)
   fig.tight_layout()
