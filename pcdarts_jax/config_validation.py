@@ -9,6 +9,7 @@ from pcdarts_jax import input_pipeline
 from pcdarts_jax import ops
 from pcdarts_jax import progressive
 from pcdarts_jax import relaxation
+from pcdarts_jax import spaces
 from pcdarts_jax import supernet
 
 ARCHITECTS = tuple(architect.ARCHITECTS)
@@ -85,6 +86,8 @@ def validate_search_config(config, num_devices: int = 1):
            f"model.dtype={m.get('dtype')!r} is not one of {supernet.DTYPES}.")
   _require(m.depthwise_impl in ops.DEPTHWISE_IMPLS,
            f'model.depthwise_impl={m.depthwise_impl!r} is not one of {ops.DEPTHWISE_IMPLS}.')
+  space = m.get('space', 'darts')
+  _require(space in spaces.SPACES, f'model.space={space!r} is not one of {spaces.SPACES}.')
   relax = m.get('relaxation', 'softmax')
   _require(relax in relaxation.RELAXATIONS,
            f'model.relaxation={relax!r} is not one of {relaxation.RELAXATIONS}.')

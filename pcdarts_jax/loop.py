@@ -27,11 +27,12 @@ from pcdarts_jax import input_pipeline
 from pcdarts_jax import monitor
 from pcdarts_jax import optim
 from pcdarts_jax import rundir
+from pcdarts_jax import spaces
+from pcdarts_jax.spaces import nb201_table
 from pcdarts_jax import parallel
 from pcdarts_jax import progressive
 from pcdarts_jax import relaxation
 from pcdarts_jax import supernet
-from pcdarts_jax import visualize
 
 
 @flax.struct.dataclass
@@ -337,19 +338,21 @@ def _check_workdir(workdir: rundir.Workdir, config):
   rundir.check_resumable(workdir, config, RESUMABLE_CHANGES, 'search')
 
 
-def _epoch_pictures(workdir: rundir.Workdir, epoch: int, arch_values, genotype, model, writer):
-  """Cells (graphviz) and the alpha/beta heat-map of this epoch, under plots/."""
+def _epoch_pictures(workdir: rundir.Workdir, epoch: int, arch_values, genotype, model, writer,
+                    space):
+  """Cells (graphviz) and the arch heat-map of this epoch, under plots/."""
   prefix = os.path.join(workdir.plots, f'epoch_{epoch + 1:03d}')
-  heatmap = visualize.arch_heatmap(arch_values, model.primitives, model.steps,
-                                   prefix + '_arch.png', title=f'epoch {epoch + 1}')
-  writer.image_png(epoch + 1, 'arch/heatmap', heatmap)
-  for path in visualize.draw_genotype(genotype, prefix + '_cell'):
+  heatmap = space.heatmap(arch_values, model, prefix + '_arch.png', title=f'epoch {epoch + 1}')
+  if heatmap:
+    writer.image_png(epoch + 1, 'arch/heatmap', heatmap)
+  for path in space.draw(genotype, prefix + '_cell'):
     if path.endswith('.png'):
-      writer.image_png(epoch + 1, 'cells/' + ('normal' if '_normal' in path else 'reduce'), path)
+      kind = next((k for k in ('normal', 'reduce') if f'_{k}.' in path), 'cell')
+      writer.image_png(epoch + 1, f'cells/{kind}', path)
 
 
 def _summary(workdir: rundir.Workdir, genotype, state, meta, steps_run: int, step_seconds: float,
-             n_params: int, ckpt_figures) -> Dict[str, Any]:
+             n_params: int, ckpt_figures, space) -> Dict[str, Any]:
   records = []
   if os.path.exists(workdir.jsonl):
     with open(workdir.jsonl) as f:
@@ -358,7 +361,8 @@ def _summary(workdir: rundir.Workdir, genotype, state, meta, steps_run: int, ste
   best = max(with_valid, key=lambda r: r['valid']['accuracy']) if with_valid else None
   last = records[-1] if records else None
   return {
-      'genotype': genotypes.to_dict(genotype),
+      'genotype': space.genotype_to_dict(genotype),
+      'genotype_str': space.genotype_str(genotype),
       'best': best and {'epoch': best['epoch'], 'valid': best['valid'], 'train': best['train'],
                         'arch': best['arch']},
       'last': last and {k: last[k] for k in ('epoch', 'step', 'lr', 'train', 'arch', 'valid')},
@@ -384,6 +388,9 @@ def search(config, workdir: str) -> genotypes.Genotype:
   """
   num_devices = parallel.device_count()
   config_validation.validate_search_config(config, num_devices=num_devices)
+  space = spaces.of_config(config)
+  # An optional NAS-Bench-201 results table, looked up for each epoch's genotype.
+  table = nb201_table.from_config(config) if config.model.get('space') == 'nb201' else None
   paths = rundir.Workdir(workdir, LOG_NAME)
   _check_workdir(paths, config)  # Before the data (which may take long) and any write.
   inputs = input_pipeline.search_inputs(config)
@@ -404,7 +411,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
 
   def stage_model(stage, masks, axis_name=None):
     """The supernet of a progressive-learning stage (one stage: the config's)."""
-    return supernet.build_supernet(config, axis_name, partial_channels=stage.partial_channels,
+    return space.build_supernet(config, axis_name, partial_channels=stage.partial_channels,
                                    op_masks=masks)
 
   def stage_abstract_state(meta):
@@ -485,11 +492,12 @@ def search(config, workdir: str) -> genotypes.Genotype:
     """Prunes and widens at a stage boundary (outside jit); returns the new
     (state, model, masks) with the state replicated."""
     host = jax.device_get(parallel.unreplicate(state))
-    masks = progressive.prune_masks(arch_numpy(host), stage.ops_kept, masks)
+    masks = space.prune_masks(arch_numpy(host), stage.ops_kept, masks)
     new_model = stage_model(stage, masks)
     shapes = create_search_state(new_model, config, init_rng, sample, weight_tx, arch_tx)
     rng, index = np.random.default_rng([config.seed, stage.index]), {}
-    move = lambda tree, like: progressive.transfer(tree, like, model, new_model, rng, index)
+    move = lambda tree, like: progressive.transfer(tree, like, model, new_model, rng, index,
+                                                   space)
     host = host.replace(
         params=move(host.params, shapes.params),
         batch_stats=move(host.batch_stats, shapes.batch_stats),
@@ -550,8 +558,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
 
   clock = [time.time()]
   steps_run, step_seconds = 0, 0.0
-  derive = lambda arch: genotypes.derive_genotype(
-      progressive.masked_arch_for_genotype(arch, masks), model.primitives, model.steps)
+  derive = lambda arch: space.derive(arch, model)
   genotype = derive(arch_numpy(host_state))
   with rundir.StopSignals() as stop:
     for epoch in range(start_epoch, s.epochs):
@@ -612,8 +619,13 @@ def search(config, workdir: str) -> genotypes.Genotype:
           'train': train, 'arch': arch, 'valid': valid,
           'nonfinite_skipped': float(sums['nonfinite']),
           'seconds': time.time() - epoch_start,
-          'genotype': genotypes.to_dict(genotype),
+          'genotype': space.genotype_to_dict(genotype),
       }
+      bench_text = ''
+      if table is not None:  # The benchmark's accuracy of this epoch's cell.
+        record['benchmark_accuracy'] = nb201_table.lookup(
+            table, space.genotype_str(genotype), config.data.name)
+        bench_text = f"\n  NAS-Bench-201 accuracy: {record['benchmark_accuracy']}"
       if main:
         with open(paths.jsonl, 'a') as f:
           f.write(json.dumps(record) + '\n')
@@ -622,10 +634,10 @@ def search(config, workdir: str) -> genotypes.Genotype:
                                       max(time.time() - loop_start, 1e-9)}
       for name, values in (('train', train), ('arch', arch), ('valid', valid)):
         scalars.update({f'{name}/{k}': v for k, v in values.items()})
-      scalars.update(monitor.arch_scalars(arch_values, model.primitives, model.steps))
+      scalars.update(space.arch_scalars(arch_values, model))
       writer.scalars(epoch + 1, scalars)
       if config.monitor.pictures and main:
-        _epoch_pictures(paths, epoch, arch_values, genotype, model, writer)
+        _epoch_pictures(paths, epoch, arch_values, genotype, model, writer, space)
       writer.flush()
       arch_text = (f" arch_loss {arch['loss']:.4f} arch_acc {arch['accuracy']:.4f}"
                    if arch else ' (arch warm-up)')
@@ -633,7 +645,8 @@ def search(config, workdir: str) -> genotypes.Genotype:
       log(f"epoch {epoch + 1}/{s.epochs} lr {lr:.5f} train_loss "
             f"{train['loss']:.4f} train_acc {train['accuracy']:.4f}{arch_text} valid_loss "
             f"{valid['loss']:.4f} valid_acc {valid['accuracy']:.4f} "
-            f"({record['seconds']:.1f}s)\n  genotype = {genotype}", flush=True)
+            f"({record['seconds']:.1f}s)\n  genotype = {space.genotype_str(genotype)}"
+            f"{bench_text}", flush=True)
       save((epoch + 1) * steps_per_epoch, None)
       if stop.received is not None:
         raise SearchInterrupted(
@@ -647,11 +660,11 @@ def search(config, workdir: str) -> genotypes.Genotype:
   host_state = jax.device_get(parallel.unreplicate(state))
   if not main:
     return genotype
-  rundir.write_atomic(paths.genotype, genotypes.to_json(genotype) + '\n')
+  rundir.write_atomic(paths.genotype, json.dumps(space.genotype_to_dict(genotype)) + '\n')
   np.savez(paths.arch + '.tmp.npz', **arch_numpy(host_state))
   os.replace(paths.arch + '.tmp.npz', paths.arch)
   summary = _summary(paths, genotype, host_state, meta, steps_run, step_seconds, n_params,
-                     ckpt_figures)
+                     ckpt_figures, space)
   rundir.write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
   print(f'search done ({summary["wall_seconds"]:.1f}s of search in total); genotype written '
         f'to {paths.genotype}', flush=True)

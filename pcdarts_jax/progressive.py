@@ -42,7 +42,7 @@ def stages(config) -> List[Stage]:
   s, m = config.search, config.model
   epochs = tuple(s.get('stage_epochs', ()) or ())
   if not epochs:
-    return [Stage(0, 0, s.epochs, m.partial_channels, len(_primitives(config)))]
+    return [Stage(0, 0, s.epochs, m.get('partial_channels', 1), len(_primitives(config)))]
   out, start = [], 0
   for i, (n, k, ops) in enumerate(zip(epochs, s.stage_partial_channels, s.stage_ops)):
     out.append(Stage(i, start, n, k, ops))
@@ -58,6 +58,9 @@ def stage_of_epoch(config, epoch: int) -> Stage:
 
 
 def _primitives(config) -> Tuple[str, ...]:
+  if config.model.get('space', 'darts') == 'nb201':
+    from pcdarts_jax.spaces import nb201  # pylint: disable=g-import-not-at-top
+    return nb201.PRIMITIVES
   return tuple(config.model.get('primitives', genotypes.PRIMITIVES))
 
 
@@ -127,31 +130,33 @@ def output_index(primitive: str, stride: int, index: np.ndarray, old: int) -> np
   return index
 
 
-def _edge_trees(cell_tree, edge: int, steps: int, masked: bool):
-  """One edge's op subtrees from a cell: scanned (stacked) or per-edge layout."""
-  if masked:
-    return cell_tree.get(f'edge_{edge}', {})
+def _edge_trees(cell_tree, edge: int, steps: int):
+  """One edge's op subtrees from a cell: per-edge (`edge_{e}`) or scanned layout."""
+  if f'edge_{edge}' in cell_tree:
+    return cell_tree[f'edge_{edge}']
   group, pos = supernet.edge_slot(edge, steps)
   return jax.tree.map(lambda leaf: np.asarray(leaf)[pos], cell_tree.get(group, {}))
 
 
 def transfer(old_tree, new_shapes, model_old, model_new, rng: np.random.Generator,
-             channel_index: Optional[Dict[Tuple[int, int], np.ndarray]] = None):
+             channel_index: Optional[Dict[Tuple[int, int], np.ndarray]] = None,
+             space=None):
   """Maps a params / batch_stats / momentum tree of `model_old` onto the layout
   of `model_new` (a later stage): kept ops widened, pruned ops dropped, other
   weights copied. `channel_index` {(cell, edge): index} shares one widening
-  draw between the trees of one state (weights, statistics, momentum)."""
+  draw between the trees of one state (weights, statistics, momentum). `space`
+  (default DARTS) gives each cell's channels and each edge's stride."""
+  if space is None:
+    from pcdarts_jax.spaces import darts as space  # pylint: disable=g-import-not-at-top
   channel_index = {} if channel_index is None else channel_index
-  masked_old = model_old.op_masks is not None
+  steps = getattr(model_new, 'steps', 4)
   out = {}
   for name, subtree in new_shapes.items():
     if not name.startswith('cell_'):
       out[name] = jax.tree.map(np.asarray, old_tree[name])
       continue
     cell = int(name.split('_')[1])
-    reduction = cell in supernet.reduction_layers(model_new.layers)
-    c = model_new.init_channels * (2 ** sum(cell >= r for r in supernet.reduction_layers(
-        model_new.layers)))
+    c = space.cell_channels(model_new, cell)
     old_width, new_width = c // model_old.partial_channels, c // model_new.partial_channels
     cell_out = {}
     for part, shapes in subtree.items():
@@ -159,9 +164,8 @@ def transfer(old_tree, new_shapes, model_old, model_new, rng: np.random.Generato
         cell_out[part] = jax.tree.map(np.asarray, old_tree[name][part])
         continue
       edge = int(part.split('_')[1])
-      j = _edge_input(edge, model_new.steps)
-      stride = 2 if reduction and j < 2 else 1
-      ops = _edge_trees(old_tree[name], edge, model_new.steps, masked_old)
+      stride = space.edge_stride(model_new, cell, edge)
+      ops = _edge_trees(old_tree[name], edge, steps)
       key = (cell, edge)
       if key not in channel_index:
         channel_index[key] = widen_index(rng, old_width, new_width)
@@ -171,7 +175,8 @@ def transfer(old_tree, new_shapes, model_old, model_new, rng: np.random.Generato
   return out
 
 
-def _edge_input(edge: int, steps: int) -> int:
+def edge_input(edge: int, steps: int) -> int:
+  """The input state index j of DARTS cell edge `edge` (0, 1: the cell inputs)."""
   for start, end in genotypes.node_edge_ranges(steps):
     if start <= edge < end:
       return edge - start
@@ -222,7 +227,7 @@ def validate(config, require):
           f'widen).')
   require(all(a >= b for a, b in zip(ops, ops[1:])) and 1 <= min(ops) and max(ops) <= n_ops,
           f'search.stage_ops={ops} must be non-increasing, in 1..{n_ops} (the op count).')
-  require(ks[0] == config.model.partial_channels,
+  require(ks[0] == config.model.get('partial_channels', 1),
           f'search.stage_partial_channels[0]={ks[0]} must equal model.partial_channels='
           f'{config.model.partial_channels}.')
   c = config.model.init_channels

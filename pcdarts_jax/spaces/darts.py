@@ -6,6 +6,7 @@ from typing import Optional
 from pcdarts_jax import genotypes
 from pcdarts_jax import monitor
 from pcdarts_jax import network
+from pcdarts_jax import progressive
 from pcdarts_jax import supernet
 from pcdarts_jax import visualize
 
@@ -19,7 +20,25 @@ def build_supernet(config, axis_name: Optional[str] = None, **overrides):
 
 
 def derive(arch, model) -> Genotype:
-  return genotypes.derive_genotype(arch, model.primitives, model.steps)
+  """Pruned ops (a progressive-learning stage's masks) are never picked."""
+  masks = dict(model.op_masks) if model.op_masks is not None else None
+  return genotypes.derive_genotype(progressive.masked_arch_for_genotype(arch, masks),
+                                   model.primitives, model.steps)
+
+
+def prune_masks(arch, keep: int, previous=None):
+  return progressive.prune_masks(arch, keep, previous)
+
+
+def cell_channels(model, cell: int) -> int:
+  """Channels of search cell `cell` (doubled at each reduction cell)."""
+  return model.init_channels * 2 ** sum(cell >= r for r in supernet.reduction_layers(
+      model.layers))
+
+
+def edge_stride(model, cell: int, edge: int) -> int:
+  reduction = cell in supernet.reduction_layers(model.layers)
+  return 2 if reduction and progressive.edge_input(edge, model.steps) < 2 else 1
 
 
 def genotype_to_dict(genotype: Genotype) -> dict:

@@ -347,6 +347,12 @@ def cell_channels(model: SearchNetwork, cell: int) -> int:
   return model.init_channels * 2 ** (cell // model.cells_per_stage)
 
 
+def edge_stride(model: SearchNetwork, cell: int, edge: int) -> int:
+  """Every NB-201 cell op runs at stride 1 (the ResNet blocks reduce)."""
+  del model, cell, edge
+  return 1
+
+
 def prune_masks(arch: Mapping[str, np.ndarray], keep: int,
                 previous: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
   """{'alphas': (6, 5) 0/1 mask}: per edge the `keep` ops of largest alpha among
