@@ -41,6 +41,8 @@ def get_config():
   config.model.dtype = 'float32'       # float32 | bfloat16 (activations; params, arch stay float32)
   config.model.channel_sampling = 'first'  # first | random: which C/K channels the ops see
   config.model.channel_mixing = 'shuffle'  # shuffle | shift: permutation after the concat
+  config.model.space = 'darts'          # darts | nb201 (pcdarts_jax/spaces)
+  config.model.relaxation = 'softmax'   # softmax | dirichlet (DrNAS) | gumbel (SNAS-style)
 
   config.search = ml_collections.ConfigDict()
   config.search.epochs = 50
@@ -62,6 +64,14 @@ def get_config():
   config.search.eval_batch_size = 500   # validation on the arch half each epoch
   config.search.log_every_steps = 50
   config.search.skip_nonfinite = False  # True: drop non-finite steps and go on (counted)
+  config.search.arch_regularizer = 'l2'  # l2 (Adam weight decay) | kl (DrNAS, dirichlet only)
+  config.search.arch_regularizer_scale = 1e-3  # kl: scale of sum_e KL(Dir(a_e) || Dir(1))
+  config.search.gumbel_tau_max = 10.0   # gumbel: tau decays from this (first epoch)...
+  config.search.gumbel_tau_min = 0.1    # ...to this (last epoch)
+  # DrNAS progressive learning (empty: one stage): epochs, K and ops kept per stage.
+  config.search.stage_epochs = ()
+  config.search.stage_partial_channels = ()
+  config.search.stage_ops = ()
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 50    # also at every epoch end; 0 = epoch ends only
