@@ -422,6 +422,8 @@ def search(config, workdir: str) -> genotypes.Genotype:
   def stage_abstract_state(meta):
     """The state's shapes at a checkpoint: its stage's layout (meta's op masks)."""
     masks = meta.get('op_masks')
+    if masks is None:  # The first stage: the initial state's layout.
+      return jax.eval_shape(lambda: state)
     stage = progressive.stages(config)[meta.get('stage', 0)]
     shapes_model = stage_model(stage, masks and {k: np.asarray(v) for k, v in masks.items()})
     fresh = create_search_state(shapes_model, config, init_rng, sample, weight_tx, arch_tx)
@@ -507,7 +509,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
         params=move(host.params, shapes.params),
         batch_stats=move(host.batch_stats, shapes.batch_stats),
         weight_opt_state=progressive.transfer_opt_state(
-            host.weight_opt_state, None, lambda t: move(t, shapes.params)))
+            host.weight_opt_state, lambda t: move(t, shapes.params)))
     _check_layout(host, shapes)
     meta.update(stage=stage.index, op_masks={k: v.tolist() for k, v in masks.items()})
     kept = max(int(np.asarray(v).sum(-1).max()) for v in masks.values())

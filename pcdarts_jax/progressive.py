@@ -183,7 +183,7 @@ def edge_input(edge: int, steps: int) -> int:
   raise ValueError(f'edge {edge} is out of range.')
 
 
-def transfer_opt_state(old_state, new_params, transfer_tree):
+def transfer_opt_state(old_state, transfer_tree):
   """The weight optimizer's state for the widened params: momentum buffers
   (optax TraceState) through `transfer_tree`, counts and empty states kept."""
   is_trace = lambda node: isinstance(node, optax.TraceState)

@@ -326,8 +326,7 @@ def _accumulate(totals, metrics):
   return metrics if totals is None else _add(totals, metrics)
 
 
-def _host(sums) -> Dict[str, float]:
-  return {k: float(v) for k, v in jax.device_get(parallel.unreplicate(sums)).items()}
+_host = loop._host  # pylint: disable=protected-access
 
 
 def _summarise(sums: Optional[Dict[str, float]], top5: bool = False) -> Dict[str, float]:

@@ -79,7 +79,7 @@ def test_transfer_widens_weights_statistics_and_momentum_consistently():
   tx = optim.weight_optimizer(config, 10)
   opt_state = tx.init(variables['params'])
   # A recognisable momentum buffer: the weights themselves.
-  opt_state = progressive.transfer_opt_state(opt_state, None, lambda t: variables['params'])
+  opt_state = progressive.transfer_opt_state(opt_state, lambda t: variables['params'])
   rng, index = np.random.default_rng(0), {}
   move = lambda tree, like: progressive.transfer(tree, like, first, second, rng, index)
   params = move(variables['params'], target['params'])
