@@ -391,6 +391,9 @@ def search(config, workdir: str) -> genotypes.Genotype:
   checkpoint. Raises SearchInterrupted on SIGTERM/SIGINT (after checkpointing)
   and NonFiniteError when a step goes non-finite.
   """
+  if config.model.get('space') == 'sgnas':  # Its own two phases (supernet, generator).
+    from pcdarts_jax.sgnas import search as sgnas_search  # pylint: disable=g-import-not-at-top
+    return sgnas_search.search(config, workdir)
   num_devices = parallel.device_count()
   config_validation.validate_search_config(config, num_devices=num_devices)
   space = spaces.of_config(config)

@@ -68,34 +68,40 @@ class DepthwiseConv(nn.Module):
     k = self.kernel_size
     kernel = self.param('kernel', initializers.kernel_init,
                         (k, k, 1, channels), jnp.float32)
-    kernel = kernel.astype(x.dtype)
-    impl = resolve_depthwise_impl(self.impl)
-    if impl in ('conv', 'dense'):
-      groups = channels
-      if impl == 'dense':
-        kernel = kernel[..., 0, :, None] * jnp.eye(channels, dtype=x.dtype)
-        groups = 1
-      return lax.conv_general_dilated(
-          x, kernel, window_strides=(self.stride, self.stride),
-          padding=_pair(self.padding), rhs_dilation=(self.dilation,) * 2,
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-          feature_group_count=groups)
-    p, d, s = self.padding, self.dilation, self.stride
-    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-    height, width = x.shape[1], x.shape[2]
-    out_h = (height + 2 * p - d * (k - 1) - 1) // s + 1
-    out_w = (width + 2 * p - d * (k - 1) - 1) // s + 1
-    out = None
-    for i in range(k):
-      for j in range(k):
-        tap = lax.slice(
-            xp, (0, i * d, j * d, 0),
-            (xp.shape[0], i * d + (out_h - 1) * s + 1,
-             j * d + (out_w - 1) * s + 1, channels),
-            (1, s, s, 1))
-        term = tap * kernel[i, j, 0]
-        out = term if out is None else out + term
-    return out
+    return depthwise(x, kernel.astype(x.dtype), self.stride, self.padding, self.dilation,
+                     self.impl)
+
+
+def depthwise(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
+              dilation: int = 1, impl: str = 'auto') -> jax.Array:
+  """The depthwise conv of DepthwiseConv as a function of its kernel (k, k, 1, C)."""
+  channels = x.shape[-1]
+  k = kernel.shape[0]
+  impl = resolve_depthwise_impl(impl)
+  if impl in ('conv', 'dense'):
+    groups = channels
+    if impl == 'dense':
+      kernel = kernel[..., 0, :, None] * jnp.eye(channels, dtype=x.dtype)
+      groups = 1
+    return lax.conv_general_dilated(
+        x, kernel, window_strides=(stride, stride), padding=_pair(padding),
+        rhs_dilation=(dilation,) * 2, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        feature_group_count=groups)
+  p, d, s = padding, dilation, stride
+  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  height, width = x.shape[1], x.shape[2]
+  out_h = (height + 2 * p - d * (k - 1) - 1) // s + 1
+  out_w = (width + 2 * p - d * (k - 1) - 1) // s + 1
+  out = None
+  for i in range(k):
+    for j in range(k):
+      tap = lax.slice(
+          xp, (0, i * d, j * d, 0),
+          (xp.shape[0], i * d + (out_h - 1) * s + 1, j * d + (out_w - 1) * s + 1, channels),
+          (1, s, s, 1))
+      term = tap * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out
 
 
 class Pointwise(nn.Module):

@@ -1,0 +1,82 @@
+"""SGNAS search on CIFAR-100 (../shared/SPEC.md section 11): both phases.
+
+  python -m launch.search --config=configs/sgnas_cifar100_search.py --workdir=/tmp/sg100
+  python -m launch.sgnas_generate --config=configs/sgnas_cifar100_search.py \
+      --workdir=/tmp/sg100 --target_flops=100
+
+Phase 1 trains the unified single-path supernet (CIFAR layout: the stem and the
+first searchable layer keep 32x32) on 80% of the train split, 4 fair paths per
+step, SGD lr 0.064 cosine per step, momentum 0.9, wd 4e-4, label smoothing 0.1.
+Phase 2 freezes it and trains the generator on the other 20% for 50 epochs (Adam
+1e-3, betas (0.5, 0.999), Gumbel tau 5 x 0.95 per epoch) for targets in
+range(80, 120, 5) MFLOPs. Supernet epochs and batch size are not given by the
+reference summary; 120 epochs of batch 128 are this library's choice.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'cifar100'         # cifar10 | cifar100 | digits | imagenet2012
+  config.data.data_dir = config_dict.placeholder(str)  # tfds data dir; None = tfds default
+  config.data.download = True
+  config.data.train_portion = 0.8       # the supernet's share; the rest trains the generator
+  config.data.crop_padding = 4
+  config.data.random_flip = True
+  config.data.in_memory = True
+  config.data.mean = (0.5071, 0.4865, 0.4409)
+  config.data.std = (0.2673, 0.2564, 0.2762)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.space = 'sgnas'          # launch/search.py runs the SGNAS phases
+  config.model.layout = 'cifar'         # imagenet | cifar | digits (sgnas/layout.py)
+  config.model.num_classes = 100
+  config.model.depthwise_impl = 'auto'  # auto | conv | shifted | dense
+
+  config.search = ml_collections.ConfigDict()  # Phase 1: the supernet.
+  config.search.epochs = 120
+  config.search.batch_size = 128
+  config.search.num_paths = 4           # single paths trained per step (fairness sampling)
+  config.search.learning_rate = 0.064   # cosine to 0 per step
+  config.search.momentum = 0.9
+  config.search.weight_decay = 4e-4
+  config.search.label_smoothing = 0.1
+  config.search.grad_clip = 0.0         # > 0: clip the summed gradient's norm
+  config.search.eval_batch_size = 500   # validation on the held-out split each epoch
+  config.search.log_every_steps = 50
+
+  config.generator = ml_collections.ConfigDict()  # Phase 2: the generator.
+  config.generator.epochs = 50
+  config.generator.learning_rate = 1e-3
+  config.generator.beta1 = 0.5
+  config.generator.beta2 = 0.999
+  config.generator.hidden = 32
+  config.generator.blocks = 2           # residual blocks of 2 convs
+  config.generator.target_channels = 10
+  config.generator.tau_initial = 5.0    # Gumbel-softmax temperature, x tau_decay per epoch
+  config.generator.tau_decay = 0.95
+  config.generator.flops_low = 80.0     # targets range(low, high, step), MFLOPs
+  config.generator.flops_high = 120.0
+  config.generator.flops_step = 5.0
+  config.generator.target_jitter = 0.5  # targets drawn as grid + U(-jitter, jitter)
+  config.generator.flops_alpha = 3e-4   # FLOPs loss: alpha*lambda*(F-T)^2 above T+margin,
+  config.generator.flops_lambda = 1.2   # alpha*(T-F)^2 below T-margin, 0 in between
+  config.generator.flops_margin = 0.1
+  config.generator.pool_samples = 4000  # random architectures the prior pool is drawn from
+  config.generator.eval_accuracy_targets = 3  # targets whose single path is validated per epoch
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 200   # also at every epoch end; 0 = epoch ends only
+  config.checkpoint.keep = 2
+  config.checkpoint.resume = True
+
+  config.monitor = ml_collections.ConfigDict()
+  config.monitor.tensorboard = True
+  config.monitor.pictures = False       # no cell pictures in this space
+  config.monitor.progress = 'auto'
+  return config

@@ -1,0 +1,692 @@
+"""The SGNAS search (SPEC §11): supernet training, then generator training, and
+the generation of an architecture for a FLOPs budget.
+
+`search(config, workdir)` runs both phases (resuming either) through one epoch
+driver, `_run_phase`, that owns checkpoints, stop signals, the non-finite check,
+the per-epoch JSON lines and TensorBoard; a phase only supplies its jitted step
+and its end-of-epoch evaluation. Steps are pure functions pmapped over the local
+devices (gradients and BatchNorm statistics averaged over the device axis).
+
+1. Supernet: every step trains `search.num_paths` single paths drawn by
+   `sampling.sample_paths` on one batch, accumulating their gradients inside the
+   step, then takes one SGD step (per-step cosine, label smoothing).
+2. Generator: the supernet is frozen (BatchNorm running statistics); each step
+   draws a target T on the grid, feeds the generator the prior architecture of
+   the nearest grid target and the normalised T, relaxes its logits with a soft
+   Gumbel-softmax (tau decays per epoch) and minimises CE of the soft supernet
+   on the held-out split + the FLOPs loss of the expected FLOPs. Each epoch the
+   generator is evaluated on the target grid (argmax architectures: exact FLOPs,
+   mean error, Kendall tau, and single-path accuracy at a few targets); the
+   epoch with the highest Kendall tau (then the lowest mean FLOPs error) is kept.
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import flax
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pcdarts_jax import checkpoint
+from pcdarts_jax import config_validation
+from pcdarts_jax import data
+from pcdarts_jax import input_pipeline
+from pcdarts_jax import loop
+from pcdarts_jax import monitor
+from pcdarts_jax import parallel
+from pcdarts_jax import rundir
+from pcdarts_jax.sgnas import flops as flops_lib
+from pcdarts_jax.sgnas import generator as generator_lib
+from pcdarts_jax.sgnas import layout as layout_lib
+from pcdarts_jax.sgnas import sampling
+from pcdarts_jax.sgnas import supernet as supernet_lib
+
+SUPERNET_LOG = 'supernet_log.jsonl'
+GENERATOR_LOG = 'generator_log.jsonl'
+GENERATOR_FILE = 'generator.msgpack'
+POOL_FILE = 'prior_pool.json'
+TABLE_FILE = 'flops_table.json'
+ARCHITECTURES_FILE = 'architectures.json'
+GENERATOR_CHECKPOINTS = 'generator_checkpoints'
+# Fields that may differ between a run and its resumption.
+RESUMABLE_CHANGES = ('checkpoint.', 'monitor.', 'search.log_every_steps', 'data.data_dir',
+                     'data.manual_dir', 'data.download')
+ConfigError = config_validation.ConfigError
+
+
+SearchInterrupted = loop.SearchInterrupted  # The launcher's exit handling knows these.
+NonFiniteError = loop.NonFiniteError
+
+
+@flax.struct.dataclass
+class SupernetState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+@flax.struct.dataclass
+class GeneratorState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+# ------------------------------------------------------------------- config
+
+
+def targets(config) -> np.ndarray:
+  """The target grid in MFLOPs: range(low, high, step) as SGNAS draws it."""
+  g = config.generator
+  count = int(np.floor((g.flops_high - g.flops_low) / g.flops_step - 1e-9)) + 1
+  return g.flops_low + g.flops_step * np.arange(count)
+
+
+def validate_config(config, num_devices: int = 1):
+  """Raises ConfigError (one line naming the field and the allowed values)."""
+  _require = config_validation._require  # pylint: disable=protected-access
+  d, m, s, g = config.data, config.model, config.search, config.generator
+  _require(d.name in input_pipeline.dataset_names(),
+           f'data.name={d.name!r} is not one of {input_pipeline.dataset_names()}.')
+  _require(m.layout in layout_lib.PRESETS,
+           f'model.layout={m.layout!r} is not one of {tuple(layout_lib.PRESETS)}.')
+  classes = input_pipeline.num_classes(d.name)
+  _require(m.num_classes == classes,
+           f'model.num_classes={m.num_classes!r} but {d.name} has {classes} classes.')
+  _require(d.name == input_pipeline.IMAGENET or 0.0 < d.train_portion < 1.0,
+           f'data.train_portion={d.get("train_portion")!r} must be in (0, 1) (SGNAS: 0.8; '
+           f'the rest trains the generator).')
+  for section, fields in (('search', ('epochs', 'batch_size', 'eval_batch_size', 'num_paths')),
+                          ('generator', ('epochs', 'hidden', 'blocks', 'target_channels',
+                                         'pool_samples'))):
+    for field in fields:
+      value = config[section][field]
+      _require(config_validation._is_int(value) and value >= 1,  # pylint: disable=protected-access
+               f'{section}.{field}={value!r} must be an integer >= 1.')
+  for field in ('learning_rate', 'momentum', 'weight_decay', 'label_smoothing', 'grad_clip'):
+    _require(s[field] >= 0, f'search.{field}={s[field]!r} must be >= 0.')
+  _require(s.label_smoothing < 1, f'search.label_smoothing={s.label_smoothing!r} must be < 1.')
+  _require(s.batch_size % num_devices == 0,
+           f'search.batch_size={s.batch_size} is not divisible by the {num_devices} devices '
+           f'(allowed: multiples of {num_devices}).')
+  for field in ('learning_rate', 'tau_initial', 'flops_step'):
+    _require(g[field] > 0, f'generator.{field}={g[field]!r} must be > 0.')
+  for field in ('flops_alpha', 'flops_lambda', 'flops_margin', 'target_jitter'):
+    _require(g[field] >= 0, f'generator.{field}={g[field]!r} must be >= 0.')
+  _require(0 < g.tau_decay <= 1, f'generator.tau_decay={g.tau_decay!r} must be in (0, 1].')
+  _require(0 <= g.beta1 < 1 and 0 <= g.beta2 < 1,
+           f'generator.beta1/beta2=({g.beta1!r}, {g.beta2!r}) must be in [0, 1).')
+  _require(g.eval_accuracy_targets >= 0,
+           f'generator.eval_accuracy_targets={g.eval_accuracy_targets!r} must be >= 0.')
+  table = flops_lib.lookup_table(layout_lib.layout_of_config(config))
+  low, high = (x / flops_lib.MEGA for x in flops_lib.macs_range(table))
+  _require(low <= g.flops_low < g.flops_high <= high,
+           f'generator.flops_low/flops_high=({g.flops_low}, {g.flops_high}) MFLOPs must '
+           f'satisfy {low:.4g} <= low < high <= {high:.4g}, the FLOPs range of '
+           f'model.layout={m.layout!r} on {d.name}.')
+  _require(len(targets(config)) >= 2,
+           f'generator.flops_step={g.flops_step} leaves fewer than 2 targets in '
+           f'[{g.flops_low}, {g.flops_high}).')
+  c = config.checkpoint
+  _require(config_validation._is_int(c.keep) and c.keep >= 1,  # pylint: disable=protected-access
+           f'checkpoint.keep={c.keep!r} must be an integer >= 1.')
+  _require(config.monitor.progress in config_validation.PROGRESS_MODES,
+           f'monitor.progress={config.monitor.progress!r} is not one of '
+           f'{config_validation.PROGRESS_MODES}.')
+
+
+# -------------------------------------------------------------------- steps
+
+
+def _cross_entropy(logits, labels, smoothing: float = 0.0) -> jax.Array:
+  classes = logits.shape[-1]
+  targets_ = optax.smooth_labels(jax.nn.one_hot(labels, classes), smoothing)
+  return optax.softmax_cross_entropy(logits, targets_).mean()
+
+
+def _metric_sums(loss, logits, labels, mask=None) -> Dict[str, jax.Array]:
+  mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return {'loss_sum': loss * jnp.sum(mask), 'correct': jnp.sum(correct * mask),
+          'count': jnp.sum(mask)}
+
+
+def supernet_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+  """SGD, momentum, L2 decay, cosine annealing per step (SPEC §11)."""
+  s = config.search
+  schedule = optax.cosine_decay_schedule(s.learning_rate, max(total_steps, 1))
+  return optax.chain(
+      optax.clip_by_global_norm(s.grad_clip) if s.grad_clip else optax.identity(),
+      optax.add_decayed_weights(s.weight_decay),
+      optax.sgd(schedule, momentum=s.momentum))
+
+
+def generator_optimizer(config) -> optax.GradientTransformation:
+  g = config.generator
+  return optax.adam(g.learning_rate, b1=g.beta1, b2=g.beta2)
+
+
+def make_supernet_step(model, config, tx, axis_name: Optional[str] = None) -> Callable:
+  """step(state, batch, paths (P, L, 6), rng) -> (state, metric sums): the
+  gradients of the P single paths on one batch are summed (the reference calls
+  backward once per path) and applied in one SGD step; BatchNorm running
+  statistics move path after path."""
+  augment = data.train_augment(config.data)
+  smoothing = config.search.label_smoothing
+
+  def step(state: SupernetState, batch, paths, rng):
+    index = parallel.global_index(batch['image'].shape[0], axis_name)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, index)
+    images = jax.vmap(lambda key, image: augment(key, image[None])[0])(keys, batch['image'])
+    labels = batch['label']
+
+    def path_loss(params, batch_stats, path):
+      logits, new = model.apply({'params': params, 'batch_stats': batch_stats}, images,
+                                path, train=True, hard=True, mutable=['batch_stats'])
+      return _cross_entropy(logits, labels, smoothing), (new['batch_stats'], logits)
+
+    def one_path(carry, path):
+      grads, batch_stats = carry
+      (loss, (batch_stats, logits)), path_grads = jax.value_and_grad(
+          path_loss, has_aux=True)(state.params, batch_stats, path)
+      return (jax.tree.map(jnp.add, grads, path_grads), batch_stats), _metric_sums(
+          loss, logits, labels)
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, batch_stats), sums = jax.lax.scan(one_path, (zeros, state.batch_stats), paths)
+    grads = parallel.pmean(grads, axis_name)  # One all-reduce for all paths.
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          batch_stats=batch_stats, opt_state=opt_state)
+    sums = jax.tree.map(lambda x: jnp.sum(x) / paths.shape[0], sums)  # Mean over paths.
+    return state, parallel.psum(sums, axis_name)
+
+  return step
+
+
+def make_path_eval_step(model, config, axis_name: Optional[str] = None) -> Callable:
+  """eval_step(variables, batch, arch (L, 6)) -> masked metric sums of one single
+  path with the running BatchNorm statistics."""
+  d = config.data
+
+  def eval_step(variables, batch, arch):
+    images = data.normalize(batch['image'], d.mean, d.std)
+    logits = model.apply(variables, images, arch, train=False, hard=True)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
+    sums = _metric_sums(0.0, logits, batch['label'], batch['mask'])
+    sums['loss_sum'] = jnp.sum(losses * batch['mask'])
+    return parallel.psum(sums, axis_name)
+
+  return eval_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Targets:
+  """The target grid, its prior architectures and the FLOPs table, as arrays."""
+  grid: np.ndarray        # (T,) MFLOPs
+  prior: np.ndarray       # (T, L, 6, 4) one-hot prior architectures
+  low: float
+  high: float
+
+  def normalised(self, target):
+    return (target - self.low) / (self.high - self.low)
+
+  def prior_of(self, target):
+    """The prior of the grid target nearest `target` (traced or not)."""
+    return jnp.asarray(self.prior)[jnp.argmin(jnp.abs(jnp.asarray(self.grid) - target))]
+
+
+def make_generator_step(supernet, generator, config, table: flops_lib.Table, grid: Targets,
+                        tx, axis_name: Optional[str] = None) -> Callable:
+  """step(state, supernet_variables, batch, rng, tau) -> (state, metric sums).
+
+  One target per step (the same on every device: `rng` is not per device);
+  the loss is the soft supernet's CE on the batch + the FLOPs loss."""
+  d, g = config.data, config.generator
+  jitter = g.target_jitter
+
+  def step(state: GeneratorState, variables, batch, rng, tau):
+    pick_rng, jitter_rng, gumbel_rng = jax.random.split(rng, 3)
+    target = (jnp.asarray(grid.grid, jnp.float32)[jax.random.randint(pick_rng, (), 0,
+                                                                      len(grid.grid))] +
+              jax.random.uniform(jitter_rng, (), jnp.float32, -jitter, jitter))
+    prior = grid.prior_of(target)[None]
+    images = data.normalize(batch['image'], d.mean, d.std)
+    labels = batch['label']
+
+    def loss_fn(params):
+      logits = generator.apply(params, prior, grid.normalised(target)[None])
+      probs = generator_lib.gumbel_softmax(gumbel_rng, logits, tau)[0]
+      out = supernet.apply(variables, images, probs, train=False, hard=False)
+      ce = _cross_entropy(out, labels)
+      expected = flops_lib.expected_mflops(probs, table)
+      penalty = flops_lib.flops_loss(expected, target, g.flops_alpha, g.flops_lambda,
+                                     g.flops_margin)
+      return ce + penalty, (ce, penalty, expected, out)
+
+    (loss, (ce, penalty, expected, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    grads = parallel.pmean(grads, axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state)
+    sums = _metric_sums(ce, out, labels)
+    n = sums['count']
+    # Per-device copies of the same value: divided by the devices after the psum.
+    devices = parallel.psum(jnp.ones(()), axis_name)
+    sums.update(flops_loss_sum=penalty / devices, flops_error_sum=jnp.abs(expected - target) /
+                devices, steps=1.0 / devices, loss_total_sum=loss * n)
+    return state, parallel.psum(sums, axis_name)
+
+  return step
+
+
+def kendall_tau(x, y) -> float:
+  """Kendall's tau-b of two sequences (ties in either count as neither)."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  dx = np.sign(x[:, None] - x[None, :])
+  dy = np.sign(y[:, None] - y[None, :])
+  upper = np.triu_indices(len(x), 1)
+  dx, dy = dx[upper], dy[upper]
+  denominator = np.sqrt(np.sum(dx != 0) * np.sum(dy != 0))
+  return float(np.sum(dx * dy) / denominator) if denominator else 0.0
+
+
+def generate(generator, params, grid: Targets, target_mflops) -> np.ndarray:
+  """Argmax architectures (T, L, 6) for the targets (MFLOPs)."""
+  target = jnp.atleast_1d(jnp.asarray(target_mflops, jnp.float32))
+  prior = jax.vmap(grid.prior_of)(target)
+  logits = generator.apply(params, prior, grid.normalised(target))
+  return np.asarray(generator_lib.argmax_choices(logits))
+
+
+# ------------------------------------------------------------------- driver
+
+
+def _summarise(sums: Dict[str, float]) -> Dict[str, float]:
+  count = max(sums.get('count', 0.0), 1e-12)
+  out = {'loss': sums['loss_sum'] / count, 'accuracy': sums['correct'] / count}
+  if 'steps' in sums:
+    steps = max(sums['steps'], 1e-12)
+    out.update(flops_loss=sums['flops_loss_sum'] / steps,
+               expected_flops_error=sums['flops_error_sum'] / steps)
+  return out
+
+
+def _host(sums) -> Dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(parallel.unreplicate(sums)).items()}
+
+
+@dataclasses.dataclass
+class _Phase:
+  """What differs between the two phases; `_run_phase` does the rest."""
+  name: str
+  log_path: str
+  checkpoints: checkpoint.Checkpoints
+  epochs: int
+  steps_per_epoch: int
+  batch_size: int
+  log_every_steps: int
+  iterator: Any                                  # state()/restore(), yields batches
+  run_step: Callable[[Any, Any, int], Any]        # (state, batch, step) -> (state, sums)
+  end_epoch: Callable[[int, Any, Dict[str, float], Dict[str, Any]], Dict[str, Any]]
+  describe: Callable[[Dict[str, Any]], str]       # record -> the log line's tail
+
+
+def _run_phase(phase: _Phase, state, meta: Dict[str, Any], config, writer, stop,
+               main: bool, scalar_offset: int):
+  """Epochs of one phase from the state's step; returns (state, meta, figures)."""
+  spe = phase.steps_per_epoch
+  start_step = int(jax.device_get(parallel.unreplicate(state.step)))
+  start_epoch = start_step // spe
+  if main and os.path.exists(phase.log_path):  # Epochs after the checkpoint are redone.
+    with open(phase.log_path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)['epoch'] < start_epoch]
+    rundir.write_atomic(phase.log_path, ''.join(kept))
+  interactive = {'auto': None, 'bar': True, 'lines': False}[config.monitor.progress]
+  every = config.checkpoint.every_steps
+  clock = [time.time()]
+  figures = {'steps': 0, 'step_seconds': 0.0}
+
+  def save(step: int, host_sums):
+    meta.update(iterator=phase.iterator.state(), sums=host_sums,
+                wall_seconds=meta.get('wall_seconds', 0.0) + time.time() - clock[0])
+    clock[0] = time.time()
+    phase.checkpoints.save(step, jax.device_get(parallel.unreplicate(state)), meta)
+
+  def check_finite(host_sums, step):
+    if not np.isfinite(host_sums['loss_sum']):
+      last = phase.checkpoints.latest_step()
+      raise NonFiniteError(
+          f'{phase.name} phase: non-finite loss by step {step}; the run stopped without '
+          f'saving. Last good checkpoint: '
+          f'{f"{last} in {phase.checkpoints.directory}" if last is not None else "none"}. '
+          f'Lower the learning rate or check the data.')
+
+  for epoch in range(start_epoch, phase.epochs):
+    epoch_start = time.time()
+    first = start_step - epoch * spe if epoch == start_epoch else 0
+    carried = meta.get('sums') if first and meta.get('sums') else {}
+    sums = None
+    progress = monitor.Progress(epoch, phase.epochs, spe, phase.batch_size,
+                                phase.log_every_steps, interactive, initial=first)
+    loop_start = time.time()
+    for i in range(first, spe):
+      step = epoch * spe + i
+      state, metrics = phase.run_step(state, next(phase.iterator), step)
+      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+      done = step + 1
+      saving = i + 1 < spe and (stop.received is not None or (every and done % every == 0))
+      logging_now = phase.log_every_steps and done % phase.log_every_steps == 0
+      host_sums = None
+      if saving or logging_now:
+        host_sums = {k: v + carried.get(k, 0.0) for k, v in _host(sums).items()}
+        check_finite(host_sums, done)
+      progress.update(host_sums and {'loss': host_sums['loss_sum'] /
+                                             max(host_sums['count'], 1.0)})
+      if saving:
+        save(done, host_sums)
+        if stop.received is not None:
+          progress.close()
+          raise SearchInterrupted(
+              f'stopped by {signal.Signals(stop.received).name} after {phase.name} step '
+              f'{done}; checkpoint written to {phase.checkpoints.directory}. Run the same '
+              f'command again to resume.')
+    progress.close()
+    host_sums = {k: v + carried.get(k, 0.0) for k, v in _host(sums).items()}
+    check_finite(host_sums, (epoch + 1) * spe)
+    figures['steps'] += spe - first
+    figures['step_seconds'] += time.time() - loop_start
+    record = {'epoch': epoch, 'step': (epoch + 1) * spe, 'train': _summarise(host_sums)}
+    record.update(phase.end_epoch(epoch, state, record['train'], meta))
+    record['seconds'] = time.time() - epoch_start
+    if main:
+      with open(phase.log_path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+    scalars = {f'{phase.name}/train_{k}': v for k, v in record['train'].items()}
+    scalars.update({f'{phase.name}/{k}': v for k, v in record.get('scalars', {}).items()})
+    writer.scalars(scalar_offset + epoch + 1, scalars)
+    writer.flush()
+    if main:
+      print(f"{phase.name} epoch {epoch + 1}/{phase.epochs} train_loss "
+            f"{record['train']['loss']:.4f} train_acc {record['train']['accuracy']:.4f} "
+            f"{phase.describe(record)} ({record['seconds']:.1f}s)", flush=True)
+    save((epoch + 1) * spe, None)
+    if stop.received is not None and epoch + 1 < phase.epochs:
+      raise SearchInterrupted(
+          f'stopped by {signal.Signals(stop.received).name} after {phase.name} epoch '
+          f'{epoch + 1}; checkpoint written to {phase.checkpoints.directory}. Run the same '
+          f'command again to resume.')
+  meta['wall_seconds'] = meta.get('wall_seconds', 0.0) + time.time() - clock[0]
+  return state, meta, figures
+
+
+def reference_paths(layout: layout_lib.Layout) -> Dict[str, np.ndarray]:
+  """Fixed single paths whose validation accuracy tracks supernet training:
+  the largest (all 7x7), a middle one (3 groups of 5x5) and the smallest (one 3x3)."""
+  shape = (layout.num_layers, layout_lib.GROUPS)
+  mid = np.full(shape, layout_lib.SKIP, np.int32)
+  mid[:, :3] = layout_lib.KERNELS.index(5)
+  smallest = np.full(shape, layout_lib.SKIP, np.int32)
+  smallest[:, 0] = 0
+  return {'max': np.full(shape, layout_lib.KERNELS.index(7), np.int32), 'mid': mid,
+          'min': smallest}
+
+
+def _write_json(path: str, value):
+  rundir.write_atomic(path, json.dumps(value, indent=1) + '\n')
+
+
+def _pool(config, layout, table, root: str, main: bool) -> Targets:
+  """The prior pool (written once; a resumed run reads the same one back)."""
+  path = os.path.join(root, POOL_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      record = json.load(f)
+    grid, choices = np.asarray(record['targets']), np.asarray(record['choices'], np.int32)
+  else:
+    grid = targets(config)
+    choices, mflops = flops_lib.prior_pool(layout, table, grid, config.seed,
+                                           config.generator.pool_samples)
+    if main:
+      _write_json(path, {'targets': grid.tolist(), 'mflops': mflops.tolist(),
+                         'choices': choices.tolist(),
+                         'architectures': [layout_lib.to_string(c) for c in choices]})
+  g = config.generator
+  return Targets(grid=grid.astype(np.float32), prior=layout_lib.one_hot(choices),
+                 low=float(g.flops_low), high=float(g.flops_high))
+
+
+def search(config, workdir: str) -> Dict[str, Any]:
+  """Runs (or resumes) both SGNAS phases; returns the summary (also summary.json).
+
+  Writes under `workdir`: config.json, flops_table.json, prior_pool.json,
+  supernet_log.jsonl, generator_log.jsonl, checkpoints/ (supernet),
+  generator_checkpoints/, generator.msgpack (the selected generator),
+  architectures.json (its architectures on the target grid), summary.json,
+  tensorboard/."""
+  num_devices = parallel.device_count()
+  validate_config(config, num_devices)
+  paths = rundir.Workdir(workdir, SUPERNET_LOG)
+  rundir.check_resumable(paths, config, RESUMABLE_CHANGES, 'SGNAS search')
+  inputs = input_pipeline.search_inputs(config)
+  main = parallel.is_main_process()
+  layout = layout_lib.layout_of_config(config)
+  table = flops_lib.lookup_table(layout)
+  s, g = config.search, config.generator
+  if main:
+    os.makedirs(paths.root, exist_ok=True)
+    if not os.path.exists(paths.config):
+      _write_json(paths.config, rundir.config_json(config))
+    low, high = flops_lib.macs_range(table)
+    _write_json(os.path.join(paths.root, TABLE_FILE),
+                {'layout': layout.name, 'unit': 'multiply-adds', 'base': table.base,
+                 'choices': list(layout_lib.CHOICES), 'per_group': table.per_group.tolist(),
+                 'min': low, 'max': high})
+  grid = _pool(config, layout, table, paths.root, main)
+
+  train_iter = input_pipeline.DevicePrefetch(inputs.train)
+  held_out_iter = input_pipeline.DevicePrefetch(inputs.arch)
+  spe = train_iter.steps_per_epoch
+  eval_size = -(-s.eval_batch_size // num_devices) * num_devices
+  init_rng, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  impl = config.model.depthwise_impl
+  model = supernet_lib.Supernet(layout, depthwise_impl=impl)
+  step_model = supernet_lib.Supernet(layout, parallel.AXIS, impl)
+  sample = data.normalize(inputs.sample_image, config.data.mean, config.data.std)
+  variables = jax.jit(lambda rng: model.init(rng, sample, supernet_lib.init_arch(layout)))(
+      init_rng)
+  tx = supernet_optimizer(config, s.epochs * spe)
+  state = SupernetState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                        batch_stats=variables['batch_stats'],
+                        opt_state=tx.init(variables['params']))
+  n_weights = sum(x.size for x in jax.tree.leaves(state.params))
+  writer = monitor.SummaryWriter(paths.tensorboard, enabled=config.monitor.tensorboard and main)
+  path_eval = parallel.pmap_step(make_path_eval_step(step_model, config, parallel.AXIS),
+                                 in_axes=(0, 0, None), donate_state=False)
+
+  def path_accuracy(variables, arch) -> Dict[str, float]:
+    totals = None
+    for batch in inputs.eval_batches(eval_size):
+      sums = path_eval(variables, parallel.shard(batch), jnp.asarray(arch))
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    return _summarise(_host(totals))
+
+  # --- phase 1: the supernet.
+  supernet_ckpt = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
+  meta = {'wall_seconds': 0.0, 'resumed_from': []}
+  restored = supernet_ckpt.restore_latest(jax.eval_shape(lambda: state))
+  if restored is None and os.path.exists(paths.jsonl):
+    raise ConfigError(f'--workdir={workdir!r} holds a search but none of its supernet '
+                      f'checkpoints could be restored; choose a new workdir.')
+  if restored is not None:
+    step_done, state, meta = restored
+    train_iter.restore(meta['iterator'])
+    meta['resumed_from'] = meta.get('resumed_from', []) + [step_done]
+    print(f'resuming the supernet phase from checkpoint {step_done} in {paths.checkpoints}',
+          flush=True)
+  print(f'SGNAS supernet ({layout.name}, {layout.num_layers} layers): {n_weights:,} weights, '
+        f'{spe} steps/epoch, {s.epochs} epochs of {s.num_paths} paths per step; FLOPs '
+        f'{table.base / 1e6:.4g}.. per architecture, targets {grid.grid[0]:.4g}..'
+        f'{grid.grid[-1]:.4g} M; {num_devices} device(s)', flush=True)
+  p_supernet_step = parallel.pmap_step(make_supernet_step(step_model, config, tx, parallel.AXIS),
+                                       in_axes=(0, 0, None, None))
+  refs = reference_paths(layout)
+
+  def supernet_step(state, batch, step):
+    paths_ = sampling.sample_paths(config.seed, step, s.num_paths, layout.num_layers)
+    return p_supernet_step(state, batch, paths_, jax.random.fold_in(step_key, step))
+
+  def supernet_epoch_end(epoch, state, train, meta_):
+    host = jax.device_get(parallel.unreplicate(state))
+    variables = parallel.replicate({'params': host.params, 'batch_stats': host.batch_stats})
+    valid = {name: path_accuracy(variables, arch) for name, arch in refs.items()}
+    return {'valid': valid, 'scalars': {f'valid_{n}_accuracy': v['accuracy']
+                                        for n, v in valid.items()}}
+
+  describe_supernet = lambda r: 'valid_acc ' + ' '.join(
+      f"{n} {v['accuracy']:.4f}" for n, v in r['valid'].items())
+  with rundir.StopSignals() as stop:
+    phase = _Phase('supernet', paths.jsonl, supernet_ckpt, s.epochs, spe, s.batch_size,
+                   s.log_every_steps, train_iter, supernet_step, supernet_epoch_end,
+                   describe_supernet)
+    state, meta, supernet_figures = _run_phase(phase, parallel.replicate(state), meta, config,
+                                               writer, stop, main, 0)
+    supernet_ckpt.close()
+    host = jax.device_get(parallel.unreplicate(state))
+    frozen = parallel.replicate({'params': host.params, 'batch_stats': host.batch_stats})
+
+    # --- phase 2: the generator.
+    generator = generator_lib.Generator(g.hidden, g.blocks, g.target_channels)
+    gen_params = generator.init(jax.random.fold_in(init_rng, 2), grid.prior[:1],
+                                jnp.zeros((1,), jnp.float32))
+    gtx = generator_optimizer(config)
+    gen_state = GeneratorState(step=jnp.zeros((), jnp.int32), params=gen_params,
+                               opt_state=gtx.init(gen_params))
+    gen_ckpt = checkpoint.Checkpoints(os.path.join(paths.root, GENERATOR_CHECKPOINTS),
+                                      config.checkpoint.keep)
+    gen_meta = {'wall_seconds': 0.0, 'best': None, 'resumed_from': []}
+    restored = gen_ckpt.restore_latest(jax.eval_shape(lambda: gen_state))
+    if restored is not None:
+      step_done, gen_state, gen_meta = restored
+      held_out_iter.restore(gen_meta['iterator'])
+      gen_meta['resumed_from'] = gen_meta.get('resumed_from', []) + [step_done]
+      print(f'resuming the generator phase from checkpoint {step_done}', flush=True)
+    gspe = held_out_iter.steps_per_epoch
+    p_gen_step = parallel.pmap_step(
+        make_generator_step(step_model, generator, config, table, grid, gtx, parallel.AXIS),
+        in_axes=(0, 0, 0, None, None))
+    gen_key = jax.random.fold_in(step_key, 2)
+    accuracy_targets = (np.unique(np.round(np.linspace(0, len(grid.grid) - 1,
+                                                        g.eval_accuracy_targets)).astype(int))
+                        if g.eval_accuracy_targets else np.zeros((0,), int))
+
+    def generator_step(gstate, batch, step):
+      tau = jnp.float32(generator_lib.temperature(config, step // gspe))
+      return p_gen_step(gstate, frozen, batch, jax.random.fold_in(gen_key, step), tau)
+
+    def generator_epoch_end(epoch, gstate, train, meta_):
+      params = jax.device_get(parallel.unreplicate(gstate)).params
+      choices = generate(generator, params, grid, grid.grid)
+      mflops = np.array([flops_lib.architecture_macs(c, table) for c in choices]) / 1e6
+      errors = np.abs(mflops - grid.grid)
+      tau_k = kendall_tau(grid.grid, mflops)
+      rows = [{'target': float(t), 'mflops': float(f), 'architecture': layout_lib.to_string(c)}
+              for t, f, c in zip(grid.grid, mflops, choices)]
+      for i in accuracy_targets:
+        rows[i]['valid'] = path_accuracy(frozen, choices[i])
+      evaluation = {'kendall_tau': tau_k, 'mean_flops_error': float(errors.mean()),
+                    'max_flops_error': float(errors.max()),
+                    'mean_relative_flops_error': float((errors / grid.grid).mean()),
+                    'tau': generator_lib.temperature(config, epoch)}
+      best = meta_.get('best')
+      better = best is None or (tau_k, -errors.mean()) > (best['kendall_tau'],
+                                                          -best['mean_flops_error'])
+      if better and main:  # The selected generator; written atomically.
+        tmp = os.path.join(paths.root, GENERATOR_FILE + '.tmp')
+        with open(tmp, 'wb') as f:
+          f.write(flax.serialization.to_bytes(params))
+        os.replace(tmp, os.path.join(paths.root, GENERATOR_FILE))
+        _write_json(os.path.join(paths.root, ARCHITECTURES_FILE),
+                    {'epoch': epoch, **evaluation, 'layout': layout.name, 'targets': rows})
+      if better:
+        meta_['best'] = {'epoch': epoch, **evaluation}
+      return {'evaluation': evaluation, 'targets': rows, 'selected': bool(better),
+              'scalars': {k: v for k, v in evaluation.items()}}
+
+    def describe_generator(r):
+      e = r['evaluation']
+      acc = ' '.join(f"{row['target']:.4g}M:{row['valid']['accuracy']:.3f}"
+                     for row in r['targets'] if 'valid' in row)
+      return (f"flops_loss {r['train']['flops_loss']:.4f} kendall_tau {e['kendall_tau']:.3f} "
+              f"mean_flops_error {e['mean_flops_error']:.4g}M tau {e['tau']:.3f}"
+              f"{' valid_acc ' + acc if acc else ''}{' *' if r['selected'] else ''}")
+
+    phase = _Phase('generator', os.path.join(paths.root, GENERATOR_LOG), gen_ckpt, g.epochs,
+                   gspe, s.batch_size, s.log_every_steps, held_out_iter, generator_step,
+                   generator_epoch_end, describe_generator)
+    gen_state, gen_meta, _ = _run_phase(phase, parallel.replicate(gen_state), gen_meta, config,
+                                        writer, stop, main, s.epochs)
+    gen_ckpt.close()
+  writer.close()
+  best = gen_meta['best']
+  summary = {
+      'layout': layout.name, 'supernet_weights': n_weights,
+      'flops_range_mflops': [x / 1e6 for x in flops_lib.macs_range(table)],
+      'targets_mflops': grid.grid.tolist(),
+      'supernet': {'epochs': s.epochs, 'steps': s.epochs * spe,
+                   'step_seconds': (supernet_figures['step_seconds'] /
+                                    supernet_figures['steps'] if supernet_figures['steps']
+                                    else None),
+                   'wall_seconds': meta['wall_seconds'],
+                   'resumed_from_steps': meta.get('resumed_from', [])},
+      'generator': {'epochs': g.epochs, 'selected': best,
+                    'wall_seconds': gen_meta['wall_seconds'],
+                    'resumed_from_steps': gen_meta.get('resumed_from', [])},
+  }
+  if main:
+    _write_json(paths.summary, summary)
+    print(f"SGNAS search done: generator of epoch {best['epoch'] + 1} selected (Kendall tau "
+          f"{best['kendall_tau']:.3f}, mean FLOPs error {best['mean_flops_error']:.4g} M); "
+          f'{os.path.join(paths.root, GENERATOR_FILE)}. Generate with: python -m '
+          f'launch.sgnas_generate --config=... --workdir={workdir} --target_flops=T', flush=True)
+  return summary
+
+
+def load_generator(config, workdir: str):
+  """(generator, params, Targets, table, layout) of a finished search workdir."""
+  path = os.path.join(workdir, GENERATOR_FILE)
+  if not os.path.exists(path):
+    raise ConfigError(f'--workdir={workdir!r} holds no {GENERATOR_FILE}: run the SGNAS '
+                      f'search (launch/search.py) to the generator phase first.')
+  layout = layout_lib.layout_of_config(config)
+  table = flops_lib.lookup_table(layout)
+  grid = _pool(config, layout, table, workdir, main=False)
+  g = config.generator
+  generator = generator_lib.Generator(g.hidden, g.blocks, g.target_channels)
+  shapes = jax.eval_shape(generator.init, jax.random.PRNGKey(0), grid.prior[:1],
+                          jnp.zeros((1,), jnp.float32))
+  with open(path, 'rb') as f:
+    params = flax.serialization.from_bytes(shapes, f.read())
+  return generator, params, grid, table, layout
+
+
+def generate_for(config, workdir: str, target_mflops: float) -> Dict[str, Any]:
+  """The architecture the selected generator of `workdir` gives for a budget."""
+  generator, params, grid, table, layout = load_generator(config, workdir)
+  g = config.generator
+  if not g.flops_low <= target_mflops <= g.flops_high:
+    print(f'warning: --target_flops={target_mflops} lies outside the trained range '
+          f'[{g.flops_low}, {g.flops_high}] MFLOPs; the generator extrapolates.', flush=True)
+  choices = generate(generator, params, grid, [target_mflops])[0]
+  macs = flops_lib.architecture_macs(choices, table)
+  return layout_lib.to_dict(choices, layout, target_mflops=float(target_mflops), macs=macs,
+                            mflops=macs / 1e6, expansions=layout_lib.expansions(choices).tolist())
