@@ -1,0 +1,259 @@
+"""SGNAS: FLOPs table and loss, sampling, the unified supernet, the generator."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pcdarts_jax.sgnas import flops as flops_lib
+from pcdarts_jax.sgnas import generator as generator_lib
+from pcdarts_jax.sgnas import layout as layout_lib
+from pcdarts_jax.sgnas import sampling
+from pcdarts_jax.sgnas import search
+from pcdarts_jax.sgnas import supernet as supernet_lib
+
+SKIP = layout_lib.SKIP
+# Two tiny layers: one residual (8 -> 8, stride 1), one reducing (8 -> 12, stride 2).
+TINY = layout_lib.Layout(
+    name='tiny', image_size=8, image_channels=1, num_classes=3, stem_channels=4,
+    stem_stride=1, first_channels=8, head_channels=16,
+    layers=(layout_lib.Layer(8, 8, 1, 8, 8), layout_lib.Layer(8, 12, 2, 8, 4)))
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  model = supernet_lib.Supernet(TINY, depthwise_impl='conv')
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 1))
+  variables = jax.jit(lambda k: model.init(k, x, supernet_lib.init_arch(TINY)))(
+      jax.random.PRNGKey(1))
+  # Non-trivial running statistics, so eval mode is not the identity BN.
+  variables = {'params': variables['params'], 'batch_stats': jax.tree.map(
+      lambda v: v + 0.3 * jax.random.uniform(jax.random.PRNGKey(2), v.shape),
+      variables['batch_stats'])}
+  return model, variables, x
+
+
+# ------------------------------------------------------------------ layouts
+
+
+def test_imagenet_layout_is_the_19_layer_spec():
+  lay = layout_lib.make_layout('imagenet', 224, 3, 1000)
+  assert lay.num_layers == 19
+  assert [l.c_out for l in lay.layers][:3] == [32, 32, 40]
+  assert lay.stem_size == 112 and lay.layers[-1].size_out == 7
+  assert sum(l.residual for l in lay.layers) == 13  # stride 1 and equal widths
+  cifar = layout_lib.make_layout('cifar', 32, 3, 100)
+  assert cifar.stem_size == 32 and cifar.layers[0].stride == 1
+  assert cifar.layers[-1].size_out == 4
+
+
+def test_unknown_layout_names_the_field():
+  with pytest.raises(ValueError, match=r"model.layout='huge' is not one of"):
+    layout_lib.make_layout('huge', 32, 3, 10)
+
+
+def test_architecture_string_round_trip_and_checks():
+  choices = np.array([[0, 1, 2, SKIP, 0, SKIP], [2, SKIP, SKIP, SKIP, SKIP, SKIP]])
+  text = layout_lib.to_string(choices)
+  assert text == '357x3x|7xxxxx'
+  np.testing.assert_array_equal(layout_lib.from_string(text), choices)
+  np.testing.assert_array_equal(layout_lib.expansions(choices), [4, 1])
+  assert layout_lib.group_of_choices(choices[0]) == (3, 5, 7, 3)
+  with pytest.raises(ValueError, match='group 0 of layer 1 skips'):
+    layout_lib.check_choices([[0] * 6, [SKIP] * 6], TINY)
+  with pytest.raises(ValueError, match=r'shape \(2, 6\)'):
+    layout_lib.check_choices([[0] * 6], TINY)
+
+
+# -------------------------------------------------------------------- FLOPs
+
+
+def test_table_by_hand():
+  table = flops_lib.lookup_table(TINY)
+  # Layer 0 (8 -> 8, 8x8 in and out): expand 64*8*8 + dw 64*k*k*8 + project 64*8*8.
+  assert table.per_group[0].tolist() == [64 * 8 * 8 * 2 + 64 * k * k * 8 for k in (3, 5, 7)] + [0]
+  # Layer 1 (8 -> 12, stride 2): expand at 8x8, depthwise and project at 4x4.
+  assert table.per_group[1, 0] == 64 * 8 * 8 + 16 * 9 * 8 + 16 * 8 * 12
+  stem, first = 64 * 9 * 1 * 4, 64 * 9 * 4 + 64 * 4 * 8
+  head, classifier = 16 * 12 * 16, 16 * 3
+  assert table.base == stem + first + head + classifier
+
+
+def test_expected_flops_equals_exact_at_one_hot():
+  lay = layout_lib.make_layout('cifar', 32, 3, 100)
+  table = flops_lib.lookup_table(lay)
+  archs = flops_lib.random_architectures(lay, 5, np.random.default_rng(0))
+  for choices in archs:
+    expected = float(flops_lib.expected_mflops(jnp.asarray(layout_lib.one_hot(choices)), table))
+    assert expected == pytest.approx(flops_lib.architecture_macs(choices, table) / 1e6, rel=1e-6)
+  low, high = flops_lib.macs_range(table)
+  exact = [flops_lib.architecture_macs(c, table) for c in archs]
+  assert low <= min(exact) and max(exact) <= high
+
+
+def test_expected_flops_is_differentiable_and_linear():
+  table = flops_lib.lookup_table(TINY)
+  probs = jnp.full((2, 6, 4), 0.25)
+  grad = jax.grad(lambda p: flops_lib.expected_mflops(p, table))(probs)
+  np.testing.assert_allclose(grad[:, 0], table.per_group / 1e6, rtol=1e-6)
+
+
+@pytest.mark.parametrize('flops, expected', [
+    (110.0, 3e-4 * 1.2 * 10.0 ** 2),   # above T + margin: alpha * lambda * diff^2
+    (90.0, 3e-4 * 10.0 ** 2),          # below T - margin: alpha * diff^2
+    (100.05, 0.0),                     # inside the dead zone
+    (99.95, 0.0),
+    (100.2, 3e-4 * 1.2 * 0.2 ** 2),    # just outside, above
+])
+def test_flops_loss_hand_cases(flops, expected):
+  loss = flops_lib.flops_loss(jnp.float32(flops), jnp.float32(100.0), 3e-4, 1.2, 0.1)
+  assert float(loss) == pytest.approx(expected, rel=1e-4, abs=1e-12)
+
+
+def test_prior_pool_tracks_targets():
+  lay = layout_lib.make_layout('cifar', 32, 3, 100)
+  table = flops_lib.lookup_table(lay)
+  grid = np.arange(80.0, 120.0, 5.0)
+  choices, mflops = flops_lib.prior_pool(lay, table, grid, seed=0, samples=2000)
+  assert choices.shape == (8, 19, 6) and np.all(choices[..., 0] != SKIP)
+  assert np.max(np.abs(mflops - grid)) < 1.0   # 2000 samples cover the range densely
+  np.testing.assert_allclose(
+      [flops_lib.architecture_macs(c, table) / 1e6 for c in choices], mflops)
+
+
+# ------------------------------------------------------------------ sampling
+
+
+def test_paths_are_fair_deterministic_and_valid():
+  # 15 steps x 4 paths = 60 draws: 12 full cycles of the 5 expansions, 20 of the 3 kernels.
+  paths = np.concatenate([sampling.sample_paths(7, step, 4, 19) for step in range(15)])
+  assert paths.shape == (60, 19, 6)
+  assert not np.any(paths[..., 0] == SKIP)  # group 0 never skips
+  for layer in range(19):
+    counts = np.bincount(layout_lib.expansions(paths[:, layer]), minlength=7)
+    assert counts.tolist() == [0, 0, 12, 12, 12, 12, 12]
+    assert np.bincount(paths[:, layer, 0], minlength=3).tolist() == [20, 20, 20]
+  np.testing.assert_array_equal(sampling.sample_paths(7, 3, 4, 19),
+                                sampling.sample_paths(7, 3, 4, 19))
+  assert not np.array_equal(sampling.sample_paths(7, 3, 4, 19), sampling.sample_paths(8, 3, 4, 19))
+
+
+# ------------------------------------------------------------------ supernet
+
+
+@pytest.mark.parametrize('train', [True, False])
+def test_single_path_equals_soft_at_one_hot(tiny, train):
+  model, variables, x = tiny
+  for seed in range(3):
+    choices = flops_lib.random_architectures(TINY, 1, np.random.default_rng(seed))[0]
+    hard, hard_stats = model.apply(variables, x, jnp.asarray(choices), train=train, hard=True,
+                                   mutable=['batch_stats'])
+    soft, soft_stats = model.apply(variables, x, jnp.asarray(layout_lib.one_hot(choices)),
+                                   train=train, hard=False, mutable=['batch_stats'])
+    np.testing.assert_allclose(hard, soft, atol=2e-5)
+    for a, b in zip(jax.tree.leaves(hard_stats), jax.tree.leaves(soft_stats)):
+      np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+@pytest.mark.parametrize('skipped', [0, 2, 5])
+def test_switchable_bn_follows_skipped_groups(tiny, skipped):
+  model, variables, x = tiny
+  choices = np.zeros((2, 6), np.int32)
+  choices[:, 6 - skipped:] = SKIP
+  _, new = model.apply(variables, x, jnp.asarray(choices), train=True, hard=True,
+                       mutable=['batch_stats'])
+  for layer in ('layer0', 'layer1'):
+    before = variables['batch_stats'][layer]['project_bn']['mean']
+    after = new['batch_stats'][layer]['project_bn']['mean']
+    moved = np.any(np.abs(np.asarray(after - before)) > 0, axis=1)
+    assert moved.tolist() == [row == skipped for row in range(6)]
+  # The soft mixture is the same BN at a one-hot architecture.
+  dist = supernet_lib.switchable_bn_weights(jnp.asarray(layout_lib.one_hot(choices[0])), False)
+  np.testing.assert_allclose(dist, np.eye(6)[skipped], atol=1e-7)
+
+
+def test_skip_count_distribution():
+  p = jnp.array([0.0, 0.5, 0.5, 0.0, 0.0, 0.0])
+  np.testing.assert_allclose(supernet_lib.skip_count_distribution(p),
+                             [0.25, 0.5, 0.25, 0, 0, 0], atol=1e-7)
+  dist = supernet_lib.skip_count_distribution(jax.random.uniform(jax.random.PRNGKey(0), (6,)))
+  assert float(dist.sum()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_single_path_runs_only_the_chosen_kernel(tiny):
+  """Each group is a 4-way conditional (3 kernels, skip): a single path runs one
+  branch per group instead of every kernel densely."""
+  model, variables, x = tiny
+  jaxpr = jax.make_jaxpr(lambda a: model.apply(variables, x, a, train=False, hard=True))(
+      jnp.zeros((2, 6), jnp.int32))
+  conds = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == 'cond']
+  assert len(conds) == 2 * 6 and all(len(e.params['branches']) == 4 for e in conds)
+  # Outside the conditionals no 5x5/7x7 depthwise conv is traced.
+  outside = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == 'conv_general_dilated']
+  assert all(e.invars[1].aval.shape[0] not in (5, 7) for e in outside)
+  soft = jax.make_jaxpr(lambda a: model.apply(variables, x, a, train=False, hard=False))(
+      jnp.full((2, 6, 4), 0.25))
+  dense = [e for e in soft.jaxpr.eqns if e.primitive.name == 'conv_general_dilated'
+           and e.invars[1].aval.shape[0] == 7]
+  assert len(dense) == 2  # The soft forward runs every kernel on every layer.
+
+
+def test_unchosen_kernels_get_no_gradient(tiny):
+  model, variables, x = tiny
+  choices = jnp.asarray([[0, 0, SKIP, SKIP, SKIP, SKIP], [1, 1, 1, 1, 1, 1]], jnp.int32)
+  grads = jax.grad(lambda p: jnp.sum(model.apply(
+      {'params': p, 'batch_stats': variables['batch_stats']}, x, choices, train=True,
+      hard=True, mutable=['batch_stats'])[0] ** 2))(variables['params'])
+  g0 = grads['layer0']
+  assert np.any(np.asarray(g0['dw3x3'][..., :16]) != 0)
+  assert not np.any(np.asarray(g0['dw3x3'][..., 16:]))   # groups 2..5 skipped
+  assert not np.any(np.asarray(g0['dw5x5'])) and not np.any(np.asarray(g0['dw7x7']))
+  assert not np.any(np.asarray(grads['layer1']['dw3x3']))
+
+
+# ----------------------------------------------------------------- generator
+
+
+def test_generator_never_skips_group_zero():
+  gen = generator_lib.Generator(hidden=8, blocks=1)
+  prior = jnp.asarray(layout_lib.one_hot(np.full((1, 3, 6), SKIP)))
+  params = gen.init(jax.random.PRNGKey(0), prior, jnp.zeros((1,)))
+  logits = gen.apply(params, prior, jnp.ones((1,)))
+  assert logits.shape == (1, 3, 6, 4)
+  # Whatever the net favours (here: skip everywhere by +100), group 0 picks a kernel.
+  choices = np.asarray(generator_lib.argmax_choices(logits.at[..., SKIP].add(100.0)))
+  assert np.all(choices[..., 0] != SKIP) and np.all(choices[..., 1:] == SKIP)
+  probs = generator_lib.gumbel_softmax(jax.random.PRNGKey(1), logits, 5.0)
+  np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-6)
+  assert float(jnp.max(probs[:, :, 0, SKIP])) < 1e-20
+
+
+def test_temperature_schedule():
+  from configs import sgnas_digits_search  # pylint: disable=g-import-not-at-top
+  config = sgnas_digits_search.get_config()
+  assert generator_lib.temperature(config, 0) == 5.0
+  assert generator_lib.temperature(config, 2) == pytest.approx(5.0 * 0.95 ** 2)
+
+
+def test_kendall_tau():
+  assert search.kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+  assert search.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+  assert search.kendall_tau([1, 2, 3], [1, 1, 1]) == 0.0
+  # Tau-b with a tie: (concordant - discordant) / sqrt(n0 (n0 - ties)).
+  assert search.kendall_tau([1, 2, 3], [1, 2, 2]) == pytest.approx(2 / np.sqrt(3 * 2))
+
+
+def test_config_errors_name_the_field():
+  from configs import sgnas_digits_search  # pylint: disable=g-import-not-at-top
+  config = sgnas_digits_search.get_config()
+  config.generator.flops_high = 5.0
+  with pytest.raises(search.ConfigError, match=r'generator.flops_low/flops_high=.*0.6'):
+    search.validate_config(config)
+  config = sgnas_digits_search.get_config()
+  config.model.layout = 'mobile'
+  with pytest.raises(search.ConfigError, match="model.layout='mobile' is not one of"):
+    search.validate_config(config)
+  config = sgnas_digits_search.get_config()
+  config.search.num_paths = 0
+  with pytest.raises(search.ConfigError, match='search.num_paths=0'):
+    search.validate_config(config)
