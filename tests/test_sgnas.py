@@ -144,12 +144,14 @@ def test_paths_are_fair_deterministic_and_valid():
 @pytest.mark.parametrize('train', [True, False])
 def test_single_path_equals_soft_at_one_hot(tiny, train):
   model, variables, x = tiny
+  hard_fn = jax.jit(lambda a: model.apply(variables, x, a, train=train, hard=True,
+                                          mutable=['batch_stats']))
+  soft_fn = jax.jit(lambda p: model.apply(variables, x, p, train=train, hard=False,
+                                          mutable=['batch_stats']))
   for seed in range(3):
     choices = flops_lib.random_architectures(TINY, 1, np.random.default_rng(seed))[0]
-    hard, hard_stats = model.apply(variables, x, jnp.asarray(choices), train=train, hard=True,
-                                   mutable=['batch_stats'])
-    soft, soft_stats = model.apply(variables, x, jnp.asarray(layout_lib.one_hot(choices)),
-                                   train=train, hard=False, mutable=['batch_stats'])
+    hard, hard_stats = hard_fn(jnp.asarray(choices))
+    soft, soft_stats = soft_fn(jnp.asarray(layout_lib.one_hot(choices)))
     np.testing.assert_allclose(hard, soft, atol=2e-5)
     for a, b in zip(jax.tree.leaves(hard_stats), jax.tree.leaves(soft_stats)):
       np.testing.assert_allclose(a, b, atol=2e-6)
@@ -160,8 +162,8 @@ def test_switchable_bn_follows_skipped_groups(tiny, skipped):
   model, variables, x = tiny
   choices = np.zeros((2, 6), np.int32)
   choices[:, 6 - skipped:] = SKIP
-  _, new = model.apply(variables, x, jnp.asarray(choices), train=True, hard=True,
-                       mutable=['batch_stats'])
+  _, new = jax.jit(lambda a: model.apply(variables, x, a, train=True, hard=True,
+                                         mutable=['batch_stats']))(jnp.asarray(choices))
   for layer in ('layer0', 'layer1'):
     before = variables['batch_stats'][layer]['project_bn']['mean']
     after = new['batch_stats'][layer]['project_bn']['mean']
@@ -201,9 +203,9 @@ def test_single_path_runs_only_the_chosen_kernel(tiny):
 def test_unchosen_kernels_get_no_gradient(tiny):
   model, variables, x = tiny
   choices = jnp.asarray([[0, 0, SKIP, SKIP, SKIP, SKIP], [1, 1, 1, 1, 1, 1]], jnp.int32)
-  grads = jax.grad(lambda p: jnp.sum(model.apply(
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply(
       {'params': p, 'batch_stats': variables['batch_stats']}, x, choices, train=True,
-      hard=True, mutable=['batch_stats'])[0] ** 2))(variables['params'])
+      hard=True, mutable=['batch_stats'])[0] ** 2)))(variables['params'])
   g0 = grads['layer0']
   assert np.any(np.asarray(g0['dw3x3'][..., :16]) != 0)
   assert not np.any(np.asarray(g0['dw3x3'][..., 16:]))   # groups 2..5 skipped
@@ -217,8 +219,8 @@ def test_unchosen_kernels_get_no_gradient(tiny):
 def test_generator_never_skips_group_zero():
   gen = generator_lib.Generator(hidden=8, blocks=1)
   prior = jnp.asarray(layout_lib.one_hot(np.full((1, 3, 6), SKIP)))
-  params = gen.init(jax.random.PRNGKey(0), prior, jnp.zeros((1,)))
-  logits = gen.apply(params, prior, jnp.ones((1,)))
+  params = jax.jit(gen.init)(jax.random.PRNGKey(0), prior, jnp.zeros((1,)))
+  logits = jax.jit(gen.apply)(params, prior, jnp.ones((1,)))
   assert logits.shape == (1, 3, 6, 4)
   # Whatever the net favours (here: skip everywhere by +100), group 0 picks a kernel.
   choices = np.asarray(generator_lib.argmax_choices(logits.at[..., SKIP].add(100.0)))

@@ -599,7 +599,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
       mflops = np.array([flops_lib.architecture_macs(c, table) for c in choices]) / 1e6
       errors = np.abs(mflops - grid.grid)
       tau_k = kendall_tau(grid.grid, mflops)
-      rows = [{'target': float(t), 'mflops': float(f), 'architecture': layout_lib.to_string(c)}
+      rows = [{'target': round(float(t), 6), 'mflops': float(f), 'architecture': layout_lib.to_string(c)}
               for t, f, c in zip(grid.grid, mflops, choices)]
       for i in accuracy_targets:
         rows[i]['valid'] = path_accuracy(frozen, choices[i])
@@ -641,7 +641,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
   summary = {
       'layout': layout.name, 'supernet_weights': n_weights,
       'flops_range_mflops': [x / 1e6 for x in flops_lib.macs_range(table)],
-      'targets_mflops': grid.grid.tolist(),
+      'targets_mflops': [round(float(t), 6) for t in grid.grid],
       'supernet': {'epochs': s.epochs, 'steps': s.epochs * spe,
                    'step_seconds': (supernet_figures['step_seconds'] /
                                     supernet_figures['steps'] if supernet_figures['steps']
