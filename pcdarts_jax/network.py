@@ -31,7 +31,8 @@ from pcdarts_jax import initializers
 from pcdarts_jax import ops
 from pcdarts_jax import parallel
 
-NETWORKS = ('cifar', 'imagenet')
+SGNAS = 'sgnas'  # The stand-alone network of an SGNAS architecture (pcdarts_jax.sgnas.network).
+NETWORKS = ('cifar', 'imagenet', SGNAS)
 DTYPES = ('float32', 'bfloat16')
 DROP_PATH_RNG = 'drop_path'  # Flax rng stream of the drop-path masks.
 AUXILIARY = 'auxiliary_head'  # Module name; excluded from parameter counts.
@@ -250,19 +251,54 @@ def _get(model_config, name: str, default):
   return getattr(model_config, name, default)
 
 
-def build_network(config, axis_name: Optional[str] = None,
-                  genotype: Optional[genotypes.Genotype] = None) -> _Network:
+def is_sgnas(config) -> bool:
+  return _get(config.model, 'network', 'cifar') == SGNAS
+
+
+def _sgnas():
+  from pcdarts_jax.sgnas import network as sgnas_network  # pylint: disable=g-import-not-at-top
+  return sgnas_network
+
+
+def resolve_architecture(config, name_or_path: Optional[str] = None):
+  """What `config.genotype` (or `name_or_path`) names for `config.model.network`:
+  a DARTS Genotype (see resolve_genotype), or for 'sgnas' the (L, 6) choices of an
+  SGNAS architecture (a JSON file, a train workdir or an architecture string)."""
+  name = config.genotype if name_or_path is None else name_or_path
+  if is_sgnas(config):
+    return _sgnas().resolve_architecture(config, name)
+  return resolve_genotype(name)
+
+
+def architecture_dict(config, architecture) -> Dict[str, Any]:
+  """The JSON record of an architecture (a train workdir's genotype.json)."""
+  if is_sgnas(config):
+    return _sgnas().architecture_dict(config, architecture)
+  return genotypes.to_dict(architecture)
+
+
+def architecture_json(config, architecture) -> str:
+  if is_sgnas(config):
+    return _sgnas().architecture_json(config, architecture)
+  return genotypes.to_json(architecture)
+
+
+def build_network(config, axis_name: Optional[str] = None, genotype=None) -> nn.Module:
   """The evaluation network of a train config (`config.model`, `config.genotype`).
 
-  `genotype` overrides `config.genotype` (a name, a genotype.json path or a
-  search workdir).
+  `genotype` overrides `config.genotype`: a name, a genotype.json path or a
+  search workdir, or a Genotype; for model.network='sgnas' the architecture's
+  (L, 6) choices (pcdarts_jax.sgnas.network.build_network).
   """
   m = config.model
-  if genotype is None:
-    genotype = resolve_genotype(config.genotype)
   network = _get(m, 'network', 'cifar')
   if network not in NETWORKS:
     raise ValueError(f'model.network={network!r} is not one of {NETWORKS}.')
+  if network == SGNAS:
+    choices = resolve_architecture(config) if genotype is None else genotype
+    return _sgnas().build_network(config, choices, axis_name)
+  if genotype is None:
+    genotype = resolve_genotype(config.genotype)
   cls = NetworkCIFAR if network == 'cifar' else NetworkImageNet
   return cls(genotype=genotype, init_channels=m.init_channels, num_classes=m.num_classes,
              layers=m.layers, auxiliary=_get(m, 'auxiliary', True),
@@ -292,7 +328,7 @@ def variable_shapes(model: nn.Module, shape: Sequence[int]) -> Dict[str, Any]:
 
 def _for_counting(model: nn.Module) -> nn.Module:
   """The grouped-conv depthwise implementation traces fastest; shapes are the same."""
-  if isinstance(model, _Network):
+  if hasattr(model, 'depthwise_impl') and hasattr(model, 'axis_name'):
     return model.clone(depthwise_impl='conv', axis_name=None)
   return model
 

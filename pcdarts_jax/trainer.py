@@ -1,12 +1,16 @@
 """The one trainer of evaluation networks (CIFAR and ImageNet), and their evaluation.
 
+The network is `network.build_network(config)`: a DARTS evaluation network of
+`config.genotype`, or (model.network='sgnas') the stand-alone network of an
+SGNAS architecture (pcdarts_jax.sgnas.network).
+
 Steps are pure functions run under `parallel.pmap_step` over the local devices
 (one device takes the same path): `train_step(state, batch, rng, drop_path_prob)`
 and `eval_step(state, batch)`. BatchNorm statistics, gradients and metric sums
 are reduced over the device axis on device; the host reads the metric sums only
 at log, checkpoint and epoch points. Per-example randomness (crop, flip, cutout,
-drop-path) is keyed by the example's global position, so it does not depend on
-the device count.
+drop-path, SGNAS dropout) is keyed by the example's global position, so it does
+not depend on the device count.
 
 Data access is behind `_datasets(config)`: CIFAR and digits are read into host
 memory; ImageNet is streamed by `pcdarts_jax.input_pipeline`. Either way the
@@ -31,7 +35,6 @@ import optax
 from pcdarts_jax import checkpoint
 from pcdarts_jax import config_validation
 from pcdarts_jax import data
-from pcdarts_jax import genotypes
 from pcdarts_jax import initializers
 from pcdarts_jax import input_pipeline
 from pcdarts_jax import loop
@@ -92,11 +95,15 @@ def _integer(value, field: str, low: int):
 def validate_train_config(config, num_devices: int = 1):
   """Raises ConfigError (one line naming the field and the allowed values)."""
   d, m, t = config.data, config.model, config.train
-  try:
-    genotype = network.resolve_genotype(config.genotype)
-    network.check_genotype(genotype, f'genotype={config.genotype!r}')
-  except ValueError as e:
-    raise ConfigError(f'genotype={config.genotype!r}: {e}') from None
+  _require(m.network in network.NETWORKS,
+           f'model.network={m.network!r} is not one of {network.NETWORKS}.')
+  sgnas = m.network == network.SGNAS
+  if not sgnas:  # The DARTS genotype first: it names the run.
+    try:
+      genotype = network.resolve_genotype(config.genotype)
+      network.check_genotype(genotype, f'genotype={config.genotype!r}')
+    except ValueError as e:
+      raise ConfigError(f'genotype={config.genotype!r}: {e}') from None
   _require(d.name in DATASETS, f'data.name={d.name!r} is not one of {DATASETS}.')
   size, _, channels = input_pipeline.image_shape(d)
   _require(len(d.mean) == channels and len(d.std) == channels,
@@ -105,26 +112,13 @@ def validate_train_config(config, num_devices: int = 1):
   _integer(d.crop_padding, 'data.crop_padding', 0)
   _require_bool(d.random_flip, 'data.random_flip')
 
-  _require(m.network in network.NETWORKS,
-           f'model.network={m.network!r} is not one of {network.NETWORKS}.')
   classes = input_pipeline.num_classes(d.name)
   _require(m.num_classes == classes,
            f'model.num_classes={m.num_classes!r} but {d.name} has {classes} classes.')
-  _integer(m.init_channels, 'model.init_channels', 1)
-  _integer(m.layers, 'model.layers', 1)
-  _require(m.network != 'imagenet' or m.init_channels % 2 == 0,
-           f'model.init_channels={m.init_channels} must be even for model.network='
-           f"'imagenet' (its stem halves it and cell 0 factor-reduces to it).")
-  halvings = 2 + (3 if m.network == 'imagenet' else 0)
-  _require(size % 2 ** halvings == 0,
-           f'{d.name} images are {size}x{size}; model.network={m.network!r} halves them '
-           f'{halvings} times and needs a size divisible by {2 ** halvings}.')
-  _require_bool(m.auxiliary, 'model.auxiliary')
-  aux_size = size // 2 ** halvings if m.network == 'imagenet' else size // 4
-  _require(not m.auxiliary or aux_size >= 5,
-           f'model.auxiliary=True needs 5x5 maps at cell 2*layers//3, but {d.name} '
-           f'({size}x{size}) gives {aux_size}x{aux_size}; allowed: False.')
-  _number(m.drop_path_prob, 'model.drop_path_prob', 0.0, 1.0)
+  if sgnas:
+    _validate_sgnas_model(config)
+  else:
+    _validate_darts_model(config, size)
   _require(m.depthwise_impl in ops.DEPTHWISE_IMPLS,
            f'model.depthwise_impl={m.depthwise_impl!r} is not one of {ops.DEPTHWISE_IMPLS}.')
   _require(m.dtype in network.DTYPES,
@@ -148,7 +142,8 @@ def validate_train_config(config, num_devices: int = 1):
   _number(t.weight_decay, 'train.weight_decay', 0.0)
   _number(t.grad_clip, 'train.grad_clip', 0.0)
   _number(t.label_smoothing, 'train.label_smoothing', 0.0, 1.0)
-  _number(t.aux_weight, 'train.aux_weight', 0.0)
+  if not sgnas:
+    _number(t.aux_weight, 'train.aux_weight', 0.0)
   # Test batches are padded and masked, so only the train batch must split evenly.
   _require(t.batch_size % num_devices == 0,
            f'train.batch_size={t.batch_size} is not divisible by the {num_devices} devices '
@@ -163,6 +158,52 @@ def validate_train_config(config, num_devices: int = 1):
            f'{config_validation.PROGRESS_MODES}.')
   for field in ('tensorboard', 'pictures'):
     _require_bool(config.monitor[field], f'monitor.{field}')
+
+
+def _validate_darts_model(config, size: int):
+  """The fields of the DARTS evaluation networks (cifar, imagenet)."""
+  d, m = config.data, config.model
+  _integer(m.init_channels, 'model.init_channels', 1)
+  _integer(m.layers, 'model.layers', 1)
+  _require(m.network != 'imagenet' or m.init_channels % 2 == 0,
+           f'model.init_channels={m.init_channels} must be even for model.network='
+           f"'imagenet' (its stem halves it and cell 0 factor-reduces to it).")
+  halvings = 2 + (3 if m.network == 'imagenet' else 0)
+  _require(size % 2 ** halvings == 0,
+           f'{d.name} images are {size}x{size}; model.network={m.network!r} halves them '
+           f'{halvings} times and needs a size divisible by {2 ** halvings}.')
+  _require_bool(m.auxiliary, 'model.auxiliary')
+  aux_size = size // 2 ** halvings if m.network == 'imagenet' else size // 4
+  _require(not m.auxiliary or aux_size >= 5,
+           f'model.auxiliary=True needs 5x5 maps at cell 2*layers//3, but {d.name} '
+           f'({size}x{size}) gives {aux_size}x{aux_size}; allowed: False.')
+  _number(m.drop_path_prob, 'model.drop_path_prob', 0.0, 1.0)
+
+
+def _validate_sgnas_model(config):
+  """The fields of the SGNAS stand-alone network and its architecture (config.genotype)."""
+  from pcdarts_jax.sgnas import layout as layout_lib  # pylint: disable=g-import-not-at-top
+  from pcdarts_jax.sgnas import network as sgnas_network  # pylint: disable=g-import-not-at-top
+  m = config.model
+  _require(m.get('layout') in layout_lib.PRESETS,
+           f"model.layout={m.get('layout')!r} is not one of {tuple(layout_lib.PRESETS)}.")
+  try:
+    network.resolve_architecture(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _require_bool(m.get('se', False), 'model.se')
+  _require(m.get('activation', 'relu6') in sgnas_network.ACTIVATIONS,
+           f"model.activation={m.get('activation')!r} is not one of "
+           f'{sgnas_network.ACTIVATIONS}.')
+  _number(m.get('dropout', 0.0), 'model.dropout', 0.0, 1.0)
+  _require(_drop_path_prob(config) == 0,
+           f'model.drop_path_prob={_drop_path_prob(config)!r}: model.network='
+           f"'sgnas' has no drop-path; allowed: 0 (regularise with model.dropout).")
+
+
+def _drop_path_prob(config) -> float:
+  """The final drop-path probability; 0 where the network has none (SGNAS configs)."""
+  return config.model.get('drop_path_prob', 0.0)
 
 
 # ------------------------------------------------------------------------ data
@@ -266,7 +307,7 @@ def make_train_step(model, config, tx: optax.GradientTransformation,
   """
   d, t = config.data, config.train
   augment = data.train_augment(d)
-  use_drop_path = config.model.drop_path_prob > 0
+  use_drop_path = _drop_path_prob(config) > 0
 
   def step(state: TrainState, batch, rng, drop_path_prob):
     aug_rng, cut_rng, path_rng = jax.random.split(rng, 3)
@@ -371,9 +412,13 @@ def _check_workdir(paths: rundir.Workdir, config, genotype):
   """Refuses, before anything is written, a workdir this run must not touch."""
   rundir.check_resumable(paths, config, RESUMABLE_CHANGES, 'training run')
   if os.path.exists(paths.genotype):
-    with open(paths.genotype) as f:
-      trained = genotypes.from_json(f.read())
-    if genotypes.to_dict(trained) != genotypes.to_dict(genotype):
+    try:
+      trained = network.resolve_architecture(config, paths.genotype)
+    except ValueError as e:
+      raise ConfigError(f'--workdir={paths.root!r}: its {paths.genotype} does not load for '
+                        f'this config ({e}); use a new workdir.') from None
+    if (network.architecture_dict(config, trained) !=
+        network.architecture_dict(config, genotype)):
       raise ConfigError(
           f'--workdir={paths.root!r} trains the genotype in {paths.genotype}, but '
           f'genotype={config.genotype!r} now gives a different one; use a new workdir.')
@@ -391,12 +436,14 @@ def train(config, workdir: str) -> Dict[str, Any]:
 
   Writes, under `workdir` (process 0 only): config.json, genotype.json,
   train_log.jsonl (one line per epoch), summary.json, checkpoints/,
-  tensorboard/ and plots/ (the cells). Raises TrainingInterrupted on
+  tensorboard/ and plots/ (the DARTS cells; none for SGNAS). genotype.json holds
+  the architecture: the DARTS genotype, or the SGNAS architecture record with its
+  lookup-table MACs (it loads back as `config.genotype`). Raises TrainingInterrupted on
   SIGTERM/SIGINT (after checkpointing) and loop.NonFiniteError on a non-finite
   loss.
   """
   validate_train_config(config, parallel.device_count())
-  genotype = network.resolve_genotype(config.genotype)
+  genotype = network.resolve_architecture(config)  # SGNAS: the (L, 6) choices.
   source = _datasets(config)
   paths = rundir.Workdir(workdir, LOG_NAME)
   main = parallel.is_main_process()
@@ -408,6 +455,10 @@ def train(config, workdir: str) -> Dict[str, Any]:
   init_rng, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
   state = create_train_state(model, config, init_rng, spe)
   n_params = network.count_params(model, network.input_shape(config))
+  # SGNAS: multiply-adds of the network as built (SE included); the lookup table's
+  # figure of the architecture is in genotype.json.
+  macs = (network.count_macs(model, network.input_shape(config))
+          if network.is_sgnas(config) else None)
 
   if main:
     os.makedirs(paths.root, exist_ok=True)
@@ -420,8 +471,8 @@ def train(config, workdir: str) -> Dict[str, Any]:
                         f'checkpoints could be restored (see above); choose a new workdir.')
     if main:
       rundir.write_atomic(paths.config, json.dumps(rundir.config_json(config), indent=2) + '\n')
-      rundir.write_atomic(paths.genotype, genotypes.to_json(genotype) + '\n')
-      if config.monitor.pictures:
+      rundir.write_atomic(paths.genotype, network.architecture_json(config, genotype) + '\n')
+      if config.monitor.pictures and not network.is_sgnas(config):  # No DARTS cells.
         visualize.draw_genotype(genotype, os.path.join(paths.plots, 'cell'))
   else:
     step_done, state, meta = restored
@@ -438,9 +489,10 @@ def train(config, workdir: str) -> Dict[str, Any]:
       kept = [line for line in f if line.strip() and json.loads(line)['epoch'] < start_epoch]
     rundir.write_atomic(paths.jsonl, ''.join(kept))
 
-  print(f'{type(model).__name__} {config.genotype}: {n_params:,} parameters (auxiliary '
-        f'head excluded), {spe} steps/epoch, {t.epochs} epochs, '
-        f'{parallel.device_count()} device(s)', flush=True)
+  size_text = (f'{n_params:,} parameters, {macs / 1e6:.6g} MFLOPs' if macs is not None else
+               f'{n_params:,} parameters (auxiliary head excluded)')
+  print(f'{type(model).__name__} {config.genotype}: {size_text}, {spe} steps/epoch, '
+        f'{t.epochs} epochs, {parallel.device_count()} device(s)', flush=True)
   p_train = parallel.pmap_step(make_train_step(model, config, tx, parallel.AXIS),
                                in_axes=(0, 0, None, None))
   p_eval = parallel.pmap_step(make_eval_step(model, config, parallel.AXIS), in_axes=(0, 0),
@@ -474,7 +526,7 @@ def train(config, workdir: str) -> Dict[str, Any]:
       if first and meta['sums'] is not None:  # Resumed mid-epoch.
         sums = parallel.replicate({k: jnp.asarray(v, jnp.float32)
                                    for k, v in meta['sums'].items()})
-      drop_prob = jnp.float32(config.model.drop_path_prob * epoch / t.epochs)
+      drop_prob = jnp.float32(_drop_path_prob(config) * epoch / t.epochs)
       progress = monitor.Progress(epoch, t.epochs, spe, t.batch_size, t.log_every_steps,
                                   interactive, initial=first)
       loop_start = time.time()
@@ -543,6 +595,8 @@ def train(config, workdir: str) -> Dict[str, Any]:
     test = evaluate(p_eval, replicated, source)
   summary = _summary(paths, config, genotype, n_params, test, meta, steps_run, step_seconds,
                      t.epochs * spe)
+  if macs is not None:
+    summary['macs'] = macs
   if main:
     rundir.write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
   print(f"training done: test top-1 accuracy {test['accuracy']:.4f}, top-5 "
@@ -561,7 +615,7 @@ def _summary(paths: rundir.Workdir, config, genotype, n_params: int, test, meta,
   best = max(tested, key=lambda r: r['test']['accuracy']) if tested else None
   return {
       'genotype_name': config.genotype,
-      'genotype': genotypes.to_dict(genotype),
+      'genotype': network.architecture_dict(config, genotype),
       'network': config.model.network,
       'parameters': n_params,
       'test': {**test, 'top1_error': 1.0 - test['accuracy'],
@@ -578,11 +632,12 @@ def _summary(paths: rundir.Workdir, config, genotype, n_params: int, test, meta,
 # ------------------------------------------------------------------ evaluation
 
 
-def _genotype_for(config, workdir: Optional[str]) -> genotypes.Genotype:
-  """The genotype a train workdir was trained with (its genotype.json), else the config's."""
+def _genotype_for(config, workdir: Optional[str]):
+  """The architecture a train workdir was trained with (its genotype.json), else the
+  config's: a DARTS Genotype, or the (L, 6) choices of an SGNAS architecture."""
   if workdir and os.path.exists(rundir.Workdir(workdir, LOG_NAME).genotype):
-    return network.resolve_genotype(rundir.Workdir(workdir, LOG_NAME).genotype)
-  return network.resolve_genotype(config.genotype)
+    return network.resolve_architecture(config, rundir.Workdir(workdir, LOG_NAME).genotype)
+  return network.resolve_architecture(config)
 
 
 def evaluate_checkpoint(config, workdir: Optional[str] = None,
@@ -593,7 +648,13 @@ def evaluate_checkpoint(config, workdir: Optional[str] = None,
   if (workdir is None) == (torch_state_dict is None):
     raise ValueError('give exactly one of a train workdir and a PyTorch state_dict.')
   validate_train_config(config, parallel.device_count())
-  genotype = _genotype_for(config, workdir)
+  if torch_state_dict is not None and network.is_sgnas(config):
+    raise ConfigError("a PyTorch state_dict can be read only for the DARTS evaluation "
+                      "networks (model.network 'cifar' | 'imagenet'), not 'sgnas'.")
+  try:
+    genotype = _genotype_for(config, workdir)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   source = _datasets(config, need_train=False)
   model = network.build_network(config, parallel.AXIS, genotype)
   if workdir is not None:
