@@ -25,7 +25,7 @@ from ml_collections import config_dict
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.genotype = 'SGNAS_A'           # published name | architecture JSON | train workdir | string
+  config.genotype = 'SGNAS_A'           # published name | architecture JSON | string | workdir
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'cifar100'         # cifar10 | cifar100 | digits | imagenet2012

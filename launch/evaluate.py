@@ -1,13 +1,16 @@
 """Top-1/top-5 error on the test split of a trained network; one JSON line on stdout.
 
   python -m launch.evaluate --config=configs/digits_train.py --workdir=/tmp/train
+  python -m launch.evaluate --config=configs/sgnas_digits_train.py \
+      --workdir=/tmp/sgnas_train
   python -m launch.evaluate --config=configs/cifar10_train.py --config.genotype=PCDARTS \
       --torch_checkpoint=weights.pt
 
 --workdir: the newest checkpoint of a launch.train run (its genotype.json names
-the cells). --torch_checkpoint: a reference DARTS / PC-DARTS evaluation network
-(`torch.save(model.state_dict())`, or a checkpoint dict with a `state_dict`
-entry), read with torch; a .npz of the same arrays needs no torch.
+the DARTS cells or the SGNAS architecture). --torch_checkpoint: a reference
+DARTS / PC-DARTS evaluation network (`torch.save(model.state_dict())`, or a
+checkpoint dict with a `state_dict` entry), read with torch; a .npz of the same
+arrays needs no torch.
 Exit status 2 on a config, data or checkpoint error.
 """
 

@@ -2,6 +2,8 @@
 
   python -m launch.train --config=configs/digits_train.py --workdir=/tmp/train \
       [--config.genotype=DARTS_V2 --config.train.epochs=2 ...]
+  python -m launch.train --config=configs/sgnas_digits_train.py --workdir=/tmp/sgnas_train \
+      [--config.genotype=/tmp/sgd/architecture_0.3M.json]   # an SGNAS architecture
 
 Exit status: 0 done, or stopped by SIGTERM/SIGINT after writing a checkpoint
 (run the same command to resume); 1 the loss went non-finite; 2 a config, data

@@ -44,6 +44,8 @@ from pcdarts_jax import ops
 from pcdarts_jax import parallel
 from pcdarts_jax import rundir
 from pcdarts_jax import visualize
+from pcdarts_jax.sgnas import layout as sgnas_layout
+from pcdarts_jax.sgnas import network as sgnas_network
 
 IMAGENET = input_pipeline.IMAGENET
 DATASETS = input_pipeline.dataset_names()
@@ -182,11 +184,9 @@ def _validate_darts_model(config, size: int):
 
 def _validate_sgnas_model(config):
   """The fields of the SGNAS stand-alone network and its architecture (config.genotype)."""
-  from pcdarts_jax.sgnas import layout as layout_lib  # pylint: disable=g-import-not-at-top
-  from pcdarts_jax.sgnas import network as sgnas_network  # pylint: disable=g-import-not-at-top
   m = config.model
-  _require(m.get('layout') in layout_lib.PRESETS,
-           f"model.layout={m.get('layout')!r} is not one of {tuple(layout_lib.PRESETS)}.")
+  _require(isinstance(m.get('layout'), str) and m.layout in sgnas_layout.PRESETS,
+           f"model.layout={m.get('layout')!r} is not one of {tuple(sgnas_layout.PRESETS)}.")
   try:
     network.resolve_architecture(config)
   except ValueError as e:
