@@ -38,8 +38,11 @@ class RowBatchNorm(nn.Module):
   row r's running averages move by u_r of the usual update (`update_weights`,
   default `weights`), so a one-hot row weight is exactly one ordinary BatchNorm;
   rows with weight 0 are left alone.
-  Eval mode uses each row's running averages. Statistics as nn.BatchNorm
-  (biased batch variance; PyTorch momentum 0.1, eps 1e-5).
+  Eval mode uses each row's running averages. Biased batch variance, PyTorch
+  momentum 0.1, eps 1e-5. The variance is two-pass, E[(x - mean)^2], not
+  E[x^2] - mean^2: on near-constant channels (small maps after ReLU6) the
+  one-pass form cancels catastrophically and made a step's result depend on
+  1e-7 input noise at the 1e-3 level (seen as 1-vs-N-device disagreement).
   """
   rows: int
   axis_name: Optional[str] = None
@@ -56,11 +59,12 @@ class RowBatchNorm(nn.Module):
     var = self.variable('batch_stats', 'var', jnp.ones, (self.rows, c), jnp.float32)
     xf = x.astype(jnp.float32)
     if train:
-      moments = jnp.stack([jnp.mean(xf, (0, 1, 2)), jnp.mean(xf * xf, (0, 1, 2))])
+      batch_mean = jnp.mean(xf, (0, 1, 2))
       if self.axis_name is not None:
-        moments = lax.pmean(moments, self.axis_name)
-      batch_mean = moments[0]
-      batch_var = jnp.maximum(moments[1] - batch_mean ** 2, 0.0)
+        batch_mean = lax.pmean(batch_mean, self.axis_name)
+      batch_var = jnp.mean(jnp.square(xf - batch_mean), (0, 1, 2))
+      if self.axis_name is not None:
+        batch_var = lax.pmean(batch_var, self.axis_name)
       if not self.is_initializing():
         step = (1.0 - ops.BN_MOMENTUM) * lax.stop_gradient(update_weights)
         mean.value = mean.value + step * (lax.stop_gradient(batch_mean) - mean.value)

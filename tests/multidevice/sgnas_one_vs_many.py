@@ -1,0 +1,111 @@
+"""SGNAS steps on 1 device vs N devices, same global batch (own process: the forced
+host device count must precede jax's start).
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice/sgnas_one_vs_many.py
+
+Prints one JSON line: max abs differences of the supernet weights and BatchNorm
+statistics after 2 supernet steps (4 paths each), and of the generator weights
+after 2 generator steps on the trained supernet.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from configs import sgnas_digits_search
+from pcdarts_jax import data
+from pcdarts_jax import parallel
+from pcdarts_jax.sgnas import flops as flops_lib
+from pcdarts_jax.sgnas import generator as generator_lib
+from pcdarts_jax.sgnas import layout as layout_lib
+from pcdarts_jax.sgnas import sampling
+from pcdarts_jax.sgnas import search
+from pcdarts_jax.sgnas import supernet as supernet_lib
+
+STEPS = 2
+
+
+def run(config, devices):
+  train_set, held_out = data.search_splits(config.data)
+  lay = layout_lib.layout_of_config(config)
+  table = flops_lib.lookup_table(lay)
+  model = supernet_lib.Supernet(lay, depthwise_impl='dense')
+  step_model = supernet_lib.Supernet(lay, parallel.AXIS, 'dense')
+  sample = data.normalize(train_set.images[:1], config.data.mean, config.data.std)
+  variables = model.init(jax.random.PRNGKey(0), sample, supernet_lib.init_arch(lay))
+  tx = search.supernet_optimizer(config, 100)
+  state = search.SupernetState(jnp.zeros((), jnp.int32), variables['params'],
+                               variables['batch_stats'], tx.init(variables['params']))
+  step = parallel.pmap_step(search.make_supernet_step(step_model, config, tx, parallel.AXIS),
+                            in_axes=(0, 0, None, None), devices=devices)
+  state = parallel.replicate(state, devices)
+  b = config.search.batch_size
+  batch = lambda s, i: parallel.shard({'image': s.images[i * b:(i + 1) * b],
+                                       'label': s.labels[i * b:(i + 1) * b]}, len(devices))
+  for i in range(STEPS):
+    paths = sampling.sample_paths(0, i, config.search.num_paths, lay.num_layers)
+    state, _ = step(state, batch(train_set, i), paths, jax.random.PRNGKey(i))
+  host = jax.device_get(parallel.unreplicate(state))
+
+  grid_values = search.targets(config)
+  prior, _ = flops_lib.prior_pool(lay, table, grid_values, 0, 500)
+  grid = search.Targets(grid_values.astype(np.float32), layout_lib.one_hot(prior),
+                        float(grid_values[0]), float(grid_values[-1]))
+  gen = generator_lib.Generator(8, 1)
+  gen_params = gen.init(jax.random.PRNGKey(1), grid.prior[:1], jnp.zeros((1,)))
+  gtx = search.generator_optimizer(config)
+  gstate = search.GeneratorState(jnp.zeros((), jnp.int32), gen_params, gtx.init(gen_params))
+  gstep = parallel.pmap_step(
+      search.make_generator_step(step_model, gen, config, table, grid, gtx, parallel.AXIS),
+      in_axes=(0, 0, 0, None, None), devices=devices)
+  frozen = parallel.replicate({'params': host.params, 'batch_stats': host.batch_stats},
+                              devices)
+  gstate = parallel.replicate(gstate, devices)
+  # The raw generator gradient (SGD, lr 1: the update is -gradient). Adam's
+  # updates are ~lr·sign(g) for gradients at rounding level, so they are compared
+  # with a looser bound.
+  sgd = optax.sgd(1.0)
+  grad_step = parallel.pmap_step(
+      search.make_generator_step(step_model, gen, config, table, grid, sgd, parallel.AXIS),
+      in_axes=(0, 0, 0, None, None), devices=devices)
+  start = search.GeneratorState(jnp.zeros((), jnp.int32), gen_params, sgd.init(gen_params))
+  after, _ = grad_step(parallel.replicate(start, devices), frozen, batch(held_out, 0),
+                       jax.random.PRNGKey(10), jnp.float32(5.0))
+  gradient = jax.tree.map(lambda a, b: a - b, gen_params,
+                          jax.device_get(parallel.unreplicate(after)).params)
+  for i in range(STEPS):
+    gstate, sums = gstep(gstate, frozen, batch(held_out, i), jax.random.PRNGKey(10 + i),
+                         jnp.float32(5.0))
+  sums = {k: float(v) for k, v in jax.device_get(parallel.unreplicate(sums)).items()}
+  return host, jax.device_get(parallel.unreplicate(gstate)).params, gradient, sums
+
+
+def max_diff(a, b) -> float:
+  return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def main():
+  config = sgnas_digits_search.get_config()
+  config.search.batch_size = 16
+  devices = jax.local_devices()
+  one, gen_one, grad_one, sums_one = run(config, devices[:1])
+  many, gen_many, grad_many, sums_many = run(config, devices)
+  print(json.dumps({
+      'devices': len(devices),
+      'params': max_diff(one.params, many.params),
+      'batch_stats': max_diff(one.batch_stats, many.batch_stats),
+      'generator': max_diff(gen_one, gen_many),
+      'generator_gradient': max_diff(grad_one, grad_many),
+      'generator_gradient_scale': max_diff(grad_one, jax.tree.map(np.zeros_like, grad_one)),
+      'generator_moved': max_diff(gen_one, jax.tree.map(np.zeros_like, gen_one)),
+      'sums': max(abs(sums_one[k] - sums_many[k]) for k in sums_one),
+      'steps': sums_many['steps'],
+  }))
+
+
+if __name__ == '__main__':
+  main()
