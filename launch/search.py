@@ -3,6 +3,10 @@
   python -m launch.search --config=configs/digits_search.py --workdir=/tmp/run \
       [--config.search.epochs=2 ...]
 
+An SGNAS config (model.space='sgnas', configs/sgnas_*_search.py) runs both of
+its phases, the supernet then the generator; then launch/sgnas_generate.py gives
+the architecture for a FLOPs budget.
+
 Exit status: 0 done, or stopped by SIGTERM/SIGINT after writing a checkpoint
 (run the same command to resume); 1 a step went non-finite; 2 a config, data or
 workdir error (nothing was written).

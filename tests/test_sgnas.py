@@ -277,8 +277,9 @@ def test_one_device_and_eight_devices_agree():
   figures = json.loads(result.stdout.strip().splitlines()[-1])
   assert figures['devices'] == 8
   assert figures['params'] < 1e-5 and figures['batch_stats'] < 1e-5, figures
-  assert figures['generator_gradient'] < 1e-5 * figures['generator_gradient_scale'] * 100
-  # Adam moves each weight by ~lr·sign(g): rounding-level gradients may flip a
-  # sign, so the weights after 2 Adam steps agree to well under lr (1e-3).
-  assert figures['generator'] < 5e-4 and figures['generator_moved'] > 1e-2, figures
+  # The generator's gradient agrees to rounding (measured: 2e-6 of its scale).
+  assert figures['generator_gradient'] < 1e-4 * figures['generator_gradient_scale'], figures
+  # Adam moves each weight by ~lr·sign(g), so a rounding-level gradient may flip
+  # its sign: after 2 Adam steps (lr 1e-3) weights differ by at most ~2 lr.
+  assert figures['generator'] < 2.5e-3 and figures['generator_moved'] > 1e-2, figures
   assert figures['sums'] < 1e-3 and figures['steps'] == 1.0

@@ -3,6 +3,7 @@ generation for budgets, resumption."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -94,3 +95,47 @@ def test_finished_search_resumes_and_keeps_its_logs(searched):
   changed = _run('launch.search', f'--config={CONFIG}', f'--workdir={workdir}', *SHORT,
                  '--config.search.learning_rate=0.5')
   assert changed.returncode == 2 and 'search.learning_rate' in changed.stderr
+
+
+def _lines(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_interrupted_search_resumes_to_the_same_result(searched, tmp_path):
+  """SIGTERM mid-way through the supernet phase writes a checkpoint and exits 0;
+  the same command finishes the run, and the result equals the uninterrupted
+  run's (paths, data order and augmentation depend only on the step)."""
+  reference, _ = searched
+  workdir = str(tmp_path / 'run')
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'launch.search', f'--config={CONFIG}', f'--workdir={workdir}',
+       *SHORT], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True)
+  for line in proc.stdout:
+    if line.startswith('supernet epoch 2/4'):
+      proc.send_signal(signal.SIGTERM)
+      break
+  rest = proc.communicate(timeout=900)[0]
+  assert proc.returncode == 0, rest[-3000:]
+  assert 'stopped by SIGTERM' in rest
+  assert not os.path.exists(os.path.join(workdir, 'generator.msgpack'))
+  result = _run('launch.search', f'--config={CONFIG}', f'--workdir={workdir}', *SHORT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'resuming the supernet phase' in result.stdout
+  ours = _lines(os.path.join(workdir, 'supernet_log.jsonl'))
+  theirs = _lines(os.path.join(reference, 'supernet_log.jsonl'))
+  assert [r['epoch'] for r in ours] == [0, 1, 2, 3]
+  for a, b in zip(ours, theirs):
+    for path in ('max', 'mid', 'min'):
+      assert a['valid'][path]['accuracy'] == b['valid'][path]['accuracy']
+      assert a['valid'][path]['loss'] == pytest.approx(b['valid'][path]['loss'], abs=1e-4)
+  with open(os.path.join(workdir, 'architectures.json')) as f:
+    resumed = json.load(f)
+  with open(os.path.join(reference, 'architectures.json')) as f:
+    uninterrupted = json.load(f)
+  key = lambda record: [(t['target'], t['architecture'], t['mflops'])
+                        for t in record['targets']]
+  assert key(resumed) == key(uninterrupted)
+  assert resumed['kendall_tau'] == uninterrupted['kendall_tau']
