@@ -157,10 +157,12 @@ class Supernet(nn.Module):
     s = lay.stem_stride
     x = ops.Conv(lay.stem_channels, (3, 3), (s, s), ((1, 1), (1, 1)), name='stem')(x)
     x = jax.nn.relu6(bn('stem_bn')(x))
-    # The fixed first block: MBConv with expansion 1, kernel 3.
-    x = ops.DepthwiseConv(3, 1, 1, impl=self.depthwise_impl, name='first_dw')(x)
-    x = jax.nn.relu6(bn('first_dw_bn')(x))
-    x = bn('first_project_bn')(ops.Pointwise(lay.first_channels, name='first_project')(x))
+    # The fixed first block: MBConv with expansion 1, kernel 3; residual by the
+    # MBConv rule (equal widths, as in the digits layout), like the network's.
+    y = ops.DepthwiseConv(3, 1, 1, impl=self.depthwise_impl, name='first_dw')(x)
+    y = jax.nn.relu6(bn('first_dw_bn')(y))
+    y = bn('first_project_bn')(ops.Pointwise(lay.first_channels, name='first_project')(y))
+    x = y + x if lay.stem_channels == lay.first_channels else y
     for i, layer in enumerate(lay.layers):
       x = UnifiedBlock(layer, self.axis_name, self.depthwise_impl, name=f'layer{i}')(
           x, arch[i], train, hard)
