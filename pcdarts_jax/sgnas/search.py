@@ -43,6 +43,7 @@ from pcdarts_jax import loop
 from pcdarts_jax import monitor
 from pcdarts_jax import parallel
 from pcdarts_jax import rundir
+from pcdarts_jax import trainer
 from pcdarts_jax.sgnas import flops as flops_lib
 from pcdarts_jax.sgnas import generator as generator_lib
 from pcdarts_jax.sgnas import layout as layout_lib
@@ -147,12 +148,6 @@ def validate_config(config, num_devices: int = 1):
 # -------------------------------------------------------------------- steps
 
 
-def _cross_entropy(logits, labels, smoothing: float = 0.0) -> jax.Array:
-  classes = logits.shape[-1]
-  targets_ = optax.smooth_labels(jax.nn.one_hot(labels, classes), smoothing)
-  return optax.softmax_cross_entropy(logits, targets_).mean()
-
-
 def _metric_sums(loss, logits, labels, mask=None) -> Dict[str, jax.Array]:
   mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask
   correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
@@ -184,15 +179,14 @@ def make_supernet_step(model, config, tx, axis_name: Optional[str] = None) -> Ca
   smoothing = config.search.label_smoothing
 
   def step(state: SupernetState, batch, paths, rng):
-    index = parallel.global_index(batch['image'].shape[0], axis_name)
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, index)
-    images = jax.vmap(lambda key, image: augment(key, image[None])[0])(keys, batch['image'])
+    images = loop.augment_examples(augment, rng, batch['image'], axis_name)
     labels = batch['label']
 
     def path_loss(params, batch_stats, path):
       logits, new = model.apply({'params': params, 'batch_stats': batch_stats}, images,
                                 path, train=True, hard=True, mutable=['batch_stats'])
-      return _cross_entropy(logits, labels, smoothing), (new['batch_stats'], logits)
+      loss = trainer.cross_entropy(logits, labels, smoothing).mean()
+      return loss, (new['batch_stats'], logits)
 
     def one_path(carry, path):
       grads, batch_stats = carry
@@ -267,7 +261,7 @@ def make_generator_step(supernet, generator, config, table: flops_lib.Table, gri
       logits = generator.apply(params, prior, grid.normalised(target)[None])
       probs = generator_lib.gumbel_softmax(gumbel_rng, logits, tau)[0]
       out = supernet.apply(variables, images, probs, train=False, hard=False)
-      ce = _cross_entropy(out, labels)
+      ce = trainer.cross_entropy(out, labels).mean()
       expected = flops_lib.expected_mflops(probs, table)
       penalty = flops_lib.flops_loss(expected, target, g.flops_alpha, g.flops_lambda,
                                      g.flops_margin)
@@ -328,10 +322,6 @@ def _summarise(sums: Dict[str, float]) -> Dict[str, float]:
     out.update(flops_loss=sums['flops_loss_sum'] / steps,
                expected_flops_error=sums['flops_error_sum'] / steps)
   return out
-
-
-def _host(sums) -> Dict[str, float]:
-  return {k: float(v) for k, v in jax.device_get(parallel.unreplicate(sums)).items()}
 
 
 @dataclasses.dataclass
@@ -397,7 +387,7 @@ def _run_phase(phase: _Phase, state, meta: Dict[str, Any], config, writer, stop,
       logging_now = phase.log_every_steps and done % phase.log_every_steps == 0
       host_sums = None
       if saving or logging_now:
-        host_sums = {k: v + carried.get(k, 0.0) for k, v in _host(sums).items()}
+        host_sums = {k: v + carried.get(k, 0.0) for k, v in loop._host(sums).items()}
         check_finite(host_sums, done)
       progress.update(host_sums and {'loss': host_sums['loss_sum'] /
                                              max(host_sums['count'], 1.0)})
@@ -410,7 +400,7 @@ def _run_phase(phase: _Phase, state, meta: Dict[str, Any], config, writer, stop,
               f'{done}; checkpoint written to {phase.checkpoints.directory}. Run the same '
               f'command again to resume.')
     progress.close()
-    host_sums = {k: v + carried.get(k, 0.0) for k, v in _host(sums).items()}
+    host_sums = {k: v + carried.get(k, 0.0) for k, v in loop._host(sums).items()}
     check_finite(host_sums, (epoch + 1) * spe)
     figures['steps'] += spe - first
     figures['step_seconds'] += time.time() - loop_start
@@ -528,7 +518,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
     for batch in inputs.eval_batches(eval_size):
       sums = path_eval(variables, parallel.shard(batch), jnp.asarray(arch))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    return _summarise(_host(totals))
+    return _summarise(loop._host(totals))
 
   # --- phase 1: the supernet.
   supernet_ckpt = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
