@@ -5,6 +5,7 @@ Every error is one line naming the field, its value and what is allowed.
 
 from pcdarts_jax import architect
 from pcdarts_jax import data
+from pcdarts_jax import genotypes
 from pcdarts_jax import input_pipeline
 from pcdarts_jax import ops
 from pcdarts_jax import progressive
@@ -109,6 +110,11 @@ def validate_search_config(config, num_devices: int = 1):
   sampling = m.get('channel_sampling', 'first')
   _require(sampling in supernet.CHANNEL_SAMPLINGS,
            f'model.channel_sampling={sampling!r} is not one of {supernet.CHANNEL_SAMPLINGS}.')
+  try:
+    supernet.resolve_edge_impl(m.get('edge_impl', 'auto'), sampling,
+                               m.get('primitives', genotypes.PRIMITIVES))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   mixing = m.get('channel_mixing', 'shuffle')
   _require(mixing in supernet.CHANNEL_MIXINGS,
            f'model.channel_mixing={mixing!r} is not one of {supernet.CHANNEL_MIXINGS}.')

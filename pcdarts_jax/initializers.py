@@ -27,11 +27,19 @@ def bias_init_for(fan_in: int):
       key, shape, dtype, -bound, bound)
 
 
+# Scopes whose parameters stack one module's parameters per edge on a leading
+# axis (the search cell's edge groups, supernet.edge_groups): not part of the fan-in.
+STACKED_SCOPES = ('input_edges', 'node_edges')
+
+
 def _fan_in(path: Tuple[str, ...], shape, kernel_shapes) -> int:
-  """Fan-in of a kernel (all axes but the last) or of the kernel beside a bias."""
-  if path[-1] == 'kernel':
-    return int(np.prod(shape[:-1]))
-  return int(np.prod(kernel_shapes[path[:-1]][:-1]))
+  """Fan-in of a kernel (all axes but the last) or of the kernel beside a bias;
+  the edge axis of a stacked kernel does not count."""
+  if path[-1] != 'kernel':
+    path, shape = path[:-1] + ('kernel',), kernel_shapes[path[:-1]]
+  if any(scope in STACKED_SCOPES for scope in path):
+    shape = shape[1:]
+  return int(np.prod(shape[:-1]))
 
 
 def init_variables(model, rng: jax.Array, sample_input: jax.Array,

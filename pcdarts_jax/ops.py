@@ -5,11 +5,13 @@ have no bias, BatchNorm uses eps 1e-5 and PyTorch momentum 0.1 (Flax 0.9), and
 `affine=False` BatchNorms (the search supernet) carry no scale or shift.
 """
 
+import functools
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from pcdarts_jax import initializers
@@ -87,21 +89,94 @@ def depthwise(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0
         x, kernel, window_strides=(stride, stride), padding=_pair(padding),
         rhs_dilation=(dilation,) * 2, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
         feature_group_count=groups)
-  p, d, s = padding, dilation, stride
-  xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-  height, width = x.shape[1], x.shape[2]
-  out_h = (height + 2 * p - d * (k - 1) - 1) // s + 1
-  out_w = (width + 2 * p - d * (k - 1) - 1) // s + 1
+  return _shifted_depthwise(x, kernel, stride, padding, dilation)
+
+
+def _shifted_sum(xp: jax.Array, kernel: jax.Array, stride: int, dilation: int,
+                 out_hw: Tuple[int, int]) -> jax.Array:
+  """sum over taps (i, j) of the strided view of xp at (i*d, j*d) times kernel[i, j]:
+  one loop over the output that XLA:CPU fuses and vectorizes along channels."""
+  k, s, d = kernel.shape[0], stride, dilation
+  out_h, out_w = out_hw
   out = None
   for i in range(k):
     for j in range(k):
       tap = lax.slice(
           xp, (0, i * d, j * d, 0),
-          (xp.shape[0], i * d + (out_h - 1) * s + 1, j * d + (out_w - 1) * s + 1, channels),
+          (xp.shape[0], i * d + (out_h - 1) * s + 1, j * d + (out_w - 1) * s + 1, xp.shape[3]),
           (1, s, s, 1))
       term = tap * kernel[i, j, 0]
       out = term if out is None else out + term
   return out
+
+
+def _shifted_out_hw(x_shape, k, stride, padding, dilation):
+  return tuple((n + 2 * padding - dilation * (k - 1) - 1) // stride + 1 for n in x_shape[1:3])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _shifted_depthwise(x, kernel, stride, padding, dilation):
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  return _shifted_sum(xp, kernel, stride, dilation,
+                      _shifted_out_hw(x.shape, kernel.shape[0], stride, padding, dilation))
+
+
+def _shifted_depthwise_fwd(x, kernel, stride, padding, dilation):
+  return _shifted_depthwise(x, kernel, stride, padding, dilation), (x, kernel)
+
+
+def _shifted_depthwise_bwd(stride, padding, dilation, residuals, g):
+  """Input gradient: the transposed conv, itself a shifted sum of the dilated,
+  padded output gradient with the flipped kernel (one fused loop, where autodiff
+  gives k*k padded copies and their sum). Kernel gradient: a reduction per tap."""
+  x, kernel = residuals
+  k, s, p, d = kernel.shape[0], stride, padding, dilation
+  low = (k - 1) * d - p
+  config = [(0, 0, 0)] + [(low, n + p - (m - 1) * s - 1, s - 1)
+                          for n, m in zip(x.shape[1:3], g.shape[1:3])] + [(0, 0, 0)]
+  gp = lax.pad(g, jnp.zeros((), g.dtype), config)
+  dx = _shifted_sum(gp, kernel[::-1, ::-1], 1, d, x.shape[1:3])
+  dk = _kernel_gradient(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), g, k, s, d)
+  dk = dk.reshape(kernel.shape).astype(kernel.dtype)
+  return dx.astype(x.dtype), dk
+
+
+# Batch chunk of the kernel-gradient reductions: its taps are reduced while the
+# chunk is in cache (measured on XLA:CPU: 2.8x faster for a 3x3 kernel on
+# 32x32x32x32 than reducing each tap over the whole batch).
+KERNEL_GRADIENT_CHUNK_BYTES = 1 << 20
+
+
+def _kernel_gradient(xp, g, k, stride, dilation):
+  """(k*k, C): per tap (i, j), sum over batch and space of the strided view of
+  xp at (i*d, j*d) times g, reduced a few images at a time."""
+  s, d = stride, dilation
+  n, out_h, out_w, channels = g.shape
+  acc_dtype = jnp.promote_types(g.dtype, jnp.float32)
+  image_bytes = out_h * out_w * channels * g.dtype.itemsize
+  chunk = max([b for b in range(1, n + 1)
+               if n % b == 0 and b * image_bytes <= KERNEL_GRADIENT_CHUNK_BYTES] or [1])
+
+  def reduce_taps(xp, g):
+    sums = []
+    for i in range(k):
+      for j in range(k):
+        tap = lax.slice(
+            xp, (0, i * d, j * d, 0),
+            (xp.shape[0], i * d + (out_h - 1) * s + 1, j * d + (out_w - 1) * s + 1,
+             channels), (1, s, s, 1))
+        sums.append(jnp.sum(tap * g, axis=(0, 1, 2), dtype=acc_dtype))
+    return jnp.stack(sums)
+
+  if chunk == n:
+    return reduce_taps(xp, g)
+  split = lambda a: a.reshape(n // chunk, chunk, *a.shape[1:])
+  total, _ = lax.scan(lambda acc, xg: (acc + reduce_taps(*xg), None),
+                      jnp.zeros((k * k, channels), acc_dtype), (split(xp), split(g)))
+  return total
+
+
+_shifted_depthwise.defvjp(_shifted_depthwise_fwd, _shifted_depthwise_bwd)
 
 
 class Pointwise(nn.Module):
@@ -175,19 +250,54 @@ class Pool(nn.Module):
   bn_after: bool = False
   affine: bool = False
   axis_name: Optional[str] = None
+  impl: str = 'auto'  # depthwise_impl: `shifted` also writes pools as slices
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    window, strides = (3, 3), (self.stride, self.stride)
-    if self.kind == 'max':
-      y = nn.max_pool(x, window, strides, padding=_pair(1))
-    else:
-      # Padded cells are not counted (PyTorch count_include_pad=False).
-      y = nn.avg_pool(x, window, strides, padding=_pair(1),
-                      count_include_pad=False).astype(x.dtype)  # counts are float32
+    y = pool_3x3(x, self.kind, self.stride, self.impl)
     if self.bn_after:
       y = batch_norm(train, self.affine, 'bn', self.axis_name)(y)
     return y
+
+
+def _window_taps(x: jax.Array, stride: int, fill) -> list:
+  """The 9 strided views of x padded by 1 with `fill` that a 3x3 window sees."""
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=fill)
+  out_h, out_w = (x.shape[1] - 1) // stride + 1, (x.shape[2] - 1) // stride + 1
+  return [lax.slice(xp, (0, i, j, 0),
+                    (x.shape[0], i + (out_h - 1) * stride + 1,
+                     j + (out_w - 1) * stride + 1, x.shape[3]), (1, stride, stride, 1))
+          for i in range(3) for j in range(3)]
+
+
+def pool_3x3(x: jax.Array, kind: str, stride: int = 1, impl: str = 'auto') -> jax.Array:
+  """3x3 max or average pool, padding 1; the average does not count padded cells
+  (PyTorch count_include_pad=False). `impl` follows depthwise_impl: `shifted`
+  takes the max/sum of 9 strided slices, which XLA:CPU fuses into one loop and
+  differentiates without reduce_window's slow select-and-scatter; the others
+  use reduce_window. Both compute the same function (the max's gradient splits
+  exact ties, which continuous inputs do not have)."""
+  if kind not in ('max', 'avg'):
+    raise ValueError(f'pool kind {kind!r} is not one of (max, avg).')
+  if resolve_depthwise_impl(impl) != 'shifted':
+    window, strides = (3, 3), (stride, stride)
+    if kind == 'max':
+      return nn.max_pool(x, window, strides, padding=_pair(1))
+    return nn.avg_pool(x, window, strides, padding=_pair(1),
+                       count_include_pad=False).astype(x.dtype)  # counts are float32
+  if kind == 'max':
+    taps = _window_taps(x, stride, -jnp.inf)
+    out = taps[0]
+    for tap in taps[1:]:
+      out = jnp.maximum(out, tap)
+    return out
+  taps = _window_taps(x, stride, 0)
+  total = taps[0]
+  for tap in taps[1:]:
+    total = total + tap
+  counts = [np.convolve(np.ones(n), np.ones(3))[1:-1][::stride] for n in x.shape[1:3]]
+  inverse = 1.0 / np.outer(*counts)[None, :, :, None]
+  return total * inverse.astype(x.dtype)
 
 
 class ReLUConvBN(nn.Module):
@@ -302,7 +412,7 @@ def make_op(primitive: str, channels: int, stride: int, affine: bool,
   if primitive == 'none':
     return Zero(stride, name=name)
   if primitive in ('max_pool_3x3', 'avg_pool_3x3'):
-    return Pool(primitive[:3], stride, bn_after=search, **common)
+    return Pool(primitive[:3], stride, bn_after=search, impl=depthwise_impl, **common)
   if primitive == 'skip_connect':
     if stride == 1:
       return Identity(name=name)

@@ -264,3 +264,46 @@ def test_zero_stride2_shape_and_values():
   np.testing.assert_array_equal(np.asarray(y), 0.0)
   y1 = ops.Zero(1).apply({}, x)
   assert y1.shape == x.shape and not np.any(np.asarray(y1))
+
+
+def test_shifted_depthwise_second_order_and_chunked_kernel_gradient(monkeypatch):
+  """The custom VJP of the shifted depthwise conv is itself differentiable (the
+  second-order architect differentiates through it), and reducing the kernel
+  gradient a few images at a time gives the whole-batch sums."""
+  x = jnp.asarray(_rand((4, 7, 6, 3), seed=1))
+  kernel = jnp.asarray(_rand((3, 3, 1, 3), seed=2, scale=0.3))
+  cot = jnp.asarray(_rand((4, 4, 3, 3), seed=3))
+
+  def input_grad_norm(impl, k_):
+    gx = jax.grad(lambda x_: jnp.sum(ops.depthwise(x_, k_, 2, 1, 1, impl) * cot))(x)
+    return jnp.sum(gx ** 2)
+
+  second = {impl: jax.grad(lambda k_, impl=impl: input_grad_norm(impl, k_))(kernel)
+            for impl in ('conv', 'shifted')}
+  assert np.abs(np.asarray(second['conv'])).max() > 0
+  np.testing.assert_allclose(second['shifted'], second['conv'], rtol=1e-4, atol=1e-5)
+
+  kernel_grad = lambda: jax.grad(
+      lambda k_: jnp.sum(ops.depthwise(x, k_, 2, 1, 1, 'shifted') * cot))(kernel)
+  whole = kernel_grad()
+  image_bytes = 4 * 3 * 3 * 4  # one image of the (4, 4, 3, 3) float32 output
+  monkeypatch.setattr(ops, 'KERNEL_GRADIENT_CHUNK_BYTES', 2 * image_bytes)
+  chunked = kernel_grad()  # 2 chunks of 2 images
+  np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+  assert 'scan' in str(jax.make_jaxpr(kernel_grad)())  # the chunked path ran
+
+
+@pytest.mark.parametrize('kind,stride', [('max', 1), ('max', 2), ('avg', 1), ('avg', 2)])
+def test_pool_impls_agree_with_gradients(kind, stride):
+  x = jnp.asarray(_rand((2, 7, 6, 3), seed=4))
+  run = lambda impl, x_: ops.pool_3x3(x_, kind, stride, impl)
+  window, shifted = run('conv', x), run('shifted', x)
+  assert window.shape == shifted.shape == (2, 7 if stride == 1 else 4, 6 if stride == 1 else 3, 3)
+  np.testing.assert_allclose(shifted, window, rtol=1e-6)
+  cot = jnp.asarray(_rand(window.shape, seed=5))
+  grads = [jax.grad(lambda x_, impl=impl: jnp.sum(run(impl, x_) * cot))(x)
+           for impl in ('conv', 'shifted')]
+  assert np.abs(np.asarray(grads[0])).max() > 0
+  np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='pool kind'):
+    ops.pool_3x3(x, 'min')

@@ -1,6 +1,9 @@
 """PC-DARTS supernet: partial-channel mixed op, shuffle, edge normalization, cells, network."""
 
+import functools
+
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -340,7 +343,7 @@ def test_supernet_apply(tiny, ref):
 
 
 def test_supernet_unrolled_edges_match_scan(tiny):
-  model = tiny['model'].clone(unroll_edges=True)
+  model = tiny['model'].clone(edge_impl='scan', unroll_edges=True)
   assert model.unroll_edges and not tiny['model'].unroll_edges
   logits, updates = jax.jit(
       lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
@@ -389,3 +392,85 @@ def test_supernet_channel_shift_same_parameters(tiny):
   logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(v, x)
   assert logits.shape == (2, 10) and np.all(np.isfinite(np.asarray(logits)))
   assert not np.allclose(logits, tiny['logits'], atol=1e-3)
+
+
+# ------------------------------------------------------------ batched edges
+
+
+@pytest.mark.parametrize('k', [2, pytest.param(1, marks=pytest.mark.slow)])  # CI time
+def test_batched_edges_match_scan(k):
+  """edge_impl='batched' (edges side by side on channels) computes the scanned
+  cell's function on the same variables: logits, BN statistics, gradients of
+  weights and architecture, in train and eval mode, normal and reduction cells.
+  float64, so that the comparison is not lost in BatchNorm's rounding."""
+  config = _tiny_config()
+  config.model.update(init_channels=8, partial_channels=k, depthwise_impl='shifted')
+  models = {impl: supernet.build_supernet(config).clone(edge_impl=impl)
+            for impl in ('scan', 'batched')}
+  labels = jnp.array([1, 4, 7])
+  with jax.enable_x64(True):
+    f64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
+    x = jnp.asarray(_rand((3, 8, 8, 3), seed=11), jnp.float64)
+    v = f64(initializers.init_variables(models['scan'], jax.random.PRNGKey(3), x[:1]))
+    shapes = lambda t: jax.tree.map(lambda a: a.shape, t)
+    assert shapes(initializers.init_variables(models['batched'], jax.random.PRNGKey(3),
+                                              x[:1])) == shapes(v)
+
+    def loss(model, params, arch):
+      logits, updates = model.apply({**v, 'params': params, 'arch': arch}, x, train=True,
+                                    mutable=['batch_stats'])
+      nll = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(3), labels])
+      return nll, (logits, updates['batch_stats'])
+
+    results = {}
+    for impl, model in models.items():
+      grads, (logits, stats) = jax.jit(jax.grad(
+          functools.partial(loss, model), argnums=(0, 1), has_aux=True))(v['params'], v['arch'])
+      evaluated = jax.jit(lambda v_, m=model: m.apply(v_, x, train=False))(v)
+      results[impl] = (grads, logits, stats, evaluated)
+  (g_scan, logits, stats, eval_scan), (g_b, logits_b, stats_b, eval_b) = (
+      results['scan'], results['batched'])
+  np.testing.assert_allclose(logits_b, logits, rtol=1e-9, atol=1e-10)
+  np.testing.assert_allclose(eval_b, eval_scan, rtol=1e-9, atol=1e-10)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10),
+               stats_b, stats)
+  moved = [not np.allclose(a, b) for a, b in
+           zip(jax.tree.leaves(stats_b), jax.tree.leaves(v['batch_stats']))]
+  assert sum(moved) > 0.9 * len(moved)  # every edge's statistics are updated
+  assert jax.tree.structure(g_b) == jax.tree.structure(g_scan)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10),
+               g_b, g_scan)
+  assert float(np.abs(np.asarray(g_scan[1]['alphas_normal'])).max()) > 0
+
+
+def test_edge_impl_resolution_and_errors():
+  on_cpu = jax.default_backend() == 'cpu'
+  assert supernet.resolve_edge_impl('auto') == ('scan' if on_cpu else 'batched')
+  assert supernet.resolve_edge_impl('batched') == 'batched'
+  assert supernet.resolve_edge_impl('auto', 'random') == 'scan'  # per-edge channel subsets
+  assert supernet.resolve_edge_impl('auto', 'first', PRIMS + ('conv_7x1_1x7',)) == 'scan'
+  assert supernet.resolve_edge_impl('scan', 'random') == 'scan'
+  with pytest.raises(ValueError, match="channel_sampling='first'"):
+    supernet.resolve_edge_impl('batched', 'random')
+  with pytest.raises(ValueError, match='conv_7x1_1x7'):
+    supernet.resolve_edge_impl('batched', 'first', PRIMS + ('conv_7x1_1x7',))
+  with pytest.raises(ValueError, match=r"model.edge_impl='vmap' is not one of"):
+    supernet.resolve_edge_impl('vmap')
+
+
+def test_stacked_edge_kernels_get_per_edge_fan_in(tiny):
+  """The edge axis of a stacked kernel is not part of its fan-in: a 3x3
+  depthwise kernel is U(+-1/3) as in PyTorch, not U(+-1/sqrt(8*9))."""
+  params = tiny['variables']['params']['cell_0']
+  for group, edges in (('input_edges', 8), ('node_edges', 6)):
+    dw = np.asarray(params[group]['sep_conv_3x3']['dw1']['kernel'])
+    assert dw.shape[0] == edges
+    assert 0.8 / 3 < np.abs(dw).max() <= 1 / 3
+    pw = np.asarray(params[group]['sep_conv_3x3']['pw1']['kernel'])  # (E, 1, 1, 2, 2)
+    assert 0.5 / np.sqrt(2) < np.abs(pw).max() <= 1 / np.sqrt(2)
+
+
+def test_max_pool_2x2_matches_flax():
+  for shape in ((2, 6, 8, 3), (1, 7, 5, 2)):
+    x = jnp.asarray(_rand(shape, seed=12))
+    np.testing.assert_array_equal(supernet.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
