@@ -110,26 +110,22 @@ class StackedBatchNorm(nn.Module):
     width = x.shape[-1] // count
     ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (self.edges, width), jnp.float32)
     ra_var = self.variable('batch_stats', 'var', jnp.ones, (self.edges, width), jnp.float32)
-    dtype = jnp.promote_types(x.dtype, jnp.float32)
-    xf = x.astype(dtype)
     if not self.train:
-      mean = _select(ra_mean.value, positions).reshape(-1)
-      var = _select(ra_var.value, positions).reshape(-1)
-    else:
-      stats = jnp.stack([xf.mean((0, 1, 2)), jnp.square(xf).mean((0, 1, 2))])
-      if self.axis_name is not None and not self.is_initializing():
-        stats = lax.pmean(stats, self.axis_name)
-      mean = stats[0]
-      var = jnp.maximum(0.0, stats[1] - jnp.square(mean))
-      if not self.is_initializing() and self.is_mutable_collection('batch_stats'):
-        index = np.asarray(positions)
-        momentum = ops.BN_MOMENTUM
-        for variable, batch in ((ra_mean, mean), (ra_var, var)):
-          old = variable.value[index]
-          new = momentum * old + (1 - momentum) * batch.reshape(count, width).astype(old.dtype)
-          variable.value = variable.value.at[index].set(new)
-    y = (xf - mean.astype(dtype)) * lax.rsqrt(var.astype(dtype) + ops.BN_EPSILON)
-    return y.astype(x.dtype)
+      dtype = jnp.promote_types(x.dtype, jnp.float32)
+      mean = _select(ra_mean.value, positions).reshape(-1).astype(dtype)
+      var = _select(ra_var.value, positions).reshape(-1).astype(dtype)
+      return ((x.astype(dtype) - mean) * lax.rsqrt(var + ops.BN_EPSILON)).astype(x.dtype)
+    initializing = self.is_initializing()
+    y, mean, var = ops.batch_normalize(x, ops.BN_EPSILON,
+                                       None if initializing else self.axis_name)
+    if not initializing and self.is_mutable_collection('batch_stats'):
+      index = np.asarray(positions)
+      momentum = ops.BN_MOMENTUM
+      for variable, batch in ((ra_mean, mean), (ra_var, var)):
+        old = variable.value[index]
+        batch = lax.stop_gradient(batch).reshape(count, width).astype(old.dtype)
+        variable.value = variable.value.at[index].set(momentum * old + (1 - momentum) * batch)
+    return y
 
 
 class BatchedOp(nn.Module):

@@ -20,6 +20,7 @@ import optax
 
 from pcdarts_jax import architect
 from pcdarts_jax import data
+from pcdarts_jax import genotypes
 from pcdarts_jax import input_pipeline
 from pcdarts_jax import loop
 from pcdarts_jax import optim
@@ -56,6 +57,19 @@ def _flops(compiled) -> Optional[float]:
   return float(flops) if flops is not None and flops >= 0 else None
 
 
+def _step_memory(compiled) -> Optional[int]:
+  """Bytes XLA planned for one call: arguments, outputs and temporaries, less
+  the outputs that reuse donated arguments (compile-time memory excluded)."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except  (not every backend has one)
+    return None
+  if m is None:
+    return None
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
+
+
 def _percentiles(times: Sequence[float]) -> Dict[str, float]:
   ms = np.asarray(times) * 1e3
   return {'ms_per_step_median': float(np.median(ms)),
@@ -86,7 +100,7 @@ def time_jitted(fn: Callable, args: tuple, steps: int, warmup: int, carry_state:
     if carry_state:
       args[0] = out[0]
   return {'compile_seconds': compile_seconds, 'flops_per_step': _flops(compiled),
-          **_percentiles(times)}
+          'step_memory_bytes': _step_memory(compiled), **_percentiles(times)}
 
 
 def _synthetic_split(config, size: int, seed: int) -> data.ArraySet:
@@ -214,7 +228,8 @@ class SearchBench:
       jax.block_until_ready(batches)
       if i >= warmup:
         times.append(time.perf_counter() - start)
-    return {'compile_seconds': 0.0, 'flops_per_step': None, **_percentiles(times)}
+    return {'compile_seconds': 0.0, 'flops_per_step': None, 'step_memory_bytes': None,
+            **_percentiles(times)}
 
   def fed_step(self, steps, warmup, architect_name='first_order'):
     """The bilevel step fed by the pipeline, as the search loop runs it (next
@@ -232,6 +247,7 @@ class SearchBench:
     jax.block_until_ready(state)
     per_step = (time.perf_counter() - start) / steps
     return {'compile_seconds': compile_seconds, 'flops_per_step': _flops(compiled),
+            'step_memory_bytes': _step_memory(compiled),
             'ms_per_step_median': per_step * 1e3, 'ms_per_step_p10': None,
             'ms_per_step_p90': None}
 
@@ -250,6 +266,10 @@ def run(config, measurements: Sequence[str], batch_size: int, steps: int, warmup
   base = {'config': config_name, 'config_digest': config_digest(config),
           'batch_size': batch_size, 'data': bench.data_source, 'steps': steps,
           'warmup': warmup, 'depthwise_impl': config.model.depthwise_impl,
+          'edge_impl': supernet.resolve_edge_impl(
+              config.model.get('edge_impl', 'auto'), config.model.get('channel_sampling', 'first'),
+              config.model.get('primitives', genotypes.PRIMITIVES)),
+          'unroll_edges': bool(config.model.get('unroll_edges', False)),
           'dtype': config.model.get('dtype', 'float32'), **environment()}
   results = []
   for name in measurements:
@@ -272,7 +292,7 @@ def run(config, measurements: Sequence[str], batch_size: int, steps: int, warmup
 def format_table(results: Sequence[Dict]) -> str:
   header = (f'{"measurement":<14} {"architect":<19} {"batch":>5} {"compile s":>9} '
             f'{"ms/step":>9} {"p10":>8} {"p90":>8} {"img/s":>8} {"GFLOP/step":>10} '
-            f'{"GFLOP/s":>8} {"peak MB":>8}')
+            f'{"GFLOP/s":>8} {"step MB":>8} {"peak MB":>8}')
   lines = [header, '-' * len(header)]
   fmt = lambda v, spec: format(v, spec) if v is not None else '-'
   for r in results:
@@ -283,6 +303,7 @@ def format_table(results: Sequence[Dict]) -> str:
         f'{fmt(r["images_per_second"], ".1f"):>8} '
         f'{fmt(r["flops_per_step"] and r["flops_per_step"] / 1e9, ".2f"):>10} '
         f'{fmt(r["flops_per_second"] and r["flops_per_second"] / 1e9, ".1f"):>8} '
+        f'{fmt(r["step_memory_bytes"] and r["step_memory_bytes"] / 2 ** 20, ".0f"):>8} '
         f'{r["peak_memory_bytes"] / 2 ** 20:>8.0f}')
   return '\n'.join(lines)
 

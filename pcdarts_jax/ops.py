@@ -35,12 +35,74 @@ def _pair(padding: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
   return ((padding, padding), (padding, padding))
 
 
+def _batch_statistics(xf, axis_name):
+  axes = tuple(range(xf.ndim - 1))
+  stats = jnp.stack([xf.mean(axes), jnp.square(xf).mean(axes)])
+  if axis_name is not None:
+    stats = lax.pmean(stats, axis_name)
+  mean = stats[0]
+  return mean, jnp.maximum(0.0, stats[1] - jnp.square(mean))  # Flax's variance formula
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def batch_normalize(x, epsilon, axis_name=None):
+  """Affine-free train-mode BatchNorm over all axes but the last: returns the
+  normalized x (in x's dtype) and the batch mean and (biased) variance, averaged
+  over `axis_name` when given. Its gradient keeps only the output and the
+  inverse deviation: the output is kept anyway by the mixed op that weights it,
+  where autodiff would keep two more full tensors per BatchNorm."""
+  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  mean, var = _batch_statistics(xf, axis_name)
+  return ((xf - mean) * lax.rsqrt(var + epsilon)).astype(x.dtype), mean, var
+
+
+def _batch_normalize_fwd(x, epsilon, axis_name):
+  y, mean, var = batch_normalize(x, epsilon, axis_name)
+  return (y, mean, var), (y, lax.rsqrt(var + epsilon))
+
+
+def _batch_normalize_bwd(epsilon, axis_name, residuals, cotangents):
+  # The statistics' cotangents are dropped: they only feed the running averages.
+  y, inv_std = residuals
+  g = cotangents[0].astype(inv_std.dtype)
+  yf = y.astype(inv_std.dtype)
+  mean_g, mean_gy = _batch_statistics_of_gradient(g, yf, axis_name)
+  return (((g - mean_g - yf * mean_gy) * inv_std).astype(y.dtype),)
+
+
+def _batch_statistics_of_gradient(g, y, axis_name):
+  axes = tuple(range(g.ndim - 1))
+  stats = jnp.stack([g.mean(axes), (g * y).mean(axes)])
+  if axis_name is not None:
+    stats = lax.pmean(stats, axis_name)
+  return stats[0], stats[1]
+
+
+batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd)
+
+
 class BatchNorm(nn.BatchNorm):
   """nn.BatchNorm whose output keeps the input's dtype: under bfloat16 the
-  statistics (and the running averages) stay float32, the activations bfloat16."""
+  statistics (and the running averages) stay float32, the activations bfloat16.
+  Affine-free (the search supernet's) in train mode, it normalizes through
+  `batch_normalize` (same function and variables, less memory for the gradient)."""
 
-  def __call__(self, x, *args, **kwargs):
-    return super().__call__(x, *args, **kwargs).astype(x.dtype)
+  @nn.compact
+  def __call__(self, x, **kwargs):
+    use_running_average = self.use_running_average  # batch_norm() sets it
+    if (self.use_scale or self.use_bias or use_running_average or kwargs
+        or self.axis != -1 or self.axis_index_groups is not None):
+      return super().__call__(x, **kwargs).astype(x.dtype)
+    features = (x.shape[-1],)
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, features, jnp.float32)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, features, jnp.float32)
+    initializing = self.is_initializing()
+    y, mean, var = batch_normalize(x, self.epsilon, None if initializing else self.axis_name)
+    if not initializing:
+      m = self.momentum
+      ra_mean.value = m * ra_mean.value + (1 - m) * lax.stop_gradient(mean)
+      ra_var.value = m * ra_var.value + (1 - m) * lax.stop_gradient(var)
+    return y
 
 
 def batch_norm(train: bool, affine: bool, name: Optional[str] = None,
@@ -270,13 +332,53 @@ def _window_taps(x: jax.Array, stride: int, fill) -> list:
           for i in range(3) for j in range(3)]
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _shifted_max_pool(x, stride):
+  taps = _window_taps(x, stride, -jnp.inf)
+  out = taps[0]
+  for tap in taps[1:]:
+    out = jnp.maximum(out, tap)
+  return out
+
+
+def _shifted_max_pool_fwd(x, stride):
+  y = _shifted_max_pool(x, stride)
+  return y, (x, y)
+
+
+def _shifted_max_pool_bwd(stride, residuals, g):
+  """Each output's gradient goes to the first maximum of its window in
+  row-major order, as PyTorch's max_pool2d does. Keeps only x and y for the
+  backward (autodiff of the maximum chain keeps a tensor per tap)."""
+  x, y = residuals
+  taken = jnp.zeros(y.shape, bool)
+  grads = []
+  for tap in _window_taps(x, stride, -jnp.inf):
+    first = (tap == y) & ~taken
+    taken = taken | first
+    grads.append(jnp.where(first, g, jnp.zeros((), g.dtype)))
+  height, width = x.shape[1] + 2, x.shape[2] + 2  # padded by 1
+  out_h, out_w = y.shape[1:3]
+  dxp = None
+  for index, grad in enumerate(grads):
+    i, j = divmod(index, 3)
+    config = [(0, 0, 0), (i, height - i - (out_h - 1) * stride - 1, stride - 1),
+              (j, width - j - (out_w - 1) * stride - 1, stride - 1), (0, 0, 0)]
+    term = lax.pad(grad, jnp.zeros((), g.dtype), config)
+    dxp = term if dxp is None else dxp + term
+  return (dxp[:, 1:-1, 1:-1, :],)
+
+
+_shifted_max_pool.defvjp(_shifted_max_pool_fwd, _shifted_max_pool_bwd)
+
+
 def pool_3x3(x: jax.Array, kind: str, stride: int = 1, impl: str = 'auto') -> jax.Array:
   """3x3 max or average pool, padding 1; the average does not count padded cells
   (PyTorch count_include_pad=False). `impl` follows depthwise_impl: `shifted`
   takes the max/sum of 9 strided slices, which XLA:CPU fuses into one loop and
   differentiates without reduce_window's slow select-and-scatter; the others
-  use reduce_window. Both compute the same function (the max's gradient splits
-  exact ties, which continuous inputs do not have)."""
+  use reduce_window. Both compute the same function and gradient (a max's
+  gradient goes to the first maximum of the window)."""
   if kind not in ('max', 'avg'):
     raise ValueError(f'pool kind {kind!r} is not one of (max, avg).')
   if resolve_depthwise_impl(impl) != 'shifted':
@@ -286,11 +388,7 @@ def pool_3x3(x: jax.Array, kind: str, stride: int = 1, impl: str = 'auto') -> ja
     return nn.avg_pool(x, window, strides, padding=_pair(1),
                        count_include_pad=False).astype(x.dtype)  # counts are float32
   if kind == 'max':
-    taps = _window_taps(x, stride, -jnp.inf)
-    out = taps[0]
-    for tap in taps[1:]:
-      out = jnp.maximum(out, tap)
-    return out
+    return _shifted_max_pool(x, stride)
   taps = _window_taps(x, stride, 0)
   total = taps[0]
   for tap in taps[1:]:

@@ -16,6 +16,7 @@ FIELDS = {
     'flops_per_second': (float, type(None)), 'device_kind': str, 'device_count': int,
     'jax_version': str, 'config_digest': str, 'config': str, 'depthwise_impl': str,
     'dtype': str, 'data': str, 'steps': int, 'warmup': int, 'platform': str,
+    'edge_impl': str, 'unroll_edges': bool, 'step_memory_bytes': (int, type(None)),
 }
 TINY = ['--config=configs/digits_search.py', '--config.model.init_channels=4',
         '--config.model.layers=2']
@@ -51,6 +52,10 @@ def test_benchmark_emits_every_field(tmp_path):
     assert by_name[name]['flops_per_step'] > 0 and by_name[name]['compile_seconds'] > 0
     assert by_name[name]['ms_per_step_p10'] <= by_name[name]['ms_per_step_median'] <= \
         by_name[name]['ms_per_step_p90']
+    # XLA's planned buffers of a step: more than the state it carries, less than the process.
+    assert 0 < by_name[name]['step_memory_bytes'] < by_name[name]['peak_memory_bytes']
+  assert by_name['pipeline']['step_memory_bytes'] is None
+  assert by_name['weight_step']['edge_impl'] in ('scan', 'batched')
   # The bilevel step does the weight step's work and the arch step's.
   assert by_name['bilevel_step']['flops_per_step'] >= by_name['weight_step']['flops_per_step']
   assert 'ms/step' in result.stderr  # The human table.

@@ -307,3 +307,19 @@ def test_pool_impls_agree_with_gradients(kind, stride):
   np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match='pool kind'):
     ops.pool_3x3(x, 'min')
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_shifted_max_pool_gradient_goes_to_first_maximum_on_ties(stride):
+  """Integer pixels tie often; each output's gradient goes to one input, the
+  first maximum of its window (as reduce_window's select-and-scatter and
+  PyTorch's max_pool2d do), never split."""
+  x = jnp.asarray(np.random.RandomState(0).randint(0, 3, (2, 7, 6, 3)).astype(np.float32))
+  y = ops.pool_3x3(x, 'max', stride, 'shifted')
+  cot = jnp.asarray(_rand(y.shape, seed=1))
+  grads = [jax.grad(lambda x_, impl=impl: jnp.sum(ops.pool_3x3(x_, 'max', stride, impl) * cot))(x)
+           for impl in ('conv', 'shifted')]
+  np.testing.assert_allclose(grads[1], grads[0], atol=1e-6)
+  ones = jax.grad(lambda x_: jnp.sum(ops.pool_3x3(x_, 'max', stride, 'shifted')))(x)
+  np.testing.assert_allclose(float(ones.sum()), y.size)  # one unit per output
+  assert set(np.unique(np.asarray(ones))) <= set(range(10))  # whole units, no halves
