@@ -62,20 +62,20 @@ def _batch_normalize_fwd(x, epsilon, axis_name):
 
 
 def _batch_normalize_bwd(epsilon, axis_name, residuals, cotangents):
-  # The statistics' cotangents are dropped: they only feed the running averages.
+  """x - mean = y / inv_std. The statistics' own cotangents are zero in a
+  gradient (they only feed the running averages) but not in a derivative of a
+  gradient (the second-order architect), where inv_std carries the variance."""
   y, inv_std = residuals
-  g = cotangents[0].astype(inv_std.dtype)
+  g, g_mean, g_var = (c.astype(inv_std.dtype) for c in cotangents)
   yf = y.astype(inv_std.dtype)
-  mean_g, mean_gy = _batch_statistics_of_gradient(g, yf, axis_name)
-  return (((g - mean_g - yf * mean_gy) * inv_std).astype(y.dtype),)
-
-
-def _batch_statistics_of_gradient(g, y, axis_name):
-  axes = tuple(range(g.ndim - 1))
-  stats = jnp.stack([g.mean(axes), (g * y).mean(axes)])
-  if axis_name is not None:
+  axes = tuple(range(y.ndim - 1))
+  stats = jnp.stack([g.mean(axes), (g * yf).mean(axes), g_mean, g_var])
+  if axis_name is not None:  # Statistics over all devices: their cotangents too.
     stats = lax.pmean(stats, axis_name)
-  return stats[0], stats[1]
+  mean_g, mean_gy, g_mean, g_var = stats
+  count = np.prod(y.shape[:-1])
+  dx = (g - mean_g - yf * mean_gy) * inv_std + (g_mean + 2 * g_var * yf / inv_std) / count
+  return (dx.astype(y.dtype),)
 
 
 batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd)

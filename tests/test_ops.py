@@ -323,3 +323,31 @@ def test_shifted_max_pool_gradient_goes_to_first_maximum_on_ties(stride):
   ones = jax.grad(lambda x_: jnp.sum(ops.pool_3x3(x_, 'max', stride, 'shifted')))(x)
   np.testing.assert_allclose(float(ones.sum()), y.size)  # one unit per output
   assert set(np.unique(np.asarray(ones))) <= set(range(10))  # whole units, no halves
+
+
+def test_batch_normalize_gradients_match_autodiff():
+  """The memory-saving BatchNorm VJP equals autodiff of the plain formula, with
+  cotangents on the statistics too, and to second order (the exact architect)."""
+  def plain(x):
+    mean = x.mean((0, 1, 2))
+    var = jnp.maximum(0.0, jnp.square(x).mean((0, 1, 2)) - jnp.square(mean))
+    return (x - mean) * jax.lax.rsqrt(var + ops.BN_EPSILON), mean, var
+
+  custom = lambda x: ops.batch_normalize(x, ops.BN_EPSILON)
+  with jax.enable_x64(True):
+    x = jnp.asarray(_rand((4, 3, 3, 5), seed=1), jnp.float64)
+    cot = tuple(jnp.asarray(_rand(shape, seed=i), jnp.float64)
+                for i, shape in enumerate([(4, 3, 3, 5), (5,), (5,)]))
+    results = []
+    for f in (plain, custom):
+      outputs = f(x)
+      grad = jax.vjp(f, x)[1](cot)[0]
+      second = jax.grad(lambda x_, f=f: jnp.sum(
+          jax.grad(lambda z: jnp.sum(f(z)[0] * cot[0]))(x_) ** 2 * jnp.sin(x_)))(x)
+      results.append((outputs, grad, second))
+  (ref_out, ref_grad, ref_second), (out, grad, second) = results
+  for a, b in zip(out, ref_out):
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+  assert np.abs(np.asarray(ref_grad)).max() > 0.1 and np.abs(np.asarray(ref_second)).max() > 1e-6
+  np.testing.assert_allclose(grad, ref_grad, rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(second, ref_second, rtol=1e-7, atol=1e-12)
