@@ -232,8 +232,10 @@ def test_masked_ops_are_not_computed():
   weights = jnp.full((5,), 0.2)
   ops_in = lambda kept: str(jax.make_jaxpr(
       lambda x: nb201.MixedOp(2, kept=kept).apply({}, x, weights))(x))
-  assert 'reduce_window' in ops_in((1, 4))
-  assert 'reduce_window' not in ops_in((0, 1))
+  # The 3x3 average pool is a reduce_window, or padded slices (`shifted`, CPU).
+  pool = lambda jaxpr: 'reduce_window' in jaxpr or 'pad[' in jaxpr
+  assert pool(ops_in((1, 4)))
+  assert not pool(ops_in((0, 1)))
 
 
 @pytest.mark.parametrize('kind', relaxation.RELAXATIONS)
