@@ -154,20 +154,25 @@ def depthwise(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0
   return _shifted_depthwise(x, kernel, stride, padding, dilation)
 
 
+def _strided_view(xp: jax.Array, top: int, left: int, stride: int,
+                  out_hw: Tuple[int, int]) -> jax.Array:
+  """The out_hw positions of (padded) xp from (top, left) every `stride` pixels:
+  what one kernel tap sees."""
+  out_h, out_w = out_hw
+  return lax.slice(xp, (0, top, left, 0),
+                   (xp.shape[0], top + (out_h - 1) * stride + 1,
+                    left + (out_w - 1) * stride + 1, xp.shape[3]), (1, stride, stride, 1))
+
+
 def _shifted_sum(xp: jax.Array, kernel: jax.Array, stride: int, dilation: int,
                  out_hw: Tuple[int, int]) -> jax.Array:
   """sum over taps (i, j) of the strided view of xp at (i*d, j*d) times kernel[i, j]:
   one loop over the output that XLA:CPU fuses and vectorizes along channels."""
-  k, s, d = kernel.shape[0], stride, dilation
-  out_h, out_w = out_hw
+  k, d = kernel.shape[0], dilation
   out = None
   for i in range(k):
     for j in range(k):
-      tap = lax.slice(
-          xp, (0, i * d, j * d, 0),
-          (xp.shape[0], i * d + (out_h - 1) * s + 1, j * d + (out_w - 1) * s + 1, xp.shape[3]),
-          (1, s, s, 1))
-      term = tap * kernel[i, j, 0]
+      term = _strided_view(xp, i * d, j * d, stride, out_hw) * kernel[i, j, 0]
       out = term if out is None else out + term
   return out
 
@@ -212,7 +217,7 @@ KERNEL_GRADIENT_CHUNK_BYTES = 1 << 20
 def _kernel_gradient(xp, g, k, stride, dilation):
   """(k*k, C): per tap (i, j), sum over batch and space of the strided view of
   xp at (i*d, j*d) times g, reduced a few images at a time."""
-  s, d = stride, dilation
+  d = dilation
   n, out_h, out_w, channels = g.shape
   acc_dtype = jnp.promote_types(g.dtype, jnp.float32)
   image_bytes = out_h * out_w * channels * g.dtype.itemsize
@@ -223,10 +228,7 @@ def _kernel_gradient(xp, g, k, stride, dilation):
     sums = []
     for i in range(k):
       for j in range(k):
-        tap = lax.slice(
-            xp, (0, i * d, j * d, 0),
-            (xp.shape[0], i * d + (out_h - 1) * s + 1, j * d + (out_w - 1) * s + 1,
-             channels), (1, s, s, 1))
+        tap = _strided_view(xp, i * d, j * d, stride, (out_h, out_w))
         sums.append(jnp.sum(tap * g, axis=(0, 1, 2), dtype=acc_dtype))
     return jnp.stack(sums)
 
@@ -325,11 +327,8 @@ class Pool(nn.Module):
 def _window_taps(x: jax.Array, stride: int, fill) -> list:
   """The 9 strided views of x padded by 1 with `fill` that a 3x3 window sees."""
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=fill)
-  out_h, out_w = (x.shape[1] - 1) // stride + 1, (x.shape[2] - 1) // stride + 1
-  return [lax.slice(xp, (0, i, j, 0),
-                    (x.shape[0], i + (out_h - 1) * stride + 1,
-                     j + (out_w - 1) * stride + 1, x.shape[3]), (1, stride, stride, 1))
-          for i in range(3) for j in range(3)]
+  out_hw = _shifted_out_hw(x.shape, 3, stride, 1, 1)
+  return [_strided_view(xp, i, j, stride, out_hw) for i in range(3) for j in range(3)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
