@@ -212,6 +212,7 @@ def _shifted_depthwise_bwd(stride, padding, dilation, residuals, g):
 # chunk is in cache (measured on XLA:CPU: 2.8x faster for a 3x3 kernel on
 # 32x32x32x32 than reducing each tap over the whole batch).
 KERNEL_GRADIENT_CHUNK_BYTES = 1 << 20
+REDUCTION_LANES = 16  # One AVX-512 register of float32.
 
 
 def _kernel_gradient(xp, g, k, stride, dilation):
@@ -224,12 +225,22 @@ def _kernel_gradient(xp, g, k, stride, dilation):
   chunk = max([b for b in range(1, n + 1)
                if n % b == 0 and b * image_bytes <= KERNEL_GRADIENT_CHUNK_BYTES] or [1])
 
+  # Few channels: XLA:CPU reduces to a minor axis of C lanes slowly, so the
+  # product is reduced as rows of `pixels` adjacent pixels (C * pixels lanes),
+  # then the pixels summed (measured: 2.0 -> 1.3 ms, 5x5 kernel, 32x32x32x4).
+  pixels = max([m for m in range(1, out_w + 1)
+                if out_w % m == 0 and m * channels <= REDUCTION_LANES] or [1])
+
   def reduce_taps(xp, g):
     sums = []
     for i in range(k):
       for j in range(k):
-        tap = _strided_view(xp, i * d, j * d, stride, (out_h, out_w))
-        sums.append(jnp.sum(tap * g, axis=(0, 1, 2), dtype=acc_dtype))
+        product = _strided_view(xp, i * d, j * d, stride, (out_h, out_w)) * g
+        if pixels == 1:
+          sums.append(jnp.sum(product, axis=(0, 1, 2), dtype=acc_dtype))
+        else:
+          rows = product.reshape(-1, pixels * channels).sum(0, dtype=acc_dtype)
+          sums.append(rows.reshape(pixels, channels).sum(0))
     return jnp.stack(sums)
 
   if chunk == n:

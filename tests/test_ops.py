@@ -269,7 +269,7 @@ def test_zero_stride2_shape_and_values():
 def test_shifted_depthwise_second_order_and_chunked_kernel_gradient(monkeypatch):
   """The custom VJP of the shifted depthwise conv is itself differentiable (the
   second-order architect differentiates through it), and reducing the kernel
-  gradient a few images at a time gives the whole-batch sums."""
+  gradient a few images at a time, or as rows of pixels, gives the whole-batch sums."""
   x = jnp.asarray(_rand((4, 7, 6, 3), seed=1))
   kernel = jnp.asarray(_rand((3, 3, 1, 3), seed=2, scale=0.3))
   cot = jnp.asarray(_rand((4, 4, 3, 3), seed=3))
@@ -291,6 +291,9 @@ def test_shifted_depthwise_second_order_and_chunked_kernel_gradient(monkeypatch)
   chunked = kernel_grad()  # 2 chunks of 2 images
   np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
   assert 'scan' in str(jax.make_jaxpr(kernel_grad)())  # the chunked path ran
+  # Reduced as rows of 3 pixels x 3 channels (above) or straight to the channels.
+  monkeypatch.setattr(ops, 'REDUCTION_LANES', 1)
+  np.testing.assert_allclose(kernel_grad(), whole, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('kind,stride', [('max', 1), ('max', 2), ('avg', 1), ('avg', 2)])
