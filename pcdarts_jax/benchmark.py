@@ -6,8 +6,11 @@ a time is the whole step). Inputs are already on the device unless the
 measurement is about the input pipeline.
 """
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
+import os
 import platform
 import resource
 import time
@@ -34,6 +37,47 @@ def config_digest(config) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+_PROC_SELF = '/proc/self'
+_peak_rss_before_resets = 0  # Bytes: the process peak that resets have cleared.
+
+
+def _release_free_heap() -> None:
+  """Hands the C heap's free pages back to the OS (glibc malloc_trim): memory
+  that compilation used and freed otherwise stays in the RSS."""
+  try:
+    ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim(0)
+  except (OSError, AttributeError):  # Not glibc.
+    pass
+
+
+def reset_peak_rss() -> bool:
+  """Restarts the process's peak-RSS count (Linux: VmHWM) after releasing the
+  heap's free pages, so the next `peak_rss_since_reset` excludes compilation.
+  False where that is not possible."""
+  global _peak_rss_before_resets
+  # Linux's ru_maxrss follows the reset too: keep the peak so far for peak_memory.
+  _peak_rss_before_resets = max(_peak_rss_before_resets, peak_rss_since_reset() or 0)
+  _release_free_heap()
+  try:
+    with open(os.path.join(_PROC_SELF, 'clear_refs'), 'w') as f:
+      f.write('5')
+    return True
+  except OSError:
+    return False
+
+
+def peak_rss_since_reset() -> Optional[int]:
+  """Peak RSS in bytes since `reset_peak_rss` (Linux VmHWM); None if unreadable."""
+  try:
+    with open(os.path.join(_PROC_SELF, 'status')) as f:
+      for line in f:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) * 1024  # Reported in kB.
+  except OSError:
+    pass
+  return None
+
+
 def peak_memory() -> Dict[str, Any]:
   """Accelerator: the device's peak bytes in use; CPU: the process's peak RSS
   (which only grows: a sweep reports the largest so far)."""
@@ -43,7 +87,8 @@ def peak_memory() -> Dict[str, Any]:
     return {'peak_memory_bytes': int(stats['peak_bytes_in_use']),
             'memory_kind': 'device_peak_bytes_in_use'}
   rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux.
-  return {'peak_memory_bytes': int(rss_kb) * 1024, 'memory_kind': 'process_peak_rss'}
+  peak = max(int(rss_kb) * 1024, _peak_rss_before_resets, peak_rss_since_reset() or 0)
+  return {'peak_memory_bytes': peak, 'memory_kind': 'process_peak_rss'}
 
 
 def _flops(compiled) -> Optional[float]:
@@ -91,6 +136,10 @@ def time_jitted(fn: Callable, args: tuple, steps: int, warmup: int, carry_state:
   compiled, compile_seconds = compiled_and_seconds or compile_timed(fn, args)
   args = list(args)
   times = []
+  # CPU: the peak RSS of stepping alone, comparable with a framework that does
+  # not compile (the process peak includes XLA's compilation).
+  on_cpu = jax.devices()[0].platform == 'cpu'
+  rss_reset = on_cpu and reset_peak_rss()
   for i in range(warmup + steps):
     start = time.perf_counter()
     out = compiled(*args)
@@ -100,7 +149,9 @@ def time_jitted(fn: Callable, args: tuple, steps: int, warmup: int, carry_state:
     if carry_state:
       args[0] = out[0]
   return {'compile_seconds': compile_seconds, 'flops_per_step': _flops(compiled),
-          'step_memory_bytes': _step_memory(compiled), **_percentiles(times)}
+          'step_memory_bytes': _step_memory(compiled),
+          'stepping_peak_rss_bytes': peak_rss_since_reset() if rss_reset else None,
+          **_percentiles(times)}
 
 
 def _synthetic_split(config, size: int, seed: int) -> data.ArraySet:
@@ -229,7 +280,7 @@ class SearchBench:
       if i >= warmup:
         times.append(time.perf_counter() - start)
     return {'compile_seconds': 0.0, 'flops_per_step': None, 'step_memory_bytes': None,
-            **_percentiles(times)}
+            'stepping_peak_rss_bytes': None, **_percentiles(times)}
 
   def fed_step(self, steps, warmup, architect_name='first_order'):
     """The bilevel step fed by the pipeline, as the search loop runs it (next
@@ -238,6 +289,7 @@ class SearchBench:
     train_iter = data.EpochIterator(self.train_set, self.batch_size, seed=0)
     arch_iter = data.EpochIterator(self.arch_set, self.batch_size, seed=1)
     state = self._state()
+    rss_reset = jax.devices()[0].platform == 'cpu' and reset_peak_rss()
     for _ in range(warmup):
       state, _ = compiled(state, next(train_iter), next(arch_iter), self.rng)
     jax.block_until_ready(state)
@@ -248,6 +300,7 @@ class SearchBench:
     per_step = (time.perf_counter() - start) / steps
     return {'compile_seconds': compile_seconds, 'flops_per_step': _flops(compiled),
             'step_memory_bytes': _step_memory(compiled),
+            'stepping_peak_rss_bytes': peak_rss_since_reset() if rss_reset else None,
             'ms_per_step_median': per_step * 1e3, 'ms_per_step_p10': None,
             'ms_per_step_p90': None}
 
@@ -292,7 +345,7 @@ def run(config, measurements: Sequence[str], batch_size: int, steps: int, warmup
 def format_table(results: Sequence[Dict]) -> str:
   header = (f'{"measurement":<14} {"architect":<19} {"batch":>5} {"compile s":>9} '
             f'{"ms/step":>9} {"p10":>8} {"p90":>8} {"img/s":>8} {"GFLOP/step":>10} '
-            f'{"GFLOP/s":>8} {"step MB":>8} {"peak MB":>8}')
+            f'{"GFLOP/s":>8} {"step MB":>8} {"run MB":>8} {"peak MB":>8}')
   lines = [header, '-' * len(header)]
   fmt = lambda v, spec: format(v, spec) if v is not None else '-'
   for r in results:
@@ -304,6 +357,7 @@ def format_table(results: Sequence[Dict]) -> str:
         f'{fmt(r["flops_per_step"] and r["flops_per_step"] / 1e9, ".2f"):>10} '
         f'{fmt(r["flops_per_second"] and r["flops_per_second"] / 1e9, ".1f"):>8} '
         f'{fmt(r["step_memory_bytes"] and r["step_memory_bytes"] / 2 ** 20, ".0f"):>8} '
+        f'{fmt(r["stepping_peak_rss_bytes"] and r["stepping_peak_rss_bytes"] / 2 ** 20, ".0f"):>8} '
         f'{r["peak_memory_bytes"] / 2 ** 20:>8.0f}')
   return '\n'.join(lines)
 

@@ -17,6 +17,7 @@ FIELDS = {
     'jax_version': str, 'config_digest': str, 'config': str, 'depthwise_impl': str,
     'dtype': str, 'data': str, 'steps': int, 'warmup': int, 'platform': str,
     'edge_impl': str, 'unroll_edges': bool, 'step_memory_bytes': (int, type(None)),
+    'stepping_peak_rss_bytes': (int, type(None)),
 }
 TINY = ['--config=configs/digits_search.py', '--config.model.init_channels=4',
         '--config.model.layers=2']
@@ -55,6 +56,9 @@ def test_benchmark_emits_every_field(tmp_path):
     # XLA's planned buffers of a step: more than the state it carries, less than the process.
     assert 0 < by_name[name]['step_memory_bytes'] < by_name[name]['peak_memory_bytes']
   assert by_name['pipeline']['step_memory_bytes'] is None
+  if os.path.exists('/proc/self/clear_refs'):  # Linux: RSS of stepping, compile excluded.
+    for name in ('weight_step', 'arch_step', 'bilevel_step', 'fed_step'):
+      assert 0 < by_name[name]['stepping_peak_rss_bytes'] <= by_name[name]['peak_memory_bytes']
   assert by_name['weight_step']['edge_impl'] in ('scan', 'batched')
   # The bilevel step does the weight step's work and the arch step's.
   assert by_name['bilevel_step']['flops_per_step'] >= by_name['weight_step']['flops_per_step']
@@ -67,3 +71,20 @@ def test_benchmark_rejects_an_unknown_measurement():
   result = _run('--measure=weight_step,bogus')
   assert result.returncode == 2
   assert "--measure=bogus" in result.stderr and 'weight_step' in result.stderr
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/clear_refs'), reason='Linux peak-RSS reset')
+def test_stepping_peak_rss_excludes_what_came_before_the_reset():
+  from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  big = np.ones(256 * 2 ** 18, np.float32)  # 256 MiB, touched.
+  before = benchmark.peak_rss_since_reset()
+  del big
+  assert benchmark.reset_peak_rss()
+  after = benchmark.peak_rss_since_reset()
+  assert after < before - 200 * 2 ** 20
+  # The process peak stays (up to the kernel's lazy accounting, some pages).
+  assert benchmark.peak_memory()['peak_memory_bytes'] >= before - 2 ** 20
+  small = np.ones(64 * 2 ** 18, np.float32)  # 64 MiB more is counted again.
+  assert benchmark.peak_rss_since_reset() >= after + 60 * 2 ** 20
+  del small
