@@ -78,6 +78,15 @@ def peak_rss_since_reset() -> Optional[int]:
   return None
 
 
+def stepping_rss_meter() -> Callable[[], Optional[int]]:
+  """CPU: restarts the peak-RSS count (call it after compiling) and returns a
+  reader of the peak since, comparable with a framework that does not compile;
+  elsewhere, or where the count cannot be restarted, a reader of None."""
+  if jax.devices()[0].platform != 'cpu' or not reset_peak_rss():
+    return lambda: None
+  return peak_rss_since_reset
+
+
 def peak_memory() -> Dict[str, Any]:
   """Accelerator: the device's peak bytes in use; CPU: the process's peak RSS
   (which only grows: a sweep reports the largest so far)."""
@@ -136,10 +145,7 @@ def time_jitted(fn: Callable, args: tuple, steps: int, warmup: int, carry_state:
   compiled, compile_seconds = compiled_and_seconds or compile_timed(fn, args)
   args = list(args)
   times = []
-  # CPU: the peak RSS of stepping alone, comparable with a framework that does
-  # not compile (the process peak includes XLA's compilation).
-  on_cpu = jax.devices()[0].platform == 'cpu'
-  rss_reset = on_cpu and reset_peak_rss()
+  stepping_rss = stepping_rss_meter()
   for i in range(warmup + steps):
     start = time.perf_counter()
     out = compiled(*args)
@@ -150,7 +156,7 @@ def time_jitted(fn: Callable, args: tuple, steps: int, warmup: int, carry_state:
       args[0] = out[0]
   return {'compile_seconds': compile_seconds, 'flops_per_step': _flops(compiled),
           'step_memory_bytes': _step_memory(compiled),
-          'stepping_peak_rss_bytes': peak_rss_since_reset() if rss_reset else None,
+          'stepping_peak_rss_bytes': stepping_rss(),
           **_percentiles(times)}
 
 
@@ -289,7 +295,7 @@ class SearchBench:
     train_iter = data.EpochIterator(self.train_set, self.batch_size, seed=0)
     arch_iter = data.EpochIterator(self.arch_set, self.batch_size, seed=1)
     state = self._state()
-    rss_reset = jax.devices()[0].platform == 'cpu' and reset_peak_rss()
+    stepping_rss = stepping_rss_meter()
     for _ in range(warmup):
       state, _ = compiled(state, next(train_iter), next(arch_iter), self.rng)
     jax.block_until_ready(state)
@@ -300,7 +306,7 @@ class SearchBench:
     per_step = (time.perf_counter() - start) / steps
     return {'compile_seconds': compile_seconds, 'flops_per_step': _flops(compiled),
             'step_memory_bytes': _step_memory(compiled),
-            'stepping_peak_rss_bytes': peak_rss_since_reset() if rss_reset else None,
+            'stepping_peak_rss_bytes': stepping_rss(),
             'ms_per_step_median': per_step * 1e3, 'ms_per_step_p10': None,
             'ms_per_step_p90': None}
 
