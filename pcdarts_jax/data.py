@@ -49,14 +49,27 @@ def _load_digits(split: str) -> ArraySet:
   raise DataError(f"data split {split!r} is not one of ('train', 'test') for digits.")
 
 
-def _load_tfds(name: str, split: str, data_dir: Optional[str], download: bool) -> ArraySet:
-  """Reads a whole tfds split into host memory once."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+def import_tfds(name: str):
+  """(tensorflow, tensorflow_datasets), with TF kept off the accelerators. Imported
+  on first use: the digits data set and the synthetic benchmark need neither."""
   try:
-    tf.config.set_visible_devices([], 'GPU')  # Keep TF off the accelerators.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise DataError(
+        f'data.name={name!r} is read with tensorflow-datasets, which needs tensorflow '
+        f'(tensorflow-cpu): {e}. Install them with pip install -r requirements.txt, or '
+        f"use data.name='digits', which needs neither.") from e
+  try:
+    tf.config.set_visible_devices([], 'GPU')
   except RuntimeError:  # TF already initialised its devices in this process.
     pass
+  return tf, tfds
+
+
+def _load_tfds(name: str, split: str, data_dir: Optional[str], download: bool) -> ArraySet:
+  """Reads a whole tfds split into host memory once."""
+  _, tfds = import_tfds(name)
   try:
     ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True,
                    download=download, shuffle_files=False)

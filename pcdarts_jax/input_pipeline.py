@@ -212,13 +212,8 @@ def search_inputs(config) -> SearchInputs:
 # Streaming (tf.data).
 
 
-def _tf():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  try:
-    tf.config.set_visible_devices([], 'GPU')  # Keep TF off the accelerators.
-  except RuntimeError:
-    pass
-  return tf
+def _tf(name: str):
+  return data.import_tfds(name)[0]
 
 
 def _check_manual_dir(d):
@@ -242,8 +237,7 @@ def _check_manual_dir(d):
 
 
 def _builder(d):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  _tf()
+  _, tfds = data.import_tfds(d.name)
   if d.get('mock_examples', 0):
     builder = tfds.builder(d.name, data_dir=d.data_dir)
     return builder
@@ -267,10 +261,11 @@ class _Mock:
 
   def __init__(self, d):
     self.examples = int(d.get('mock_examples', 0) or 0)
+    self.name = d.name
 
   def __enter__(self):
     if self.examples:
-      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      _, tfds = data.import_tfds(self.name)
       self._context = tfds.testing.mock_data(num_examples=self.examples,
                                              policy=tfds.testing.MockPolicy.USE_CODE)
       self._context.__enter__()
@@ -299,8 +294,7 @@ def _split_size(d, split: str) -> int:
 def _read(d, split: str, shard: bool):
   """The split's records in their stored order, image left encoded; with
   `shard`, only this process's contiguous share (tfds reads only those files)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  _tf()
+  _, tfds = data.import_tfds(d.name)
   if shard and jax.process_count() > 1:
     start, stop = host_range(_split_size(d, split))
     split = f'{split}[{start}:{stop}]'
@@ -455,7 +449,7 @@ def _local_eval_size(global_size: int) -> int:
 
 
 def _streaming_search_inputs(config) -> SearchInputs:
-  tf = _tf()
+  tf = _tf(config.data.name)
   d, s = config.data, config.search
   subsets = subset_keys(d, config.data.get('subset_seed', config.seed))
   total = int(subsets['total'])
@@ -502,7 +496,7 @@ def train_data_source(config, need_train: bool = True) -> DataSource:
   """ImageNet for the trainer: the whole train split streamed (each process its
   share, random-resized crops), the validation split as the test set (resize
   256, centre crop 224)."""
-  tf = _tf()
+  tf = _tf(config.data.name)
   d, t = config.data, config.train
   shape = image_shape(d)
   train_total = _split_size(d, 'train')

@@ -4,6 +4,7 @@ Nothing here compiles a model; the tfds path runs on tfds' mock data (offline).
 """
 
 import itertools
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -124,6 +125,16 @@ def test_missing_data_dir_raises(tmp_path, monkeypatch):
     data.load_split(cfg, 'train')
   assert str(missing) in str(info.value)
   assert not missing.exists()
+
+
+def test_missing_tensorflow_is_a_data_error_naming_the_data_set(monkeypatch):
+  # A machine without TF (an accelerator image, say) gets a DataError, which the
+  # benchmark answers with synthetic data, instead of an ImportError.
+  monkeypatch.setitem(sys.modules, 'tensorflow', None)
+  cfg = ml_collections.ConfigDict({'name': 'cifar10', 'data_dir': None, 'download': False})
+  with pytest.raises(data.DataError, match=r"data\.name='cifar10'.*tensorflow") as info:
+    data.load_split(cfg, 'train')
+  assert 'digits' in str(info.value)  # the data set that needs neither
 
 
 def test_unknown_name_raises():
