@@ -73,25 +73,27 @@ def main(argv):
 
   results, largest = [], None
   out = open(_OUT.value, 'a') if _OUT.value else None
+  config_name = config_flags.get_config_filename(flags.FLAGS['config'])
+
+  def emit(result):  # Written as measured: a crash later in the sweep keeps it.
+    print(benchmark.to_json_line(result), flush=True)
+    if out:
+      out.write(benchmark.to_json_line(result) + '\n')
+      out.flush()
+
   for b in sizes:
     try:
-      batch_results = benchmark.run(config, _MEASURE.value, b, _STEPS.value, _WARMUP.value,
-                                    _ARCHITECTS.value, config_name=config_flags.get_config_filename(flags.FLAGS['config']))
+      for r in benchmark.iter_run(config, _MEASURE.value, b, _STEPS.value, _WARMUP.value,
+                                  _ARCHITECTS.value, config_name=config_name):
+        emit(r)
+        results.append(r)
     except Exception as e:  # pylint: disable=broad-except
       if not _is_out_of_memory(e):
         raise
-      failure = {'measurement': 'out_of_memory', 'batch_size': b, 'error': str(e)[:300],
-                 'config_digest': benchmark.config_digest(config), **benchmark.environment()}
-      print(benchmark.to_json_line(failure), flush=True)
-      if out:
-        out.write(benchmark.to_json_line(failure) + '\n')
+      emit({'measurement': 'out_of_memory', 'batch_size': b, 'error': str(e)[:300],
+            'config_digest': benchmark.config_digest(config), **benchmark.environment()})
       break
     largest = b
-    for r in batch_results:
-      print(benchmark.to_json_line(r), flush=True)
-      if out:
-        out.write(benchmark.to_json_line(r) + '\n')
-    results += batch_results
   if out:
     out.close()
   print(benchmark.format_table(results), file=sys.stderr)

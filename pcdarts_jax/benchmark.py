@@ -14,7 +14,7 @@ import os
 import platform
 import resource
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -100,7 +100,80 @@ def peak_memory() -> Dict[str, Any]:
   return {'peak_memory_bytes': peak, 'memory_kind': 'process_peak_rss'}
 
 
-def _flops(compiled) -> Optional[float]:
+# Primitives counted one FLOP per output element (reductions: per input element).
+_ELEMENTWISE = frozenset((
+    'add', 'add_any', 'sub', 'mul', 'div', 'rem', 'max', 'min', 'neg', 'abs', 'sign',
+    'square', 'sqrt', 'rsqrt', 'exp', 'exp2', 'log', 'log1p', 'tanh', 'logistic', 'erf',
+    'integer_pow', 'pow'))
+_REDUCTIONS = frozenset(('reduce_sum', 'reduce_max', 'reduce_min', 'reduce_prod', 'argmax',
+                         'argmin', 'cumsum', 'cummax', 'cumlogsumexp'))
+
+
+def _size(aval) -> int:
+  return int(np.prod(aval.shape, dtype=np.int64)) if hasattr(aval, 'shape') else 1
+
+
+def _sub_jaxprs(params):
+  for value in params.values():
+    for item in (value if isinstance(value, (tuple, list)) else (value,)):
+      if isinstance(item, jax.extend.core.ClosedJaxpr):
+        yield item.jaxpr
+      elif isinstance(item, jax.extend.core.Jaxpr):
+        yield item
+
+
+def _real_taps(in_size, kernel, out_size, stride, padding, lhs_dilation, rhs_dilation):
+  """(output position, kernel tap) pairs along one axis that read an input pixel,
+  not padding or a hole of the input dilation (a strided conv's input gradient)."""
+  out = np.arange(out_size)[:, None] * stride + np.arange(kernel)[None, :] * rhs_dilation
+  q = out - padding[0]
+  return int(np.sum((q >= 0) & (q <= (in_size - 1) * lhs_dilation) & (q % lhs_dilation == 0)))
+
+
+def _conv_flops(eqn) -> float:
+  """2 per real multiply-add: per output batch x feature, the real taps along each
+  spatial axis times the kernel's input features (grouped and batch-grouped convs
+  of gradients included)."""
+  p = eqn.params
+  lhs_spec, rhs_spec, out_spec = p['dimension_numbers']
+  lhs, rhs, out = (eqn.invars[0].aval.shape, eqn.invars[1].aval.shape,
+                   eqn.outvars[0].aval.shape)
+  taps = 1
+  for axis in range(len(lhs_spec) - 2):
+    taps *= _real_taps(lhs[lhs_spec[axis + 2]], rhs[rhs_spec[axis + 2]],
+                       out[out_spec[axis + 2]], p['window_strides'][axis], p['padding'][axis],
+                       p['lhs_dilation'][axis], p['rhs_dilation'][axis])
+  return 2.0 * out[out_spec[0]] * out[out_spec[1]] * taps * rhs[rhs_spec[1]]
+
+
+def jaxpr_flops(jaxpr) -> float:
+  """FLOPs of one run of `jaxpr`: convolutions and matrix products 2 per
+  multiply-add, element-wise arithmetic and reductions 1 per element; a scan's
+  body times its length, the costliest branch of a cond. XLA's cost analysis
+  counts a loop body once, so it undercounts a scanned supernet many times."""
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == 'dot_general':
+      (contract, _), _ = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval.shape
+      total += 2.0 * _size(eqn.outvars[0].aval) * np.prod([lhs[d] for d in contract])
+    elif name == 'conv_general_dilated':
+      total += _conv_flops(eqn)
+    elif name in _ELEMENTWISE:
+      total += _size(eqn.outvars[0].aval)
+    elif name in _REDUCTIONS:
+      total += _size(eqn.invars[0].aval)
+    elif name == 'scan':
+      total += eqn.params['length'] * jaxpr_flops(eqn.params['jaxpr'].jaxpr)
+    elif name == 'cond':
+      total += max(jaxpr_flops(b.jaxpr) for b in eqn.params['branches'])
+    else:  # jit, remat, custom derivatives, while (trip count unknown: once), ...
+      total += sum(jaxpr_flops(sub) for sub in _sub_jaxprs(eqn.params))
+  return total
+
+
+def _xla_flops(compiled) -> Optional[float]:
   try:
     analysis = compiled.cost_analysis()
   except Exception:  # pylint: disable=broad-except  (not every backend has one)
@@ -132,17 +205,20 @@ def _percentiles(times: Sequence[float]) -> Dict[str, float]:
 
 
 def compile_timed(fn: Callable, args: tuple):
-  """(compiled executable, seconds spent lowering and compiling)."""
+  """(compiled executable, seconds spent tracing, lowering and compiling,
+  FLOPs counted on the traced program)."""
   start = time.perf_counter()
-  compiled = fn.lower(*args).compile()
-  return compiled, time.perf_counter() - start
+  traced = fn.trace(*args)
+  compiled = traced.lower().compile()
+  seconds = time.perf_counter() - start
+  return compiled, seconds, jaxpr_flops(traced.jaxpr.jaxpr)
 
 
 def time_jitted(fn: Callable, args: tuple, steps: int, warmup: int, carry_state: bool,
                 compiled_and_seconds=None) -> Dict[str, Any]:
   """Compile (timed), warm up, then time `steps` calls. With `carry_state`, the
   first output is fed back as the first argument (a training loop)."""
-  compiled, compile_seconds = compiled_and_seconds or compile_timed(fn, args)
+  compiled, compile_seconds, flops = compiled_and_seconds or compile_timed(fn, args)
   args = list(args)
   times = []
   stepping_rss = stepping_rss_meter()
@@ -154,7 +230,8 @@ def time_jitted(fn: Callable, args: tuple, steps: int, warmup: int, carry_state:
       times.append(time.perf_counter() - start)
     if carry_state:
       args[0] = out[0]
-  return {'compile_seconds': compile_seconds, 'flops_per_step': _flops(compiled),
+  return {'compile_seconds': compile_seconds, 'flops_per_step': flops,
+          'xla_flops_per_step': _xla_flops(compiled),
           'step_memory_bytes': _step_memory(compiled),
           'stepping_peak_rss_bytes': stepping_rss(),
           **_percentiles(times)}
@@ -191,6 +268,11 @@ class SearchBench:
     self.batch_size = batch_size
     self.train_set, self.arch_set, self.data_source = search_splits_or_synthetic(
         config, batch_size)
+    # Weight images per search epoch, of the real data set even when synthetic.
+    real = self.data_source == config.data.name
+    known = data.TRAIN_SIZES.get(config.data.name)
+    self.weight_images = (len(self.train_set) if real else
+                          int(np.floor(config.data.train_portion * known)) if known else None)
     self.model = supernet.build_supernet(config)
     self.steps_per_epoch = max(len(self.train_set) // batch_size, 1)
     self.weight_tx = optim.weight_optimizer(config, self.steps_per_epoch)
@@ -285,13 +367,14 @@ class SearchBench:
       jax.block_until_ready(batches)
       if i >= warmup:
         times.append(time.perf_counter() - start)
-    return {'compile_seconds': 0.0, 'flops_per_step': None, 'step_memory_bytes': None,
+    return {'compile_seconds': 0.0, 'flops_per_step': None, 'xla_flops_per_step': None,
+            'step_memory_bytes': None,
             'stepping_peak_rss_bytes': None, **_percentiles(times)}
 
   def fed_step(self, steps, warmup, architect_name='first_order'):
     """The bilevel step fed by the pipeline, as the search loop runs it (next
     batches prepared while the device computes)."""
-    compiled, compile_seconds = self._bilevel(architect_name)
+    compiled, compile_seconds, flops = self._bilevel(architect_name)
     train_iter = data.EpochIterator(self.train_set, self.batch_size, seed=0)
     arch_iter = data.EpochIterator(self.arch_set, self.batch_size, seed=1)
     state = self._state()
@@ -304,7 +387,8 @@ class SearchBench:
       state, _ = compiled(state, next(train_iter), next(arch_iter), self.rng)
     jax.block_until_ready(state)
     per_step = (time.perf_counter() - start) / steps
-    return {'compile_seconds': compile_seconds, 'flops_per_step': _flops(compiled),
+    return {'compile_seconds': compile_seconds, 'flops_per_step': flops,
+            'xla_flops_per_step': _xla_flops(compiled),
             'step_memory_bytes': _step_memory(compiled),
             'stepping_peak_rss_bytes': stepping_rss(),
             'ms_per_step_median': per_step * 1e3, 'ms_per_step_p10': None,
@@ -321,6 +405,15 @@ def environment() -> Dict[str, Any]:
 def run(config, measurements: Sequence[str], batch_size: int, steps: int, warmup: int,
         architects: Sequence[str] = ('first_order',), config_name: str = '') -> List[Dict]:
   """Every requested measurement at one batch size; one dict per result."""
+  return list(iter_run(config, measurements, batch_size, steps, warmup, architects,
+                       config_name))
+
+
+def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, warmup: int,
+             architects: Sequence[str] = ('first_order',),
+             config_name: str = '') -> Iterator[Dict]:
+  """`run`, each result yielded when it is measured: a long sweep that is stopped
+  or fails part way (a compiler crash, out of memory) keeps what it measured."""
   bench = SearchBench(config, batch_size)
   base = {'config': config_name, 'config_digest': config_digest(config),
           'batch_size': batch_size, 'data': bench.data_source, 'steps': steps,
@@ -330,7 +423,7 @@ def run(config, measurements: Sequence[str], batch_size: int, steps: int, warmup
               config.model.get('primitives', genotypes.PRIMITIVES)),
           'unroll_edges': bool(config.model.get('unroll_edges', False)),
           'dtype': config.model.get('dtype', 'float32'), **environment()}
-  results = []
+  weight_ms = None
   for name in measurements:
     if name not in MEASUREMENTS:
       raise ValueError(f'--measure={name!r} is not one of {MEASUREMENTS}.')
@@ -344,8 +437,30 @@ def run(config, measurements: Sequence[str], batch_size: int, steps: int, warmup
                 'images_per_second': batch_size / (ms / 1e3) if ms else None,
                 'flops_per_second': flops / (ms / 1e3) if flops and ms else None,
                 **peak_memory()}
-      results.append(result)
-  return results
+      if name == 'weight_step':
+        weight_ms = ms
+      if name in ('bilevel_step', 'fed_step'):
+        result.update(project_search(config, bench.weight_images, batch_size, ms, weight_ms))
+      yield result
+
+
+def project_search(config, weight_images: Optional[int], batch_size: int, bilevel_ms: float,
+                   weight_ms: Optional[float] = None) -> Dict[str, Any]:
+  """Minutes of the config's whole search at these step times, steps alone (the
+  per-epoch validation pass and checkpoints are not counted). Before
+  `arch_start_epoch` the loop takes weight steps only: at `weight_ms` when it was
+  measured, else at the bilevel time (an upper bound)."""
+  if not weight_images or not bilevel_ms:
+    return {'projected_search_minutes': None, 'projection': None}
+  s = config.search
+  steps = weight_images // batch_size
+  warm = min(s.arch_start_epoch, s.epochs) if weight_ms else 0
+  ms = steps * (warm * (weight_ms or 0.0) + (s.epochs - warm) * bilevel_ms)
+  basis = (f'weight steps in epochs 0-{warm - 1}, bilevel after' if warm else
+           'bilevel steps every epoch (upper bound: measure weight_step too)')
+  return {'projected_search_minutes': ms / 6e4,
+          'projection': f'{s.epochs} epochs x {steps} steps of {batch_size} ({weight_images} '
+                        f'weight images); {basis}; steps only'}
 
 
 def format_table(results: Sequence[Dict]) -> str:
@@ -365,6 +480,10 @@ def format_table(results: Sequence[Dict]) -> str:
         f'{fmt(r["step_memory_bytes"] and r["step_memory_bytes"] / 2 ** 20, ".0f"):>8} '
         f'{fmt(r["stepping_peak_rss_bytes"] and r["stepping_peak_rss_bytes"] / 2 ** 20, ".0f"):>8} '
         f'{r["peak_memory_bytes"] / 2 ** 20:>8.0f}')
+  for r in results:
+    if r.get('projected_search_minutes'):
+      lines.append(f'{r["measurement"]} at batch {r["batch_size"]}: whole search projected at '
+                   f'{r["projected_search_minutes"]:.1f} min ({r["projection"]})')
   return '\n'.join(lines)
 
 

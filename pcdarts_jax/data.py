@@ -18,6 +18,10 @@ NUM_CLASSES = {'cifar10': 10, 'cifar100': 100, 'digits': 10, 'imagenet16_120': 1
 IMAGE_SHAPES = {'cifar10': (32, 32, 3), 'cifar100': (32, 32, 3), 'digits': (8, 8, 1),
                 'imagenet16_120': (16, 16, 3)}
 DIGITS_TRAIN_SIZE = 1500  # The rest of scikit-learn's 1797 digits is the test split.
+# Images in each train split (before the weight / arch cut), for estimates made
+# without the data (the benchmark's projected search time).
+TRAIN_SIZES = {'cifar10': 50000, 'cifar100': 50000, 'digits': DIGITS_TRAIN_SIZE,
+               'imagenet16_120': 151700}
 
 
 class DataError(ValueError):

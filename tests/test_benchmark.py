@@ -17,7 +17,7 @@ FIELDS = {
     'jax_version': str, 'config_digest': str, 'config': str, 'depthwise_impl': str,
     'dtype': str, 'data': str, 'steps': int, 'warmup': int, 'platform': str,
     'edge_impl': str, 'unroll_edges': bool, 'step_memory_bytes': (int, type(None)),
-    'stepping_peak_rss_bytes': (int, type(None)),
+    'stepping_peak_rss_bytes': (int, type(None)), 'xla_flops_per_step': (float, type(None)),
 }
 TINY = ['--config=configs/digits_search.py', '--config.model.init_channels=4',
         '--config.model.layers=2']
@@ -51,6 +51,10 @@ def test_benchmark_emits_every_field(tmp_path):
   by_name = {r['measurement']: r for r in lines}
   for name in ('weight_step', 'arch_step', 'bilevel_step'):
     assert by_name[name]['flops_per_step'] > 0 and by_name[name]['compile_seconds'] > 0
+    assert by_name[name]['flops_per_second'] == pytest.approx(
+        by_name[name]['flops_per_step'] / (by_name[name]['ms_per_step_median'] / 1e3))
+    # The edges are scanned: XLA counts one edge per scan, the jaxpr count all.
+    assert by_name[name]['flops_per_step'] > 2 * by_name[name]['xla_flops_per_step']
     assert by_name[name]['ms_per_step_p10'] <= by_name[name]['ms_per_step_median'] <= \
         by_name[name]['ms_per_step_p90']
     # XLA's planned buffers of a step: more than the state it carries, less than the process.
@@ -62,6 +66,12 @@ def test_benchmark_emits_every_field(tmp_path):
   assert by_name['weight_step']['edge_impl'] in ('scan', 'batched')
   # The bilevel step does the weight step's work and the arch step's.
   assert by_name['bilevel_step']['flops_per_step'] >= by_name['weight_step']['flops_per_step']
+  # digits: 1500 train images, half for the weights; 12 epochs, arch steps from epoch 4.
+  bilevel, weight = by_name['bilevel_step'], by_name['weight_step']
+  assert bilevel['projected_search_minutes'] == pytest.approx(
+      750 // 8 * (4 * weight['ms_per_step_median'] + 8 * bilevel['ms_per_step_median']) / 6e4)
+  assert by_name['fed_step']['projected_search_minutes'] > 0
+  assert 'projected_search_minutes' not in by_name['pipeline']
   assert 'ms/step' in result.stderr  # The human table.
   saved = [json.loads(l) for l in out.read_text().splitlines()]
   assert saved[0] == {'earlier': 1} and saved[1:] == lines  # Appended.
@@ -88,3 +98,67 @@ def test_stepping_peak_rss_excludes_what_came_before_the_reset():
   small = np.ones(64 * 2 ** 18, np.float32)  # 64 MiB more is counted again.
   assert benchmark.peak_rss_since_reset() >= after + 60 * 2 ** 20
   del small
+
+
+def _flops_and_xla(fn, *args):
+  import jax  # pylint: disable=import-outside-toplevel
+  from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
+  traced = jax.jit(fn).trace(*args)
+  return (benchmark.jaxpr_flops(traced.jaxpr.jaxpr),
+          traced.lower().compile().cost_analysis()['flops'])
+
+
+def test_flop_count_matches_xla_on_convs_and_counts_every_scan_iteration():
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 9, 9, 6))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 6, 8))
+
+  def conv(x, w, stride):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), 'SAME',
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  # Padding taps and the holes of a strided conv's input gradient are not work.
+  for stride in (1, 2):
+    ours, xla = _flops_and_xla(
+        jax.grad(lambda x, w: jnp.sum(conv(x, w, stride)) ** 2, argnums=(0, 1)), x, w)
+    assert ours == pytest.approx(xla, rel=1e-4), stride  # up to a few scalar ops
+  # By hand: per axis 9 outputs x 3 taps, less the 2 that read padding.
+  ours, _ = _flops_and_xla(lambda x, w: conv(x, w, 1), x, w)
+  assert ours == 2 * 4 * 8 * 6 * 25 ** 2
+  m = jnp.ones((32, 32))
+  ws = jnp.ones((10, 32, 32))
+  scanned = lambda m, ws: jax.lax.scan(lambda c, w: (c @ w, None), m, ws)[0]
+  ours, xla = _flops_and_xla(scanned, m, ws)
+  assert ours == 10 * 2 * 32 ** 3
+  assert xla < ours / 5  # Why the benchmark does not report XLA's figure as the FLOPs.
+
+
+def test_iter_run_yields_each_result_before_a_later_failure(monkeypatch):
+  from configs import digits_search  # pylint: disable=import-outside-toplevel
+  from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
+  config = digits_search.get_config()
+  config.model.init_channels, config.model.layers = 4, 2
+
+  def crash(*args, **kwargs):
+    raise RuntimeError('compiler crashed')
+
+  monkeypatch.setattr(benchmark.SearchBench, 'arch_step', crash)
+  results = benchmark.iter_run(config, ['pipeline', 'arch_step'], 8, steps=2, warmup=0)
+  first = next(results)
+  assert first['measurement'] == 'pipeline' and first['ms_per_step_median'] > 0
+  with pytest.raises(RuntimeError, match='compiler crashed'):
+    next(results)
+
+
+def test_projected_search_time():
+  from configs import cifar10_search  # pylint: disable=import-outside-toplevel
+  from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
+  config = cifar10_search.get_config()  # 50 epochs, arch steps from epoch 15
+  # 25,000 weight images at batch 256: 97 steps an epoch.
+  both = benchmark.project_search(config, 25000, 256, bilevel_ms=300.0, weight_ms=100.0)
+  assert both['projected_search_minutes'] == pytest.approx(97 * (15 * 100 + 35 * 300) / 6e4)
+  bound = benchmark.project_search(config, 25000, 256, bilevel_ms=300.0)
+  assert bound['projected_search_minutes'] == pytest.approx(97 * 50 * 300 / 6e4)
+  assert 'upper bound' in bound['projection']
+  assert benchmark.project_search(config, None, 256, 300.0)['projected_search_minutes'] is None
