@@ -1,15 +1,13 @@
-"""Step-throughput benchmark of a search config.
+"""Step-throughput benchmark of a search config or a training config.
 
   python -m launch.benchmark --config=configs/cifar10_search.py \
       [--batch_size=64] [--measure=weight_step,arch_step,bilevel_step,pipeline,fed_step] \
       [--architects=first_order,second_order] [--sweep] [--steps=10] [--out=bench.jsonl] \
       [--config.model.depthwise_impl=dense ...]
+  python -m launch.benchmark --config=configs/cifar10_train.py [--measure=train_step,eval_step]
 
-Prints one JSON line per measurement on stdout (appended to --out as well) and
-a table on stderr. Fields: measurement, architect, batch_size, compile_seconds,
-ms_per_step_median/_p10/_p90, images_per_second, flops_per_step (XLA cost
-analysis), flops_per_second, peak_memory_bytes + memory_kind, device_kind,
-device_count, jax_version, config_digest, depthwise_impl, dtype, data.
+Prints one JSON line per measurement on stdout as soon as it is measured
+(appended to --out as well) and a table on stderr. Fields: README, Benchmark.
 """
 
 import sys
@@ -21,11 +19,14 @@ from ml_collections import config_flags
 
 from pcdarts_jax import benchmark
 from pcdarts_jax import config_validation
+from pcdarts_jax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Search config file.',
                                           lock_config=True)
 _MEASURE = flags.DEFINE_list('measure', list(benchmark.MEASUREMENTS),
-                             f'Measurements, any of {benchmark.MEASUREMENTS}.')
+                             f'Measurements: of a search config any of {benchmark.MEASUREMENTS}; '
+                             f'of a training config any of {benchmark.TRAIN_MEASUREMENTS} '
+                             f'(default: both).')
 _ARCHITECTS = flags.DEFINE_list('architects', ['first_order'],
                                 'Architect strategies for the arch/bilevel/fed steps.')
 _BATCH = flags.DEFINE_integer('batch_size', None, 'Batch size (default: the config\'s).')
@@ -49,9 +50,14 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
-  unknown = [m for m in _MEASURE.value if m not in benchmark.MEASUREMENTS]
+  training = benchmark.is_train_config(config)
+  allowed = benchmark.measurements_of(config)
+  # A training config measures its own steps unless --measure names them.
+  measure = _MEASURE.value if flags.FLAGS['measure'].present else list(allowed)
+  unknown = [m for m in measure if m not in allowed]
   if unknown:
-    print(f'error: --measure={",".join(unknown)} is not one of {benchmark.MEASUREMENTS}',
+    kind = 'training' if training else 'search'
+    print(f'error: --measure={",".join(unknown)} is not one of {allowed} (a {kind} config)',
           file=sys.stderr)
     sys.exit(2)
   for name in _ARCHITECTS.value:
@@ -59,14 +65,18 @@ def main(argv):
       print(f'error: --architects={name!r} is not one of {config_validation.ARCHITECTS}',
             file=sys.stderr)
       sys.exit(2)
+  section = config.train if training else config.search
   sizes = ([int(b) for b in _SWEEP_SIZES.value] if _SWEEP.value
-           else [_BATCH.value or config.search.batch_size])
+           else [_BATCH.value or section.batch_size])
   try:
     for b in sizes:
       with config.unlocked():
-        config.search.batch_size = b
-        config.search.eval_batch_size = b
-      config_validation.validate_search_config(config)
+        section.batch_size = b
+        section.eval_batch_size = b
+      if training:
+        trainer.validate_train_config(config)
+      else:
+        config_validation.validate_search_config(config)
   except config_validation.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -83,7 +93,7 @@ def main(argv):
 
   for b in sizes:
     try:
-      for r in benchmark.iter_run(config, _MEASURE.value, b, _STEPS.value, _WARMUP.value,
+      for r in benchmark.iter_run(config, measure, b, _STEPS.value, _WARMUP.value,
                                   _ARCHITECTS.value, config_name=config_name):
         emit(r)
         results.append(r)

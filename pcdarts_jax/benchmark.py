@@ -26,10 +26,22 @@ from pcdarts_jax import data
 from pcdarts_jax import genotypes
 from pcdarts_jax import input_pipeline
 from pcdarts_jax import loop
+from pcdarts_jax import network
 from pcdarts_jax import optim
 from pcdarts_jax import supernet
+from pcdarts_jax import trainer
 
 MEASUREMENTS = ('weight_step', 'arch_step', 'bilevel_step', 'pipeline', 'fed_step')
+TRAIN_MEASUREMENTS = ('train_step', 'eval_step')  # of a training config (launch.train)
+
+
+def is_train_config(config) -> bool:
+  """A config of launch.train (a network trained from scratch), not of a search."""
+  return 'train' in config and 'search' not in config
+
+
+def measurements_of(config) -> tuple:
+  return TRAIN_MEASUREMENTS if is_train_config(config) else MEASUREMENTS
 
 
 def config_digest(config) -> str:
@@ -244,13 +256,17 @@ def _synthetic_split(config, size: int, seed: int) -> data.ArraySet:
                        rng.integers(0, config.model.num_classes, size).astype(np.int32))
 
 
+def _without_download(data_config):
+  data_config = data_config.copy_and_resolve_references()
+  data_config.download = False  # Measure now: never start a download.
+  return data_config
+
+
 def search_splits_or_synthetic(config, batch_size: int):
   """The config's data set when it can be read here, else random images of the
   same shape (the step's cost does not depend on pixel values)."""
-  data_config = config.data.copy_and_resolve_references()
-  data_config.download = False  # Measure now: never start a download.
   try:
-    train_set, arch_set = data.search_splits(data_config)
+    train_set, arch_set = data.search_splits(_without_download(config.data))
     if min(len(train_set), len(arch_set)) >= batch_size:
       return train_set, arch_set, config.data.name
   except data.DataError:
@@ -268,11 +284,14 @@ class SearchBench:
     self.batch_size = batch_size
     self.train_set, self.arch_set, self.data_source = search_splits_or_synthetic(
         config, batch_size)
-    # Weight images per search epoch, of the real data set even when synthetic.
-    real = self.data_source == config.data.name
-    known = data.TRAIN_SIZES.get(config.data.name)
+    # Weight images per search epoch, of the real data set even when synthetic
+    # (ImageNet: a per-class fraction of the train split).
+    d = config.data
+    real = self.data_source == d.name
+    known = data.TRAIN_SIZES.get(d.name)
+    share = d.get('train_fraction', d.get('train_portion', 1.0))
     self.weight_images = (len(self.train_set) if real else
-                          int(np.floor(config.data.train_portion * known)) if known else None)
+                          int(np.floor(share * known)) if known else None)
     self.model = supernet.build_supernet(config)
     self.steps_per_epoch = max(len(self.train_set) // batch_size, 1)
     self.weight_tx = optim.weight_optimizer(config, self.steps_per_epoch)
@@ -395,6 +414,61 @@ class SearchBench:
             'ms_per_step_p90': None}
 
 
+class TrainBench:
+  """The training step and the eval step of a training config's network (a
+  genotype trained from scratch, as launch.train runs it) at one batch size."""
+
+  def __init__(self, config, batch_size: int):
+    self.config = config
+    self.batch_size = batch_size
+    d = config.data
+    try:
+      train_set = data.load_split(_without_download(d), 'train')
+      if len(train_set) < batch_size:
+        raise data.DataError('too few images')
+      self.data_source = d.name
+    except data.DataError:
+      train_set = _synthetic_split(config, max(4 * batch_size, 256), 0)
+      self.data_source = f'synthetic {d.name}-shaped'
+    self.weight_images = (len(train_set) if self.data_source == d.name
+                          else data.TRAIN_SIZES.get(d.name))
+    steps_per_epoch = max(len(train_set) // batch_size, 1)
+    self.model = network.build_network(config, None, network.resolve_architecture(config))
+    self.tx = trainer.optimizer(config, steps_per_epoch)
+    self.state = trainer.create_train_state(self.model, config, jax.random.PRNGKey(0),
+                                            steps_per_epoch)
+    self.batch = {'image': jax.device_put(train_set.images[:batch_size]),
+                  'label': jax.device_put(train_set.labels[:batch_size])}
+    self.rng = jax.random.PRNGKey(1)
+    # The final drop-path probability: the costliest epoch's step.
+    self.drop_path_prob = jnp.float32(config.model.get('drop_path_prob', 0.0))
+
+  def train_step(self, steps, warmup, **_):
+    """Augmentation (cutout included), forward/backward with drop-path and the
+    auxiliary head, SGD update."""
+    step = jax.jit(trainer.make_train_step(self.model, self.config, self.tx), donate_argnums=0)
+    return time_jitted(step, (jax.tree.map(jnp.copy, self.state), self.batch, self.rng,
+                              self.drop_path_prob), steps, warmup, carry_state=True)
+
+  def eval_step(self, steps, warmup, **_):
+    """Inference with the BatchNorm running statistics, loss and accuracy sums."""
+    batch = dict(self.batch, mask=jnp.ones((self.batch_size,), jnp.float32))
+    step = jax.jit(trainer.make_eval_step(self.model, self.config))
+    return time_jitted(step, (self.state, batch), steps, warmup, carry_state=False)
+
+
+def project_training(config, train_images: Optional[int], batch_size: int,
+                     train_ms: float) -> Dict[str, Any]:
+  """Minutes of the config's whole training at this step time, steps alone."""
+  if not train_images or not train_ms:
+    return {'projected_train_minutes': None, 'projection': None}
+  t = config.train
+  steps = train_images // batch_size
+  return {'projected_train_minutes': t.epochs * steps * train_ms / 6e4,
+          'projection': f'{t.epochs} epochs x {steps} steps of {batch_size} ({train_images} '
+                        f'train images); steps only'}
+
+
 def environment() -> Dict[str, Any]:
   device = jax.devices()[0]
   return {'device_kind': device.device_kind, 'platform': device.platform,
@@ -414,19 +488,28 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
              config_name: str = '') -> Iterator[Dict]:
   """`run`, each result yielded when it is measured: a long sweep that is stopped
   or fails part way (a compiler crash, out of memory) keeps what it measured."""
-  bench = SearchBench(config, batch_size)
+  training = is_train_config(config)
+  allowed = measurements_of(config)
+  for name in measurements:  # Before anything is built.
+    if name not in allowed:
+      kind = 'training' if training else 'search'
+      raise ValueError(f'--measure={name!r} is not one of {allowed} (a {kind} config).')
+  m = config.model
+  if training:
+    bench = TrainBench(config, batch_size)
+    edges = {'edge_impl': None, 'unroll_edges': None}
+  else:
+    bench = SearchBench(config, batch_size)
+    edges = {'edge_impl': supernet.resolve_edge_impl(
+                 m.get('edge_impl', 'auto'), m.get('channel_sampling', 'first'),
+                 m.get('primitives', genotypes.PRIMITIVES)),
+             'unroll_edges': bool(m.get('unroll_edges', False))}
   base = {'config': config_name, 'config_digest': config_digest(config),
           'batch_size': batch_size, 'data': bench.data_source, 'steps': steps,
-          'warmup': warmup, 'depthwise_impl': config.model.depthwise_impl,
-          'edge_impl': supernet.resolve_edge_impl(
-              config.model.get('edge_impl', 'auto'), config.model.get('channel_sampling', 'first'),
-              config.model.get('primitives', genotypes.PRIMITIVES)),
-          'unroll_edges': bool(config.model.get('unroll_edges', False)),
-          'dtype': config.model.get('dtype', 'float32'), **environment()}
+          'warmup': warmup, 'depthwise_impl': m.get('depthwise_impl', 'auto'), **edges,
+          'dtype': m.get('dtype', 'float32'), **environment()}
   weight_ms = None
   for name in measurements:
-    if name not in MEASUREMENTS:
-      raise ValueError(f'--measure={name!r} is not one of {MEASUREMENTS}.')
     per_architect = name in ('arch_step', 'bilevel_step', 'fed_step')
     for arch_name in (architects if per_architect else (None,)):
       kwargs = {'architect_name': arch_name} if arch_name else {}
@@ -441,6 +524,8 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
         weight_ms = ms
       if name in ('bilevel_step', 'fed_step'):
         result.update(project_search(config, bench.weight_images, batch_size, ms, weight_ms))
+      if name == 'train_step':
+        result.update(project_training(config, bench.weight_images, batch_size, ms))
       yield result
 
 
@@ -481,9 +566,10 @@ def format_table(results: Sequence[Dict]) -> str:
         f'{fmt(r["stepping_peak_rss_bytes"] and r["stepping_peak_rss_bytes"] / 2 ** 20, ".0f"):>8} '
         f'{r["peak_memory_bytes"] / 2 ** 20:>8.0f}')
   for r in results:
-    if r.get('projected_search_minutes'):
-      lines.append(f'{r["measurement"]} at batch {r["batch_size"]}: whole search projected at '
-                   f'{r["projected_search_minutes"]:.1f} min ({r["projection"]})')
+    for what in ('search', 'train'):
+      if r.get(f'projected_{what}_minutes'):
+        lines.append(f'{r["measurement"]} at batch {r["batch_size"]}: whole {what} projected at '
+                     f'{r[f"projected_{what}_minutes"]:.1f} min ({r["projection"]})')
   return '\n'.join(lines)
 
 

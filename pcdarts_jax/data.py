@@ -21,7 +21,7 @@ DIGITS_TRAIN_SIZE = 1500  # The rest of scikit-learn's 1797 digits is the test s
 # Images in each train split (before the weight / arch cut), for estimates made
 # without the data (the benchmark's projected search time).
 TRAIN_SIZES = {'cifar10': 50000, 'cifar100': 50000, 'digits': DIGITS_TRAIN_SIZE,
-               'imagenet16_120': 151700}
+               'imagenet16_120': 151700, 'imagenet2012': 1281167}
 
 
 class DataError(ValueError):

@@ -77,6 +77,34 @@ def test_benchmark_emits_every_field(tmp_path):
   assert saved[0] == {'earlier': 1} and saved[1:] == lines  # Appended.
 
 
+def test_benchmark_of_a_training_config(tmp_path):
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
+  result = subprocess.run(
+      [sys.executable, '-m', 'launch.benchmark', '--config=configs/digits_train.py',
+       '--config.model.init_channels=4', '--config.model.layers=3', '--batch_size=16',
+       '--steps=2', '--warmup=1'], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [json.loads(l) for l in result.stdout.splitlines() if l.startswith('{')]
+  assert [r['measurement'] for r in lines] == ['train_step', 'eval_step']
+  train, evaluate = lines
+  for r in lines:
+    assert r['data'] == 'digits' and r['batch_size'] == 16 and r['edge_impl'] is None
+    assert r['flops_per_step'] > 0 and r['ms_per_step_median'] > 0
+  # Forward and backward (and the update) cost more than the forward alone.
+  assert train['flops_per_step'] > 2 * evaluate['flops_per_step']
+  # digits: 1500 train images, 10 epochs.
+  assert train['projected_train_minutes'] == pytest.approx(
+      10 * (1500 // 16) * train['ms_per_step_median'] / 6e4)
+  assert 'whole train projected' in result.stderr
+  bad = subprocess.run(
+      [sys.executable, '-m', 'launch.benchmark', '--config=configs/digits_train.py',
+       '--measure=bilevel_step'], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=300)
+  assert bad.returncode == 2
+  assert '--measure=bilevel_step' in bad.stderr and 'train_step' in bad.stderr
+
+
 def test_benchmark_rejects_an_unknown_measurement():
   result = _run('--measure=weight_step,bogus')
   assert result.returncode == 2
