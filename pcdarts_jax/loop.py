@@ -283,6 +283,45 @@ def _accumulate(totals, metrics):
   return metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
 
 
+def run_epoch_steps(epoch: int, first: int, steps_per_epoch: int, step_fn: Callable, *,
+                    stop, every_steps: int, log_every_steps: int, progress,
+                    host_sums: Callable, check_finite: Callable, save: Callable,
+                    interrupted: type, checkpoint_dir: str, step_name: str = 'step',
+                    loss_keys=('loss_sum', 'count'), accumulate: Callable = _accumulate,
+                    sums=None):
+  """Steps `first`..`steps_per_epoch`-1 of `epoch`, the bookkeeping every run
+  loop shares (search, training, the SGNAS phases). `step_fn(step_number)` runs
+  one step and returns its metric sums, which are added on the device. Host sums
+  (`host_sums(sums)`) are fetched only to log (every `log_every_steps`) or to
+  checkpoint (every `every_steps`, or when a stop signal arrived; never at the
+  epoch's last step, where the epoch-end checkpoint serves), and checked
+  (`check_finite(host, step)`) before `save(step, host)`; after a signal's
+  checkpoint the exception class `interrupted` is raised, saying how to resume.
+  Returns the epoch's device sums."""
+  loss_sum, count = loss_keys
+  for i in range(first, steps_per_epoch):
+    done = epoch * steps_per_epoch + i + 1
+    sums = accumulate(sums, step_fn(done - 1))
+    saving = i + 1 < steps_per_epoch and (stop.received is not None or
+                                          bool(every_steps and done % every_steps == 0))
+    logging_now = log_every_steps and done % log_every_steps == 0
+    fetched = None
+    if saving or logging_now:
+      fetched = host_sums(sums)
+      check_finite(fetched, done)
+    progress.update(fetched and {'loss': fetched[loss_sum] / max(fetched[count], 1.0)})
+    if saving:
+      save(done, fetched)
+      if stop.received is not None:
+        progress.close()
+        raise interrupted(
+            f'stopped by {signal.Signals(stop.received).name} after {step_name} {done}; '
+            f'checkpoint {done} written to {checkpoint_dir}. Run the same command again '
+            f'to resume.')
+  progress.close()
+  return sums
+
+
 def _host(sums) -> Dict[str, float]:
   """Device metric sums -> Python floats (one transfer). Sums of a pmapped step
   are already added over the devices: every device holds the total."""
@@ -578,40 +617,28 @@ def search(config, workdir: str) -> genotypes.Genotype:
         state, model, masks = next_stage(state, model, stage, masks)
         bilevel_step, eval_step = stage_steps(stage, masks)
       first = start_step - epoch * steps_per_epoch if epoch == start_epoch else 0
-      sums = None
       # Resumed mid-epoch: the sums of the steps before the checkpoint, added on the host.
       carried = meta['sums'] if first and meta['sums'] is not None else {}
-      epoch_sums = lambda: {k: v + carried.get(k, 0.0) for k, v in _host(sums).items()}
+      epoch_sums = lambda sums: {k: v + carried.get(k, 0.0) for k, v in _host(sums).items()}
       progress = monitor.Progress(epoch, s.epochs, steps_per_epoch, s.batch_size,
                                   s.log_every_steps, interactive, initial=first)
       loop_start = time.time()
-      for i in range(first, steps_per_epoch):
-        step_number = epoch * steps_per_epoch + i
+
+      def one_step(step_number):
+        nonlocal state
         # The step's rng depends only on (seed, step): resumed runs draw the same.
         state, metrics = bilevel_step(state, next(train_iter), next(arch_iter),
                                       jax.random.fold_in(step_key, step_number))
-        sums = _accumulate(sums, metrics)  # On device: no per-step host sync.
-        done = step_number + 1
-        # At an epoch's last step the epoch-end checkpoint (after validation) serves.
-        saving = i + 1 < steps_per_epoch and (stop.received is not None or
-                                              (every and done % every == 0))
-        logging_now = s.log_every_steps and done % s.log_every_steps == 0
-        host_sums = None
-        if saving or logging_now:
-          host_sums = epoch_sums()
-          check_finite(host_sums)
-        progress.update(host_sums and {'loss': host_sums['train_loss_sum'] /
-                                               max(host_sums['train_count'], 1.0)})
-        if saving:
-          save(done, host_sums)
-          if stop.received is not None:
-            progress.close()
-            raise SearchInterrupted(
-                f'stopped by {signal.Signals(stop.received).name} after step {done}; '
-                f'checkpoint {done} written to {paths.checkpoints}. Run the same command '
-                f'again to resume.')
-      progress.close()
-      sums = epoch_sums()
+        return metrics
+
+      sums = run_epoch_steps(
+          epoch, first, steps_per_epoch, one_step, stop=stop, every_steps=every,
+          log_every_steps=s.log_every_steps, progress=progress,
+          host_sums=epoch_sums,
+          check_finite=lambda host, _: check_finite(host), save=save,
+          interrupted=SearchInterrupted, checkpoint_dir=paths.checkpoints,
+          loss_keys=('train_loss_sum', 'train_count'))
+      sums = epoch_sums(sums)
       check_finite(sums)
       steps_run += steps_per_epoch - first
       step_seconds += time.time() - loop_start

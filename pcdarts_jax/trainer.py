@@ -530,28 +530,20 @@ def train(config, workdir: str) -> Dict[str, Any]:
       progress = monitor.Progress(epoch, t.epochs, spe, t.batch_size, t.log_every_steps,
                                   interactive, initial=first)
       loop_start = time.time()
-      for i, batch in zip(range(first, spe),
-                          _device_batches(itertools.islice(batches, spe - first))):
-        done = epoch * spe + i + 1
-        replicated, metrics = p_train(replicated, batch,
-                                      jax.random.fold_in(step_key, done - 1), drop_prob)
-        sums = _accumulate(sums, metrics)
-        saving = i + 1 < spe and (stop.received is not None or (every and done % every == 0))
-        logging_now = t.log_every_steps and done % t.log_every_steps == 0
-        host_sums = None
-        if saving or logging_now:
-          host_sums = _host(sums)
-          _check_finite(host_sums, done, last_good())
-        progress.update(host_sums and {'loss': host_sums['loss_sum'] / host_sums['count']})
-        if saving:
-          save(done, host_sums)
-          if stop.received is not None:
-            progress.close()
-            raise TrainingInterrupted(
-                f'stopped by {signal.Signals(stop.received).name} after step {done}; '
-                f'checkpoint written to {paths.checkpoints}. Run the same command again '
-                f'to resume.')
-      progress.close()
+      device_batches = _device_batches(itertools.islice(batches, spe - first))
+
+      def one_step(step_number):
+        nonlocal replicated
+        replicated, metrics = p_train(replicated, next(device_batches),
+                                      jax.random.fold_in(step_key, step_number), drop_prob)
+        return metrics
+
+      sums = loop.run_epoch_steps(
+          epoch, first, spe, one_step, stop=stop, every_steps=every,
+          log_every_steps=t.log_every_steps, progress=progress, host_sums=_host,
+          check_finite=lambda host, step: _check_finite(host, step, last_good()), save=save,
+          interrupted=TrainingInterrupted, checkpoint_dir=paths.checkpoints,
+          accumulate=_accumulate, sums=sums)
       host_sums = _host(sums)
       _check_finite(host_sums, (epoch + 1) * spe, last_good())
       steps_run += spe - first

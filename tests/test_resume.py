@@ -298,3 +298,60 @@ def test_skip_nonfinite_counts_and_goes_on(tmp_path, monkeypatch):
   assert np.isfinite(records[0]['train']['loss'])
   arch = _arch(workdir)
   assert all(np.all(np.isfinite(v)) for v in arch.values())
+
+
+class _Stop:
+  received = None
+
+
+class _Progress:
+  def __init__(self):
+    self.losses, self.closed = [], False
+
+  def update(self, metrics):
+    self.losses.append(metrics and metrics['loss'])
+
+  def close(self):
+    self.closed = True
+
+
+def _epoch_steps(stop, every_steps, log_every_steps, first=0, stop_after=None):
+  """Epoch 2 of 7-step epochs (steps 14..20) with host-side bookkeeping recorded."""
+  saved, checked, progress = [], [], _Progress()
+
+  def step_fn(step_number):
+    if stop_after is not None and step_number + 1 == stop_after:
+      stop.received = signal.SIGTERM
+    return {'loss_sum': np.float32(2.0), 'count': np.float32(1.0)}
+
+  sums = loop.run_epoch_steps(
+      2, first, 7, step_fn, stop=stop, every_steps=every_steps,
+      log_every_steps=log_every_steps, progress=progress,
+      host_sums=lambda s: {k: float(v) for k, v in s.items()},
+      check_finite=lambda host, step: checked.append(step),
+      save=lambda step, host: saved.append((step, host['count'])),
+      interrupted=loop.SearchInterrupted, checkpoint_dir='/ckpt')
+  return sums, saved, checked, progress
+
+
+def test_epoch_steps_checkpoint_and_log_only_when_due():
+  sums, saved, checked, progress = _epoch_steps(_Stop(), every_steps=3, log_every_steps=5)
+  assert float(sums['count']) == 7 and float(sums['loss_sum']) == 14
+  # Steps 15 and 18 are multiples of 3 (the epoch's 1st and 4th); 21 ends the
+  # epoch, where the epoch-end checkpoint serves.
+  assert saved == [(15, 1.0), (18, 4.0)]
+  assert checked == [15, 18, 20]  # Fetched (and checked) only to save or to log.
+  # The running mean loss goes to the progress line with each fetch (steps 15..21).
+  assert progress.losses == [2.0, None, None, 2.0, None, 2.0, None]
+  assert progress.closed
+  # Resumed mid-epoch: only the remaining steps run.
+  sums, saved, _, _ = _epoch_steps(_Stop(), every_steps=2, log_every_steps=0, first=4)
+  assert float(sums['count']) == 3 and saved == [(20, 2.0)]
+
+
+def test_epoch_steps_stop_signal_checkpoints_then_raises():
+  stop = _Stop()
+  with pytest.raises(loop.SearchInterrupted,
+                     match=r'SIGTERM after step 16; checkpoint 16 written to /ckpt\. Run the '
+                           r'same command again'):
+    _epoch_steps(stop, every_steps=0, log_every_steps=0, stop_after=16)

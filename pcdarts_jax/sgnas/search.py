@@ -374,32 +374,22 @@ def _run_phase(phase: _Phase, state, meta: Dict[str, Any], config, writer, stop,
     epoch_start = time.time()
     first = start_step - epoch * spe if epoch == start_epoch else 0
     carried = meta.get('sums') if first and meta.get('sums') else {}
-    sums = None
     progress = monitor.Progress(epoch, phase.epochs, spe, phase.batch_size,
                                 phase.log_every_steps, interactive, initial=first)
     loop_start = time.time()
-    for i in range(first, spe):
-      step = epoch * spe + i
-      state, metrics = phase.run_step(state, next(phase.iterator), step)
-      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-      done = step + 1
-      saving = i + 1 < spe and (stop.received is not None or (every and done % every == 0))
-      logging_now = phase.log_every_steps and done % phase.log_every_steps == 0
-      host_sums = None
-      if saving or logging_now:
-        host_sums = {k: v + carried.get(k, 0.0) for k, v in loop._host(sums).items()}
-        check_finite(host_sums, done)
-      progress.update(host_sums and {'loss': host_sums['loss_sum'] /
-                                             max(host_sums['count'], 1.0)})
-      if saving:
-        save(done, host_sums)
-        if stop.received is not None:
-          progress.close()
-          raise SearchInterrupted(
-              f'stopped by {signal.Signals(stop.received).name} after {phase.name} step '
-              f'{done}; checkpoint written to {phase.checkpoints.directory}. Run the same '
-              f'command again to resume.')
-    progress.close()
+
+    def one_step(step_number):
+      nonlocal state
+      state, metrics = phase.run_step(state, next(phase.iterator), step_number)
+      return metrics
+
+    sums = loop.run_epoch_steps(
+        epoch, first, spe, one_step, stop=stop, every_steps=every,
+        log_every_steps=phase.log_every_steps, progress=progress,
+        host_sums=lambda device_sums: {k: v + carried.get(k, 0.0)
+                                       for k, v in loop._host(device_sums).items()},
+        check_finite=check_finite, save=save, interrupted=SearchInterrupted,
+        checkpoint_dir=phase.checkpoints.directory, step_name=f'{phase.name} step')
     host_sums = {k: v + carried.get(k, 0.0) for k, v in loop._host(sums).items()}
     check_finite(host_sums, (epoch + 1) * spe)
     figures['steps'] += spe - first
