@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import jax
+from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -128,9 +129,9 @@ def _size(aval) -> int:
 def _sub_jaxprs(params):
   for value in params.values():
     for item in (value if isinstance(value, (tuple, list)) else (value,)):
-      if isinstance(item, jax.extend.core.ClosedJaxpr):
+      if isinstance(item, jax_core.ClosedJaxpr):
         yield item.jaxpr
-      elif isinstance(item, jax.extend.core.Jaxpr):
+      elif isinstance(item, jax_core.Jaxpr):
         yield item
 
 
@@ -227,10 +228,11 @@ def compile_timed(fn: Callable, args: tuple):
 
 
 def time_jitted(fn: Callable, args: tuple, steps: int, warmup: int, carry_state: bool,
-                compiled_and_seconds=None) -> Dict[str, Any]:
+                precompiled=None) -> Dict[str, Any]:
   """Compile (timed), warm up, then time `steps` calls. With `carry_state`, the
-  first output is fed back as the first argument (a training loop)."""
-  compiled, compile_seconds, flops = compiled_and_seconds or compile_timed(fn, args)
+  first output is fed back as the first argument (a training loop).
+  `precompiled`: compile_timed's result, reused (a step shared by measurements)."""
+  compiled, compile_seconds, flops = precompiled or compile_timed(fn, args)
   args = list(args)
   times = []
   stepping_rss = stepping_rss_meter()
@@ -352,7 +354,7 @@ class SearchBench:
   def bilevel_step(self, steps, warmup, architect_name='first_order'):
     return time_jitted(None, (self._state(), self.train_batch, self.arch_batch, self.rng),
                        steps, warmup, carry_state=True,
-                       compiled_and_seconds=self._bilevel(architect_name))
+                       precompiled=self._bilevel(architect_name))
 
   def arch_step(self, steps, warmup, architect_name='first_order'):
     """The architecture update alone (augmentation included, as in the search)."""
