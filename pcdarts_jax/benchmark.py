@@ -541,10 +541,15 @@ def project_search(config, weight_images: Optional[int], batch_size: int, bileve
     return {'projected_search_minutes': None, 'projection': None}
   s = config.search
   steps = weight_images // batch_size
-  warm = min(s.arch_start_epoch, s.epochs) if weight_ms else 0
-  ms = steps * (warm * (weight_ms or 0.0) + (s.epochs - warm) * bilevel_ms)
-  basis = (f'weight steps in epochs 0-{warm - 1}, bilevel after' if warm else
-           'bilevel steps every epoch (upper bound: measure weight_step too)')
+  warm = min(s.arch_start_epoch, s.epochs)
+  if not warm:
+    basis = 'bilevel steps every epoch (arch steps from epoch 0)'
+  elif weight_ms:
+    basis = f'weight steps in epochs 0-{warm - 1}, bilevel after'
+  else:
+    basis = (f'bilevel steps every epoch: an upper bound, epochs 0-{warm - 1} take weight '
+             f'steps only (measure weight_step too)')
+  ms = steps * (warm * (weight_ms or bilevel_ms) + (s.epochs - warm) * bilevel_ms)
   return {'projected_search_minutes': ms / 6e4,
           'projection': f'{s.epochs} epochs x {steps} steps of {batch_size} ({weight_images} '
                         f'weight images); {basis}; steps only'}

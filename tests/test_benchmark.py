@@ -190,3 +190,7 @@ def test_projected_search_time():
   assert bound['projected_search_minutes'] == pytest.approx(97 * 50 * 300 / 6e4)
   assert 'upper bound' in bound['projection']
   assert benchmark.project_search(config, None, 256, 300.0)['projected_search_minutes'] is None
+  config.search.arch_start_epoch = 0  # DARTS: arch steps from the start, no bound.
+  darts = benchmark.project_search(config, 25000, 256, bilevel_ms=300.0, weight_ms=100.0)
+  assert darts['projected_search_minutes'] == pytest.approx(97 * 50 * 300 / 6e4)
+  assert 'upper bound' not in darts['projection']
