@@ -297,7 +297,7 @@ def run_epoch_steps(epoch: int, first: int, steps_per_epoch: int, step_fn: Calla
   epoch's last step, where the epoch-end checkpoint serves), and checked
   (`check_finite(host, step)`) before `save(step, host)`; after a signal's
   checkpoint the exception class `interrupted` is raised, saying how to resume.
-  Returns the epoch's device sums."""
+  Returns the epoch's host sums, checked."""
   loss_sum, count = loss_keys
   for i in range(first, steps_per_epoch):
     done = epoch * steps_per_epoch + i + 1
@@ -319,7 +319,9 @@ def run_epoch_steps(epoch: int, first: int, steps_per_epoch: int, step_fn: Calla
             f'checkpoint {done} written to {checkpoint_dir}. Run the same command again '
             f'to resume.')
   progress.close()
-  return sums
+  fetched = host_sums(sums)
+  check_finite(fetched, (epoch + 1) * steps_per_epoch)
+  return fetched
 
 
 def _host(sums) -> Dict[str, float]:
@@ -638,8 +640,6 @@ def search(config, workdir: str) -> genotypes.Genotype:
           check_finite=lambda host, _: check_finite(host), save=save,
           interrupted=SearchInterrupted, checkpoint_dir=paths.checkpoints,
           loss_keys=('train_loss_sum', 'train_count'))
-      sums = epoch_sums(sums)
-      check_finite(sums)
       steps_run += steps_per_epoch - first
       step_seconds += time.time() - loop_start
 

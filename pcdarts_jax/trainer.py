@@ -538,14 +538,12 @@ def train(config, workdir: str) -> Dict[str, Any]:
                                       jax.random.fold_in(step_key, step_number), drop_prob)
         return metrics
 
-      sums = loop.run_epoch_steps(
+      host_sums = loop.run_epoch_steps(
           epoch, first, spe, one_step, stop=stop, every_steps=every,
           log_every_steps=t.log_every_steps, progress=progress, host_sums=_host,
           check_finite=lambda host, step: _check_finite(host, step, last_good()), save=save,
           interrupted=TrainingInterrupted, checkpoint_dir=paths.checkpoints,
           accumulate=_accumulate, sums=sums)
-      host_sums = _host(sums)
-      _check_finite(host_sums, (epoch + 1) * spe, last_good())
       steps_run += spe - first
       step_seconds += time.time() - loop_start
 

@@ -340,7 +340,8 @@ def test_epoch_steps_checkpoint_and_log_only_when_due():
   # Steps 15 and 18 are multiples of 3 (the epoch's 1st and 4th); 21 ends the
   # epoch, where the epoch-end checkpoint serves.
   assert saved == [(15, 1.0), (18, 4.0)]
-  assert checked == [15, 18, 20]  # Fetched (and checked) only to save or to log.
+  # Fetched (and checked) only to save or to log, and once at the epoch's end.
+  assert checked == [15, 18, 20, 21]
   # The running mean loss goes to the progress line with each fetch (steps 15..21).
   assert progress.losses == [2.0, None, None, 2.0, None, 2.0, None]
   assert progress.closed

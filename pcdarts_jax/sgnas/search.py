@@ -383,15 +383,13 @@ def _run_phase(phase: _Phase, state, meta: Dict[str, Any], config, writer, stop,
       state, metrics = phase.run_step(state, next(phase.iterator), step_number)
       return metrics
 
-    sums = loop.run_epoch_steps(
+    host_sums = loop.run_epoch_steps(
         epoch, first, spe, one_step, stop=stop, every_steps=every,
         log_every_steps=phase.log_every_steps, progress=progress,
         host_sums=lambda device_sums: {k: v + carried.get(k, 0.0)
                                        for k, v in loop._host(device_sums).items()},
         check_finite=check_finite, save=save, interrupted=SearchInterrupted,
         checkpoint_dir=phase.checkpoints.directory, step_name=f'{phase.name} step')
-    host_sums = {k: v + carried.get(k, 0.0) for k, v in loop._host(sums).items()}
-    check_finite(host_sums, (epoch + 1) * spe)
     figures['steps'] += spe - first
     figures['step_seconds'] += time.time() - loop_start
     record = {'epoch': epoch, 'step': (epoch + 1) * spe, 'train': _summarise(host_sums)}
