@@ -51,14 +51,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   training = benchmark.is_train_config(config)
-  allowed = benchmark.measurements_of(config)
   # A training config measures its own steps unless --measure names them.
-  measure = _MEASURE.value if flags.FLAGS['measure'].present else list(allowed)
-  unknown = [m for m in measure if m not in allowed]
-  if unknown:
-    kind = 'training' if training else 'search'
-    print(f'error: --measure={",".join(unknown)} is not one of {allowed} (a {kind} config)',
-          file=sys.stderr)
+  measure = (_MEASURE.value if flags.FLAGS['measure'].present
+             else list(benchmark.measurements_of(config)))
+  try:
+    benchmark.check_measurements(config, measure)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
   for name in _ARCHITECTS.value:
     if name not in config_validation.ARCHITECTS:

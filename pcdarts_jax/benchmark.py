@@ -45,6 +45,16 @@ def measurements_of(config) -> tuple:
   return TRAIN_MEASUREMENTS if is_train_config(config) else MEASUREMENTS
 
 
+def check_measurements(config, names: Sequence[str]) -> None:
+  """ValueError naming every measurement the config's kind does not have."""
+  allowed = measurements_of(config)
+  unknown = [name for name in names if name not in allowed]
+  if unknown:
+    kind = 'training' if is_train_config(config) else 'search'
+    raise ValueError(f'--measure={",".join(unknown)} is not one of {allowed} '
+                     f'(a {kind} config)')
+
+
 def config_digest(config) -> str:
   text = config.to_json_best_effort(sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -264,18 +274,24 @@ def _without_download(data_config):
   return data_config
 
 
-def search_splits_or_synthetic(config, batch_size: int):
-  """The config's data set when it can be read here, else random images of the
-  same shape (the step's cost does not depend on pixel values)."""
+def splits_or_synthetic(config, batch_size: int, load: Callable, count: int):
+  """(splits, data source, images the first split has per epoch in the real data
+  set): `load(data_config)`'s `count` splits when they can be read here and each
+  holds a batch, else random images of the same shape (the step's cost does not
+  depend on pixel values) and the size from `data.TRAIN_SIZES` (a search's
+  weight share of it: `train_portion`, ImageNet's per-class `train_fraction`)."""
+  d = config.data
   try:
-    train_set, arch_set = data.search_splits(_without_download(config.data))
-    if min(len(train_set), len(arch_set)) >= batch_size:
-      return train_set, arch_set, config.data.name
+    splits = load(_without_download(d))
+    if min(len(split) for split in splits) >= batch_size:
+      return splits, d.name, len(splits[0])
   except data.DataError:
     pass
   size = max(4 * batch_size, 256)
-  return (_synthetic_split(config, size, 0), _synthetic_split(config, size, 1),
-          f'synthetic {config.data.name}-shaped')
+  known = data.TRAIN_SIZES.get(d.name)
+  share = d.get('train_fraction', d.get('train_portion', 1.0))
+  return (tuple(_synthetic_split(config, size, seed) for seed in range(count)),
+          f'synthetic {d.name}-shaped', int(np.floor(share * known)) if known else None)
 
 
 class SearchBench:
@@ -284,16 +300,9 @@ class SearchBench:
   def __init__(self, config, batch_size: int):
     self.config = config
     self.batch_size = batch_size
-    self.train_set, self.arch_set, self.data_source = search_splits_or_synthetic(
-        config, batch_size)
-    # Weight images per search epoch, of the real data set even when synthetic
-    # (ImageNet: a per-class fraction of the train split).
-    d = config.data
-    real = self.data_source == d.name
-    known = data.TRAIN_SIZES.get(d.name)
-    share = d.get('train_fraction', d.get('train_portion', 1.0))
-    self.weight_images = (len(self.train_set) if real else
-                          int(np.floor(share * known)) if known else None)
+    # weight_images: per search epoch, of the real data set even when synthetic.
+    (self.train_set, self.arch_set), self.data_source, self.weight_images = (
+        splits_or_synthetic(config, batch_size, data.search_splits, count=2))
     self.model = supernet.build_supernet(config)
     self.steps_per_epoch = max(len(self.train_set) // batch_size, 1)
     self.weight_tx = optim.weight_optimizer(config, self.steps_per_epoch)
@@ -423,17 +432,9 @@ class TrainBench:
   def __init__(self, config, batch_size: int):
     self.config = config
     self.batch_size = batch_size
-    d = config.data
-    try:
-      train_set = data.load_split(_without_download(d), 'train')
-      if len(train_set) < batch_size:
-        raise data.DataError('too few images')
-      self.data_source = d.name
-    except data.DataError:
-      train_set = _synthetic_split(config, max(4 * batch_size, 256), 0)
-      self.data_source = f'synthetic {d.name}-shaped'
-    self.weight_images = (len(train_set) if self.data_source == d.name
-                          else data.TRAIN_SIZES.get(d.name))
+    # weight_images: the train split's, real even when the images are synthetic.
+    (train_set,), self.data_source, self.weight_images = splits_or_synthetic(
+        config, batch_size, lambda d: (data.load_split(d, 'train'),), count=1)
     steps_per_epoch = max(len(train_set) // batch_size, 1)
     self.model = network.build_network(config, None, network.resolve_architecture(config))
     self.tx = trainer.optimizer(config, steps_per_epoch)
@@ -490,14 +491,9 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
              config_name: str = '') -> Iterator[Dict]:
   """`run`, each result yielded when it is measured: a long sweep that is stopped
   or fails part way (a compiler crash, out of memory) keeps what it measured."""
-  training = is_train_config(config)
-  allowed = measurements_of(config)
-  for name in measurements:  # Before anything is built.
-    if name not in allowed:
-      kind = 'training' if training else 'search'
-      raise ValueError(f'--measure={name!r} is not one of {allowed} (a {kind} config).')
+  check_measurements(config, measurements)  # Before anything is built.
   m = config.model
-  if training:
+  if is_train_config(config):
     bench = TrainBench(config, batch_size)
     edges = {'edge_impl': None, 'unroll_edges': None}
   else:
