@@ -72,11 +72,13 @@ class _Kernel(nn.Module):
 
 def depthwise(module_name: str, x, edges, positions, kernel_size, stride, padding,
               dilation, impl):
-  """Per-edge depthwise convs of the folded `x` as one depthwise conv."""
+  """Per-edge depthwise convs of relu(the folded `x`) as one depthwise conv (the
+  ReLU inside: see ops.depthwise's relu_input)."""
   width = x.shape[-1] // len(positions)
   kernel = _Kernel((kernel_size, kernel_size, 1, width), edges, name=module_name)(positions)
   kernel = jnp.moveaxis(kernel, 0, 3).reshape(kernel_size, kernel_size, 1, -1)
-  return ops.depthwise(x, kernel.astype(x.dtype), stride, padding, dilation, impl)
+  return ops.depthwise(x, kernel.astype(x.dtype), stride, padding, dilation, impl,
+                     relu_input=True)
 
 
 def pointwise(module_name: str, x, edges, positions, features, stride=1):
@@ -152,7 +154,7 @@ class BatchedOp(nn.Module):
         return x
       # FactorizedReduce per edge: two stride-2 1x1 convs, the second on x
       # shifted by a pixel, each edge's halves side by side.
-      x = nn.relu(x)
+      x = ops.relu(x)
       half = width // 2
       a = pointwise('conv_1', x, self.edges, positions, half, 2)
       shifted = jnp.pad(x[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
@@ -161,16 +163,14 @@ class BatchedOp(nn.Module):
       return self._bn('bn', y, positions)
     if p.startswith('sep_conv_'):
       k = int(p[-1])
-      x = nn.relu(x)
       x = depthwise('dw1', x, self.edges, positions, k, s, k // 2, 1, impl)
       x = pointwise('pw1', x, self.edges, positions, width)
-      x = nn.relu(self._bn('bn1', x, positions))
+      x = self._bn('bn1', x, positions)
       x = depthwise('dw2', x, self.edges, positions, k, 1, k // 2, 1, impl)
       x = pointwise('pw2', x, self.edges, positions, width)
       return self._bn('bn2', x, positions)
     if p.startswith('dil_conv_'):
       k = int(p[-1])
-      x = nn.relu(x)
       x = depthwise('dw', x, self.edges, positions, k, s, k - 1, 2, impl)
       x = pointwise('pw', x, self.edges, positions, width)
       return self._bn('bn', x, positions)

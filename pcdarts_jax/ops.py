@@ -44,6 +44,25 @@ def _batch_statistics(xf, axis_name):
   return mean, jnp.maximum(0.0, stats[1] - jnp.square(mean))  # Flax's variance formula
 
 
+@jax.custom_vjp
+def relu(x: jax.Array) -> jax.Array:
+  """ReLU whose gradient keeps only its input. jax.nn.relu's keeps its output,
+  a boolean mask and a float mask (2.25 tensors), where the input is usually
+  kept anyway (a BatchNorm output, a mixed op's channel slice)."""
+  return jnp.maximum(x, jnp.zeros((), x.dtype))
+
+
+def _relu_fwd(x):
+  return relu(x), x
+
+
+def _relu_bwd(x, g):
+  return (jnp.where(x > 0, g, jnp.zeros((), g.dtype)),)
+
+
+relu.defvjp(_relu_fwd, _relu_bwd)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def batch_normalize(x, epsilon, axis_name=None):
   """Affine-free train-mode BatchNorm over all axes but the last: returns the
@@ -118,13 +137,15 @@ class DepthwiseConv(nn.Module):
   Both implementations share one parameter, `kernel` of shape (k, k, 1, C) as
   `nn.Conv(feature_group_count=C)` stores it, so a checkpoint works with either.
   `shifted` sums k*k strided slices of the padded input scaled per channel; it
-  computes exactly the same function as the grouped conv.
+  computes exactly the same function as the grouped conv. `relu_input`: the
+  conv of relu(x), whose gradient keeps x alone (see `depthwise`).
   """
   kernel_size: int
   stride: int = 1
   padding: int = 0
   dilation: int = 1
   impl: str = 'auto'
+  relu_input: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -133,15 +154,24 @@ class DepthwiseConv(nn.Module):
     kernel = self.param('kernel', initializers.kernel_init,
                         (k, k, 1, channels), jnp.float32)
     return depthwise(x, kernel.astype(x.dtype), self.stride, self.padding, self.dilation,
-                     self.impl)
+                     self.impl, self.relu_input)
 
 
 def depthwise(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0,
-              dilation: int = 1, impl: str = 'auto') -> jax.Array:
-  """The depthwise conv of DepthwiseConv as a function of its kernel (k, k, 1, C)."""
+              dilation: int = 1, impl: str = 'auto', relu_input: bool = False) -> jax.Array:
+  """The depthwise conv of DepthwiseConv as a function of its kernel (k, k, 1, C).
+
+  `relu_input=True` convolves relu(x). The shifted form then keeps only x for
+  its gradient and recomputes the ReLU there: the mixed op's conv ops all read
+  the one channel slice, and a SepConv's second ReLU reads the BatchNorm output
+  that BatchNorm keeps, so the ReLU adds no tensor to the gradient's memory."""
   channels = x.shape[-1]
   k = kernel.shape[0]
   impl = resolve_depthwise_impl(impl)
+  if relu_input and impl == 'shifted':
+    return _relu_shifted_depthwise(x, kernel, stride, padding, dilation)
+  if relu_input:
+    x = relu(x)
   if impl in ('conv', 'dense'):
     groups = channels
     if impl == 'dense':
@@ -193,10 +223,14 @@ def _shifted_depthwise_fwd(x, kernel, stride, padding, dilation):
 
 
 def _shifted_depthwise_bwd(stride, padding, dilation, residuals, g):
+  x, kernel = residuals
+  return _shifted_depthwise_grads(x, kernel, g, stride, padding, dilation)
+
+
+def _shifted_depthwise_grads(x, kernel, g, stride, padding, dilation):
   """Input gradient: the transposed conv, itself a shifted sum of the dilated,
   padded output gradient with the flipped kernel (one fused loop, where autodiff
   gives k*k padded copies and their sum). Kernel gradient: a reduction per tap."""
-  x, kernel = residuals
   k, s, p, d = kernel.shape[0], stride, padding, dilation
   low = (k - 1) * d - p
   config = [(0, 0, 0)] + [(low, n + p - (m - 1) * s - 1, s - 1)
@@ -206,6 +240,21 @@ def _shifted_depthwise_bwd(stride, padding, dilation, residuals, g):
   dk = _kernel_gradient(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), g, k, s, d)
   dk = dk.reshape(kernel.shape).astype(kernel.dtype)
   return dx.astype(x.dtype), dk
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _relu_shifted_depthwise(x, kernel, stride, padding, dilation):
+  return _shifted_depthwise(relu(x), kernel, stride, padding, dilation)
+
+
+def _relu_shifted_depthwise_fwd(x, kernel, stride, padding, dilation):
+  return _relu_shifted_depthwise(x, kernel, stride, padding, dilation), (x, kernel)
+
+
+def _relu_shifted_depthwise_bwd(stride, padding, dilation, residuals, g):
+  x, kernel = residuals
+  dx, dk = _shifted_depthwise_grads(relu(x), kernel, g, stride, padding, dilation)
+  return jnp.where(x > 0, dx, jnp.zeros((), dx.dtype)), dk
 
 
 # Batch chunk of the kernel-gradient reductions: its taps are reduced while the
@@ -252,6 +301,7 @@ def _kernel_gradient(xp, g, k, stride, dilation):
 
 
 _shifted_depthwise.defvjp(_shifted_depthwise_fwd, _shifted_depthwise_bwd)
+_relu_shifted_depthwise.defvjp(_relu_shifted_depthwise_fwd, _relu_shifted_depthwise_bwd)
 
 
 class Pointwise(nn.Module):
@@ -418,7 +468,7 @@ class ReLUConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    x = nn.relu(x)
+    x = relu(x)
     x = conv(self.features, self.kernel_size, self.stride, self.padding,
              'conv')(x)
     return batch_norm(train, self.affine, 'bn', self.axis_name)(x)
@@ -435,7 +485,7 @@ class FactorizedReduce(nn.Module):
     if self.features % 2:
       raise ValueError(
           f'FactorizedReduce needs an even channel count, got {self.features}.')
-    x = nn.relu(x)
+    x = relu(x)
     half = self.features // 2
     a = conv(half, 1, 2, 0, 'conv_1')(x)
     # The shifted branch sees x[1:, 1:] (odd pixels). Zero-padding the far edge
@@ -460,9 +510,8 @@ class DilConv(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    x = nn.relu(x)
-    x = DepthwiseConv(self.kernel_size, self.stride, self.padding,
-                      self.dilation, self.depthwise_impl, name='dw')(x)
+    x = DepthwiseConv(self.kernel_size, self.stride, self.padding, self.dilation,
+                      self.depthwise_impl, relu_input=True, name='dw')(x)
     x = conv(self.features, 1, name='pw')(x)
     return batch_norm(train, self.affine, 'bn', self.axis_name)(x)
 
@@ -481,12 +530,11 @@ class SepConv(nn.Module):
   def __call__(self, x, train: bool = True):
     channels = x.shape[-1]
     k, p = self.kernel_size, self.padding
-    x = nn.relu(x)
-    x = DepthwiseConv(k, self.stride, p, 1, self.depthwise_impl, name='dw1')(x)
+    x = DepthwiseConv(k, self.stride, p, 1, self.depthwise_impl, relu_input=True,
+                      name='dw1')(x)
     x = conv(channels, 1, name='pw1')(x)
     x = batch_norm(train, self.affine, 'bn1', self.axis_name)(x)
-    x = nn.relu(x)
-    x = DepthwiseConv(k, 1, p, 1, self.depthwise_impl, name='dw2')(x)
+    x = DepthwiseConv(k, 1, p, 1, self.depthwise_impl, relu_input=True, name='dw2')(x)
     x = conv(self.features, 1, name='pw2')(x)
     return batch_norm(train, self.affine, 'bn2', self.axis_name)(x)
 
@@ -500,7 +548,7 @@ class Conv7x1_1x7(nn.Module):  # pylint: disable=invalid-name
   @nn.compact
   def __call__(self, x, train: bool = True):
     channels = x.shape[-1]
-    x = nn.relu(x)
+    x = relu(x)
     x = conv(channels, (1, 7), (1, self.stride), ((0, 0), (3, 3)), 'conv_1x7')(x)
     x = conv(self.features, (7, 1), (self.stride, 1), ((3, 3), (0, 0)),
              'conv_7x1')(x)
