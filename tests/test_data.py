@@ -4,6 +4,8 @@ Nothing here compiles a model; the tfds path runs on tfds' mock data (offline).
 """
 
 import itertools
+import os
+import subprocess
 import sys
 
 import jax
@@ -135,6 +137,35 @@ def test_missing_tensorflow_is_a_data_error_naming_the_data_set(monkeypatch):
   with pytest.raises(data.DataError, match=r"data\.name='cifar10'.*tensorflow") as info:
     data.load_split(cfg, 'train')
   assert 'digits' in str(info.value)  # the data set that needs neither
+
+
+def test_run_isolated_returns_the_arrays_and_data_errors():
+  """The child-process read gives the same arrays as reading here, and a
+  DataError raised in the child comes back as a DataError with its message."""
+  here = data.load_split(_digits_data_config(), 'test')
+  there = data.run_isolated('_load_digits', 'test')
+  assert there.images.dtype == np.uint8 and there.labels.dtype == np.int32
+  np.testing.assert_array_equal(there.images, here.images)
+  np.testing.assert_array_equal(there.labels, here.labels)
+  with pytest.raises(data.DataError, match=r'data\.data_dir is not set'):
+    data.run_isolated('load_imagenet16', None, 'train')
+
+
+def test_tfds_read_keeps_tensorflow_out_of_the_process(tmp_path):
+  """A tfds data set is read in a child process: the searching process never
+  loads TensorFlow (~0.8 GB), and a failed read is still a DataError here."""
+  pytest.importorskip('tensorflow')
+  code = ('import sys, ml_collections; from pcdarts_jax import data; '
+          "cfg = ml_collections.ConfigDict({'name': 'cifar10', 'data_dir': sys.argv[1], "
+          "'download': False})\n"
+          'try:\n  data.load_split(cfg, "train")\n'
+          'except data.DataError as e:\n  print("DataError", "cifar10" in str(e))\n'
+          'print("tensorflow loaded:", "tensorflow" in sys.modules)')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run([sys.executable, '-c', code, str(tmp_path)], capture_output=True,
+                        text=True, env=dict(os.environ, PYTHONPATH=root), check=True)
+  assert done.stdout.split('\n')[:2] == ['DataError True', 'tensorflow loaded: False'], (
+      done.stdout, done.stderr[-2000:])
 
 
 def test_unknown_name_raises():
