@@ -174,25 +174,47 @@ def jaxpr_flops(jaxpr) -> float:
   multiply-add, element-wise arithmetic and reductions 1 per element; a scan's
   body times its length, the costliest branch of a cond. XLA's cost analysis
   counts a loop body once, so it undercounts a scanned supernet many times."""
+  return sum(_eqn_flops(eqn) for eqn in jaxpr.eqns)
+
+
+def _eqn_flops(eqn) -> float:
+  name = eqn.primitive.name
+  if name == 'dot_general':
+    (contract, _), _ = eqn.params['dimension_numbers']
+    lhs = eqn.invars[0].aval.shape
+    return 2.0 * _size(eqn.outvars[0].aval) * np.prod([lhs[d] for d in contract])
+  if name == 'conv_general_dilated':
+    return _conv_flops(eqn)
+  if name in _ELEMENTWISE:
+    return _size(eqn.outvars[0].aval)
+  if name in _REDUCTIONS:
+    return _size(eqn.invars[0].aval)
+  if name == 'scan':
+    return _scan_flops(eqn)
+  if name == 'cond':
+    return max(jaxpr_flops(b.jaxpr) for b in eqn.params['branches'])
+  # jit, remat, custom derivatives, while (trip count unknown: once), ...
+  return sum(jaxpr_flops(sub) for sub in _sub_jaxprs(eqn.params))
+
+
+def _scan_flops(eqn) -> float:
+  """The body times the scan's length, except for a switch on the scanned
+  values with one branch per iteration (the bilevel step's phases, see
+  loop.make_bilevel_step): each of its branches counts once."""
+  p = eqn.params
+  body, length = p['jaxpr'].jaxpr, p['length']
+  per_iteration = set(body.invars[p['num_consts'] + p['num_carry']:])
   total = 0.0
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name == 'dot_general':
-      (contract, _), _ = eqn.params['dimension_numbers']
-      lhs = eqn.invars[0].aval.shape
-      total += 2.0 * _size(eqn.outvars[0].aval) * np.prod([lhs[d] for d in contract])
-    elif name == 'conv_general_dilated':
-      total += _conv_flops(eqn)
-    elif name in _ELEMENTWISE:
-      total += _size(eqn.outvars[0].aval)
-    elif name in _REDUCTIONS:
-      total += _size(eqn.invars[0].aval)
-    elif name == 'scan':
-      total += eqn.params['length'] * jaxpr_flops(eqn.params['jaxpr'].jaxpr)
-    elif name == 'cond':
-      total += max(jaxpr_flops(b.jaxpr) for b in eqn.params['branches'])
-    else:  # jit, remat, custom derivatives, while (trip count unknown: once), ...
-      total += sum(jaxpr_flops(sub) for sub in _sub_jaxprs(eqn.params))
+  for inner in body.eqns:
+    reads_iteration = any(isinstance(v, jax_core.Var) and v in per_iteration
+                          for v in inner.invars)
+    if (inner.primitive.name == 'cond' and len(inner.params['branches']) == length
+        and isinstance(inner.invars[0], jax_core.Var) and inner.invars[0] in per_iteration):
+      total += sum(jaxpr_flops(b.jaxpr) for b in inner.params['branches'])
+      continue
+    if reads_iteration:
+      per_iteration.update(inner.outvars)
+    total += length * _eqn_flops(inner)
   return total
 
 

@@ -162,6 +162,33 @@ def test_flop_count_matches_xla_on_convs_and_counts_every_scan_iteration():
   assert xla < ours / 5  # Why the benchmark does not report XLA's figure as the FLOPs.
 
 
+def test_flop_count_of_phases_counts_each_branch_once():
+  """A switch on the scanned iteration with one branch per iteration (the
+  bilevel step's arch and weight phases) runs each branch once; a cond that
+  does not follow the iteration counts its costliest branch per iteration."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  m = jnp.ones((16, 16))
+  cheap, costly = lambda c: c + 1.0, lambda c: c @ c  # 256 and 2 * 16 ** 3 FLOPs
+
+  def phases(m):
+    body = lambda c, phase: (jax.lax.switch(phase, [cheap, costly], c), None)
+    return jax.lax.scan(body, m, jnp.arange(2))[0]
+
+  def carried_switch(m):
+    body = lambda c, _: (jax.lax.cond(jnp.sum(c) > 0, costly, cheap, c), None)
+    return jax.lax.scan(body, m, jnp.arange(2))[0]
+
+  assert benchmark_flops(phases, m) == 256 + 2 * 16 ** 3
+  assert benchmark_flops(carried_switch, m) >= 2 * (2 * 16 ** 3)
+
+
+def benchmark_flops(fn, *args):
+  import jax  # pylint: disable=import-outside-toplevel
+  from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
+  return benchmark.jaxpr_flops(jax.jit(fn).trace(*args).jaxpr.jaxpr)
+
+
 def test_iter_run_yields_each_result_before_a_later_failure(monkeypatch):
   from configs import digits_search  # pylint: disable=import-outside-toplevel
   from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
