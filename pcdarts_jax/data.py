@@ -90,7 +90,8 @@ def run_isolated(function: str, *args) -> ArraySet:
   (its messages go to this one's stderr); the arrays come back as .npy files. A
   DataError raised there is raised here with its message."""
   package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  path = os.pathsep.join([package_root] + [p for p in sys.path if p])
+  # The child is the same interpreter: its own site-packages are on its path.
+  path = os.pathsep.join([package_root] + [p for p in [os.environ.get('PYTHONPATH')] if p])
   code = ('import sys, json; from pcdarts_jax import data; '
           'data._write_isolated(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))')
   with tempfile.TemporaryDirectory(prefix='pcdarts_jax_data_') as out:

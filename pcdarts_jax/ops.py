@@ -254,7 +254,7 @@ def _relu_shifted_depthwise_fwd(x, kernel, stride, padding, dilation):
 def _relu_shifted_depthwise_bwd(stride, padding, dilation, residuals, g):
   x, kernel = residuals
   dx, dk = _shifted_depthwise_grads(relu(x), kernel, g, stride, padding, dilation)
-  return jnp.where(x > 0, dx, jnp.zeros((), dx.dtype)), dk
+  return _relu_bwd(x, dx)[0], dk
 
 
 # Batch chunk of the kernel-gradient reductions: its taps are reduced while the
