@@ -350,10 +350,10 @@ def test_relu_gradient_keeps_only_its_input():
 
 
 def test_mixed_op_gradient_memory_budget():
-  """The search mixed op's gradient keeps 20 activation-sized tensors of its
-  C/K-channel slice (4 of them the full-width output): the slice, the max
-  pool's output, 8 BatchNorm outputs, 6 depthwise outputs. Before the ReLUs kept
-  only their input it was 33.5 (each ReLU kept 2.25 of its own)."""
+  """The search mixed op's weight gradient keeps 20 activation-sized tensors of
+  its C/K-channel slice: the slice, 6 BatchNorm outputs, 6 depthwise outputs and
+  7 for the full-width output and the bypass. Before the ReLUs kept only their
+  input it was 33.5 (each ReLU kept 2.25 of its own)."""
   op = supernet.PartialMixedOp(16, 1, 4, genotypes.PRIMITIVES, 'shifted', None, True)
   x = jnp.asarray(_rand((2, 8, 8, 16), seed=16))
   weights = jnp.full((len(genotypes.PRIMITIVES),), 0.125)
@@ -384,6 +384,29 @@ def test_pool_impls_agree_with_gradients(kind, stride):
   np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match='pool kind'):
     ops.pool_3x3(x, 'min')
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_shifted_max_pool_keeps_only_the_int8_argmax(stride):
+  """The gradient keeps the window's first-maximum index (1 byte per output),
+  not the input and output (8 bytes)."""
+  x = jnp.asarray(_rand((2, 7, 6, 3), seed=6))
+  out_size = ops.pool_3x3(x, 'max', stride, 'shifted').size
+  kept = _saved_residual_bytes(lambda z: jnp.sum(ops.pool_3x3(z, 'max', stride, 'shifted')), x)
+  assert kept == [out_size], kept
+
+
+def test_materialize_is_identity_and_survives_compilation():
+  """materialize splits XLA:CPU fusions with a conditional; if a compiler
+  release folded it away, the op VJPs would silently fuse again (slower)."""
+  x = jnp.asarray(_rand((2, 5, 5, 3), seed=7))
+  np.testing.assert_array_equal(ops.materialize(x), x)
+  cot = jnp.asarray(_rand(x.shape, seed=8))
+  np.testing.assert_array_equal(jax.grad(lambda z: jnp.sum(ops.materialize(z) * cot))(x), cot)
+  nan_first = x.at[0, 0, 0, 0].set(jnp.nan)  # the other branch: same values
+  np.testing.assert_array_equal(ops.materialize(nan_first), nan_first)
+  compiled = jax.jit(lambda z: ops.materialize(z * 2.0) + 1.0).lower(x).compile().as_text()
+  assert 'conditional' in compiled
 
 
 @pytest.mark.parametrize('stride', [1, 2])
