@@ -296,9 +296,6 @@ def test_shifted_depthwise_second_order_and_chunked_kernel_gradient(monkeypatch)
   chunked = kernel_grad()  # 2 chunks of 2 images
   np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
   assert 'scan' in str(jax.make_jaxpr(kernel_grad)())  # the chunked path ran
-  # Reduced as rows of 3 pixels x 3 channels (above) or straight to the channels.
-  monkeypatch.setattr(ops, 'REDUCTION_LANES', 1)
-  np.testing.assert_allclose(kernel_grad(), whole, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('impl', ['conv', 'shifted', 'dense'])
