@@ -188,8 +188,7 @@ class _Network(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True, drop_path_prob=None):
-    if self.dtype == 'bfloat16':  # float32: the input's own precision (float64 in tests).
-      x = x.astype(jnp.bfloat16)
+    x = ops.network_input(x, self.dtype)
     s0, s1, _, _, reduction_prev = self._stem(x, train)
     g = self.genotype
     c_curr = self.init_channels

@@ -31,6 +31,18 @@ def resolve_depthwise_impl(impl: str) -> str:
   return impl
 
 
+def network_input(x: jax.Array, dtype: str) -> jax.Array:
+  """A network's image batch in its compute dtype: `bfloat16` casts; `float32`
+  keeps the input's own float precision (float64 in tests). Integer images are
+  refused: the convs would cast their kernels to the input's dtype and the
+  whole network would silently compute in uint8."""
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(
+        f'network input has dtype {x.dtype}; pass normalized float images '
+        '(data.normalize), not raw integer pixels.')
+  return x.astype(jnp.bfloat16) if dtype == 'bfloat16' else x
+
+
 def _pair(padding: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
   return ((padding, padding), (padding, padding))
 

@@ -443,8 +443,7 @@ class SearchNetwork(nn.Module):
         edge_w[kind] = edge_normalization(self._arch(f'betas_{kind}', (num_edges,)),
                                           self.steps)
 
-    if self.dtype == 'bfloat16':  # float32: the input's own precision (float64 in tests).
-      x = x.astype(jnp.bfloat16)
+    x = ops.network_input(x, self.dtype)
     s0, s1 = self._stem(x, train)
     c_curr = self.init_channels
     reduction_prev = self.stem == 'imagenet'

@@ -69,6 +69,16 @@ def test_bfloat16_computes_activations_in_bfloat16():
   assert logits.dtype == jnp.float32
 
 
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_integer_images_are_refused(dtype):
+  """Raw uint8 pixels would make the convs cast their kernels to uint8 and the
+  whole network compute in integers; the network names the fix instead."""
+  config, model, train_set, _, state, _ = _setup(dtype)
+  variables = {'params': state.params, 'arch': state.arch, 'batch_stats': state.batch_stats}
+  with pytest.raises(ValueError, match=r'dtype uint8.*data\.normalize'):
+    model.apply(variables, train_set.images[:2], train=False)
+
+
 def test_bfloat16_search_matches_float32_within_tolerance(runs):
   _, loss32, arch32 = runs['float32']
   _, loss16, arch16 = runs['bfloat16']

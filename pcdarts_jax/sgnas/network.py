@@ -174,8 +174,7 @@ class SGNASNetwork(nn.Module):
     bn = lambda name: ops.batch_norm(train, True, name, self.axis_name)
     block = dict(se=self.se, activation=self.activation, depthwise_impl=self.depthwise_impl,
                  axis_name=self.axis_name)
-    if self.dtype == 'bfloat16':  # float32: the input's own precision.
-      x = x.astype(jnp.bfloat16)
+    x = ops.network_input(x, self.dtype)
     s = lay.stem_stride
     x = ops.Conv(lay.stem_channels, (3, 3), (s, s), ((1, 1), (1, 1)), name='stem')(x)
     x = act(bn('stem_bn')(x))

@@ -192,8 +192,7 @@ class SearchNetwork(nn.Module):
                                             (len(EDGES), len(PRIMITIVES)))
     alphas = self.variable('arch', ARCH_NAME, init).value
     weights = self.mixing_weights(alphas, temperature)
-    if self.dtype == 'bfloat16':
-      x = x.astype(jnp.bfloat16)
+    x = ops.network_input(x, self.dtype)
     c = self.init_channels
     x = _stem(x, c, train, self.axis_name)
     cell = 0
@@ -244,8 +243,7 @@ class Network(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = True, drop_path_prob=None):
     del drop_path_prob  # NB-201 networks train without drop-path.
-    if self.dtype == 'bfloat16':
-      x = x.astype(jnp.bfloat16)
+    x = ops.network_input(x, self.dtype)
     c = self.init_channels
     x = _stem(x, c, train, self.axis_name)
     cell = 0
