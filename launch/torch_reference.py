@@ -30,6 +30,8 @@ _THREADS = flags.DEFINE_integer('threads', 2, 'torch.set_num_threads.')
 _CHANNELS = flags.DEFINE_integer('init_channels', 16, 'C of the supernet.')
 _LAYERS = flags.DEFINE_integer('layers', 8, 'Cells of the supernet.')
 
+# Copies of genotypes.PRIMITIVES and node_edge_ranges(4) (the test checks they
+# agree): importing pcdarts_jax loads JAX, which would add to the measured RSS.
 PRIMITIVES = ('none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect', 'sep_conv_3x3',
               'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5')
 NODE_EDGES = ((0, 2), (2, 5), (5, 9), (9, 14))

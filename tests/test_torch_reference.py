@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs import cifar10_search
+from pcdarts_jax import genotypes
 from pcdarts_jax import supernet
 
 torch = pytest.importorskip('torch')
@@ -27,6 +28,8 @@ def _jax_sizes(init_channels, layers):
 
 
 def test_torch_supernet_has_our_supernets_parameters():
+  assert torch_reference.PRIMITIVES == tuple(genotypes.PRIMITIVES)
+  assert torch_reference.NODE_EDGES == genotypes.node_edge_ranges(4)
   net = torch_reference.build_supernet(torch, init_channels=8, layers=5)
   weights, arch = _jax_sizes(8, 5)
   assert sum(p.numel() for p in net.weights()) == weights
