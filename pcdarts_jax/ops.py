@@ -146,9 +146,15 @@ class BatchNorm(nn.BatchNorm):
 
 def batch_norm(train: bool, affine: bool, name: Optional[str] = None,
                axis_name: Optional[str] = None) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's momentum and eps. The affine ones (stems, the
+  training networks, SGNAS) take the two-pass variance, E[(x - mean)^2]:
+  Flax's default E[x^2] - mean^2 cancels catastrophically on near-constant
+  channels, and made SGNAS's 1-device and 8-device steps differ by 1e-2 in
+  the weights (2e-7 with two passes)."""
   return BatchNorm(
       use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-      use_scale=affine, use_bias=affine, axis_name=axis_name, name=name)
+      use_scale=affine, use_bias=affine, axis_name=axis_name, use_fast_variance=False,
+      name=name)
 
 
 class DepthwiseConv(nn.Module):
