@@ -149,8 +149,8 @@ def batch_norm(train: bool, affine: bool, name: Optional[str] = None,
   """BatchNorm with PyTorch's momentum and eps. The affine ones (stems, the
   training networks, SGNAS) take the two-pass variance, E[(x - mean)^2]:
   Flax's default E[x^2] - mean^2 cancels catastrophically on near-constant
-  channels, and made SGNAS's 1-device and 8-device steps differ by 1e-2 in
-  the weights (2e-7 with two passes)."""
+  channels. (SGNAS's 1-device and 8-device weights still differed by 1e-2
+  after that change: a ReLU6 kink, see tests/multidevice/sgnas_one_vs_many.py.)"""
   return BatchNorm(
       use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
       use_scale=affine, use_bias=affine, axis_name=axis_name, use_fast_variance=False,

@@ -41,8 +41,7 @@ class RowBatchNorm(nn.Module):
   Eval mode uses each row's running averages. Biased batch variance, PyTorch
   momentum 0.1, eps 1e-5. The variance is two-pass, E[(x - mean)^2], not
   E[x^2] - mean^2: on near-constant channels (small maps after ReLU6) the
-  one-pass form cancels catastrophically and made a step's result depend on
-  1e-7 input noise at the 1e-3 level (seen as 1-vs-N-device disagreement).
+  one-pass form cancels catastrophically.
   """
   rows: int
   axis_name: Optional[str] = None
