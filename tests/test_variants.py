@@ -277,8 +277,9 @@ def test_single_level_step_updates_both_from_the_train_batch():
   # normal ones only the L2 term).
   assert np.median(np.abs(np.asarray(grads['alphas_reduce']))) > 1e-5
   # Adam's first step is -lr g / (|g| + eps): where |g| is near eps (normal
-  # alphas, g = wd * alpha ~ 1e-8) it magnifies the step's and this gradient's
-  # rounding difference dg by eps / (|g| + eps)^2, so the tolerance does too.
+  # alphas, g = wd * alpha ~ 1e-8) a rounding difference dg between the step's
+  # gradient and this one moves the step by lr eps dg / (|g| + eps)^2, so the
+  # tolerance includes that term.
   eps, dg = 1e-8, 1e-8
   for name in state1.arch:
     g = np.asarray(grads[name]) + wd * np.asarray(state1.arch[name])
