@@ -422,6 +422,14 @@ def test_shifted_max_pool_gradient_goes_to_first_maximum_on_ties(stride):
   assert set(np.unique(np.asarray(ones))) <= set(range(10))  # whole units, no halves
 
 
+@pytest.mark.parametrize('shape', [(6, 5), (3, 4, 5), (2, 3, 4, 5)])
+def test_channel_means_average_every_axis_but_the_last(shape):
+  x = _rand(shape, seed=3)
+  means = ops.channel_means(jnp.asarray(x), jnp.asarray(x ** 2))
+  axes = tuple(range(len(shape) - 1))
+  np.testing.assert_allclose(means, np.stack([x.mean(axes), (x ** 2).mean(axes)]), rtol=1e-6)
+
+
 def test_batch_normalize_gradients_match_autodiff():
   """The memory-saving BatchNorm VJP equals autodiff of the plain formula, with
   cotangents on the statistics too, and to second order (the exact architect)."""
