@@ -355,7 +355,11 @@ class Pointwise(nn.Module):
                         (1, 1, x.shape[-1], self.features), jnp.float32)
     if self.stride > 1:
       x = x[:, ::self.stride, ::self.stride, :]
-    return jnp.einsum('nhwc,cd->nhwd', x, kernel[0, 0].astype(x.dtype))
+    # A 2-D matrix product: its kernel gradient is x^T g with x read in place,
+    # where the einsum over (n, h, w) made XLA:CPU copy x transposed first
+    # (forward + VJP at batch 32, 32x32x4: 0.25 vs 0.57 ms; bilevel step 6%).
+    w = kernel[0, 0].astype(x.dtype)
+    return jnp.dot(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], self.features)
 
 
 class Conv(nn.Module):
