@@ -53,7 +53,9 @@ def run(config, devices):
   model = supernet_lib.Supernet(lay, depthwise_impl='dense')
   step_model = supernet_lib.Supernet(lay, parallel.AXIS, 'dense')
   sample = data.normalize(train_set.images[:1], config.data.mean, config.data.std)
-  variables = model.init(jax.random.PRNGKey(0), sample, supernet_lib.init_arch(lay))
+  # Jitted, as search.py does: eager init dispatches every op alone (38 s here).
+  variables = jax.jit(lambda rng: model.init(rng, sample, supernet_lib.init_arch(lay)))(
+      jax.random.PRNGKey(0))
   tx = search.supernet_optimizer(config, 100)
   state = search.SupernetState(jnp.zeros((), jnp.int32), variables['params'],
                                variables['batch_stats'], tx.init(variables['params']))
