@@ -37,7 +37,7 @@ def get_config():
   config.model.stem_multiplier = 3
   config.model.stem = 'cifar'           # cifar | imagenet
   config.model.depthwise_impl = 'auto'  # auto | conv | shifted | dense
-  config.model.edge_impl = 'auto'       # auto (scan on CPU) | batched | scan: how a cell runs its edges
+  config.model.edge_impl = 'auto'       # auto (= scan) | batched | scan: how a cell runs its edges
   config.model.unroll_edges = False     # scan only. True: slower compile, faster steps
   config.model.dtype = 'float32'       # float32 | bfloat16 (activations; params, arch stay float32)
   config.model.channel_sampling = 'first'  # first | random: which C/K channels the ops see

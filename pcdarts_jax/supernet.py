@@ -35,10 +35,12 @@ def resolve_edge_impl(impl: str, channel_sampling: str = 'first',
   channel axis, 4 op sequences per cell instead of 14 (batched_ops.py; needs
   channel_sampling='first', where all edges from one input see the same
   channels). `scan`: one edge per step of a lax.scan (any variant). `auto`:
-  scan on CPU, where it measured faster (weight gradient of the CIFAR config
-  at batch 32: 2.11 s vs 2.45 s, compile 43 s vs 112 s: the batched groups'
-  larger working sets fall out of cache), batched on accelerators, where
-  fewer, larger kernels pay; scan wherever batched does not apply."""
+  scan on every backend. On CPU scan measured faster (weight gradient of the
+  CIFAR config at batch 32: 2.11 s vs 2.45 s, compile 43 s vs 112 s: the
+  batched groups' larger working sets fall out of cache). On the one GPU
+  measured (H100, JAX 0.11.2) batched crashed XLA's Triton GEMM tiling pass
+  with default flags and, with Triton GEMMs off, did not compile its bilevel
+  step within 200 s, where scan compiled in 81 s; so batched stays opt-in."""
   if impl not in EDGE_IMPLS:
     raise ValueError(f'model.edge_impl={impl!r} is not one of {EDGE_IMPLS}.')
   unbatched = [p for p in primitives if p not in batched_ops.BATCHED_PRIMITIVES]
@@ -50,8 +52,7 @@ def resolve_edge_impl(impl: str, channel_sampling: str = 'first',
       raise ValueError(f"model.edge_impl='batched' has no batched form of {unbatched}; "
                        f'batched primitives: {batched_ops.BATCHED_PRIMITIVES}.')
   if impl == 'auto':
-    batchable = channel_sampling == 'first' and not unbatched
-    return 'batched' if batchable and jax.default_backend() != 'cpu' else 'scan'
+    return 'scan'
   return impl
 
 
