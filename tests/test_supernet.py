@@ -404,9 +404,9 @@ def test_batched_edges_match_scan(k):
   weights and architecture, in train and eval mode, normal and reduction cells.
   float64, so that the comparison is not lost in BatchNorm's rounding. Three
   nodes (CI time: 63 s instead of 93 s alone) still give node groups of one and
-  of two edges, the latter a proper subset of the stacked edges; 'conv' is the
-  depthwise form that 'auto' picks on accelerators, where batched cells are meant
-  to run."""
+  of two edges, the latter a proper subset of the stacked edges; 'conv' is what
+  depthwise_impl='auto' picks on accelerators, where batched cells are meant to
+  run."""
   config = _tiny_config()
   config.model.update(init_channels=8, partial_channels=k, depthwise_impl='conv', steps=3,
                       multiplier=3)
