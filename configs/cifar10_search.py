@@ -38,7 +38,7 @@ def get_config():
   config.model.stem = 'cifar'           # cifar | imagenet
   config.model.depthwise_impl = 'auto'  # auto | conv | shifted | dense
   config.model.edge_impl = 'auto'       # auto (= scan) | batched | scan: how a cell runs its edges
-  config.model.unroll_edges = False     # scan only. True: slower compile, faster steps
+  config.model.unroll_edges = False     # scan only. True: 5-6x slower compile, no faster on CPU (README)
   config.model.dtype = 'float32'       # float32 | bfloat16 (activations; params, arch stay float32)
   config.model.channel_sampling = 'first'  # first | random: which C/K channels the ops see
   config.model.channel_mixing = 'shuffle'  # shuffle | shift: permutation after the concat
