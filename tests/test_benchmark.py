@@ -183,6 +183,28 @@ def test_flop_count_of_phases_counts_each_branch_once():
   assert benchmark_flops(carried_switch, m) >= 2 * (2 * 16 ** 3)
 
 
+def test_flop_count_of_scans_without_num_consts_params():
+  """JAX 0.11 (the H200 image's) gives scans no num_consts/num_carry params;
+  the scanned inputs are then found by their extra leading axis, and the
+  count, phase switches included, is the same."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
+  m = jnp.ones((16, 16))
+  cheap, costly = lambda c: c + 1.0, lambda c: c @ c
+
+  def phases(m, ws):  # A constant (m @ w), a carry, and two scanned inputs.
+    body = lambda c, xs: (jax.lax.switch(xs[0], [cheap, costly], c @ xs[1] + m), None)
+    return jax.lax.scan(body, m, (jnp.arange(2), ws))[0]
+
+  jaxpr = jax.jit(phases).trace(m, jnp.ones((2, 16, 16))).jaxpr.jaxpr
+  (scan,) = [e for e in jaxpr.eqns if e.primitive.name == 'scan']
+  params = {k: v for k, v in scan.params.items() if k not in ('num_consts', 'num_carry')}
+  expected = 256 + 2 * 16 ** 3 + 2 * (2 * 16 ** 3 + 256)  # branches once, body twice
+  assert benchmark._scan_flops(scan) == expected  # pylint: disable=protected-access
+  assert benchmark._scan_flops(scan.replace(params=params)) == expected  # pylint: disable=protected-access
+
+
 def benchmark_flops(fn, *args):
   import jax  # pylint: disable=import-outside-toplevel
   from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
