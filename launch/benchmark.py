@@ -3,6 +3,7 @@
   python -m launch.benchmark --config=configs/cifar10_search.py \
       [--batch_size=64] [--measure=weight_step,arch_step,bilevel_step,pipeline,fed_step] \
       [--architects=first_order,second_order] [--sweep] [--steps=10] [--out=bench.jsonl] \
+      [--trace_dir=/tmp/traces] \
       [--config.model.depthwise_impl=dense ...]
   python -m launch.benchmark --config=configs/cifar10_train.py [--measure=train_step,eval_step]
 
@@ -36,6 +37,9 @@ _SWEEP_SIZES = flags.DEFINE_list('sweep_batch_sizes', ['32', '64', '128', '256']
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per measurement.')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
 _OUT = flags.DEFINE_string('out', None, 'Append the JSON lines to this file.')
+_TRACE_DIR = flags.DEFINE_string(
+    'trace_dir', None, 'Write a JAX profiler trace of each measurement\'s timed steps under '
+    'this folder (<measurement>[_<architect>]_b<batch>/; open with XProf or TensorBoard).')
 flags.mark_flags_as_required(['config'])
 
 
@@ -93,7 +97,8 @@ def main(argv):
   for b in sizes:
     try:
       for r in benchmark.iter_run(config, measure, b, _STEPS.value, _WARMUP.value,
-                                  _ARCHITECTS.value, config_name=config_name):
+                                  _ARCHITECTS.value, config_name=config_name,
+                                  trace_dir=_TRACE_DIR.value):
         emit(r)
         results.append(r)
     except Exception as e:  # pylint: disable=broad-except

@@ -6,6 +6,7 @@ a time is the whole step). Inputs are already on the device unless the
 measurement is about the input pipeline.
 """
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -269,23 +270,35 @@ def compile_timed(fn: Callable, args: tuple):
   return compiled, seconds, flops
 
 
+def profiled(trace_dir: Optional[str]):
+  """A JAX profiler trace of the block into `trace_dir` (None: no trace)."""
+  return jax.profiler.trace(trace_dir) if trace_dir else contextlib.nullcontext()
+
+
 def time_jitted(fn: Callable, args: tuple, steps: int, warmup: int, carry_state: bool,
-                precompiled=None) -> Dict[str, Any]:
+                precompiled=None, trace_dir: Optional[str] = None) -> Dict[str, Any]:
   """Compile (timed), warm up, then time `steps` calls. With `carry_state`, the
   first output is fed back as the first argument (a training loop).
-  `precompiled`: compile_timed's result, reused (a step shared by measurements)."""
+  `precompiled`: compile_timed's result, reused (a step shared by measurements).
+  `trace_dir`: where to write a profiler trace of the timed calls alone."""
   compiled, compile_seconds, flops = precompiled or compile_timed(fn, args)
   args = list(args)
   times = []
   stepping_rss = stepping_rss_meter()
-  for i in range(warmup + steps):
-    start = time.perf_counter()
+
+  def call():
     out = compiled(*args)
     jax.block_until_ready(out)
-    if i >= warmup:
-      times.append(time.perf_counter() - start)
     if carry_state:
       args[0] = out[0]
+
+  for _ in range(warmup):
+    call()
+  with profiled(trace_dir):
+    for _ in range(steps):
+      start = time.perf_counter()
+      call()
+      times.append(time.perf_counter() - start)
   return {'compile_seconds': compile_seconds, 'flops_per_step': flops,
           'xla_flops_per_step': _xla_flops(compiled),
           'step_memory_bytes': _step_memory(compiled),
@@ -346,6 +359,7 @@ class SearchBench:
                       'label': jax.device_put(s.labels[:batch_size])}
     self.train_batch, self.arch_batch = take(self.train_set), take(self.arch_set)
     self.rng = jax.random.PRNGKey(1)
+    self.trace_dir = None  # Set by iter_run: trace the timed steps there.
     self._compiled = {}
     self._augment = data.train_augment(config.data)
 
@@ -390,12 +404,12 @@ class SearchBench:
 
     return time_jitted(jax.jit(step, donate_argnums=0),
                        (self._state(), self.train_batch, self.arch_batch, self.rng),
-                       steps, warmup, carry_state=True)
+                       steps, warmup, carry_state=True, trace_dir=self.trace_dir)
 
   def bilevel_step(self, steps, warmup, architect_name='first_order'):
     return time_jitted(None, (self._state(), self.train_batch, self.arch_batch, self.rng),
                        steps, warmup, carry_state=True,
-                       precompiled=self._bilevel(architect_name))
+                       precompiled=self._bilevel(architect_name), trace_dir=self.trace_dir)
 
   def arch_step(self, steps, warmup, architect_name='first_order'):
     """The architecture update alone (augmentation included, as in the search)."""
@@ -416,7 +430,7 @@ class SearchBench:
 
     return time_jitted(jax.jit(step, donate_argnums=0),
                        (self._state(), self.train_batch, self.arch_batch, self.rng),
-                       steps, warmup, carry_state=True)
+                       steps, warmup, carry_state=True, trace_dir=self.trace_dir)
 
   def pipeline(self, steps, warmup, **_):
     """Host batches (shuffled gather) and their transfer to the device, no step."""
@@ -444,11 +458,12 @@ class SearchBench:
     for _ in range(warmup):
       state, _ = compiled(state, next(train_iter), next(arch_iter), self.rng)
     jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(steps):  # Asynchronous dispatch: host work overlaps the step.
-      state, _ = compiled(state, next(train_iter), next(arch_iter), self.rng)
-    jax.block_until_ready(state)
-    per_step = (time.perf_counter() - start) / steps
+    with profiled(self.trace_dir):
+      start = time.perf_counter()
+      for _ in range(steps):  # Asynchronous dispatch: host work overlaps the step.
+        state, _ = compiled(state, next(train_iter), next(arch_iter), self.rng)
+      jax.block_until_ready(state)
+      per_step = (time.perf_counter() - start) / steps
     return {'compile_seconds': compile_seconds, 'flops_per_step': flops,
             'xla_flops_per_step': _xla_flops(compiled),
             'step_memory_bytes': _step_memory(compiled),
@@ -475,6 +490,7 @@ class TrainBench:
     self.batch = {'image': jax.device_put(train_set.images[:batch_size]),
                   'label': jax.device_put(train_set.labels[:batch_size])}
     self.rng = jax.random.PRNGKey(1)
+    self.trace_dir = None  # Set by iter_run: trace the timed steps there.
     # The final drop-path probability: the costliest epoch's step.
     self.drop_path_prob = jnp.float32(config.model.get('drop_path_prob', 0.0))
 
@@ -483,13 +499,15 @@ class TrainBench:
     auxiliary head, SGD update."""
     step = jax.jit(trainer.make_train_step(self.model, self.config, self.tx), donate_argnums=0)
     return time_jitted(step, (jax.tree.map(jnp.copy, self.state), self.batch, self.rng,
-                              self.drop_path_prob), steps, warmup, carry_state=True)
+                              self.drop_path_prob), steps, warmup, carry_state=True,
+                       trace_dir=self.trace_dir)
 
   def eval_step(self, steps, warmup, **_):
     """Inference with the BatchNorm running statistics, loss and accuracy sums."""
     batch = dict(self.batch, mask=jnp.ones((self.batch_size,), jnp.float32))
     step = jax.jit(trainer.make_eval_step(self.model, self.config))
-    return time_jitted(step, (self.state, batch), steps, warmup, carry_state=False)
+    return time_jitted(step, (self.state, batch), steps, warmup, carry_state=False,
+                       trace_dir=self.trace_dir)
 
 
 def project_training(config, train_images: Optional[int], batch_size: int,
@@ -520,9 +538,11 @@ def run(config, measurements: Sequence[str], batch_size: int, steps: int, warmup
 
 def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, warmup: int,
              architects: Sequence[str] = ('first_order',),
-             config_name: str = '') -> Iterator[Dict]:
+             config_name: str = '', trace_dir: Optional[str] = None) -> Iterator[Dict]:
   """`run`, each result yielded when it is measured: a long sweep that is stopped
-  or fails part way (a compiler crash, out of memory) keeps what it measured."""
+  or fails part way (a compiler crash, out of memory) keeps what it measured.
+  `trace_dir`: a profiler trace of each measurement's timed steps goes to
+  trace_dir/<measurement>[_<architect>]_b<batch> (the pipeline's is not traced)."""
   check_measurements(config, measurements)  # Before anything is built.
   m = config.model
   if is_train_config(config):
@@ -543,10 +563,14 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
     per_architect = name in ('arch_step', 'bilevel_step', 'fed_step')
     for arch_name in (architects if per_architect else (None,)):
       kwargs = {'architect_name': arch_name} if arch_name else {}
+      trace = (os.path.join(trace_dir, '_'.join(filter(None, (name, arch_name)))
+                            + f'_b{batch_size}')
+               if trace_dir and name != 'pipeline' else None)
+      bench.trace_dir = trace
       figures = getattr(bench, name)(steps, warmup, **kwargs)
       ms = figures['ms_per_step_median']
       flops = figures['flops_per_step']
-      result = {'measurement': name, 'architect': arch_name, **base, **figures,
+      result = {'measurement': name, 'architect': arch_name, **base, **figures, 'trace': trace,
                 'images_per_second': batch_size / (ms / 1e3) if ms else None,
                 'flops_per_second': flops / (ms / 1e3) if flops and ms else None,
                 **peak_memory()}

@@ -1,5 +1,6 @@
 """The benchmark launcher on a tiny config: well-formed JSON with every field."""
 
+import glob
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ FIELDS = {
     'dtype': str, 'data': str, 'steps': int, 'warmup': int, 'platform': str,
     'edge_impl': str, 'unroll_edges': bool, 'step_memory_bytes': (int, type(None)),
     'stepping_peak_rss_bytes': (int, type(None)), 'xla_flops_per_step': (float, type(None)),
+    'trace': type(None),
 }
 TINY = ['--config=configs/digits_search.py', '--config.model.init_channels=4',
         '--config.model.layers=2']
@@ -209,6 +211,19 @@ def benchmark_flops(fn, *args):
   import jax  # pylint: disable=import-outside-toplevel
   from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
   return benchmark.jaxpr_flops(jax.jit(fn).trace(*args).jaxpr.jaxpr)
+
+
+def test_trace_dir_holds_a_profile_of_each_traced_measurement(tmp_path):
+  result = _run('--batch_size=4', '--steps=2', '--warmup=1', '--measure=weight_step,pipeline',
+                f'--trace_dir={tmp_path}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = {r['measurement']: r for r in map(json.loads, (
+      l for l in result.stdout.splitlines() if l.startswith('{')))}
+  assert lines['weight_step']['trace'] == str(tmp_path / 'weight_step_b4')
+  assert lines['pipeline']['trace'] is None  # Host work alone: nothing to profile.
+  assert os.listdir(tmp_path) == ['weight_step_b4']
+  profiles = glob.glob(str(tmp_path / 'weight_step_b4' / '**' / '*.xplane.pb'), recursive=True)
+  assert len(profiles) == 1 and os.path.getsize(profiles[0]) > 1000
 
 
 def test_iter_run_yields_each_result_before_a_later_failure(monkeypatch):
