@@ -205,11 +205,10 @@ def _scan_flops(eqn) -> float:
   loop.make_bilevel_step): each of its branches counts once."""
   p = eqn.params
   body, length = p['jaxpr'].jaxpr, p['length']
-  if 'num_consts' in p and 'num_carry' in p:
-    per_iteration = set(body.invars[p['num_consts'] + p['num_carry']:])
-  else:  # Newer JAX: the scanned inputs are those with the extra leading axis.
-    per_iteration = {b for outer, b in zip(eqn.invars, body.invars)
-                     if len(outer.aval.shape) == len(b.aval.shape) + 1}
+  # The scanned inputs are those with the extra leading axis (constants and
+  # carries keep their shape); JAX 0.11's scans have no num_consts/num_carry.
+  per_iteration = {b for outer, b in zip(eqn.invars, body.invars)
+                   if len(outer.aval.shape) == len(b.aval.shape) + 1}
   total = 0.0
   for inner in body.eqns:
     reads_iteration = any(isinstance(v, jax_core.Var) and v in per_iteration

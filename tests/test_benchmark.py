@@ -187,8 +187,8 @@ def test_flop_count_of_phases_counts_each_branch_once():
 
 def test_flop_count_of_scans_without_num_consts_params():
   """JAX 0.11 (the H200 image's) gives scans no num_consts/num_carry params;
-  the scanned inputs are then found by their extra leading axis, and the
-  count, phase switches included, is the same."""
+  the count finds the scanned inputs by their extra leading axis, so it is the
+  same, phase switches included, with those params or without them."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
