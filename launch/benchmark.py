@@ -3,7 +3,7 @@
   python -m launch.benchmark --config=configs/cifar10_search.py \
       [--batch_size=64] [--measure=weight_step,arch_step,bilevel_step,pipeline,fed_step] \
       [--architects=first_order,second_order] [--sweep] [--steps=10] [--out=bench.jsonl] \
-      [--trace_dir=/tmp/traces] \
+      [--trace_dir=/tmp/traces] [--device_lock=/tmp/gpu.lock] \
       [--config.model.depthwise_impl=dense ...]
   python -m launch.benchmark --config=configs/cifar10_train.py [--measure=train_step,eval_step]
 
@@ -40,6 +40,9 @@ _OUT = flags.DEFINE_string('out', None, 'Append the JSON lines to this file.')
 _TRACE_DIR = flags.DEFINE_string(
     'trace_dir', None, 'Write a JAX profiler trace of each measurement\'s timed steps under '
     'this folder (<measurement>[_<architect>]_b<batch>/; open with XProf or TensorBoard).')
+_DEVICE_LOCK = flags.DEFINE_string(
+    'device_lock', None, 'Lock this file while stepping (warm-up and timed steps): several '
+    'benchmarks sharing one accelerator then compile at the same time and step one at a time.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -98,7 +101,8 @@ def main(argv):
     try:
       for r in benchmark.iter_run(config, measure, b, _STEPS.value, _WARMUP.value,
                                   _ARCHITECTS.value, config_name=config_name,
-                                  trace_dir=_TRACE_DIR.value):
+                                  trace_dir=_TRACE_DIR.value,
+                                  device_lock=_DEVICE_LOCK.value):
         emit(r)
         results.append(r)
     except Exception as e:  # pylint: disable=broad-except

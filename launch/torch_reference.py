@@ -2,6 +2,7 @@
 
   pip install torch==2.13.0        # not a dependency of pcdarts-jax
   python -m launch.torch_reference --batch_size=32 [--steps=10 --warmup=2 --threads=2]
+                                   [--device=cuda]
 
 The PC-DARTS CIFAR search supernet in PyTorch, written from the reference's
 definition (../shared/SPEC.md: op order, affine-free BatchNorms, partial
@@ -29,6 +30,8 @@ _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps before timing.')
 _THREADS = flags.DEFINE_integer('threads', 2, 'torch.set_num_threads.')
 _CHANNELS = flags.DEFINE_integer('init_channels', 16, 'C of the supernet.')
 _LAYERS = flags.DEFINE_integer('layers', 8, 'Cells of the supernet.')
+_DEVICE = flags.DEFINE_enum('device', 'cpu', ['cpu', 'cuda'],
+                            'Where to run (cuda: with cudnn.benchmark, as the reference search).')
 
 # Copies of genotypes.PRIMITIVES and node_edge_ranges(4) (the test checks they
 # agree): importing pcdarts_jax loads JAX, which would add to the measured RSS.
@@ -163,19 +166,26 @@ def build_supernet(torch, init_channels: int, layers: int, num_classes: int = 10
 
 
 def measure(batch_size: int, steps: int, warmup: int, threads: int, init_channels: int,
-            layers: int):
-  """Yields one result dict per measurement (weight, arch, bilevel step)."""
+            layers: int, device: str = 'cpu'):
+  """Yields one result dict per measurement (weight, arch, bilevel step).
+  Peak memory: the process's peak RSS on the CPU, the allocator's peak on a GPU."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise SystemExit('launch.torch_reference needs PyTorch: pip install torch==2.13.0') from e
   torch.set_num_threads(threads)
   torch.manual_seed(0)
-  net = build_supernet(torch, init_channels, layers).train()
+  cuda = device == 'cuda'
+  if cuda:
+    if not torch.cuda.is_available():
+      raise SystemExit('--device=cuda: PyTorch sees no CUDA device')
+    torch.backends.cudnn.benchmark = True  # As the reference search sets it.
+  net = build_supernet(torch, init_channels, layers).train().to(device)
   weight_opt = torch.optim.SGD(net.weights(), 0.1, momentum=0.9, weight_decay=3e-4)
   arch_opt = torch.optim.Adam(net.arch(), 6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
-  images = lambda: torch.randn(batch_size, 3, 32, 32)
-  labels = lambda: torch.randint(0, 10, (batch_size,))
+  images = lambda: torch.randn(batch_size, 3, 32, 32, device=device)
+  labels = lambda: torch.randint(0, 10, (batch_size,), device=device)
+  sync = torch.cuda.synchronize if cuda else lambda: None
   x, y, x_arch, y_arch = images(), labels(), images(), labels()
   loss = torch.nn.functional.cross_entropy
 
@@ -198,10 +208,12 @@ def measure(batch_size: int, steps: int, warmup: int, threads: int, init_channel
                      ('bilevel_step', bilevel_step)):
     for _ in range(warmup):
       step()
+    sync()
     times = []
     for _ in range(steps):
       start = time.perf_counter()
       step()
+      sync()  # CUDA runs asynchronously: time the work, not its launch.
       times.append((time.perf_counter() - start) * 1e3)
     yield {
         'framework': 'torch', 'torch_version': torch.__version__, 'threads': threads,
@@ -212,7 +224,9 @@ def measure(batch_size: int, steps: int, warmup: int, threads: int, init_channel
         'ms_per_step_p10': float(np.percentile(times, 10)),
         'ms_per_step_p90': float(np.percentile(times, 90)),
         'images_per_second': batch_size / (float(np.median(times)) / 1e3),
-        'peak_memory_bytes': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        'device': torch.cuda.get_device_name() if cuda else 'cpu',
+        'peak_memory_bytes': (torch.cuda.max_memory_allocated() if cuda else
+                              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
     }
 
 
@@ -220,11 +234,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   for result in measure(_BATCH.value, _STEPS.value, _WARMUP.value, _THREADS.value,
-                        _CHANNELS.value, _LAYERS.value):
+                        _CHANNELS.value, _LAYERS.value, _DEVICE.value):
     print(json.dumps(result, sort_keys=True), flush=True)
     print(f"{result['measurement']:14s} batch {result['batch_size']:4d}  "
           f"{result['ms_per_step_median']:8.1f} ms/step (p10 {result['ms_per_step_p10']:.1f}, "
-          f"p90 {result['ms_per_step_p90']:.1f})  peak RSS "
+          f"p90 {result['ms_per_step_p90']:.1f})  peak memory "
           f"{result['peak_memory_bytes'] / 2**20:.0f} MB", file=sys.stderr)
 
 

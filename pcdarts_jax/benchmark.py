@@ -9,6 +9,7 @@ measurement is about the input pipeline.
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import hashlib
 import json
 import os
@@ -274,12 +275,30 @@ def profiled(trace_dir: Optional[str]):
   return jax.profiler.trace(trace_dir) if trace_dir else contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def holding(lock_path: Optional[str]):
+  """An exclusive lock on the file `lock_path` for the block (None: no lock).
+  Benchmarks sharing one accelerator hold it while they step, so that they can
+  compile at the same time and still be timed one at a time."""
+  if not lock_path:
+    yield
+    return
+  with open(lock_path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def time_jitted(fn: Callable, args: tuple, steps: int, warmup: int, carry_state: bool,
-                precompiled=None, trace_dir: Optional[str] = None) -> Dict[str, Any]:
+                precompiled=None, trace_dir: Optional[str] = None,
+                device_lock: Optional[str] = None) -> Dict[str, Any]:
   """Compile (timed), warm up, then time `steps` calls. With `carry_state`, the
   first output is fed back as the first argument (a training loop).
   `precompiled`: compile_timed's result, reused (a step shared by measurements).
-  `trace_dir`: where to write a profiler trace of the timed calls alone."""
+  `trace_dir`: where to write a profiler trace of the timed calls alone.
+  `device_lock`: a file locked (`holding`) from the first warm-up call to the last timed one."""
   compiled, compile_seconds, flops = precompiled or compile_timed(fn, args)
   args = list(args)
   times = []
@@ -291,13 +310,14 @@ def time_jitted(fn: Callable, args: tuple, steps: int, warmup: int, carry_state:
     if carry_state:
       args[0] = out[0]
 
-  for _ in range(warmup):
-    call()
-  with profiled(trace_dir):
-    for _ in range(steps):
-      start = time.perf_counter()
+  with holding(device_lock):
+    for _ in range(warmup):
       call()
-      times.append(time.perf_counter() - start)
+    with profiled(trace_dir):
+      for _ in range(steps):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
   return {'compile_seconds': compile_seconds, 'flops_per_step': flops,
           'xla_flops_per_step': _xla_flops(compiled),
           'step_memory_bytes': _step_memory(compiled),
@@ -359,6 +379,7 @@ class SearchBench:
     self.train_batch, self.arch_batch = take(self.train_set), take(self.arch_set)
     self.rng = jax.random.PRNGKey(1)
     self.trace_dir = None  # Set by iter_run: trace the timed steps there.
+    self.device_lock = None  # Set by iter_run: held while stepping.
     self._compiled = {}
     self._augment = data.train_augment(config.data)
 
@@ -403,12 +424,14 @@ class SearchBench:
 
     return time_jitted(jax.jit(step, donate_argnums=0),
                        (self._state(), self.train_batch, self.arch_batch, self.rng),
-                       steps, warmup, carry_state=True, trace_dir=self.trace_dir)
+                       steps, warmup, carry_state=True, trace_dir=self.trace_dir,
+                       device_lock=self.device_lock)
 
   def bilevel_step(self, steps, warmup, architect_name='first_order'):
     return time_jitted(None, (self._state(), self.train_batch, self.arch_batch, self.rng),
                        steps, warmup, carry_state=True,
-                       precompiled=self._bilevel(architect_name), trace_dir=self.trace_dir)
+                       precompiled=self._bilevel(architect_name), trace_dir=self.trace_dir,
+                       device_lock=self.device_lock)
 
   def arch_step(self, steps, warmup, architect_name='first_order'):
     """The architecture update alone (augmentation included, as in the search)."""
@@ -429,19 +452,21 @@ class SearchBench:
 
     return time_jitted(jax.jit(step, donate_argnums=0),
                        (self._state(), self.train_batch, self.arch_batch, self.rng),
-                       steps, warmup, carry_state=True, trace_dir=self.trace_dir)
+                       steps, warmup, carry_state=True, trace_dir=self.trace_dir,
+                       device_lock=self.device_lock)
 
   def pipeline(self, steps, warmup, **_):
     """Host batches (shuffled gather) and their transfer to the device, no step."""
     train_iter = data.EpochIterator(self.train_set, self.batch_size, seed=0)
     arch_iter = data.EpochIterator(self.arch_set, self.batch_size, seed=1)
     times = []
-    for i in range(warmup + steps):
-      start = time.perf_counter()
-      batches = jax.device_put((next(train_iter), next(arch_iter)))
-      jax.block_until_ready(batches)
-      if i >= warmup:
-        times.append(time.perf_counter() - start)
+    with holding(self.device_lock):  # The transfers share the host-device link.
+      for i in range(warmup + steps):
+        start = time.perf_counter()
+        batches = jax.device_put((next(train_iter), next(arch_iter)))
+        jax.block_until_ready(batches)
+        if i >= warmup:
+          times.append(time.perf_counter() - start)
     return {'compile_seconds': 0.0, 'flops_per_step': None, 'xla_flops_per_step': None,
             'step_memory_bytes': None,
             'stepping_peak_rss_bytes': None, **_percentiles(times)}
@@ -454,15 +479,16 @@ class SearchBench:
     arch_iter = data.EpochIterator(self.arch_set, self.batch_size, seed=1)
     state = self._state()
     stepping_rss = stepping_rss_meter()
-    for _ in range(warmup):
-      state, _ = compiled(state, next(train_iter), next(arch_iter), self.rng)
-    jax.block_until_ready(state)
-    with profiled(self.trace_dir):
-      start = time.perf_counter()
-      for _ in range(steps):  # Asynchronous dispatch: host work overlaps the step.
+    with holding(self.device_lock):
+      for _ in range(warmup):
         state, _ = compiled(state, next(train_iter), next(arch_iter), self.rng)
       jax.block_until_ready(state)
-      per_step = (time.perf_counter() - start) / steps
+      with profiled(self.trace_dir):
+        start = time.perf_counter()
+        for _ in range(steps):  # Asynchronous dispatch: host work overlaps the step.
+          state, _ = compiled(state, next(train_iter), next(arch_iter), self.rng)
+        jax.block_until_ready(state)
+        per_step = (time.perf_counter() - start) / steps
     return {'compile_seconds': compile_seconds, 'flops_per_step': flops,
             'xla_flops_per_step': _xla_flops(compiled),
             'step_memory_bytes': _step_memory(compiled),
@@ -490,6 +516,7 @@ class TrainBench:
                   'label': jax.device_put(train_set.labels[:batch_size])}
     self.rng = jax.random.PRNGKey(1)
     self.trace_dir = None  # Set by iter_run: trace the timed steps there.
+    self.device_lock = None  # Set by iter_run: held while stepping.
     # The final drop-path probability: the costliest epoch's step.
     self.drop_path_prob = jnp.float32(config.model.get('drop_path_prob', 0.0))
 
@@ -499,14 +526,16 @@ class TrainBench:
     step = jax.jit(trainer.make_train_step(self.model, self.config, self.tx), donate_argnums=0)
     return time_jitted(step, (jax.tree.map(jnp.copy, self.state), self.batch, self.rng,
                               self.drop_path_prob), steps, warmup, carry_state=True,
-                       trace_dir=self.trace_dir)
+                       trace_dir=self.trace_dir,
+                       device_lock=self.device_lock)
 
   def eval_step(self, steps, warmup, **_):
     """Inference with the BatchNorm running statistics, loss and accuracy sums."""
     batch = dict(self.batch, mask=jnp.ones((self.batch_size,), jnp.float32))
     step = jax.jit(trainer.make_eval_step(self.model, self.config))
     return time_jitted(step, (self.state, batch), steps, warmup, carry_state=False,
-                       trace_dir=self.trace_dir)
+                       trace_dir=self.trace_dir,
+                       device_lock=self.device_lock)
 
 
 def project_training(config, train_images: Optional[int], batch_size: int,
@@ -525,7 +554,9 @@ def environment() -> Dict[str, Any]:
   device = jax.devices()[0]
   return {'device_kind': device.device_kind, 'platform': device.platform,
           'device_count': jax.device_count(), 'jax_version': jax.__version__,
-          'host': platform.node()}
+          'host': platform.node(),
+          # The compiler's flags change the figures (autotuning, command buffers).
+          'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
 
 def run(config, measurements: Sequence[str], batch_size: int, steps: int, warmup: int,
@@ -537,11 +568,13 @@ def run(config, measurements: Sequence[str], batch_size: int, steps: int, warmup
 
 def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, warmup: int,
              architects: Sequence[str] = ('first_order',),
-             config_name: str = '', trace_dir: Optional[str] = None) -> Iterator[Dict]:
+             config_name: str = '', trace_dir: Optional[str] = None,
+             device_lock: Optional[str] = None) -> Iterator[Dict]:
   """`run`, each result yielded when it is measured: a long sweep that is stopped
   or fails part way (a compiler crash, out of memory) keeps what it measured.
   `trace_dir`: a profiler trace of each measurement's timed steps goes to
-  trace_dir/<measurement>[_<architect>]_b<batch> (the pipeline's is not traced)."""
+  trace_dir/<measurement>[_<architect>]_b<batch> (the pipeline's is not traced).
+  `device_lock`: a file each measurement locks while it steps (`holding`)."""
   check_measurements(config, measurements)  # Before anything is built.
   m = config.model
   if is_train_config(config):
@@ -566,6 +599,7 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
                             + f'_b{batch_size}')
                if trace_dir and name != 'pipeline' else None)
       bench.trace_dir = trace
+      bench.device_lock = device_lock
       figures = getattr(bench, name)(steps, warmup, **kwargs)
       ms = figures['ms_per_step_median']
       flops = figures['flops_per_step']

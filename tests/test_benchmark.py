@@ -19,7 +19,7 @@ FIELDS = {
     'dtype': str, 'data': str, 'steps': int, 'warmup': int, 'platform': str,
     'edge_impl': str, 'unroll_edges': bool, 'step_memory_bytes': (int, type(None)),
     'stepping_peak_rss_bytes': (int, type(None)), 'xla_flops_per_step': (float, type(None)),
-    'trace': type(None),
+    'trace': type(None), 'xla_flags': str,
 }
 TINY = ['--config=configs/digits_search.py', '--config.model.init_channels=4',
         '--config.model.layers=2']
@@ -47,6 +47,7 @@ def test_benchmark_emits_every_field(tmp_path):
         continue  # One wall time over the loop: no per-step spread.
       assert isinstance(r[field], kind), (r['measurement'], field, r[field])
     assert r['batch_size'] == 8 and r['device_count'] >= 1 and len(r['config_digest']) == 12
+    assert r['xla_flags'] == os.environ.get('XLA_FLAGS', '')  # What the figures were taken under.
     assert r['ms_per_step_median'] > 0
     assert r['images_per_second'] == pytest.approx(8 / (r['ms_per_step_median'] / 1e3))
     assert r['memory_kind'] == 'process_peak_rss' and r['peak_memory_bytes'] > 10 * 2 ** 20
@@ -215,8 +216,10 @@ def benchmark_flops(fn, *args):
 
 def test_trace_dir_holds_a_profile_of_each_traced_measurement(tmp_path):
   result = _run('--batch_size=4', '--steps=2', '--warmup=1', '--measure=weight_step,pipeline',
-                f'--trace_dir={tmp_path}')
+                f'--trace_dir={tmp_path}', f'--device_lock={tmp_path.parent / "gpu.lock"}')
   assert result.returncode == 0, result.stderr[-3000:]
+  lock = tmp_path.parent / 'gpu.lock'
+  assert lock.exists() and _lock_is_free(lock)  # Used, and released at the end.
   lines = {r['measurement']: r for r in map(json.loads, (
       l for l in result.stdout.splitlines() if l.startswith('{')))}
   assert lines['weight_step']['trace'] == str(tmp_path / 'weight_step_b4')
@@ -258,3 +261,33 @@ def test_projected_search_time():
   darts = benchmark.project_search(config, 25000, 256, bilevel_ms=300.0, weight_ms=100.0)
   assert darts['projected_search_minutes'] == pytest.approx(97 * 50 * 300 / 6e4)
   assert 'upper bound' not in darts['projection']
+
+
+def _lock_is_free(path) -> bool:
+  import fcntl  # pylint: disable=import-outside-toplevel
+  with open(path, 'a') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      return False
+    fcntl.flock(f, fcntl.LOCK_UN)
+    return True
+
+
+def test_device_lock_is_held_through_warm_up_and_timed_steps_only(tmp_path):
+  import jax  # pylint: disable=import-outside-toplevel
+  from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
+  lock = tmp_path / 'gpu.lock'
+  seen = []
+
+  def step(x):
+    jax.debug.callback(lambda: seen.append(_lock_is_free(lock)))
+    return (x + 1,)
+
+  compiled, _, _ = benchmark.compile_timed(jax.jit(step), (1.0,))
+  assert not seen  # Compiling runs no step.
+  figures = benchmark.time_jitted(None, (1.0,), steps=3, warmup=2, carry_state=True,
+                                  precompiled=(compiled, 0.0, None), device_lock=str(lock))
+  assert seen[-5:] == [False] * 5  # Another benchmark's lock attempt waits on every step.
+  assert _lock_is_free(lock)  # Released afterwards.
+  assert figures['ms_per_step_median'] > 0
