@@ -31,6 +31,7 @@ from pcdarts_jax import genotypes
 from pcdarts_jax import input_pipeline
 from pcdarts_jax import loop
 from pcdarts_jax import network
+from pcdarts_jax import ops
 from pcdarts_jax import optim
 from pcdarts_jax import supernet
 from pcdarts_jax import trainer
@@ -588,7 +589,10 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
              'unroll_edges': bool(m.get('unroll_edges', False))}
   base = {'config': config_name, 'config_digest': config_digest(config),
           'batch_size': batch_size, 'data': bench.data_source, 'steps': steps,
-          'warmup': warmup, 'depthwise_impl': m.get('depthwise_impl', 'auto'), **edges,
+          'warmup': warmup, **edges,
+          'depthwise_impl': ops.resolve_depthwise_impl(  # what ran, `auto` resolved
+              m.get('depthwise_impl', 'auto'),
+              jnp.bfloat16 if m.get('dtype', 'float32') == 'bfloat16' else jnp.float32),
           'dtype': m.get('dtype', 'float32'), **environment()}
   weight_ms = None
   for name in measurements:

@@ -70,8 +70,18 @@ def test_op_output_shape_and_bn(name, stride, hw):
 def test_unknown_op_and_impl_raise():
   with pytest.raises(ValueError):
     ops.make_op('conv_9x9', 4, 1, affine=False)
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match='model.depthwise_impl'):
     ops.resolve_depthwise_impl('fft')
+
+
+@pytest.mark.parametrize('backend,dtype,expected', [
+    ('cpu', jnp.float32, 'shifted'), ('cpu', jnp.bfloat16, 'shifted'),
+    ('gpu', jnp.float32, 'shifted'), ('gpu', jnp.bfloat16, 'conv'),
+    ('tpu', jnp.float32, 'conv'), ('tpu', jnp.bfloat16, 'conv')])
+def test_auto_depthwise_impl_is_the_measured_fastest(backend, dtype, expected):
+  # H200 search step: shifted beat cuDNN's grouped conv in float32, lost in bfloat16.
+  assert ops.resolve_depthwise_impl('auto', dtype, backend) == expected
+  assert ops.resolve_depthwise_impl('dense', dtype, backend) == 'dense'  # Named: kept.
 
 
 # ---------------------------------------------------------------------------- pools
