@@ -591,8 +591,7 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
           'batch_size': batch_size, 'data': bench.data_source, 'steps': steps,
           'warmup': warmup, **edges,
           'depthwise_impl': ops.resolve_depthwise_impl(  # what ran, `auto` resolved
-              m.get('depthwise_impl', 'auto'),
-              jnp.bfloat16 if m.get('dtype', 'float32') == 'bfloat16' else jnp.float32),
+              m.get('depthwise_impl', 'auto'), m.get('dtype', 'float32')),
           'dtype': m.get('dtype', 'float32'), **environment()}
   weight_ms = None
   for name in measurements:

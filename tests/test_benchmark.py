@@ -215,18 +215,19 @@ def benchmark_flops(fn, *args):
 
 
 def test_trace_dir_holds_a_profile_of_each_traced_measurement(tmp_path):
+  traces, lock = tmp_path / 'traces', tmp_path / 'gpu.lock'
   result = _run('--batch_size=4', '--steps=2', '--warmup=1', '--measure=weight_step,pipeline',
-                '--config.model.depthwise_impl=auto', f'--trace_dir={tmp_path}', f'--device_lock={tmp_path.parent / "gpu.lock"}')
+                '--config.model.depthwise_impl=auto', f'--trace_dir={traces}',
+                f'--device_lock={lock}')
   assert result.returncode == 0, result.stderr[-3000:]
-  lock = tmp_path.parent / 'gpu.lock'
   assert lock.exists() and _lock_is_free(lock)  # Used, and released at the end.
   lines = {r['measurement']: r for r in map(json.loads, (
       l for l in result.stdout.splitlines() if l.startswith('{')))}
-  assert lines['weight_step']['trace'] == str(tmp_path / 'weight_step_b4')
+  assert lines['weight_step']['trace'] == str(traces / 'weight_step_b4')
   assert lines['weight_step']['depthwise_impl'] == 'shifted'  # What `auto` ran on the CPU.
   assert lines['pipeline']['trace'] is None  # Host work alone: nothing to profile.
-  assert os.listdir(tmp_path) == ['weight_step_b4']
-  profiles = glob.glob(str(tmp_path / 'weight_step_b4' / '**' / '*.xplane.pb'), recursive=True)
+  assert os.listdir(traces) == ['weight_step_b4']
+  profiles = glob.glob(str(traces / 'weight_step_b4' / '**' / '*.xplane.pb'), recursive=True)
   assert len(profiles) == 1 and os.path.getsize(profiles[0]) > 1000
 
 

@@ -77,7 +77,8 @@ def test_unknown_op_and_impl_raise():
 @pytest.mark.parametrize('backend,dtype,expected', [
     ('cpu', jnp.float32, 'shifted'), ('cpu', jnp.bfloat16, 'shifted'),
     ('gpu', jnp.float32, 'shifted'), ('gpu', jnp.bfloat16, 'conv'),
-    ('tpu', jnp.float32, 'conv'), ('tpu', jnp.bfloat16, 'conv')])
+    ('tpu', jnp.float32, 'conv'), ('tpu', jnp.bfloat16, 'conv'),
+    ('gpu', 'bfloat16', 'conv'), ('gpu', 'float32', 'shifted')])  # A config's dtype name.
 def test_auto_depthwise_impl_is_the_measured_fastest(backend, dtype, expected):
   # H200 search step: shifted beat cuDNN's grouped conv in float32, lost in bfloat16.
   assert ops.resolve_depthwise_impl('auto', dtype, backend) == expected
