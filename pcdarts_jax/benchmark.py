@@ -27,6 +27,7 @@ import optax
 
 from pcdarts_jax import architect
 from pcdarts_jax import data
+from pcdarts_jax import fused_ops
 from pcdarts_jax import genotypes
 from pcdarts_jax import input_pipeline
 from pcdarts_jax import loop
@@ -197,6 +198,9 @@ def _eqn_flops(eqn) -> float:
     return _scan_flops(eqn)
   if name == 'cond':
     return max(jaxpr_flops(b.jaxpr) for b in eqn.params['branches'])
+  if name == 'ffi_call':  # depthwise_impl=fused's kernel; other custom calls count 0
+    return fused_ops.call_flops(eqn.params.get('target_name'), eqn.invars[0].aval.shape,
+                                eqn.invars[1].aval.shape[0]) or 0.0
   # jit, remat, custom derivatives, while (trip count unknown: once), ...
   return sum(jaxpr_flops(sub) for sub in _sub_jaxprs(eqn.params))
 

@@ -14,25 +14,32 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from pcdarts_jax import fused_ops
 from pcdarts_jax import initializers
 
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1.
 BN_EPSILON = 1e-5
-DEPTHWISE_IMPLS = ('auto', 'conv', 'shifted', 'dense')
+DEPTHWISE_IMPLS = ('auto', 'conv', 'shifted', 'dense', 'fused')
 
 
 def resolve_depthwise_impl(impl: str, dtype=jnp.float32, backend: Optional[str] = None) -> str:
   """`auto`: what measured fastest for the CIFAR search's bilevel step (README,
-  Benchmark). Shifted multiply-adds on CPU, where XLA's grouped conv is slow,
-  and on GPUs in float32 (H200, batch 256: 1155 ms against 1316 ms for cuDNN's
+  Benchmark). On CPU in float32, `fused` where its C++ kernel builds (batch 32:
+  1460 against 1824 ms for `shifted`), else shifted multiply-adds, since XLA's
+  grouped conv is slow there; on GPUs in float32 (H200, batch 256: 1155 ms against 1316 ms for cuDNN's
   autotuned grouped convs; 3878 against 4945 ms at batch 1024); the grouped
   conv on GPUs in bfloat16 (480 against 939 ms) and on other accelerators.
+  `fused` is `shifted` plus the C++ relu -> depthwise -> 1x1 kernel of fused_ops
+  for the SepConv / DilConv chains that it supports (CPU, float32).
   `backend`: jax.default_backend() unless given."""
   if impl not in DEPTHWISE_IMPLS:
     raise ValueError(
         f'model.depthwise_impl={impl!r} is not one of {DEPTHWISE_IMPLS}.')
   if impl == 'auto':
     backend = backend or jax.default_backend()
+    if (backend == 'cpu' and jnp.dtype(dtype) == jnp.float32
+        and backend == jax.default_backend() and fused_ops.available()):
+      return 'fused'
     if backend == 'cpu' or (backend in ('gpu', 'cuda', 'rocm')
                             and jnp.dtype(dtype) != jnp.bfloat16):
       return 'shifted'
@@ -216,6 +223,8 @@ def depthwise(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: int = 0
   channels = x.shape[-1]
   k = kernel.shape[0]
   impl = resolve_depthwise_impl(impl, x.dtype)
+  if impl == 'fused':  # a depthwise conv on its own: the XLA form
+    impl = 'shifted'
   if relu_input and impl == 'shifted':
     return _relu_shifted_depthwise(x, kernel, stride, padding, dilation)
   if relu_input:
@@ -506,7 +515,7 @@ def pool_3x3(x: jax.Array, kind: str, stride: int = 1, impl: str = 'auto') -> ja
   gradient goes to the first maximum of the window)."""
   if kind not in ('max', 'avg'):
     raise ValueError(f'pool kind {kind!r} is not one of (max, avg).')
-  if resolve_depthwise_impl(impl, x.dtype) != 'shifted':
+  if resolve_depthwise_impl(impl, x.dtype) not in ('shifted', 'fused'):
     window, strides = (3, 3), (stride, stride)
     if kind == 'max':
       return nn.max_pool(x, window, strides, padding=_pair(1))
@@ -561,6 +570,35 @@ class FactorizedReduce(nn.Module):
     return batch_norm(train, self.affine, 'bn', self.axis_name)(y)
 
 
+class _Kernel(nn.Module):
+  """A bare `kernel` parameter at the path its conv module would give it."""
+  shape: Tuple[int, ...]
+
+  @nn.compact
+  def __call__(self):
+    return self.param('kernel', initializers.kernel_init, self.shape, jnp.float32)
+
+
+def relu_depthwise_pointwise(x, kernel_size: int, stride: int, padding: int, dilation: int,
+                             features: int, impl: str, dw_name: str, pw_name: str):
+  """ReLU -> depthwise conv -> 1x1 conv inside a SepConv / DilConv (call it from
+  the module's compact method). With depthwise_impl `fused`, one C++ kernel
+  computes the chain where it can (fused_ops.supports), keeping only x for the
+  gradient; else DepthwiseConv and the 1x1 conv. The parameters are the same
+  either way ({dw_name: {kernel}}, {pw_name: {kernel}})."""
+  if (impl == 'fused'
+      and fused_ops.supports(x.shape, x.dtype, kernel_size, stride, padding, dilation, features)
+      and fused_ops.available()):
+    channels = x.shape[-1]
+    depthwise_kernel = _Kernel((kernel_size, kernel_size, 1, channels), name=dw_name)()
+    pointwise_kernel = _Kernel((1, 1, channels, features), name=pw_name)()
+    return fused_ops.relu_depthwise_pointwise(x, depthwise_kernel, pointwise_kernel, padding,
+                                              dilation)
+  x = DepthwiseConv(kernel_size, stride, padding, dilation, impl, relu_input=True,
+                    name=dw_name)(x)
+  return conv(features, 1, name=pw_name)(x)
+
+
 class DilConv(nn.Module):
   """ReLU -> depthwise (dilated) conv -> 1x1 conv -> BN."""
   features: int
@@ -574,9 +612,8 @@ class DilConv(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    x = DepthwiseConv(self.kernel_size, self.stride, self.padding, self.dilation,
-                      self.depthwise_impl, relu_input=True, name='dw')(x)
-    x = conv(self.features, 1, name='pw')(x)
+    x = relu_depthwise_pointwise(x, self.kernel_size, self.stride, self.padding,
+                                 self.dilation, self.features, self.depthwise_impl, 'dw', 'pw')
     return batch_norm(train, self.affine, 'bn', self.axis_name)(x)
 
 
@@ -594,12 +631,10 @@ class SepConv(nn.Module):
   def __call__(self, x, train: bool = True):
     channels = x.shape[-1]
     k, p = self.kernel_size, self.padding
-    x = DepthwiseConv(k, self.stride, p, 1, self.depthwise_impl, relu_input=True,
-                      name='dw1')(x)
-    x = conv(channels, 1, name='pw1')(x)
+    impl = self.depthwise_impl
+    x = relu_depthwise_pointwise(x, k, self.stride, p, 1, channels, impl, 'dw1', 'pw1')
     x = batch_norm(train, self.affine, 'bn1', self.axis_name)(x)
-    x = DepthwiseConv(k, 1, p, 1, self.depthwise_impl, relu_input=True, name='dw2')(x)
-    x = conv(self.features, 1, name='pw2')(x)
+    x = relu_depthwise_pointwise(x, k, 1, p, 1, self.features, impl, 'dw2', 'pw2')
     return batch_norm(train, self.affine, 'bn2', self.axis_name)(x)
 
 

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from pcdarts_jax import fused_ops
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = {
     'measurement': str, 'architect': (str, type(None)), 'batch_size': int,
@@ -224,7 +226,9 @@ def test_trace_dir_holds_a_profile_of_each_traced_measurement(tmp_path):
   lines = {r['measurement']: r for r in map(json.loads, (
       l for l in result.stdout.splitlines() if l.startswith('{')))}
   assert lines['weight_step']['trace'] == str(traces / 'weight_step_b4')
-  assert lines['weight_step']['depthwise_impl'] == 'shifted'  # What `auto` ran on the CPU.
+  # What `auto` ran on the CPU: the C++ kernel where it builds.
+  assert lines['weight_step']['depthwise_impl'] == (
+      'fused' if fused_ops.available() else 'shifted')
   assert lines['pipeline']['trace'] is None  # Host work alone: nothing to profile.
   assert os.listdir(traces) == ['weight_step_b4']
   profiles = glob.glob(str(traces / 'weight_step_b4' / '**' / '*.xplane.pb'), recursive=True)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
+from pcdarts_jax import fused_ops
 from pcdarts_jax import genotypes
 from pcdarts_jax import ops
 from pcdarts_jax import supernet
@@ -79,10 +80,15 @@ def test_unknown_op_and_impl_raise():
     ('gpu', jnp.float32, 'shifted'), ('gpu', jnp.bfloat16, 'conv'),
     ('tpu', jnp.float32, 'conv'), ('tpu', jnp.bfloat16, 'conv'),
     ('gpu', 'bfloat16', 'conv'), ('gpu', 'float32', 'shifted')])  # A config's dtype name.
-def test_auto_depthwise_impl_is_the_measured_fastest(backend, dtype, expected):
+def test_auto_depthwise_impl_is_the_measured_fastest(backend, dtype, expected, monkeypatch):
   # H200 search step: shifted beat cuDNN's grouped conv in float32, lost in bfloat16.
+  # On CPU, the fused C++ kernel where it builds (float32 only).
+  monkeypatch.setattr(fused_ops, 'available', lambda: False)
   assert ops.resolve_depthwise_impl('auto', dtype, backend) == expected
   assert ops.resolve_depthwise_impl('dense', dtype, backend) == 'dense'  # Named: kept.
+  monkeypatch.setattr(fused_ops, 'available', lambda: True)
+  fused = backend == 'cpu' and jnp.dtype(dtype) == jnp.float32
+  assert ops.resolve_depthwise_impl('auto', dtype, backend) == ('fused' if fused else expected)
 
 
 # ---------------------------------------------------------------------------- pools

@@ -1,0 +1,153 @@
+"""relu -> depthwise conv -> 1x1 conv as one XLA:CPU custom call (`depthwise_impl='fused'`).
+
+The C++ kernel (kernels/relu_dw_pw.cc, XLA FFI) is compiled on first use with
+the machine's C++ compiler (`CXX`, else g++) for the CPU it runs on, and cached
+under $PCDARTS_JAX_CACHE (default ~/.cache/pcdarts_jax) by a digest of the
+source, the compiler, the flags, the CPU and jaxlib. Where it cannot be built
+(no compiler) or a conv is outside what it supports (stride 2, C not in
+{4, 8, 16}, another dtype, a GPU), ops fall back to the `shifted` XLA form.
+"""
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = os.path.join(os.path.dirname(__file__), 'kernels', 'relu_dw_pw.cc')
+FLAGS = ('-O3', '-march=native', '-std=c++20', '-shared', '-fPIC', '-w')
+CHANNELS = (4, 8, 16)
+ROW_VECTORS = (1, 2, 4, 8, 16)  # W * C / 16
+_FORWARD, _BACKWARD = 'pcdarts_relu_dw_pw_forward', 'pcdarts_relu_dw_pw_backward'
+
+
+def _cpu_identity() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      return ''.join(line for line in f if line.startswith(('model name', 'flags')))[:8192]
+  except OSError:
+    return platform.processor()
+
+
+def _compiler() -> Optional[str]:
+  return shutil.which(os.environ.get('CXX', 'g++'))
+
+
+def library_path() -> Optional[str]:
+  """Where the compiled kernel for this source, compiler, CPU and jaxlib lives
+  (None without a compiler)."""
+  compiler = _compiler()
+  if compiler is None:
+    return None
+  digest = hashlib.sha256()
+  for part in (open(SOURCE, 'rb').read(), compiler.encode(), ' '.join(FLAGS).encode(),
+               _cpu_identity().encode(), jax.lib.__version__.encode()):
+    digest.update(part)
+  cache = os.environ.get('PCDARTS_JAX_CACHE',
+                         os.path.join(os.path.expanduser('~'), '.cache', 'pcdarts_jax'))
+  return os.path.join(cache, f'relu_dw_pw-{digest.hexdigest()[:16]}.so')
+
+
+def build(path: str) -> None:
+  """Compiles the kernel to `path`, atomically: a concurrent or failed build
+  never leaves a partial library there."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix='.so', dir=os.path.dirname(path))
+  os.close(fd)
+  try:
+    subprocess.run([_compiler(), *FLAGS, '-I', jax.ffi.include_dir(), SOURCE, '-o', tmp],
+                   check=True, capture_output=True, text=True, timeout=600)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+@functools.lru_cache(maxsize=None)
+def available() -> bool:
+  """Builds (once per cache) and registers the kernel; False, with a warning,
+  where that fails."""
+  if jax.default_backend() != 'cpu':
+    return False
+  path = library_path()
+  if path is None:
+    logging.warning('depthwise_impl=fused: no C++ compiler (set CXX); using shifted.')
+    return False
+  try:
+    if not os.path.exists(path):
+      build(path)
+    import ctypes  # pylint: disable=import-outside-toplevel
+    library = ctypes.cdll.LoadLibrary(path)
+    jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(library.PcdReluDwPwForward),
+                                platform='cpu')
+    jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(library.PcdReluDwPwBackward),
+                                platform='cpu')
+  except (OSError, subprocess.SubprocessError, AttributeError) as e:
+    detail = getattr(e, 'stderr', '') or e
+    logging.warning('depthwise_impl=fused: building %s failed (%s); using shifted.', SOURCE,
+                    str(detail)[-2000:])
+    return False
+  return True
+
+
+def supports(x_shape, dtype, kernel_size: int, stride: int, padding: int, dilation: int,
+             features: int) -> bool:
+  """Whether the kernel computes this conv (it also needs available())."""
+  if len(x_shape) != 4:
+    return False
+  _, _, width, channels = x_shape
+  lanes = width * channels
+  return (jnp.dtype(dtype) == jnp.float32 and stride == 1 and features == channels
+          and channels in CHANNELS and lanes % 16 == 0 and lanes // 16 in ROW_VECTORS
+          and 2 * padding == dilation * (kernel_size - 1))
+
+
+def call_flops(target_name: str, x_shape, kernel_size: int) -> Optional[float]:
+  """FLOPs the kernel executes in one call (for the benchmark's FLOP count; the
+  backward pass recomputes the forward's depthwise conv); None for other targets."""
+  elements = float(np.prod(x_shape))
+  channels, taps = x_shape[-1], kernel_size * kernel_size
+  if target_name == _FORWARD:  # relu, depthwise, 1x1
+    return elements * (1 + 2 * taps + 2 * channels)
+  if target_name == _BACKWARD:  # relu and depthwise again, 1x1 data and weight
+    # gradients, depthwise kernel and input gradients, relu mask
+    return elements * (2 + 6 * taps + 4 * channels)
+  return None
+
+
+def _call(name, results, *args, padding, dilation):
+  # vmap (batched edges) runs the kernel once per edge.
+  return jax.ffi.ffi_call(name, results, vmap_method='sequential')(
+      *args, padding=np.int64(padding), dilation=np.int64(dilation))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def relu_depthwise_pointwise(x, depthwise_kernel, pointwise_kernel, padding: int,
+                             dilation: int):
+  """relu(x) convolved depthwise with (k, k, 1, C) at stride 1, then with the
+  1x1 kernel (1, 1, C, C); float32 NHWC, shapes that `supports` accepts."""
+  return _call(_FORWARD, jax.ShapeDtypeStruct(x.shape, x.dtype), x, depthwise_kernel,
+               pointwise_kernel, padding=padding, dilation=dilation)
+
+
+def _forward(x, depthwise_kernel, pointwise_kernel, padding, dilation):
+  y = relu_depthwise_pointwise(x, depthwise_kernel, pointwise_kernel, padding, dilation)
+  return y, (x, depthwise_kernel, pointwise_kernel)  # the kernel recomputes the rest
+
+
+def _backward(padding, dilation, residuals, g):
+  x, depthwise_kernel, pointwise_kernel = residuals
+  shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in residuals)
+  return tuple(_call(_BACKWARD, shapes, x, depthwise_kernel, pointwise_kernel, g,
+                     padding=padding, dilation=dilation))
+
+
+relu_depthwise_pointwise.defvjp(_forward, _backward)

@@ -1,0 +1,258 @@
+// relu -> depthwise k x k conv (stride 1, "same" padding, any dilation) -> 1x1 conv
+// (C -> C), forward and backward, as XLA:CPU custom calls (XLA FFI). NHWC float32.
+//
+// Why: XLA:CPU runs this chain of a PC-DARTS channel slice (4-16 channels) as
+// several loops that each write their output to memory; here one image at a time
+// stays in cache and every image row is a few 16-lane vectors (W * C = 128 floats
+// for the CIFAR search's slices), with the accumulators in registers. A
+// channel pattern repeats every C lanes, so a kernel tap is one vector for all
+// pixels of a row. The backward pass recomputes the depthwise output from the
+// input (no residual besides x), so the chain keeps only x for its gradient.
+//
+// Supported: C in {4, 8, 16}, W * C / 16 in {1, 2, 4, 8, 16}; the Python side
+// falls back to XLA elsewhere.
+
+#include <cstring>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef int i16 __attribute__((vector_size(64)));
+
+inline v16 load(const float* p) { v16 r; std::memcpy(&r, p, sizeof(r)); return r; }
+inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
+
+struct Geometry {
+  int n, h, w, c, k, pad, dil;
+  int padded_w() const { return w + 2 * pad; }
+  int padded_h() const { return h + 2 * pad; }
+  size_t image() const { return (size_t)h * w * c; }
+};
+
+// Per tap, the kernel's C values repeated over the 16 lanes of a vector.
+std::vector<float> tap_vectors(const float* kernel, const Geometry& g) {
+  std::vector<float> taps((size_t)g.k * g.k * 16);
+  for (int t = 0; t < g.k * g.k; ++t)
+    for (int l = 0; l < 16; ++l) taps[(size_t)t * 16 + l] = kernel[t * g.c + l % g.c];
+  return taps;
+}
+
+// spread[c]: lane l takes channel c of its own pixel, lane (l / C) * C + c.
+template <int C>
+struct Spread {
+  i16 lanes[C];
+  Spread() {
+    for (int c = 0; c < C; ++c)
+      for (int l = 0; l < 16; ++l) lanes[c][l] = (l / C) * C + c;
+  }
+};
+
+// relu(x) into a zero-padded image buffer.
+void pad_relu(const float* x, const Geometry& g, float* xp) {
+  std::memset(xp, 0, sizeof(float) * g.padded_h() * g.padded_w() * g.c);
+  for (int h = 0; h < g.h; ++h) {
+    const float* src = x + (size_t)h * g.w * g.c;
+    float* dst = xp + ((size_t)(h + g.pad) * g.padded_w() + g.pad) * g.c;
+    for (int q = 0; q < g.w * g.c; ++q) dst[q] = src[q] > 0.f ? src[q] : 0.f;
+  }
+}
+
+// One output row of the depthwise conv of a padded image `src` (row length
+// `src_w` pixels) with the tap vectors `taps` (flipped when `flip`).
+template <int NV>
+inline void depthwise_row(const float* src, int src_w, const float* taps, const Geometry& g,
+                          int row, bool flip, float* out) {
+  v16 acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = v16{};
+  const int k = g.k;
+  for (int i = 0; i < k; ++i) {
+    const float* line = src + (size_t)(row + i * g.dil) * src_w * g.c;
+    for (int j = 0; j < k; ++j) {
+      const int t = flip ? (k - 1 - i) * k + (k - 1 - j) : i * k + j;
+      const v16 tap = load(taps + (size_t)t * 16);
+      const float* s = line + j * g.dil * g.c;
+      for (int v = 0; v < NV; ++v) acc[v] += load(s + v * 16) * tap;
+    }
+  }
+  for (int v = 0; v < NV; ++v) store(out + v * 16, acc[v]);
+}
+
+// y = d W for the 16 / C pixels of each vector.
+template <int C, int NV>
+inline void pointwise_row(const float* d, const v16* w_rows, const Spread<C>& spread, float* y) {
+  for (int v = 0; v < NV; ++v) {
+    const v16 dv = load(d + v * 16);
+    v16 acc = v16{};
+    for (int c = 0; c < C; ++c) acc += __builtin_shuffle(dv, spread.lanes[c]) * w_rows[c];
+    store(y + v * 16, acc);
+  }
+}
+
+template <int C, int NV>
+void forward(const float* x, const float* kdw, const float* kpw, const Geometry& g, float* y) {
+  const std::vector<float> taps = tap_vectors(kdw, g);
+  v16 w_rows[C];  // w_rows[c][l] = W[c, l % C]
+  for (int c = 0; c < C; ++c)
+    for (int l = 0; l < 16; ++l) w_rows[c][l] = kpw[c * C + l % C];
+  const Spread<C> spread;
+  std::vector<float> xp((size_t)g.padded_h() * g.padded_w() * C), d((size_t)g.w * C);
+  for (int n = 0; n < g.n; ++n) {
+    pad_relu(x + n * g.image(), g, xp.data());
+    float* yn = y + n * g.image();
+    for (int h = 0; h < g.h; ++h) {
+      depthwise_row<NV>(xp.data(), g.padded_w(), taps.data(), g, h, false, d.data());
+      pointwise_row<C, NV>(d.data(), w_rows, spread, yn + (size_t)h * g.w * C);
+    }
+  }
+}
+
+template <int C, int NV>
+void backward(const float* x, const float* kdw, const float* kpw, const float* gy,
+              const Geometry& g, float* gx, float* gkdw, float* gkpw) {
+  const std::vector<float> taps = tap_vectors(kdw, g);
+  const int k = g.k;
+  v16 wt_rows[C];  // wt_rows[o][l] = W[l % C, o]: gd = gy W^T
+  for (int o = 0; o < C; ++o)
+    for (int l = 0; l < 16; ++l) wt_rows[o][l] = kpw[(l % C) * C + o];
+  const Spread<C> spread;
+  v16 gw[C];  // gw[c][l]: sum of d[., c] * gy[., l % C] over the pixels of lane l
+  for (int c = 0; c < C; ++c) gw[c] = v16{};
+  std::vector<v16> gtaps((size_t)k * k * NV, v16{});
+  const int gpad = (k - 1) * g.dil - g.pad;  // the transposed conv's padding
+  const int gd_w = g.w + 2 * gpad;
+  std::vector<float> xp((size_t)g.padded_h() * g.padded_w() * C), d((size_t)g.w * C),
+      gd((size_t)(g.h + 2 * gpad) * gd_w * C, 0.f), dx((size_t)g.w * C);
+  for (int n = 0; n < g.n; ++n) {
+    const float* xn = x + n * g.image();
+    const float* gyn = gy + n * g.image();
+    pad_relu(xn, g, xp.data());
+    // Recompute the depthwise output; 1x1 conv gradients; gd into a padded buffer.
+    for (int h = 0; h < g.h; ++h) {
+      depthwise_row<NV>(xp.data(), g.padded_w(), taps.data(), g, h, false, d.data());
+      const float* gyr = gyn + (size_t)h * g.w * C;
+      float* gdr = gd.data() + ((size_t)(h + gpad) * gd_w + gpad) * C;
+      for (int v = 0; v < NV; ++v) {
+        const v16 dv = load(d.data() + v * 16), gv = load(gyr + v * 16);
+        v16 acc = v16{};
+        for (int o = 0; o < C; ++o) acc += __builtin_shuffle(gv, spread.lanes[o]) * wt_rows[o];
+        for (int c = 0; c < C; ++c) gw[c] += __builtin_shuffle(dv, spread.lanes[c]) * gv;
+        store(gdr + v * 16, acc);
+      }
+    }
+    // Depthwise kernel gradient: per tap, over all rows with the sums in registers.
+    for (int i = 0; i < k; ++i)
+      for (int j = 0; j < k; ++j) {
+        v16 acc[NV];
+        for (int v = 0; v < NV; ++v) acc[v] = v16{};
+        for (int h = 0; h < g.h; ++h) {
+          const float* s = xp.data() + (size_t)(h + i * g.dil) * g.padded_w() * C + j * g.dil * C;
+          const float* gdr = gd.data() + ((size_t)(h + gpad) * gd_w + gpad) * C;
+          for (int v = 0; v < NV; ++v) acc[v] += load(s + v * 16) * load(gdr + v * 16);
+        }
+        v16* out = gtaps.data() + (size_t)(i * k + j) * NV;
+        for (int v = 0; v < NV; ++v) out[v] += acc[v];
+      }
+    // Input gradient: gd correlated with the flipped kernel, masked by x > 0.
+    float* gxn = gx + n * g.image();
+    for (int h = 0; h < g.h; ++h) {
+      depthwise_row<NV>(gd.data(), gd_w, taps.data(), g, h, true, dx.data());
+      const float* xr = xn + (size_t)h * g.w * C;
+      float* out = gxn + (size_t)h * g.w * C;
+      for (int q = 0; q < g.w * C; ++q) out[q] = xr[q] > 0.f ? dx[q] : 0.f;
+    }
+  }
+  for (int t = 0; t < k * k; ++t)
+    for (int c = 0; c < C; ++c) {
+      float sum = 0.f;
+      for (int v = 0; v < NV; ++v)
+        for (int l = c; l < 16; l += C) sum += gtaps[(size_t)t * NV + v][l];
+      gkdw[t * C + c] = sum;
+    }
+  for (int c = 0; c < C; ++c)
+    for (int o = 0; o < C; ++o) {
+      float sum = 0.f;
+      for (int l = o; l < 16; l += C) sum += gw[c][l];
+      gkpw[c * C + o] = sum;
+    }
+}
+
+ffi::Error check(const Geometry& g, ffi::Span<const int64_t> kdw, ffi::Span<const int64_t> kpw) {
+  if (kdw.size() != 4 || kdw[0] != g.k || kdw[1] != g.k || kdw[2] != 1 || kdw[3] != g.c)
+    return ffi::Error::InvalidArgument("relu_dw_pw: depthwise kernel must be (k, k, 1, C)");
+  if (kpw.size() != 4 || kpw[0] != 1 || kpw[1] != 1 || kpw[2] != g.c || kpw[3] != g.c)
+    return ffi::Error::InvalidArgument("relu_dw_pw: 1x1 kernel must be (1, 1, C, C)");
+  if (2 * g.pad != g.dil * (g.k - 1))
+    return ffi::Error::InvalidArgument("relu_dw_pw: padding must keep the size (2p = d(k - 1))");
+  return ffi::Error::Success();
+}
+
+Geometry geometry(ffi::Span<const int64_t> x, int64_t k, int64_t pad, int64_t dil) {
+  return Geometry{(int)x[0], (int)x[1], (int)x[2], (int)x[3], (int)k, (int)pad, (int)dil};
+}
+
+template <typename Fn>
+ffi::Error dispatch(const Geometry& g, Fn&& fn) {
+  const int lanes = g.w * g.c;
+  if (lanes % 16) return ffi::Error::InvalidArgument("relu_dw_pw: W * C must be a multiple of 16");
+  const int nv = lanes / 16;
+#define PCD_CASE(C_, NV_) \
+  if (g.c == C_ && nv == NV_) { fn.template operator()<C_, NV_>(); return ffi::Error::Success(); }
+#define PCD_CASES(C_) PCD_CASE(C_, 1) PCD_CASE(C_, 2) PCD_CASE(C_, 4) PCD_CASE(C_, 8) PCD_CASE(C_, 16)
+  PCD_CASES(4) PCD_CASES(8) PCD_CASES(16)
+#undef PCD_CASES
+#undef PCD_CASE
+  return ffi::Error::InvalidArgument("relu_dw_pw: needs C in {4, 8, 16} and W * C / 16 in {1, 2, 4, 8, 16}");
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kdw, ffi::Buffer<ffi::F32> kpw,
+                   ffi::ResultBuffer<ffi::F32> y, int64_t padding, int64_t dilation) {
+  if (x.dimensions().size() != 4) return ffi::Error::InvalidArgument("relu_dw_pw: x must be NHWC");
+  const Geometry g = geometry(x.dimensions(), kdw.dimensions()[0], padding, dilation);
+  if (ffi::Error e = check(g, kdw.dimensions(), kpw.dimensions()); e.failure()) return e;
+  return dispatch(g, [&]<int C, int NV>() {
+    forward<C, NV>(x.typed_data(), kdw.typed_data(), kpw.typed_data(), g, y->typed_data());
+  });
+}
+
+ffi::Error Backward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kdw, ffi::Buffer<ffi::F32> kpw,
+                    ffi::Buffer<ffi::F32> gy, ffi::ResultBuffer<ffi::F32> gx,
+                    ffi::ResultBuffer<ffi::F32> gkdw, ffi::ResultBuffer<ffi::F32> gkpw,
+                    int64_t padding, int64_t dilation) {
+  if (x.dimensions().size() != 4) return ffi::Error::InvalidArgument("relu_dw_pw: x must be NHWC");
+  const Geometry g = geometry(x.dimensions(), kdw.dimensions()[0], padding, dilation);
+  if (ffi::Error e = check(g, kdw.dimensions(), kpw.dimensions()); e.failure()) return e;
+  return dispatch(g, [&]<int C, int NV>() {
+    backward<C, NV>(x.typed_data(), kdw.typed_data(), kpw.typed_data(), gy.typed_data(), g,
+                    gx->typed_data(), gkdw->typed_data(), gkpw->typed_data());
+  });
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    PcdReluDwPwForward, Forward,
+    ffi::Ffi::Bind()
+        .Arg<ffi::Buffer<ffi::F32>>()
+        .Arg<ffi::Buffer<ffi::F32>>()
+        .Arg<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>()
+        .Attr<int64_t>("padding")
+        .Attr<int64_t>("dilation"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    PcdReluDwPwBackward, Backward,
+    ffi::Ffi::Bind()
+        .Arg<ffi::Buffer<ffi::F32>>()
+        .Arg<ffi::Buffer<ffi::F32>>()
+        .Arg<ffi::Buffer<ffi::F32>>()
+        .Arg<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>()
+        .Attr<int64_t>("padding")
+        .Attr<int64_t>("dilation"));

@@ -1,0 +1,174 @@
+"""depthwise_impl='fused': the C++ relu -> depthwise -> 1x1 kernel (XLA FFI, CPU)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pcdarts_jax import fused_ops
+from pcdarts_jax import ops
+from pcdarts_jax import supernet
+from configs import cifar10_search
+
+
+
+@pytest.fixture
+def kernel_built():
+  if not fused_ops.available():
+    pytest.skip('the fused kernel did not build here (no C++ compiler)')
+
+
+needs_kernel = pytest.mark.usefixtures('kernel_built')
+
+# (k, padding, dilation) of sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, dil_conv_5x5.
+CONVS = [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 4, 2)]
+
+
+def _rand(shape, seed):
+  return jnp.asarray(np.random.RandomState(seed).randn(*shape), jnp.float32)
+
+
+def _xla_chain(x, kdw, kpw, padding, dilation):
+  y = ops.depthwise(x, kdw, 1, padding, dilation, 'shifted', relu_input=True)
+  return jnp.einsum('nhwc,co->nhwo', y, kpw[0, 0])
+
+
+@needs_kernel
+@pytest.mark.parametrize('k,padding,dilation', CONVS)
+@pytest.mark.parametrize('channels,width', [(4, 8), (8, 8), (16, 4), (4, 4)])
+def test_kernel_matches_xla_values_and_gradients(k, padding, dilation, channels, width):
+  x = _rand((3, 5, width, channels), 0)
+  kdw = _rand((k, k, 1, channels), 1)
+  kpw = _rand((1, 1, channels, channels), 2)
+  g = _rand((3, 5, width, channels), 3)
+  assert fused_ops.supports(x.shape, x.dtype, k, 1, padding, dilation, channels)
+
+  def value_and_vjp(fn):
+    y, vjp = jax.vjp(lambda *a: fn(*a, padding, dilation), x, kdw, kpw)
+    return (y, *vjp(g))
+
+  fused = jax.jit(lambda: value_and_vjp(fused_ops.relu_depthwise_pointwise))()
+  reference = value_and_vjp(_xla_chain)
+  for name, a, b in zip(('y', 'dx', 'd_depthwise', 'd_pointwise'), fused, reference):
+    assert a.shape == b.shape and a.dtype == jnp.float32, name
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.abs(b).max()), err_msg=name)
+  # Only x and the kernels are kept for the gradient: the kernel recomputes the rest.
+  _, residuals = jax.vjp(lambda a: fused_ops.relu_depthwise_pointwise(a, kdw, kpw, padding,
+                                                                      dilation), x)
+  kept = [leaf.shape for leaf in jax.tree.leaves(residuals)]
+  assert sorted(kept) == sorted([x.shape, kdw.shape, kpw.shape])
+
+
+@needs_kernel
+def test_kernel_under_vmap_runs_per_edge():
+  x = _rand((2, 3, 4, 8, 4), 0)  # (edges, n, h, w, c)
+  kdw, kpw = _rand((2, 3, 3, 1, 4), 1), _rand((2, 1, 1, 4, 4), 2)
+  fused = jax.vmap(lambda *a: fused_ops.relu_depthwise_pointwise(*a, 1, 1))(x, kdw, kpw)
+  reference = jax.vmap(lambda *a: _xla_chain(*a, 1, 1))(x, kdw, kpw)
+  np.testing.assert_allclose(fused, reference, rtol=2e-5, atol=1e-5)
+
+
+def test_supports_only_what_the_kernel_computes():
+  ok = dict(x_shape=(2, 8, 8, 4), dtype=jnp.float32, kernel_size=3, stride=1, padding=1,
+            dilation=1, features=4)
+  assert fused_ops.supports(**ok)
+  for change in [dict(stride=2), dict(dtype=jnp.bfloat16), dict(features=8),
+                 dict(x_shape=(2, 8, 8, 6)), dict(x_shape=(2, 8, 6, 4)),
+                 dict(x_shape=(2, 8, 8, 32)), dict(padding=2), dict(x_shape=(2, 8, 128, 4))]:
+    assert not fused_ops.supports(**{**ok, **change}), change
+
+
+@needs_kernel
+@pytest.mark.parametrize('primitive,stride,channels', [
+    ('sep_conv_3x3', 1, 4), ('sep_conv_5x5', 1, 8), ('dil_conv_3x3', 1, 4),
+    ('dil_conv_5x5', 1, 16),
+    ('sep_conv_3x3', 2, 4),   # first half strides: XLA; second half: the kernel
+    ('dil_conv_3x3', 1, 6)])  # C 6: XLA throughout
+def test_ops_fused_equal_shifted_with_the_same_parameters(primitive, stride, channels):
+  x = _rand((4, 8, 8, channels), 0)
+  fused = ops.make_op(primitive, channels, stride, affine=False, depthwise_impl='fused',
+                      search=True)
+  shifted = ops.make_op(primitive, channels, stride, affine=False, depthwise_impl='shifted',
+                        search=True)
+  variables = shifted.init(jax.random.PRNGKey(0), x, train=True)
+  assert (jax.tree.map(jnp.shape, fused.init(jax.random.PRNGKey(0), x, train=True))
+          == jax.tree.map(jnp.shape, variables))
+
+  def loss(params, module):
+    y, _ = module.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(y)), y
+
+  (_, y_fused), g_fused = jax.jit(jax.value_and_grad(loss, has_aux=True),
+                                  static_argnums=1)(variables['params'], fused)
+  (_, y_ref), g_ref = jax.value_and_grad(loss, has_aux=True)(variables['params'], shifted)
+  np.testing.assert_allclose(y_fused, y_ref, rtol=1e-4, atol=1e-4)
+  for a, b in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.abs(b).max()))
+
+
+@needs_kernel
+def test_supernet_gradients_fused_equal_shifted():
+  config = cifar10_search.get_config()
+  config.model.layers, config.model.init_channels = 3, 16  # cell 0: C/K = 4 at 8x8
+  x = _rand((4, 8, 8, 3), 0)
+  rngs = {'params': jax.random.PRNGKey(0), 'channels': jax.random.PRNGKey(1)}
+
+  def grads(impl):
+    config.model.depthwise_impl = impl
+    net = supernet.build_supernet(config)
+    variables = net.init(rngs, x, train=True)
+
+    def loss(params, arch):
+      logits, _ = net.apply({**variables, 'params': params, 'arch': arch}, x, train=True,
+                            mutable=['batch_stats'], rngs={'channels': jax.random.PRNGKey(2)})
+      return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables['params'], variables['arch'])
+
+  fused, shifted = grads('fused'), grads('shifted')
+  assert jax.tree.structure(fused) == jax.tree.structure(shifted)
+  for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(shifted)):
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3 * float(jnp.abs(b).max()) + 1e-7)
+
+
+def test_failed_build_leaves_no_library(tmp_path, monkeypatch):
+  if fused_ops._compiler() is None:
+    pytest.skip('no C++ compiler')
+  broken = tmp_path / 'broken.cc'
+  broken.write_text('this is not C++\n')
+  monkeypatch.setattr(fused_ops, 'SOURCE', str(broken))
+  target = tmp_path / 'cache' / 'lib.so'
+  with pytest.raises(subprocess.CalledProcessError):
+    fused_ops.build(str(target))
+  assert os.listdir(target.parent) == []
+
+
+def test_without_a_compiler_fused_falls_back_to_shifted(tmp_path):
+  script = textwrap.dedent('''
+      import jax, jax.numpy as jnp, numpy as np
+      from pcdarts_jax import fused_ops, ops
+      assert fused_ops.library_path() is None and not fused_ops.available()
+      x = jnp.asarray(np.random.RandomState(0).randn(2, 8, 8, 4), jnp.float32)
+      out = {}
+      for impl in ('fused', 'shifted'):
+        op = ops.make_op('sep_conv_3x3', 4, 1, affine=False, depthwise_impl=impl, search=True)
+        v = op.init(jax.random.PRNGKey(0), x, train=True)
+        out[impl] = op.apply(v, x, train=True, mutable=['batch_stats'])[0]
+      np.testing.assert_array_equal(out['fused'], out['shifted'])
+      print('FELL BACK')
+  ''')
+  env = {**os.environ, 'CXX': str(tmp_path / 'no-such-compiler'),
+         'PCDARTS_JAX_CACHE': str(tmp_path / 'cache'), 'JAX_PLATFORMS': 'cpu'}
+  env.pop('XLA_FLAGS', None)
+  result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                          text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'FELL BACK' in result.stdout
+  assert 'no C++ compiler' in result.stderr
+  assert not (tmp_path / 'cache').exists()
