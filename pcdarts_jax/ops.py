@@ -586,7 +586,7 @@ def relu_depthwise_pointwise(x, kernel_size: int, stride: int, padding: int, dil
   computes the chain where it can (fused_ops.supports), keeping only x for the
   gradient; else DepthwiseConv and the 1x1 conv. The parameters are the same
   either way ({dw_name: {kernel}}, {pw_name: {kernel}})."""
-  if (impl == 'fused'
+  if (resolve_depthwise_impl(impl, x.dtype) == 'fused'
       and fused_ops.supports(x.shape, x.dtype, kernel_size, stride, padding, dilation, features)
       and fused_ops.available()):
     channels = x.shape[-1]

@@ -112,6 +112,16 @@ def test_ops_fused_equal_shifted_with_the_same_parameters(primitive, stride, cha
 
 
 @needs_kernel
+@pytest.mark.parametrize('impl,uses_kernel', [('auto', True), ('fused', True), ('shifted', False)])
+def test_auto_runs_the_kernel_on_cpu(impl, uses_kernel):
+  x = _rand((2, 8, 8, 4), 0)
+  op = ops.make_op('sep_conv_3x3', 4, 1, affine=False, depthwise_impl=impl, search=True)
+  variables = op.init(jax.random.PRNGKey(0), x, train=True)
+  jaxpr = jax.make_jaxpr(lambda v: op.apply(v, x, train=True, mutable=['batch_stats']))(variables)
+  assert ('ffi_call' in str(jaxpr)) == uses_kernel
+
+
+@needs_kernel
 def test_supernet_gradients_fused_equal_shifted():
   config = cifar10_search.get_config()
   config.model.layers, config.model.init_channels = 3, 16  # cell 0: C/K = 4 at 8x8
