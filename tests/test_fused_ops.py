@@ -182,3 +182,44 @@ def test_without_a_compiler_fused_falls_back_to_shifted(tmp_path):
   assert 'FELL BACK' in result.stdout
   assert 'no C++ compiler' in result.stderr
   assert not (tmp_path / 'cache').exists()
+
+
+@needs_kernel
+def test_concurrent_split_calls_finish_and_are_deterministic():
+  """Several kernel calls at once, each split over XLA's intra-op threads: they
+  must finish (a caller never waits for a queued task) and give the same
+  gradients bit for bit on every run (fixed parts, summed in order)."""
+  script = textwrap.dedent('''
+      import jax, jax.numpy as jnp, numpy as np
+      from pcdarts_jax import fused_ops, ops
+      assert fused_ops.available()
+      rng = np.random.RandomState(0)
+      xs = jnp.asarray(rng.randn(6, 7, 8, 8, 4), jnp.float32)  # 6 chains of 7 images
+      kdw = jnp.asarray(rng.randn(3, 3, 1, 4), jnp.float32)
+      kpw = jnp.asarray(rng.randn(1, 1, 4, 4), jnp.float32)
+
+      def loss(xs, kdw, kpw, chain):
+        return sum(jnp.sum(jnp.sin(chain(x, kdw, kpw, 1, 1))) for x in xs)
+
+      def xla_chain(x, kdw, kpw, padding, dilation):
+        y = ops.depthwise(x, kdw, 1, padding, dilation, 'shifted', relu_input=True)
+        return jnp.einsum('nhwc,co->nhwo', y, kpw[0, 0])
+
+      step = jax.jit(jax.grad(lambda *a: loss(*a, fused_ops.relu_depthwise_pointwise),
+                              argnums=(0, 1, 2)))
+      first = step(xs, kdw, kpw)
+      for _ in range(20):
+        for a, b in zip(step(xs, kdw, kpw), first):
+          np.testing.assert_array_equal(a, b)
+      reference = jax.grad(lambda *a: loss(*a, xla_chain), argnums=(0, 1, 2))(xs, kdw, kpw)
+      for a, b in zip(first, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
+      print('SAME')
+  ''')
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  env.pop('XLA_FLAGS', None)
+  result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                          text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'SAME' in result.stdout

@@ -9,10 +9,16 @@
 // pixels of a row. The backward pass recomputes the depthwise output from the
 // input (no residual besides x), so the chain keeps only x for its gradient.
 //
+// A call splits its images over XLA's intra-op threads (see Split).
+//
 // Supported: C in {4, 8, 16}, W * C / 16 in {1, 2, 4, 8, 16}; the Python side
 // falls back to XLA elsewhere.
 
+#include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -26,6 +32,48 @@ typedef int i16 __attribute__((vector_size(64)));
 
 inline v16 load(const float* p) { v16 r; std::memcpy(&r, p, sizeof(r)); return r; }
 inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
+
+// A call's images are split into a fixed number of parts (one per thread of
+// XLA's intra-op pool), so the kernel gradients, summed part by part, do not
+// depend on scheduling. The calling thread and pool tasks take parts in turn;
+// the caller then waits only for parts already running, never for a task still
+// queued (all pool threads may be running such calls: waiting for queued work
+// would deadlock). A task that starts after all parts were taken does nothing.
+inline void relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+struct Split {
+  std::atomic<int> next{0}, done{0};
+  int parts = 1;
+  const std::function<void(int, int)>* part = nullptr;
+};
+
+int split_parts(int n, ffi::ThreadPool& pool) {
+  return (int)std::max<int64_t>(1, std::min<int64_t>(n, pool.num_threads()));
+}
+
+void run_split(ffi::ThreadPool& pool, int n, const std::function<void(int, int)>& part) {
+  auto split = std::make_shared<Split>();
+  split->parts = split_parts(n, pool);
+  split->part = &part;
+  auto work = [split] {
+    for (int i; (i = split->next.fetch_add(1)) < split->parts;) {
+      (*split->part)(i, split->parts);
+      split->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int i = 1; i < split->parts; ++i) pool.Schedule(decltype(work)(work));
+  work();
+  while (split->done.load(std::memory_order_acquire) < split->parts) relax();
+}
+
+// Images [begin, end) of part i of parts.
+inline int part_begin(int n, int i, int parts) { return (int)((int64_t)n * i / parts); }
 
 struct Geometry {
   int n, h, w, c, k, pad, dil;
@@ -94,14 +142,15 @@ inline void pointwise_row(const float* d, const v16* w_rows, const Spread<C>& sp
 }
 
 template <int C, int NV>
-void forward(const float* x, const float* kdw, const float* kpw, const Geometry& g, float* y) {
+void forward_images(const float* x, const float* kdw, const float* kpw, const Geometry& g,
+                    int begin, int end, float* y) {
   const std::vector<float> taps = tap_vectors(kdw, g);
   v16 w_rows[C];  // w_rows[c][l] = W[c, l % C]
   for (int c = 0; c < C; ++c)
     for (int l = 0; l < 16; ++l) w_rows[c][l] = kpw[c * C + l % C];
   const Spread<C> spread;
   std::vector<float> xp((size_t)g.padded_h() * g.padded_w() * C), d((size_t)g.w * C);
-  for (int n = 0; n < g.n; ++n) {
+  for (int n = begin; n < end; ++n) {
     pad_relu(x + n * g.image(), g, xp.data());
     float* yn = y + n * g.image();
     for (int h = 0; h < g.h; ++h) {
@@ -112,8 +161,20 @@ void forward(const float* x, const float* kdw, const float* kpw, const Geometry&
 }
 
 template <int C, int NV>
-void backward(const float* x, const float* kdw, const float* kpw, const float* gy,
-              const Geometry& g, float* gx, float* gkdw, float* gkpw) {
+void forward(ffi::ThreadPool& pool, const float* x, const float* kdw, const float* kpw,
+             const Geometry& g, float* y) {
+  run_split(pool, g.n, [&](int i, int parts) {
+    forward_images<C, NV>(x, kdw, kpw, g, part_begin(g.n, i, parts),
+                          part_begin(g.n, i + 1, parts), y);
+  });
+}
+
+// Input gradient of images [begin, end) into gx; their kernel gradients into
+// gkdw and gkpw (not accumulated: the caller sums the parts).
+template <int C, int NV>
+void backward_images(const float* x, const float* kdw, const float* kpw, const float* gy,
+                     const Geometry& g, int begin, int end, float* gx, float* gkdw,
+                     float* gkpw) {
   const std::vector<float> taps = tap_vectors(kdw, g);
   const int k = g.k;
   v16 wt_rows[C];  // wt_rows[o][l] = W[l % C, o]: gd = gy W^T
@@ -127,7 +188,7 @@ void backward(const float* x, const float* kdw, const float* kpw, const float* g
   const int gd_w = g.w + 2 * gpad;
   std::vector<float> xp((size_t)g.padded_h() * g.padded_w() * C), d((size_t)g.w * C),
       gd((size_t)(g.h + 2 * gpad) * gd_w * C, 0.f), dx((size_t)g.w * C);
-  for (int n = 0; n < g.n; ++n) {
+  for (int n = begin; n < end; ++n) {
     const float* xn = x + n * g.image();
     const float* gyn = gy + n * g.image();
     pad_relu(xn, g, xp.data());
@@ -181,6 +242,27 @@ void backward(const float* x, const float* kdw, const float* kpw, const float* g
     }
 }
 
+template <int C, int NV>
+void backward(ffi::ThreadPool& pool, const float* x, const float* kdw, const float* kpw,
+              const float* gy, const Geometry& g, float* gx, float* gkdw, float* gkpw) {
+  const size_t dw_size = (size_t)g.k * g.k * C, pw_size = (size_t)C * C;
+  // Kernel gradients per part, summed in part order (deterministic for a split).
+  const int parts = split_parts(g.n, pool);
+  std::vector<float> partial((size_t)parts * (dw_size + pw_size));
+  run_split(pool, g.n, [&](int i, int parts) {
+    float* mine = partial.data() + (size_t)i * (dw_size + pw_size);
+    backward_images<C, NV>(x, kdw, kpw, gy, g, part_begin(g.n, i, parts),
+                           part_begin(g.n, i + 1, parts), gx, mine, mine + dw_size);
+  });
+  std::fill(gkdw, gkdw + dw_size, 0.f);
+  std::fill(gkpw, gkpw + pw_size, 0.f);
+  for (int i = 0; i < parts; ++i) {
+    const float* part = partial.data() + (size_t)i * (dw_size + pw_size);
+    for (size_t q = 0; q < dw_size; ++q) gkdw[q] += part[q];
+    for (size_t q = 0; q < pw_size; ++q) gkpw[q] += part[dw_size + q];
+  }
+}
+
 ffi::Error check(const Geometry& g, ffi::Span<const int64_t> kdw, ffi::Span<const int64_t> kpw) {
   if (kdw.size() != 4 || kdw[0] != g.k || kdw[1] != g.k || kdw[2] != 1 || kdw[3] != g.c)
     return ffi::Error::InvalidArgument("relu_dw_pw: depthwise kernel must be (k, k, 1, C)");
@@ -209,17 +291,17 @@ ffi::Error dispatch(const Geometry& g, Fn&& fn) {
   return ffi::Error::InvalidArgument("relu_dw_pw: needs C in {4, 8, 16} and W * C / 16 in {1, 2, 4, 8, 16}");
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kdw, ffi::Buffer<ffi::F32> kpw,
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kdw, ffi::Buffer<ffi::F32> kpw,
                    ffi::ResultBuffer<ffi::F32> y, int64_t padding, int64_t dilation) {
   if (x.dimensions().size() != 4) return ffi::Error::InvalidArgument("relu_dw_pw: x must be NHWC");
   const Geometry g = geometry(x.dimensions(), kdw.dimensions()[0], padding, dilation);
   if (ffi::Error e = check(g, kdw.dimensions(), kpw.dimensions()); e.failure()) return e;
   return dispatch(g, [&]<int C, int NV>() {
-    forward<C, NV>(x.typed_data(), kdw.typed_data(), kpw.typed_data(), g, y->typed_data());
+    forward<C, NV>(pool, x.typed_data(), kdw.typed_data(), kpw.typed_data(), g, y->typed_data());
   });
 }
 
-ffi::Error Backward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kdw, ffi::Buffer<ffi::F32> kpw,
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kdw, ffi::Buffer<ffi::F32> kpw,
                     ffi::Buffer<ffi::F32> gy, ffi::ResultBuffer<ffi::F32> gx,
                     ffi::ResultBuffer<ffi::F32> gkdw, ffi::ResultBuffer<ffi::F32> gkpw,
                     int64_t padding, int64_t dilation) {
@@ -227,7 +309,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kdw, ffi::Buf
   const Geometry g = geometry(x.dimensions(), kdw.dimensions()[0], padding, dilation);
   if (ffi::Error e = check(g, kdw.dimensions(), kpw.dimensions()); e.failure()) return e;
   return dispatch(g, [&]<int C, int NV>() {
-    backward<C, NV>(x.typed_data(), kdw.typed_data(), kpw.typed_data(), gy.typed_data(), g,
+    backward<C, NV>(pool, x.typed_data(), kdw.typed_data(), kpw.typed_data(), gy.typed_data(), g,
                     gx->typed_data(), gkdw->typed_data(), gkpw->typed_data());
   });
 }
@@ -237,6 +319,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kdw, ffi::Buf
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     PcdReluDwPwForward, Forward,
     ffi::Ffi::Bind()
+        .Ctx<ffi::ThreadPool>()
         .Arg<ffi::Buffer<ffi::F32>>()
         .Arg<ffi::Buffer<ffi::F32>>()
         .Arg<ffi::Buffer<ffi::F32>>()
@@ -247,6 +330,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     PcdReluDwPwBackward, Backward,
     ffi::Ffi::Bind()
+        .Ctx<ffi::ThreadPool>()
         .Arg<ffi::Buffer<ffi::F32>>()
         .Arg<ffi::Buffer<ffi::F32>>()
         .Arg<ffi::Buffer<ffi::F32>>()
