@@ -199,8 +199,10 @@ def _eqn_flops(eqn) -> float:
   if name == 'cond':
     return max(jaxpr_flops(b.jaxpr) for b in eqn.params['branches'])
   if name == 'ffi_call':  # depthwise_impl=fused's kernel; other custom calls count 0
+    attributes = dict(eqn.params.get('attributes', ()))
     return fused_ops.call_flops(eqn.params.get('target_name'), eqn.invars[0].aval.shape,
-                                eqn.invars[1].aval.shape[0]) or 0.0
+                                eqn.invars[1].aval.shape[0],
+                                bool(attributes.get('kernel_gradients', 1))) or 0.0
   # jit, remat, custom derivatives, while (trip count unknown: once), ...
   return sum(jaxpr_flops(sub) for sub in _sub_jaxprs(eqn.params))
 

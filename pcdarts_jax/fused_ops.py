@@ -21,6 +21,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 SOURCE = os.path.join(os.path.dirname(__file__), 'kernels', 'relu_dw_pw.cc')
 FLAGS = ('-O3', '-march=native', '-std=c++20', '-shared', '-fPIC', '-w')
@@ -110,23 +111,28 @@ def supports(x_shape, dtype, kernel_size: int, stride: int, padding: int, dilati
           and 2 * padding == dilation * (kernel_size - 1))
 
 
-def call_flops(target_name: str, x_shape, kernel_size: int) -> Optional[float]:
+def call_flops(target_name: str, x_shape, kernel_size: int,
+               kernel_gradients: bool = True) -> Optional[float]:
   """FLOPs the kernel executes in one call (for the benchmark's FLOP count; the
-  backward pass recomputes the forward's depthwise conv); None for other targets."""
+  backward pass recomputes the forward's depthwise conv where it computes the
+  kernel gradients); None for other targets."""
   elements = float(np.prod(x_shape))
   channels, taps = x_shape[-1], kernel_size * kernel_size
   if target_name == _FORWARD:  # relu, depthwise, 1x1
     return elements * (1 + 2 * taps + 2 * channels)
-  if target_name == _BACKWARD:  # relu and depthwise again, 1x1 data and weight
-    # gradients, depthwise kernel and input gradients, relu mask
+  if target_name == _BACKWARD:
+    if not kernel_gradients:  # 1x1 and depthwise input gradients, relu mask
+      return elements * (1 + 2 * taps + 2 * channels)
+    # relu and depthwise again, 1x1 data and weight gradients, depthwise kernel
+    # and input gradients, relu mask
     return elements * (2 + 6 * taps + 4 * channels)
   return None
 
 
-def _call(name, results, *args, padding, dilation):
+def _call(name, results, *args, **attrs):
   # vmap (batched edges) runs the kernel once per edge.
   return jax.ffi.ffi_call(name, results, vmap_method='sequential')(
-      *args, padding=np.int64(padding), dilation=np.int64(dilation))
+      *args, **{key: np.int64(value) for key, value in attrs.items()})
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -139,15 +145,30 @@ def relu_depthwise_pointwise(x, depthwise_kernel, pointwise_kernel, padding: int
 
 
 def _forward(x, depthwise_kernel, pointwise_kernel, padding, dilation):
+  # symbolic_zeros: the primals say whether they are differentiated. Where the
+  # kernels are not (an architecture gradient), the backward call skips their
+  # gradients, and with them recomputing the depthwise output.
+  kernels_perturbed = depthwise_kernel.perturbed or pointwise_kernel.perturbed
+  x, depthwise_kernel, pointwise_kernel = (
+      a.value for a in (x, depthwise_kernel, pointwise_kernel))
   y = relu_depthwise_pointwise(x, depthwise_kernel, pointwise_kernel, padding, dilation)
-  return y, (x, depthwise_kernel, pointwise_kernel)  # the kernel recomputes the rest
+  # The kernel recomputes the rest; a 4th residual (None) marks "no kernel gradients".
+  residuals = (x, depthwise_kernel, pointwise_kernel)
+  return y, residuals if kernels_perturbed else (*residuals, None)
 
 
 def _backward(padding, dilation, residuals, g):
-  x, depthwise_kernel, pointwise_kernel = residuals
-  shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in residuals)
-  return tuple(_call(_BACKWARD, shapes, x, depthwise_kernel, pointwise_kernel, g,
-                     padding=padding, dilation=dilation))
+  kernel_gradients = len(residuals) == 3
+  x, depthwise_kernel, pointwise_kernel = residuals[:3]
+  if isinstance(g, SymbolicZero):
+    g = jnp.zeros(x.shape, x.dtype)
+  shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in residuals[:3])
+  gx, g_depthwise, g_pointwise = _call(
+      _BACKWARD, shapes, x, depthwise_kernel, pointwise_kernel, g, padding=padding,
+      dilation=dilation, kernel_gradients=kernel_gradients)
+  if not kernel_gradients:
+    return gx, None, None
+  return gx, g_depthwise, g_pointwise
 
 
-relu_depthwise_pointwise.defvjp(_forward, _backward)
+relu_depthwise_pointwise.defvjp(_forward, _backward, symbolic_zeros=True)

@@ -65,6 +65,33 @@ def test_kernel_matches_xla_values_and_gradients(k, padding, dilation, channels,
 
 
 @needs_kernel
+@pytest.mark.parametrize('k,padding,dilation', [CONVS[0], CONVS[3]])
+def test_input_gradient_alone_skips_the_kernel_gradients(k, padding, dilation):
+  x, g = _rand((3, 6, 8, 4), 0), _rand((3, 6, 8, 4), 3)
+  kdw, kpw = _rand((k, k, 1, 4), 1), _rand((1, 1, 4, 4), 2)
+
+  def vjp(argnums):
+    fn = lambda *a: jnp.vdot(g, fused_ops.relu_depthwise_pointwise(*a, padding, dilation))
+    grad = jax.grad(fn, argnums=argnums)
+    return jax.jit(grad)(x, kdw, kpw), str(jax.make_jaxpr(grad)(x, kdw, kpw))
+
+  (dx_all, d_depthwise, d_pointwise), full = vjp((0, 1, 2))
+  dx_alone, alone = vjp(0)
+  np.testing.assert_array_equal(dx_alone, dx_all)  # same input gradient, bit for bit
+  assert "('kernel_gradients', np.int64(0))" in alone
+  assert "('kernel_gradients', np.int64(1))" in full
+  # The kernel gradients alone still come out right (and use the full backward).
+  (d_depthwise_alone, d_pointwise_alone), kernels = vjp((1, 2))
+  assert "('kernel_gradients', np.int64(1))" in kernels
+  np.testing.assert_array_equal(d_depthwise_alone, d_depthwise)
+  np.testing.assert_array_equal(d_pointwise_alone, d_pointwise)
+  reference = jax.grad(lambda *a: jnp.vdot(g, _xla_chain(*a, padding, dilation)),
+                       argnums=(0, 1, 2))(x, kdw, kpw)
+  for a, b in zip((dx_alone, d_depthwise, d_pointwise), reference):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.abs(b).max()))
+
+
+@needs_kernel
 def test_kernel_under_vmap_runs_per_edge():
   x = _rand((2, 3, 4, 8, 4), 0)  # (edges, n, h, w, c)
   kdw, kpw = _rand((2, 3, 3, 1, 4), 1), _rand((2, 1, 1, 4, 4), 2)
@@ -138,6 +165,11 @@ def test_supernet_gradients_fused_equal_shifted():
                             mutable=['batch_stats'], rngs={'channels': jax.random.PRNGKey(2)})
       return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
 
+    if impl == 'fused':  # An architecture gradient skips the kernels' gradients.
+      arch_only = str(jax.make_jaxpr(jax.grad(loss, argnums=1))(variables['params'],
+                                                                 variables['arch']))
+      assert "('kernel_gradients', np.int64(0))" in arch_only
+      assert "('kernel_gradients', np.int64(1))" not in arch_only
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables['params'], variables['arch'])
 
   fused, shifted = grads('fused'), grads('shifted')

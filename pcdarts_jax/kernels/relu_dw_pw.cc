@@ -7,7 +7,9 @@
 // for the CIFAR search's slices), with the accumulators in registers. A
 // channel pattern repeats every C lanes, so a kernel tap is one vector for all
 // pixels of a row. The backward pass recomputes the depthwise output from the
-// input (no residual besides x), so the chain keeps only x for its gradient.
+// input (no residual besides x), so the chain keeps only x for its gradient;
+// called with kernel_gradients = 0 (an architecture gradient, where the kernels
+// are constants) it computes only the input gradient, without that recompute.
 //
 // A call splits its images over XLA's intra-op threads (see Split).
 //
@@ -169,9 +171,11 @@ void forward(ffi::ThreadPool& pool, const float* x, const float* kdw, const floa
   });
 }
 
-// Input gradient of images [begin, end) into gx; their kernel gradients into
-// gkdw and gkpw (not accumulated: the caller sums the parts).
-template <int C, int NV>
+// Input gradient of images [begin, end) into gx; with KernelGrads, their kernel
+// gradients into gkdw and gkpw (not accumulated: the caller sums the parts).
+// Without, the depthwise output is not recomputed: the input gradient needs
+// only gy, the kernels and the ReLU mask.
+template <int C, int NV, bool KernelGrads>
 void backward_images(const float* x, const float* kdw, const float* kpw, const float* gy,
                      const Geometry& g, int begin, int end, float* gx, float* gkdw,
                      float* gkpw) {
@@ -191,22 +195,24 @@ void backward_images(const float* x, const float* kdw, const float* kpw, const f
   for (int n = begin; n < end; ++n) {
     const float* xn = x + n * g.image();
     const float* gyn = gy + n * g.image();
-    pad_relu(xn, g, xp.data());
+    if (KernelGrads) pad_relu(xn, g, xp.data());
     // Recompute the depthwise output; 1x1 conv gradients; gd into a padded buffer.
     for (int h = 0; h < g.h; ++h) {
-      depthwise_row<NV>(xp.data(), g.padded_w(), taps.data(), g, h, false, d.data());
+      if (KernelGrads)
+        depthwise_row<NV>(xp.data(), g.padded_w(), taps.data(), g, h, false, d.data());
       const float* gyr = gyn + (size_t)h * g.w * C;
       float* gdr = gd.data() + ((size_t)(h + gpad) * gd_w + gpad) * C;
       for (int v = 0; v < NV; ++v) {
         const v16 dv = load(d.data() + v * 16), gv = load(gyr + v * 16);
         v16 acc = v16{};
         for (int o = 0; o < C; ++o) acc += __builtin_shuffle(gv, spread.lanes[o]) * wt_rows[o];
-        for (int c = 0; c < C; ++c) gw[c] += __builtin_shuffle(dv, spread.lanes[c]) * gv;
+        if (KernelGrads)
+          for (int c = 0; c < C; ++c) gw[c] += __builtin_shuffle(dv, spread.lanes[c]) * gv;
         store(gdr + v * 16, acc);
       }
     }
     // Depthwise kernel gradient: per tap, over all rows with the sums in registers.
-    for (int i = 0; i < k; ++i)
+    for (int i = 0; i < (KernelGrads ? k : 0); ++i)
       for (int j = 0; j < k; ++j) {
         v16 acc[NV];
         for (int v = 0; v < NV; ++v) acc[v] = v16{};
@@ -244,15 +250,19 @@ void backward_images(const float* x, const float* kdw, const float* kpw, const f
 
 template <int C, int NV>
 void backward(ffi::ThreadPool& pool, const float* x, const float* kdw, const float* kpw,
-              const float* gy, const Geometry& g, float* gx, float* gkdw, float* gkpw) {
+              const float* gy, const Geometry& g, bool kernel_grads, float* gx, float* gkdw,
+              float* gkpw) {
   const size_t dw_size = (size_t)g.k * g.k * C, pw_size = (size_t)C * C;
   // Kernel gradients per part, summed in part order (deterministic for a split).
   const int parts = split_parts(g.n, pool);
   std::vector<float> partial((size_t)parts * (dw_size + pw_size));
   run_split(pool, g.n, [&](int i, int parts) {
     float* mine = partial.data() + (size_t)i * (dw_size + pw_size);
-    backward_images<C, NV>(x, kdw, kpw, gy, g, part_begin(g.n, i, parts),
-                           part_begin(g.n, i + 1, parts), gx, mine, mine + dw_size);
+    const int begin = part_begin(g.n, i, parts), end = part_begin(g.n, i + 1, parts);
+    if (kernel_grads)
+      backward_images<C, NV, true>(x, kdw, kpw, gy, g, begin, end, gx, mine, mine + dw_size);
+    else
+      backward_images<C, NV, false>(x, kdw, kpw, gy, g, begin, end, gx, mine, mine + dw_size);
   });
   std::fill(gkdw, gkdw + dw_size, 0.f);
   std::fill(gkpw, gkpw + pw_size, 0.f);
@@ -304,13 +314,14 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
 ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kdw, ffi::Buffer<ffi::F32> kpw,
                     ffi::Buffer<ffi::F32> gy, ffi::ResultBuffer<ffi::F32> gx,
                     ffi::ResultBuffer<ffi::F32> gkdw, ffi::ResultBuffer<ffi::F32> gkpw,
-                    int64_t padding, int64_t dilation) {
+                    int64_t padding, int64_t dilation, int64_t kernel_gradients) {
   if (x.dimensions().size() != 4) return ffi::Error::InvalidArgument("relu_dw_pw: x must be NHWC");
   const Geometry g = geometry(x.dimensions(), kdw.dimensions()[0], padding, dilation);
   if (ffi::Error e = check(g, kdw.dimensions(), kpw.dimensions()); e.failure()) return e;
   return dispatch(g, [&]<int C, int NV>() {
     backward<C, NV>(pool, x.typed_data(), kdw.typed_data(), kpw.typed_data(), gy.typed_data(), g,
-                    gx->typed_data(), gkdw->typed_data(), gkpw->typed_data());
+                    kernel_gradients != 0, gx->typed_data(), gkdw->typed_data(),
+                    gkpw->typed_data());
   });
 }
 
@@ -339,4 +350,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<ffi::Buffer<ffi::F32>>()
         .Ret<ffi::Buffer<ffi::F32>>()
         .Attr<int64_t>("padding")
-        .Attr<int64_t>("dilation"));
+        .Attr<int64_t>("dilation")
+        .Attr<int64_t>("kernel_gradients"));
