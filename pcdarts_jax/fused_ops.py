@@ -4,8 +4,8 @@ The C++ kernel (kernels/relu_dw_pw.cc, XLA FFI) is compiled on first use with
 the machine's C++ compiler (`CXX`, else g++) for the CPU it runs on, and cached
 under $PCDARTS_JAX_CACHE (default ~/.cache/pcdarts_jax) by a digest of the
 source, the compiler, the flags, the CPU and jaxlib. Where it cannot be built
-(no compiler) or a conv is outside what it supports (stride 2, C not in
-{4, 8, 16}, another dtype, a GPU), ops fall back to the `shifted` XLA form.
+(no compiler) or a conv is outside what it supports (see `supports`: stride 1
+or 2, C in {4, 8, 16}, float32, CPU), ops fall back to the `shifted` XLA form.
 """
 
 import functools
@@ -102,30 +102,33 @@ def available() -> bool:
 def supports(x_shape, dtype, kernel_size: int, stride: int, padding: int, dilation: int,
              features: int) -> bool:
   """Whether the kernel computes this conv (it also needs available())."""
-  if len(x_shape) != 4:
+  if len(x_shape) != 4 or stride not in (1, 2):
     return False
-  _, _, width, channels = x_shape
-  lanes = width * channels
-  return (jnp.dtype(dtype) == jnp.float32 and stride == 1 and features == channels
+  _, height, width, channels = x_shape
+  if stride == 2 and (height % 2 or width % 2):
+    return False
+  lanes = width // stride * channels  # an output row
+  return (jnp.dtype(dtype) == jnp.float32 and features == channels
           and channels in CHANNELS and lanes % 16 == 0 and lanes // 16 in ROW_VECTORS
           and 2 * padding == dilation * (kernel_size - 1))
 
 
-def call_flops(target_name: str, x_shape, kernel_size: int,
-               kernel_gradients: bool = True) -> Optional[float]:
+def call_flops(target_name: str, x_shape, kernel_size: int, kernel_gradients: bool = True,
+               stride: int = 1) -> Optional[float]:
   """FLOPs the kernel executes in one call (for the benchmark's FLOP count; the
   backward pass recomputes the forward's depthwise conv where it computes the
   kernel gradients); None for other targets."""
-  elements = float(np.prod(x_shape))
+  inputs = float(np.prod(x_shape))
+  outputs = inputs / (stride * stride)
   channels, taps = x_shape[-1], kernel_size * kernel_size
   if target_name == _FORWARD:  # relu, depthwise, 1x1
-    return elements * (1 + 2 * taps + 2 * channels)
+    return inputs + outputs * (2 * taps + 2 * channels)
   if target_name == _BACKWARD:
     if not kernel_gradients:  # 1x1 and depthwise input gradients, relu mask
-      return elements * (1 + 2 * taps + 2 * channels)
+      return inputs + outputs * (2 * taps + 2 * channels)
     # relu and depthwise again, 1x1 data and weight gradients, depthwise kernel
     # and input gradients, relu mask
-    return elements * (2 + 6 * taps + 4 * channels)
+    return 2 * inputs + outputs * (6 * taps + 4 * channels)
   return None
 
 
@@ -135,37 +138,40 @@ def _call(name, results, *args, **attrs):
       *args, **{key: np.int64(value) for key, value in attrs.items()})
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def relu_depthwise_pointwise(x, depthwise_kernel, pointwise_kernel, padding: int,
-                             dilation: int):
-  """relu(x) convolved depthwise with (k, k, 1, C) at stride 1, then with the
+                             dilation: int, stride: int = 1):
+  """relu(x) convolved depthwise with (k, k, 1, C) at stride 1 or 2, then with the
   1x1 kernel (1, 1, C, C); float32 NHWC, shapes that `supports` accepts."""
-  return _call(_FORWARD, jax.ShapeDtypeStruct(x.shape, x.dtype), x, depthwise_kernel,
-               pointwise_kernel, padding=padding, dilation=dilation)
+  n, h, w, c = x.shape
+  return _call(_FORWARD, jax.ShapeDtypeStruct((n, h // stride, w // stride, c), x.dtype), x,
+               depthwise_kernel, pointwise_kernel, padding=padding, dilation=dilation,
+               stride=stride)
 
 
-def _forward(x, depthwise_kernel, pointwise_kernel, padding, dilation):
+def _forward(x, depthwise_kernel, pointwise_kernel, padding, dilation, stride):
   # symbolic_zeros: the primals say whether they are differentiated. Where the
   # kernels are not (an architecture gradient), the backward call skips their
   # gradients, and with them recomputing the depthwise output.
   kernels_perturbed = depthwise_kernel.perturbed or pointwise_kernel.perturbed
   x, depthwise_kernel, pointwise_kernel = (
       a.value for a in (x, depthwise_kernel, pointwise_kernel))
-  y = relu_depthwise_pointwise(x, depthwise_kernel, pointwise_kernel, padding, dilation)
+  y = relu_depthwise_pointwise(x, depthwise_kernel, pointwise_kernel, padding, dilation,
+                               stride)
   # The kernel recomputes the rest; a 4th residual (None) marks "no kernel gradients".
   residuals = (x, depthwise_kernel, pointwise_kernel)
   return y, residuals if kernels_perturbed else (*residuals, None)
 
 
-def _backward(padding, dilation, residuals, g):
+def _backward(padding, dilation, stride, residuals, g):
   kernel_gradients = len(residuals) == 3
   x, depthwise_kernel, pointwise_kernel = residuals[:3]
   if isinstance(g, SymbolicZero):
-    g = jnp.zeros(x.shape, x.dtype)
+    g = jnp.zeros(g.aval.shape, g.aval.dtype)
   shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in residuals[:3])
   gx, g_depthwise, g_pointwise = _call(
       _BACKWARD, shapes, x, depthwise_kernel, pointwise_kernel, g, padding=padding,
-      dilation=dilation, kernel_gradients=kernel_gradients)
+      dilation=dilation, stride=stride, kernel_gradients=kernel_gradients)
   if not kernel_gradients:
     return gx, None, None
   return gx, g_depthwise, g_pointwise

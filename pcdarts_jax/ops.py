@@ -593,7 +593,7 @@ def relu_depthwise_pointwise(x, kernel_size: int, stride: int, padding: int, dil
     depthwise_kernel = _Kernel((kernel_size, kernel_size, 1, channels), name=dw_name)()
     pointwise_kernel = _Kernel((1, 1, channels, features), name=pw_name)()
     return fused_ops.relu_depthwise_pointwise(x, depthwise_kernel, pointwise_kernel, padding,
-                                              dilation)
+                                              dilation, stride)
   x = DepthwiseConv(kernel_size, stride, padding, dilation, impl, relu_input=True,
                     name=dw_name)(x)
   return conv(features, 1, name=pw_name)(x)

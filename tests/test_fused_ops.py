@@ -33,23 +33,25 @@ def _rand(shape, seed):
   return jnp.asarray(np.random.RandomState(seed).randn(*shape), jnp.float32)
 
 
-def _xla_chain(x, kdw, kpw, padding, dilation):
-  y = ops.depthwise(x, kdw, 1, padding, dilation, 'shifted', relu_input=True)
+def _xla_chain(x, kdw, kpw, padding, dilation, stride=1):
+  y = ops.depthwise(x, kdw, stride, padding, dilation, 'shifted', relu_input=True)
   return jnp.einsum('nhwc,co->nhwo', y, kpw[0, 0])
 
 
 @needs_kernel
 @pytest.mark.parametrize('k,padding,dilation', CONVS)
-@pytest.mark.parametrize('channels,width', [(4, 8), (8, 8), (16, 4), (4, 4)])
-def test_kernel_matches_xla_values_and_gradients(k, padding, dilation, channels, width):
-  x = _rand((3, 5, width, channels), 0)
+@pytest.mark.parametrize('channels,width,stride', [(4, 8, 1), (8, 8, 1), (16, 4, 1), (4, 4, 1),
+                                                   (4, 8, 2), (8, 32, 2), (16, 4, 2)])
+def test_kernel_matches_xla_values_and_gradients(k, padding, dilation, channels, width, stride):
+  height = 6 if stride == 2 else 5
+  x = _rand((3, height, width, channels), 0)
   kdw = _rand((k, k, 1, channels), 1)
   kpw = _rand((1, 1, channels, channels), 2)
-  g = _rand((3, 5, width, channels), 3)
-  assert fused_ops.supports(x.shape, x.dtype, k, 1, padding, dilation, channels)
+  g = _rand((3, height // stride, width // stride, channels), 3)
+  assert fused_ops.supports(x.shape, x.dtype, k, stride, padding, dilation, channels)
 
   def value_and_vjp(fn):
-    y, vjp = jax.vjp(lambda *a: fn(*a, padding, dilation), x, kdw, kpw)
+    y, vjp = jax.vjp(lambda *a: fn(*a, padding, dilation, stride), x, kdw, kpw)
     return (y, *vjp(g))
 
   fused = jax.jit(lambda: value_and_vjp(fused_ops.relu_depthwise_pointwise))()
@@ -59,19 +61,21 @@ def test_kernel_matches_xla_values_and_gradients(k, padding, dilation, channels,
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.abs(b).max()), err_msg=name)
   # Only x and the kernels are kept for the gradient: the kernel recomputes the rest.
   _, residuals = jax.vjp(lambda a: fused_ops.relu_depthwise_pointwise(a, kdw, kpw, padding,
-                                                                      dilation), x)
+                                                                      dilation, stride), x)
   kept = [leaf.shape for leaf in jax.tree.leaves(residuals)]
   assert sorted(kept) == sorted([x.shape, kdw.shape, kpw.shape])
 
 
 @needs_kernel
-@pytest.mark.parametrize('k,padding,dilation', [CONVS[0], CONVS[3]])
-def test_input_gradient_alone_skips_the_kernel_gradients(k, padding, dilation):
-  x, g = _rand((3, 6, 8, 4), 0), _rand((3, 6, 8, 4), 3)
+@pytest.mark.parametrize('k,padding,dilation,stride', [(*CONVS[0], 1), (*CONVS[3], 1),
+                                                       (*CONVS[1], 2), (*CONVS[2], 2)])
+def test_input_gradient_alone_skips_the_kernel_gradients(k, padding, dilation, stride):
+  x, g = _rand((3, 6, 8, 4), 0), _rand((3, 6 // stride, 8 // stride, 4), 3)
   kdw, kpw = _rand((k, k, 1, 4), 1), _rand((1, 1, 4, 4), 2)
 
   def vjp(argnums):
-    fn = lambda *a: jnp.vdot(g, fused_ops.relu_depthwise_pointwise(*a, padding, dilation))
+    fn = lambda *a: jnp.vdot(g, fused_ops.relu_depthwise_pointwise(*a, padding, dilation,
+                                                                   stride))
     grad = jax.grad(fn, argnums=argnums)
     return jax.jit(grad)(x, kdw, kpw), str(jax.make_jaxpr(grad)(x, kdw, kpw))
 
@@ -85,7 +89,7 @@ def test_input_gradient_alone_skips_the_kernel_gradients(k, padding, dilation):
   assert "('kernel_gradients', np.int64(1))" in kernels
   np.testing.assert_array_equal(d_depthwise_alone, d_depthwise)
   np.testing.assert_array_equal(d_pointwise_alone, d_pointwise)
-  reference = jax.grad(lambda *a: jnp.vdot(g, _xla_chain(*a, padding, dilation)),
+  reference = jax.grad(lambda *a: jnp.vdot(g, _xla_chain(*a, padding, dilation, stride)),
                        argnums=(0, 1, 2))(x, kdw, kpw)
   for a, b in zip((dx_alone, d_depthwise, d_pointwise), reference):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.abs(b).max()))
@@ -104,9 +108,11 @@ def test_supports_only_what_the_kernel_computes():
   ok = dict(x_shape=(2, 8, 8, 4), dtype=jnp.float32, kernel_size=3, stride=1, padding=1,
             dilation=1, features=4)
   assert fused_ops.supports(**ok)
-  for change in [dict(stride=2), dict(dtype=jnp.bfloat16), dict(features=8),
+  assert fused_ops.supports(**{**ok, 'stride': 2})  # output rows of 4 x 4 = 16 lanes
+  for change in [dict(stride=3), dict(dtype=jnp.bfloat16), dict(features=8),
                  dict(x_shape=(2, 8, 8, 6)), dict(x_shape=(2, 8, 6, 4)),
-                 dict(x_shape=(2, 8, 8, 32)), dict(padding=2), dict(x_shape=(2, 8, 128, 4))]:
+                 dict(x_shape=(2, 8, 8, 32)), dict(padding=2), dict(x_shape=(2, 8, 128, 4)),
+                 dict(stride=2, x_shape=(2, 7, 8, 4)), dict(stride=2, x_shape=(2, 8, 4, 4))]:
     assert not fused_ops.supports(**{**ok, **change}), change
 
 
@@ -114,7 +120,7 @@ def test_supports_only_what_the_kernel_computes():
 @pytest.mark.parametrize('primitive,stride,channels', [
     ('sep_conv_3x3', 1, 4), ('sep_conv_5x5', 1, 8), ('dil_conv_3x3', 1, 4),
     ('dil_conv_5x5', 1, 16),
-    ('sep_conv_3x3', 2, 4),   # first half strides: XLA; second half: the kernel
+    ('sep_conv_3x3', 2, 4), ('dil_conv_5x5', 2, 8),
     ('dil_conv_3x3', 1, 6)])  # C 6: XLA throughout
 def test_ops_fused_equal_shifted_with_the_same_parameters(primitive, stride, channels):
   x = _rand((4, 8, 8, channels), 0)

@@ -1,4 +1,4 @@
-// relu -> depthwise k x k conv (stride 1, "same" padding, any dilation) -> 1x1 conv
+// relu -> depthwise k x k conv (stride 1 or 2, "same" padding, any dilation) -> 1x1 conv
 // (C -> C), forward and backward, as XLA:CPU custom calls (XLA FFI). NHWC float32.
 //
 // Why: XLA:CPU runs this chain of a PC-DARTS channel slice (4-16 channels) as
@@ -13,7 +13,8 @@
 //
 // A call splits its images over XLA's intra-op threads (see Split).
 //
-// Supported: C in {4, 8, 16}, W * C / 16 in {1, 2, 4, 8, 16}; the Python side
+// Supported: C in {4, 8, 16}, an output row's W / stride * C / 16 in
+// {1, 2, 4, 8, 16}, even H and W at stride 2; the Python side
 // falls back to XLA elsewhere.
 
 #include <algorithm>
@@ -78,10 +79,14 @@ void run_split(ffi::ThreadPool& pool, int n, const std::function<void(int, int)>
 inline int part_begin(int n, int i, int parts) { return (int)((int64_t)n * i / parts); }
 
 struct Geometry {
-  int n, h, w, c, k, pad, dil;
+  int n, h, w, c, k, pad, dil, stride;
   int padded_w() const { return w + 2 * pad; }
   int padded_h() const { return h + 2 * pad; }
+  int out_h() const { return h / stride; }
+  int out_w() const { return w / stride; }
+  int phase_w() const { return (padded_w() + 1) / 2; }  // stride 2: see pad_relu_phases
   size_t image() const { return (size_t)h * w * c; }
+  size_t out_image() const { return (size_t)out_h() * out_w() * c; }
 };
 
 // Per tap, the kernel's C values repeated over the 16 lanes of a vector.
@@ -162,12 +167,156 @@ void forward_images(const float* x, const float* kdw, const float* kpw, const Ge
   }
 }
 
+// Stride 2. relu(x), zero-padded, split into its even and odd padded columns
+// (phases): output pixel w_o reads padded column 2 w_o + j d, i.e. phase (j d) % 2
+// at column w_o + (j d) / 2, so a tap still reads one contiguous row of NV
+// vectors. Each phase is padded_h x phase_w pixels.
+void pad_relu_phases(const float* x, const Geometry& g, float* even, float* odd) {
+  const size_t phase = (size_t)g.padded_h() * g.phase_w() * g.c;
+  std::memset(even, 0, sizeof(float) * phase);
+  std::memset(odd, 0, sizeof(float) * phase);
+  for (int h = 0; h < g.h; ++h)
+    for (int w = 0; w < g.w; ++w) {
+      const int col = w + g.pad;
+      float* dst = (col % 2 ? odd : even) + ((size_t)(h + g.pad) * g.phase_w() + col / 2) * g.c;
+      const float* src = x + ((size_t)h * g.w + w) * g.c;
+      for (int c = 0; c < g.c; ++c) dst[c] = src[c] > 0.f ? src[c] : 0.f;
+    }
+}
+
+// Where tap (i, j) of output row `row` starts in the phases (stride 2).
+inline size_t phase_offset(const Geometry& g, int row, int i, int j) {
+  return ((size_t)(2 * row + i * g.dil) * g.phase_w() + (j * g.dil) / 2) * g.c;
+}
+
+template <int NV>
+inline void depthwise_row_s2(const float* even, const float* odd, const float* taps,
+                             const Geometry& g, int row, float* out) {
+  v16 acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = v16{};
+  for (int i = 0; i < g.k; ++i)
+    for (int j = 0; j < g.k; ++j) {
+      const v16 tap = load(taps + (size_t)(i * g.k + j) * 16);
+      const float* s = ((j * g.dil) % 2 ? odd : even) + phase_offset(g, row, i, j);
+      for (int v = 0; v < NV; ++v) acc[v] += load(s + v * 16) * tap;
+    }
+  for (int v = 0; v < NV; ++v) store(out + v * 16, acc[v]);
+}
+
+template <int C, int NV>
+void forward_images_s2(const float* x, const float* kdw, const float* kpw, const Geometry& g,
+                       int begin, int end, float* y) {
+  const std::vector<float> taps = tap_vectors(kdw, g);
+  v16 w_rows[C];
+  for (int c = 0; c < C; ++c)
+    for (int l = 0; l < 16; ++l) w_rows[c][l] = kpw[c * C + l % C];
+  const Spread<C> spread;
+  const size_t phase = (size_t)g.padded_h() * g.phase_w() * C;
+  std::vector<float> even(phase), odd(phase), d((size_t)g.out_w() * C);
+  for (int n = begin; n < end; ++n) {
+    pad_relu_phases(x + n * g.image(), g, even.data(), odd.data());
+    float* yn = y + n * g.out_image();
+    for (int h = 0; h < g.out_h(); ++h) {
+      depthwise_row_s2<NV>(even.data(), odd.data(), taps.data(), g, h, d.data());
+      pointwise_row<C, NV>(d.data(), w_rows, spread, yn + (size_t)h * g.out_w() * C);
+    }
+  }
+}
+
+// As backward_images, at stride 2: the input gradient is scattered tap by tap
+// into phase buffers, then interleaved back through the ReLU mask.
+template <int C, int NV, bool KernelGrads>
+void backward_images_s2(const float* x, const float* kdw, const float* kpw, const float* gy,
+                        const Geometry& g, int begin, int end, float* gx, float* gkdw,
+                        float* gkpw) {
+  const std::vector<float> taps = tap_vectors(kdw, g);
+  const int k = g.k, row_len = g.out_w() * C;
+  v16 wt_rows[C];
+  for (int o = 0; o < C; ++o)
+    for (int l = 0; l < 16; ++l) wt_rows[o][l] = kpw[(l % C) * C + o];
+  const Spread<C> spread;
+  v16 gw[C];
+  for (int c = 0; c < C; ++c) gw[c] = v16{};
+  std::vector<v16> gtaps((size_t)k * k * NV, v16{});
+  const size_t phase = (size_t)g.padded_h() * g.phase_w() * C;
+  std::vector<float> even(phase), odd(phase), d_even(phase), d_odd(phase), d(row_len),
+      gd((size_t)g.out_h() * row_len);
+  for (int n = begin; n < end; ++n) {
+    const float* xn = x + n * g.image();
+    const float* gyn = gy + n * g.out_image();
+    if (KernelGrads) pad_relu_phases(xn, g, even.data(), odd.data());
+    for (int h = 0; h < g.out_h(); ++h) {
+      if (KernelGrads) depthwise_row_s2<NV>(even.data(), odd.data(), taps.data(), g, h, d.data());
+      const float* gyr = gyn + (size_t)h * row_len;
+      float* gdr = gd.data() + (size_t)h * row_len;
+      for (int v = 0; v < NV; ++v) {
+        const v16 gv = load(gyr + v * 16);
+        v16 acc = v16{};
+        for (int o = 0; o < C; ++o) acc += __builtin_shuffle(gv, spread.lanes[o]) * wt_rows[o];
+        if (KernelGrads) {
+          const v16 dv = load(d.data() + v * 16);
+          for (int c = 0; c < C; ++c) gw[c] += __builtin_shuffle(dv, spread.lanes[c]) * gv;
+        }
+        store(gdr + v * 16, acc);
+      }
+    }
+    std::memset(d_even.data(), 0, sizeof(float) * phase);
+    std::memset(d_odd.data(), 0, sizeof(float) * phase);
+    for (int i = 0; i < k; ++i)
+      for (int j = 0; j < k; ++j) {
+        const v16 tap = load(taps.data() + (size_t)(i * k + j) * 16);
+        const bool odd_phase = (j * g.dil) % 2;
+        v16 acc[NV];
+        for (int v = 0; v < NV; ++v) acc[v] = v16{};
+        for (int h = 0; h < g.out_h(); ++h) {
+          const size_t at = phase_offset(g, h, i, j);
+          const float* gdr = gd.data() + (size_t)h * row_len;
+          float* dst = (odd_phase ? d_odd : d_even).data() + at;
+          if (KernelGrads) {
+            const float* s = (odd_phase ? odd : even).data() + at;
+            for (int v = 0; v < NV; ++v) acc[v] += load(s + v * 16) * load(gdr + v * 16);
+          }
+          for (int v = 0; v < NV; ++v) store(dst + v * 16, load(dst + v * 16) + load(gdr + v * 16) * tap);
+        }
+        if (KernelGrads) {
+          v16* out = gtaps.data() + (size_t)(i * k + j) * NV;
+          for (int v = 0; v < NV; ++v) out[v] += acc[v];
+        }
+      }
+    float* gxn = gx + n * g.image();
+    for (int h = 0; h < g.h; ++h)
+      for (int w = 0; w < g.w; ++w) {
+        const int col = w + g.pad;
+        const float* src = (col % 2 ? d_odd : d_even).data() +
+                           ((size_t)(h + g.pad) * g.phase_w() + col / 2) * C;
+        const size_t q = ((size_t)h * g.w + w) * C;
+        for (int c = 0; c < C; ++c) gxn[q + c] = xn[q + c] > 0.f ? src[c] : 0.f;
+      }
+  }
+  for (int t = 0; t < k * k; ++t)
+    for (int c = 0; c < C; ++c) {
+      float sum = 0.f;
+      for (int v = 0; v < NV; ++v)
+        for (int l = c; l < 16; l += C) sum += gtaps[(size_t)t * NV + v][l];
+      gkdw[t * C + c] = sum;
+    }
+  for (int c = 0; c < C; ++c)
+    for (int o = 0; o < C; ++o) {
+      float sum = 0.f;
+      for (int l = o; l < 16; l += C) sum += gw[c][l];
+      gkpw[c * C + o] = sum;
+    }
+}
+
 template <int C, int NV>
 void forward(ffi::ThreadPool& pool, const float* x, const float* kdw, const float* kpw,
              const Geometry& g, float* y) {
   run_split(pool, g.n, [&](int i, int parts) {
-    forward_images<C, NV>(x, kdw, kpw, g, part_begin(g.n, i, parts),
-                          part_begin(g.n, i + 1, parts), y);
+    const int begin = part_begin(g.n, i, parts), end = part_begin(g.n, i + 1, parts);
+    if (g.stride == 2)
+      forward_images_s2<C, NV>(x, kdw, kpw, g, begin, end, y);
+    else
+      forward_images<C, NV>(x, kdw, kpw, g, begin, end, y);
   });
 }
 
@@ -259,10 +408,15 @@ void backward(ffi::ThreadPool& pool, const float* x, const float* kdw, const flo
   run_split(pool, g.n, [&](int i, int parts) {
     float* mine = partial.data() + (size_t)i * (dw_size + pw_size);
     const int begin = part_begin(g.n, i, parts), end = part_begin(g.n, i + 1, parts);
-    if (kernel_grads)
-      backward_images<C, NV, true>(x, kdw, kpw, gy, g, begin, end, gx, mine, mine + dw_size);
+    float* gkpw_part = mine + dw_size;
+    if (g.stride == 2 && kernel_grads)
+      backward_images_s2<C, NV, true>(x, kdw, kpw, gy, g, begin, end, gx, mine, gkpw_part);
+    else if (g.stride == 2)
+      backward_images_s2<C, NV, false>(x, kdw, kpw, gy, g, begin, end, gx, mine, gkpw_part);
+    else if (kernel_grads)
+      backward_images<C, NV, true>(x, kdw, kpw, gy, g, begin, end, gx, mine, gkpw_part);
     else
-      backward_images<C, NV, false>(x, kdw, kpw, gy, g, begin, end, gx, mine, mine + dw_size);
+      backward_images<C, NV, false>(x, kdw, kpw, gy, g, begin, end, gx, mine, gkpw_part);
   });
   std::fill(gkdw, gkdw + dw_size, 0.f);
   std::fill(gkpw, gkpw + pw_size, 0.f);
@@ -280,17 +434,31 @@ ffi::Error check(const Geometry& g, ffi::Span<const int64_t> kdw, ffi::Span<cons
     return ffi::Error::InvalidArgument("relu_dw_pw: 1x1 kernel must be (1, 1, C, C)");
   if (2 * g.pad != g.dil * (g.k - 1))
     return ffi::Error::InvalidArgument("relu_dw_pw: padding must keep the size (2p = d(k - 1))");
+  if (g.stride != 1 && g.stride != 2)
+    return ffi::Error::InvalidArgument("relu_dw_pw: stride must be 1 or 2");
+  if (g.stride == 2 && (g.h % 2 || g.w % 2))
+    return ffi::Error::InvalidArgument("relu_dw_pw: stride 2 needs an even height and width");
   return ffi::Error::Success();
 }
 
-Geometry geometry(ffi::Span<const int64_t> x, int64_t k, int64_t pad, int64_t dil) {
-  return Geometry{(int)x[0], (int)x[1], (int)x[2], (int)x[3], (int)k, (int)pad, (int)dil};
+ffi::Error check_shape(ffi::Span<const int64_t> dims, int n, int h, int w, int c,
+                       const char* message) {
+  if (dims.size() != 4 || dims[0] != n || dims[1] != h || dims[2] != w || dims[3] != c)
+    return ffi::Error::InvalidArgument(message);
+  return ffi::Error::Success();
+}
+
+Geometry geometry(ffi::Span<const int64_t> x, int64_t k, int64_t pad, int64_t dil,
+                  int64_t stride) {
+  return Geometry{(int)x[0], (int)x[1], (int)x[2], (int)x[3], (int)k, (int)pad, (int)dil,
+                  (int)stride};
 }
 
 template <typename Fn>
 ffi::Error dispatch(const Geometry& g, Fn&& fn) {
-  const int lanes = g.w * g.c;
-  if (lanes % 16) return ffi::Error::InvalidArgument("relu_dw_pw: W * C must be a multiple of 16");
+  const int lanes = g.out_w() * g.c;  // an output row
+  if (lanes % 16)
+    return ffi::Error::InvalidArgument("relu_dw_pw: W / stride * C must be a multiple of 16");
   const int nv = lanes / 16;
 #define PCD_CASE(C_, NV_) \
   if (g.c == C_ && nv == NV_) { fn.template operator()<C_, NV_>(); return ffi::Error::Success(); }
@@ -298,14 +466,20 @@ ffi::Error dispatch(const Geometry& g, Fn&& fn) {
   PCD_CASES(4) PCD_CASES(8) PCD_CASES(16)
 #undef PCD_CASES
 #undef PCD_CASE
-  return ffi::Error::InvalidArgument("relu_dw_pw: needs C in {4, 8, 16} and W * C / 16 in {1, 2, 4, 8, 16}");
+  return ffi::Error::InvalidArgument(
+      "relu_dw_pw: needs C in {4, 8, 16} and W / stride * C / 16 in {1, 2, 4, 8, 16}");
 }
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kdw, ffi::Buffer<ffi::F32> kpw,
-                   ffi::ResultBuffer<ffi::F32> y, int64_t padding, int64_t dilation) {
+                   ffi::ResultBuffer<ffi::F32> y, int64_t padding, int64_t dilation,
+                   int64_t stride) {
   if (x.dimensions().size() != 4) return ffi::Error::InvalidArgument("relu_dw_pw: x must be NHWC");
-  const Geometry g = geometry(x.dimensions(), kdw.dimensions()[0], padding, dilation);
+  const Geometry g = geometry(x.dimensions(), kdw.dimensions()[0], padding, dilation, stride);
   if (ffi::Error e = check(g, kdw.dimensions(), kpw.dimensions()); e.failure()) return e;
+  if (ffi::Error e = check_shape(y->dimensions(), g.n, g.out_h(), g.out_w(), g.c,
+                                 "relu_dw_pw: y must be (N, H / stride, W / stride, C)");
+      e.failure())
+    return e;
   return dispatch(g, [&]<int C, int NV>() {
     forward<C, NV>(pool, x.typed_data(), kdw.typed_data(), kpw.typed_data(), g, y->typed_data());
   });
@@ -314,10 +488,19 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
 ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kdw, ffi::Buffer<ffi::F32> kpw,
                     ffi::Buffer<ffi::F32> gy, ffi::ResultBuffer<ffi::F32> gx,
                     ffi::ResultBuffer<ffi::F32> gkdw, ffi::ResultBuffer<ffi::F32> gkpw,
-                    int64_t padding, int64_t dilation, int64_t kernel_gradients) {
+                    int64_t padding, int64_t dilation, int64_t stride,
+                    int64_t kernel_gradients) {
   if (x.dimensions().size() != 4) return ffi::Error::InvalidArgument("relu_dw_pw: x must be NHWC");
-  const Geometry g = geometry(x.dimensions(), kdw.dimensions()[0], padding, dilation);
+  const Geometry g = geometry(x.dimensions(), kdw.dimensions()[0], padding, dilation, stride);
   if (ffi::Error e = check(g, kdw.dimensions(), kpw.dimensions()); e.failure()) return e;
+  if (ffi::Error e = check_shape(gy.dimensions(), g.n, g.out_h(), g.out_w(), g.c,
+                                 "relu_dw_pw: gy must be (N, H / stride, W / stride, C)");
+      e.failure())
+    return e;
+  if (ffi::Error e = check_shape(gx->dimensions(), g.n, g.h, g.w, g.c,
+                                 "relu_dw_pw: gx must have x's shape");
+      e.failure())
+    return e;
   return dispatch(g, [&]<int C, int NV>() {
     backward<C, NV>(pool, x.typed_data(), kdw.typed_data(), kpw.typed_data(), gy.typed_data(), g,
                     kernel_gradients != 0, gx->typed_data(), gkdw->typed_data(),
@@ -336,7 +519,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<ffi::Buffer<ffi::F32>>()
         .Ret<ffi::Buffer<ffi::F32>>()
         .Attr<int64_t>("padding")
-        .Attr<int64_t>("dilation"));
+        .Attr<int64_t>("dilation")
+        .Attr<int64_t>("stride"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     PcdReluDwPwBackward, Backward,
@@ -351,4 +535,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<ffi::Buffer<ffi::F32>>()
         .Attr<int64_t>("padding")
         .Attr<int64_t>("dilation")
+        .Attr<int64_t>("stride")
         .Attr<int64_t>("kernel_gradients"));
