@@ -366,6 +366,13 @@ def splits_or_synthetic(config, batch_size: int, load: Callable, count: int):
           f'synthetic {d.name}-shaped', int(np.floor(share * known)) if known else None)
 
 
+def with_architect(config, architect_name: str):
+  """A copy of a search config with search.architect set."""
+  config = config.copy_and_resolve_references()
+  config.search.architect = architect_name
+  return config
+
+
 class SearchBench:
   """The search steps of one config at one batch size."""
 
@@ -395,6 +402,13 @@ class SearchBench:
     # A fresh copy each time: the steps donate their state argument.
     return jax.tree.map(jnp.copy, self.state)
 
+  def model_for(self, architect_name: str):
+    """The supernet an architect runs (see supernet.search_depthwise_impl)."""
+    config = with_architect(self.config, architect_name)
+    if supernet.search_depthwise_impl(config) == supernet.search_depthwise_impl(self.config):
+      return self.model
+    return supernet.build_supernet(config)  # Same parameters: only the ops' form differs.
+
   def _bilevel(self, architect_name: str):
     """The search loop's step, arch steps on from step 0, compiled once per
     architect (bilevel_step and fed_step share it)."""
@@ -402,7 +416,8 @@ class SearchBench:
       config = self.config.copy_and_resolve_references()
       config.search.architect = architect_name
       config.search.arch_start_epoch = 0
-      step = jax.jit(loop.make_bilevel_step(self.model, config, self.steps_per_epoch,
+      step = jax.jit(loop.make_bilevel_step(self.model_for(architect_name), config,
+                                            self.steps_per_epoch,
                                             self.weight_tx, self.arch_tx), donate_argnums=0)
       self._compiled[architect_name] = compile_timed(
           step, (self._state(), self.train_batch, self.arch_batch, self.rng))
@@ -443,7 +458,7 @@ class SearchBench:
 
   def arch_step(self, steps, warmup, architect_name='first_order'):
     """The architecture update alone (augmentation included, as in the search)."""
-    loss_fn = loop.make_loss_fn(self.model)
+    loss_fn = loop.make_loss_fn(self.model_for(architect_name))
     lr_fn = optim.weight_learning_rate(self.config, self.steps_per_epoch)
     arch_grad = architect.make_architect(architect_name, self.config, loss_fn, lr_fn)
     arch_tx = self.arch_tx
@@ -613,7 +628,13 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
       figures = getattr(bench, name)(steps, warmup, **kwargs)
       ms = figures['ms_per_step_median']
       flops = figures['flops_per_step']
-      result = {'measurement': name, 'architect': arch_name, **base, **figures, 'trace': trace,
+      ran = {}
+      if arch_name and not is_train_config(config):  # what this architect's net ran
+        ran['depthwise_impl'] = ops.resolve_depthwise_impl(
+            supernet.search_depthwise_impl(with_architect(config, arch_name)),
+            m.get('dtype', 'float32'))
+      result = {'measurement': name, 'architect': arch_name, **base, **ran, **figures,
+                'trace': trace,
                 'images_per_second': batch_size / (ms / 1e3) if ms else None,
                 'flops_per_second': flops / (ms / 1e3) if flops and ms else None,
                 **peak_memory()}

@@ -168,13 +168,53 @@ def _backward(padding, dilation, stride, residuals, g):
   x, depthwise_kernel, pointwise_kernel = residuals[:3]
   if isinstance(g, SymbolicZero):
     g = jnp.zeros(g.aval.shape, g.aval.dtype)
-  shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in residuals[:3])
-  gx, g_depthwise, g_pointwise = _call(
-      _BACKWARD, shapes, x, depthwise_kernel, pointwise_kernel, g, padding=padding,
-      dilation=dilation, stride=stride, kernel_gradients=kernel_gradients)
+  gx, g_depthwise, g_pointwise = _kernel_backward(
+      x, depthwise_kernel, pointwise_kernel, g, padding, dilation, stride, kernel_gradients)
   if not kernel_gradients:
     return gx, None, None
   return gx, g_depthwise, g_pointwise
 
 
 relu_depthwise_pointwise.defvjp(_forward, _backward, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _kernel_backward(x, depthwise_kernel, pointwise_kernel, g, padding, dilation, stride,
+                     kernel_gradients):
+  """The kernel's backward call: (dx, d_depthwise, d_pointwise), the kernel
+  gradients zero without kernel_gradients. Differentiating it again (a gradient
+  of a gradient: the second-order-exact architect) goes through the same chain
+  in XLA ops, see _kernel_backward_bwd."""
+  shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype)
+                 for a in (x, depthwise_kernel, pointwise_kernel))
+  return tuple(_call(_BACKWARD, shapes, x, depthwise_kernel, pointwise_kernel, g,
+                     padding=padding, dilation=dilation, stride=stride,
+                     kernel_gradients=kernel_gradients))
+
+
+def _kernel_backward_fwd(x, depthwise_kernel, pointwise_kernel, g, padding, dilation, stride,
+                         kernel_gradients):
+  out = _kernel_backward(x, depthwise_kernel, pointwise_kernel, g, padding, dilation, stride,
+                         kernel_gradients)
+  return out, (x, depthwise_kernel, pointwise_kernel, g)
+
+
+def _kernel_backward_bwd(padding, dilation, stride, kernel_gradients, residuals, cotangents):
+  from pcdarts_jax import ops  # ops imports this module
+
+  def xla_chain(x, depthwise_kernel, pointwise_kernel):
+    y = ops.depthwise(x, depthwise_kernel, stride, padding, dilation, 'shifted',
+                      relu_input=True)
+    return jnp.einsum('nhwc,co->nhwo', y, pointwise_kernel[0, 0])
+
+  def xla_backward(x, depthwise_kernel, pointwise_kernel, g):
+    _, vjp = jax.vjp(xla_chain, x, depthwise_kernel, pointwise_kernel)
+    return vjp(g)
+
+  if not kernel_gradients:  # Those outputs were constant zeros.
+    cotangents = (cotangents[0], *(jnp.zeros_like(c) for c in cotangents[1:]))
+  _, vjp = jax.vjp(xla_backward, *residuals)
+  return vjp(tuple(cotangents))
+
+
+_kernel_backward.defvjp(_kernel_backward_fwd, _kernel_backward_bwd)

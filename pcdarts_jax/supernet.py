@@ -473,6 +473,27 @@ def reduction_layers(layers: int):
   return (layers // 3, 2 * layers // 3)
 
 
+# Architects that differentiate a gradient (a second reverse pass through the net).
+SECOND_REVERSE_ARCHITECTS = ('second_order_exact',)
+# depthwise_impl values whose custom VJPs fail when differentiated again inside
+# the search cell's edge scan (a ValueError from their backward pass, where the
+# same ops outside a scan pass; found 2026-12-04, cause not isolated yet).
+SINGLE_REVERSE_IMPLS = ('shifted', 'fused')
+
+
+def search_depthwise_impl(config) -> str:
+  """config.model.depthwise_impl, except that `auto` means `conv` under an
+  architect that differentiates a gradient (see SINGLE_REVERSE_IMPLS)."""
+  model = config.model if hasattr(config, 'model') else config
+  impl = model.get('depthwise_impl', 'auto') if hasattr(model, 'get') else getattr(
+      model, 'depthwise_impl', 'auto')
+  search = config.get('search') if hasattr(config, 'get') else getattr(config, 'search', None)
+  architect = search.get('architect') if search is not None and hasattr(search, 'get') else None
+  if impl == 'auto' and architect in SECOND_REVERSE_ARCHITECTS:
+    return 'conv'
+  return impl
+
+
 def build_supernet(config, axis_name: Optional[str] = None, partial_channels=None,
                    op_masks=None) -> SearchNetwork:
   """The search supernet described by `config.model` (a search config or its model
@@ -492,7 +513,7 @@ def build_supernet(config, axis_name: Optional[str] = None, partial_channels=Non
       edge_normalization=get('edge_normalization', True),
       primitives=tuple(get('primitives', genotypes.PRIMITIVES)),
       stem=get('stem', 'cifar'),
-      depthwise_impl=get('depthwise_impl', 'auto'),
+      depthwise_impl=search_depthwise_impl(config),
       unroll_edges=get('unroll_edges', False),
       axis_name=axis_name,
       channel_sampling=get('channel_sampling', 'first'),

@@ -138,6 +138,26 @@ def test_unknown_architect():
   assert 'bogus' in message and 'first_order' in message
 
 
+@pytest.mark.parametrize('impl', ['shifted', 'fused'])
+def test_second_order_exact_refuses_the_scan_unsafe_depthwise_forms(impl):
+  config = cifar10_search.get_config()
+  config.search.architect = 'second_order_exact'
+  config.model.depthwise_impl = impl
+  message = _one_line_error(config, 'model.depthwise_impl')
+  assert 'search.architect' in message and "'conv'" in message and impl in message
+
+
+def test_second_order_exact_builds_auto_as_conv():
+  from pcdarts_jax import supernet
+  config = cifar10_search.get_config()
+  assert supernet.build_supernet(config).depthwise_impl == 'auto'
+  config.search.architect = 'second_order_exact'
+  config_validation.validate_search_config(config)
+  assert supernet.build_supernet(config).depthwise_impl == 'conv'
+  config.model.depthwise_impl = 'dense'  # explicit choices stay
+  assert supernet.build_supernet(config).depthwise_impl == 'dense'
+
+
 def test_unknown_depthwise_impl():
   config = digits_search.get_config()
   config.model.depthwise_impl = 'fast'

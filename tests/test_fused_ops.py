@@ -261,3 +261,23 @@ def test_concurrent_split_calls_finish_and_are_deterministic():
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'SAME' in result.stdout
+
+
+@needs_kernel
+@pytest.mark.parametrize('stride', [1, 2])
+def test_gradient_of_a_gradient_through_the_kernel(stride):
+  """A second reverse pass (the second-order-exact architect's) goes through
+  the kernel's backward call: it must equal the XLA chain's."""
+  k, padding, dilation = CONVS[1]
+  x, kdw, kpw = _rand((2, 6, 8, 4), 0), _rand((k, k, 1, 4), 1), _rand((1, 1, 4, 4), 2)
+
+  def outer(chain):
+    def inner(x, kdw, kpw):
+      return jnp.sum(jnp.sin(chain(x, kdw, kpw, padding, dilation, stride)))
+    def objective(kdw, kpw):  # like L(w - xi * grad_w L(w)), with x as the weights
+      gx = jax.grad(inner)(x, kdw, kpw)
+      return inner(x - 0.1 * gx, kdw, kpw)
+    return jax.jit(jax.grad(objective, argnums=(0, 1)))(kdw, kpw)
+
+  for a, b in zip(outer(fused_ops.relu_depthwise_pointwise), outer(_xla_chain)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
