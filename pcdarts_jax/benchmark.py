@@ -203,7 +203,8 @@ def _eqn_flops(eqn) -> float:
     return fused_ops.call_flops(eqn.params.get('target_name'), eqn.invars[0].aval.shape,
                                 eqn.invars[1].aval.shape[0],
                                 bool(attributes.get('kernel_gradients', 1)),
-                                int(attributes.get('stride', 1))) or 0.0
+                                int(attributes.get('stride', 1)),
+                                bool(attributes.get('statistics', 0))) or 0.0
   # jit, remat, custom derivatives, while (trip count unknown: once), ...
   return sum(jaxpr_flops(sub) for sub in _sub_jaxprs(eqn.params))
 

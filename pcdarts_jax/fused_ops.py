@@ -114,15 +114,15 @@ def supports(x_shape, dtype, kernel_size: int, stride: int, padding: int, dilati
 
 
 def call_flops(target_name: str, x_shape, kernel_size: int, kernel_gradients: bool = True,
-               stride: int = 1) -> Optional[float]:
+               stride: int = 1, statistics: bool = False) -> Optional[float]:
   """FLOPs the kernel executes in one call (for the benchmark's FLOP count; the
   backward pass recomputes the forward's depthwise conv where it computes the
   kernel gradients); None for other targets."""
   inputs = float(np.prod(x_shape))
   outputs = inputs / (stride * stride)
   channels, taps = x_shape[-1], kernel_size * kernel_size
-  if target_name == _FORWARD:  # relu, depthwise, 1x1
-    return inputs + outputs * (2 * taps + 2 * channels)
+  if target_name == _FORWARD:  # relu, depthwise, 1x1 (and the output's sums)
+    return inputs + outputs * (2 * taps + 2 * channels + (3 if statistics else 0))
   if target_name == _BACKWARD:
     if not kernel_gradients:  # 1x1 and depthwise input gradients, relu mask
       return inputs + outputs * (2 * taps + 2 * channels)
@@ -143,24 +143,36 @@ def relu_depthwise_pointwise(x, depthwise_kernel, pointwise_kernel, padding: int
                              dilation: int, stride: int = 1):
   """relu(x) convolved depthwise with (k, k, 1, C) at stride 1 or 2, then with the
   1x1 kernel (1, 1, C, C); float32 NHWC, shapes that `supports` accepts."""
+  return _forward_call(x, depthwise_kernel, pointwise_kernel, padding, dilation, stride,
+                       statistics=False)[0]
+
+
+def _forward_call(x, depthwise_kernel, pointwise_kernel, padding, dilation, stride,
+                  statistics):
+  """(y, (2, C) means of y and of y squared over all but the channel axis; zeros
+  without `statistics`)."""
   n, h, w, c = x.shape
-  return _call(_FORWARD, jax.ShapeDtypeStruct((n, h // stride, w // stride, c), x.dtype), x,
-               depthwise_kernel, pointwise_kernel, padding=padding, dilation=dilation,
-               stride=stride)
+  shapes = (jax.ShapeDtypeStruct((n, h // stride, w // stride, c), x.dtype),
+            jax.ShapeDtypeStruct((2, c), x.dtype))
+  return tuple(_call(_FORWARD, shapes, x, depthwise_kernel, pointwise_kernel, padding=padding,
+                     dilation=dilation, stride=stride, statistics=statistics))
+
+
+def _kernel_residuals(x, depthwise_kernel, pointwise_kernel):
+  """The primals' values and the residuals of the kernel's backward call.
+
+  symbolic_zeros: the primals say whether they are differentiated. Where the
+  kernels are not (an architecture gradient), the backward call skips their
+  gradients, and with them recomputing the depthwise output. The kernel
+  recomputes the rest from x; a 4th residual (None) marks "no kernel gradients"."""
+  kernels_perturbed = depthwise_kernel.perturbed or pointwise_kernel.perturbed
+  residuals = tuple(a.value for a in (x, depthwise_kernel, pointwise_kernel))
+  return residuals, residuals if kernels_perturbed else (*residuals, None)
 
 
 def _forward(x, depthwise_kernel, pointwise_kernel, padding, dilation, stride):
-  # symbolic_zeros: the primals say whether they are differentiated. Where the
-  # kernels are not (an architecture gradient), the backward call skips their
-  # gradients, and with them recomputing the depthwise output.
-  kernels_perturbed = depthwise_kernel.perturbed or pointwise_kernel.perturbed
-  x, depthwise_kernel, pointwise_kernel = (
-      a.value for a in (x, depthwise_kernel, pointwise_kernel))
-  y = relu_depthwise_pointwise(x, depthwise_kernel, pointwise_kernel, padding, dilation,
-                               stride)
-  # The kernel recomputes the rest; a 4th residual (None) marks "no kernel gradients".
-  residuals = (x, depthwise_kernel, pointwise_kernel)
-  return y, residuals if kernels_perturbed else (*residuals, None)
+  primals, residuals = _kernel_residuals(x, depthwise_kernel, pointwise_kernel)
+  return relu_depthwise_pointwise(*primals, padding, dilation, stride), residuals
 
 
 def _backward(padding, dilation, stride, residuals, g):
@@ -176,6 +188,50 @@ def _backward(padding, dilation, stride, residuals, g):
 
 
 relu_depthwise_pointwise.defvjp(_forward, _backward, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def relu_depthwise_pointwise_normalize(x, depthwise_kernel, pointwise_kernel, padding: int,
+                                       dilation: int, stride: int, epsilon: float,
+                                       axis_name=None):
+  """relu_depthwise_pointwise, then ops.batch_normalize of its output: returns
+  (normalized y, batch mean, batch variance). The kernel computes y's
+  statistics as it writes y, which saves the BatchNorm's pass over y."""
+  return _normalize_forward_values(x, depthwise_kernel, pointwise_kernel, padding, dilation,
+                                   stride, epsilon, axis_name)[0]
+
+
+def _normalize_forward_values(x, depthwise_kernel, pointwise_kernel, padding, dilation, stride,
+                              epsilon, axis_name):
+  from pcdarts_jax import ops  # ops imports this module
+  y, means = _forward_call(x, depthwise_kernel, pointwise_kernel, padding, dilation, stride,
+                           statistics=True)
+  mean, var = ops.moments_from_means(means, axis_name)
+  inv_std = jax.lax.rsqrt(var + epsilon)
+  normalized = (y - mean) * inv_std
+  return (normalized, mean, var), inv_std
+
+
+def _normalize_forward(x, depthwise_kernel, pointwise_kernel, padding, dilation, stride,
+                       epsilon, axis_name):
+  primals, residuals = _kernel_residuals(x, depthwise_kernel, pointwise_kernel)
+  out, inv_std = _normalize_forward_values(*primals, padding, dilation, stride, epsilon,
+                                           axis_name)
+  return out, (residuals, out[0], inv_std)
+
+
+def _normalize_backward(padding, dilation, stride, epsilon, axis_name, residuals, cotangents):
+  from pcdarts_jax import ops  # ops imports this module
+  del epsilon  # in inv_std
+  kernel_residuals, normalized, inv_std = residuals
+  cotangents = tuple(jnp.zeros(c.aval.shape, c.aval.dtype) if isinstance(c, SymbolicZero)
+                     else c for c in cotangents)
+  gy = ops.batch_normalize_input_gradient(normalized, inv_std, cotangents, axis_name)
+  return _backward(padding, dilation, stride, kernel_residuals, gy)
+
+
+relu_depthwise_pointwise_normalize.defvjp(_normalize_forward, _normalize_backward,
+                                          symbolic_zeros=True)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))

@@ -78,12 +78,17 @@ def channel_means(*arrays: jax.Array) -> jax.Array:
   return rows.reshape(len(arrays), width, channels).mean(1)
 
 
-def _batch_statistics(xf, axis_name):
-  stats = channel_means(xf, jnp.square(xf))
+def moments_from_means(means: jax.Array, axis_name=None):
+  """Batch mean and (biased) variance from the (2, C) means of x and of x
+  squared, averaged over `axis_name` when given."""
   if axis_name is not None:
-    stats = lax.pmean(stats, axis_name)
-  mean = stats[0]
-  return mean, jnp.maximum(0.0, stats[1] - jnp.square(mean))  # Flax's variance formula
+    means = lax.pmean(means, axis_name)
+  mean = means[0]
+  return mean, jnp.maximum(0.0, means[1] - jnp.square(mean))  # Flax's variance formula
+
+
+def _batch_statistics(xf, axis_name):
+  return moments_from_means(channel_means(xf, jnp.square(xf)), axis_name)
 
 
 @jax.custom_vjp
@@ -131,10 +136,17 @@ def _batch_normalize_fwd(x, epsilon, axis_name):
 
 
 def _batch_normalize_bwd(epsilon, axis_name, residuals, cotangents):
-  """x - mean = y / inv_std. The statistics' own cotangents are zero in a
-  gradient (they only feed the running averages) but not in a derivative of a
-  gradient (the second-order architect), where inv_std carries the variance."""
+  del epsilon  # in inv_std
   y, inv_std = residuals
+  return (batch_normalize_input_gradient(y, inv_std, cotangents, axis_name),)
+
+
+def batch_normalize_input_gradient(y, inv_std, cotangents, axis_name=None):
+  """The gradient of batch_normalize's input from its output y, the inverse
+  deviation and the cotangents of (y, mean, var): x - mean = y / inv_std. The
+  statistics' own cotangents are zero in a gradient (they only feed the
+  running averages) but not in a derivative of a gradient (the second-order
+  architect), where inv_std carries the variance."""
   g, g_mean, g_var = (c.astype(inv_std.dtype) for c in cotangents)
   yf = y.astype(inv_std.dtype)
   stats = jnp.concatenate([channel_means(g, g * yf), jnp.stack([g_mean, g_var])])
@@ -143,7 +155,7 @@ def _batch_normalize_bwd(epsilon, axis_name, residuals, cotangents):
   mean_g, mean_gy, g_mean, g_var = stats
   count = np.prod(y.shape[:-1])
   dx = (g - mean_g - yf * mean_gy) * inv_std + (g_mean + 2 * g_var * yf / inv_std) / count
-  return (dx.astype(y.dtype),)
+  return dx.astype(y.dtype)
 
 
 batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd)
@@ -153,19 +165,25 @@ class BatchNorm(nn.BatchNorm):
   """nn.BatchNorm whose output keeps the input's dtype: under bfloat16 the
   statistics (and the running averages) stay float32, the activations bfloat16.
   Affine-free (the search supernet's) in train mode, it normalizes through
-  `batch_normalize` (same function and variables, less memory for the gradient)."""
+  `batch_normalize` (same function and variables, less memory for the gradient),
+  or through `normalize(x, epsilon, axis_name) -> (y, mean, var)` when given:
+  a producer of the normalized tensor fused with its BatchNorm, whose input x
+  is then the producer's (see relu_depthwise_pointwise_bn)."""
 
   @nn.compact
-  def __call__(self, x, **kwargs):
+  def __call__(self, x, normalize=None, **kwargs):
     use_running_average = self.use_running_average  # batch_norm() sets it
     if (self.use_scale or self.use_bias or use_running_average or kwargs
         or self.axis != -1 or self.axis_index_groups is not None):
+      if normalize is not None:
+        raise ValueError('BatchNorm: normalize= needs the affine-free train-mode BatchNorm')
       return super().__call__(x, **kwargs).astype(x.dtype)
     features = (x.shape[-1],)
     ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, features, jnp.float32)
     ra_var = self.variable('batch_stats', 'var', jnp.ones, features, jnp.float32)
     initializing = self.is_initializing()
-    y, mean, var = batch_normalize(x, self.epsilon, None if initializing else self.axis_name)
+    y, mean, var = (normalize or batch_normalize)(x, self.epsilon,
+                                                  None if initializing else self.axis_name)
     if not initializing:
       m = self.momentum
       ra_mean.value = m * ra_mean.value + (1 - m) * lax.stop_gradient(mean)
@@ -579,24 +597,33 @@ class _Kernel(nn.Module):
     return self.param('kernel', initializers.kernel_init, self.shape, jnp.float32)
 
 
-def relu_depthwise_pointwise(x, kernel_size: int, stride: int, padding: int, dilation: int,
-                             features: int, impl: str, dw_name: str, pw_name: str):
-  """ReLU -> depthwise conv -> 1x1 conv inside a SepConv / DilConv (call it from
-  the module's compact method). With depthwise_impl `fused`, one C++ kernel
-  computes the chain where it can (fused_ops.supports), keeping only x for the
-  gradient; else DepthwiseConv and the 1x1 conv. The parameters are the same
-  either way ({dw_name: {kernel}}, {pw_name: {kernel}})."""
-  if (resolve_depthwise_impl(impl, x.dtype) == 'fused'
-      and fused_ops.supports(x.shape, x.dtype, kernel_size, stride, padding, dilation, features)
-      and fused_ops.available()):
-    channels = x.shape[-1]
-    depthwise_kernel = _Kernel((kernel_size, kernel_size, 1, channels), name=dw_name)()
-    pointwise_kernel = _Kernel((1, 1, channels, features), name=pw_name)()
-    return fused_ops.relu_depthwise_pointwise(x, depthwise_kernel, pointwise_kernel, padding,
-                                              dilation, stride)
-  x = DepthwiseConv(kernel_size, stride, padding, dilation, impl, relu_input=True,
-                    name=dw_name)(x)
-  return conv(features, 1, name=pw_name)(x)
+def relu_depthwise_pointwise_bn(x, kernel_size: int, stride: int, padding: int, dilation: int,
+                                features: int, impl: str, names: Tuple[str, str, str],
+                                train: bool, affine: bool, axis_name: Optional[str]):
+  """ReLU -> depthwise conv -> 1x1 conv -> BatchNorm inside a SepConv / DilConv
+  (call it from the module's compact method; names: the depthwise, 1x1 and
+  BatchNorm modules'). With depthwise_impl `fused`, one C++ kernel computes the
+  convs where it can (fused_ops.supports), keeping only x for the gradient, and
+  before the search's BatchNorm (affine-free, train mode) also the statistics
+  of its output; else DepthwiseConv and the 1x1 conv. The variables are the
+  same either way ({dw: {kernel}}, {pw: {kernel}}, {bn: {mean, var}})."""
+  dw_name, pw_name, bn_name = names
+  bn = batch_norm(train, affine, bn_name, axis_name)
+  if not (resolve_depthwise_impl(impl, x.dtype) == 'fused'
+          and fused_ops.supports(x.shape, x.dtype, kernel_size, stride, padding, dilation,
+                                 features)
+          and fused_ops.available()):
+    x = DepthwiseConv(kernel_size, stride, padding, dilation, impl, relu_input=True,
+                      name=dw_name)(x)
+    return bn(conv(features, 1, name=pw_name)(x))
+  channels = x.shape[-1]
+  kernels = (_Kernel((kernel_size, kernel_size, 1, channels), name=dw_name)(),
+             _Kernel((1, 1, channels, features), name=pw_name)())
+  if train and not affine:
+    return bn(x, normalize=lambda x, epsilon, axis_name: (
+        fused_ops.relu_depthwise_pointwise_normalize(x, *kernels, padding, dilation, stride,
+                                                     epsilon, axis_name)))
+  return bn(fused_ops.relu_depthwise_pointwise(x, *kernels, padding, dilation, stride))
 
 
 class DilConv(nn.Module):
@@ -612,9 +639,9 @@ class DilConv(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    x = relu_depthwise_pointwise(x, self.kernel_size, self.stride, self.padding,
-                                 self.dilation, self.features, self.depthwise_impl, 'dw', 'pw')
-    return batch_norm(train, self.affine, 'bn', self.axis_name)(x)
+    return relu_depthwise_pointwise_bn(x, self.kernel_size, self.stride, self.padding,
+                                       self.dilation, self.features, self.depthwise_impl,
+                                       ('dw', 'pw', 'bn'), train, self.affine, self.axis_name)
 
 
 class SepConv(nn.Module):
@@ -629,13 +656,11 @@ class SepConv(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    channels = x.shape[-1]
-    k, p = self.kernel_size, self.padding
-    impl = self.depthwise_impl
-    x = relu_depthwise_pointwise(x, k, self.stride, p, 1, channels, impl, 'dw1', 'pw1')
-    x = batch_norm(train, self.affine, 'bn1', self.axis_name)(x)
-    x = relu_depthwise_pointwise(x, k, 1, p, 1, self.features, impl, 'dw2', 'pw2')
-    return batch_norm(train, self.affine, 'bn2', self.axis_name)(x)
+    block = functools.partial(relu_depthwise_pointwise_bn, kernel_size=self.kernel_size,
+                              padding=self.padding, dilation=1, impl=self.depthwise_impl,
+                              train=train, affine=self.affine, axis_name=self.axis_name)
+    x = block(x, stride=self.stride, features=x.shape[-1], names=('dw1', 'pw1', 'bn1'))
+    return block(x, stride=1, features=self.features, names=('dw2', 'pw2', 'bn2'))
 
 
 class Conv7x1_1x7(nn.Module):  # pylint: disable=invalid-name

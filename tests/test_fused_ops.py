@@ -96,6 +96,78 @@ def test_input_gradient_alone_skips_the_kernel_gradients(k, padding, dilation, s
 
 
 @needs_kernel
+@pytest.mark.parametrize('k,padding,dilation,stride', [(*CONVS[0], 1), (*CONVS[3], 1),
+                                                       (*CONVS[1], 2), (*CONVS[2], 2)])
+def test_kernel_statistics_are_the_output_moments(k, padding, dilation, stride):
+  x = _rand((5, 8, 8, 8), 0) + 0.5  # a mean far from 0, as after a ReLU chain
+  kdw, kpw = _rand((k, k, 1, 8), 1), _rand((1, 1, 8, 8), 2)
+  call = jax.jit(fused_ops._forward_call, static_argnums=(3, 4, 5, 6))
+  y, means = call(x, kdw, kpw, padding, dilation, stride, True)
+  y_alone, zeros = call(x, kdw, kpw, padding, dilation, stride, False)
+  np.testing.assert_array_equal(y, y_alone)
+  np.testing.assert_array_equal(zeros, 0.0)
+  y64 = np.asarray(y, np.float64).reshape(-1, 8)
+  np.testing.assert_allclose(means, [y64.mean(0), (y64 ** 2).mean(0)], rtol=1e-6, atol=1e-6)
+  # Repeated calls (images split over threads) give the same bits.
+  np.testing.assert_array_equal(call(x, kdw, kpw, padding, dilation, stride, True)[1], means)
+
+
+def _chain_then_batch_norm(x, kdw, kpw, padding, dilation, stride, epsilon, axis_name=None):
+  return ops.batch_normalize(_xla_chain(x, kdw, kpw, padding, dilation, stride), epsilon,
+                             axis_name)
+
+
+@needs_kernel
+@pytest.mark.parametrize('k,padding,dilation,stride', [(*CONVS[1], 1), (*CONVS[2], 2)])
+def test_chain_with_its_batch_norm_matches_xla(k, padding, dilation, stride):
+  x = _rand((4, 8, 8, 4), 0)
+  kdw, kpw = _rand((k, k, 1, 4), 1), _rand((1, 1, 4, 4), 2)
+  # Cotangents for the normalized output and for the statistics: the latter are
+  # nonzero in a derivative of a gradient.
+  cotangents = (_rand((4, 8 // stride, 8 // stride, 4), 3), _rand((4,), 4), _rand((4,), 5))
+
+  def value_and_vjp(fn, argnums):
+    out, vjp = jax.vjp(lambda *a: fn(*a, padding, dilation, stride, 1e-5), x, kdw, kpw)
+    grads = vjp(cotangents)
+    return out, [grads[i] for i in argnums]
+
+  reference = value_and_vjp(_chain_then_batch_norm, (0, 1, 2))
+  for argnums in ((0, 1, 2), (0,)):  # (0,): the input gradient alone (an arch gradient)
+    fused = jax.jit(lambda: value_and_vjp(fused_ops.relu_depthwise_pointwise_normalize,
+                                          argnums))()
+    for name, a, b in zip(('y', 'mean', 'var'), fused[0], reference[0]):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
+    for a, b in zip(fused[1], reference[1]):
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(jnp.abs(b).max()))
+
+
+@needs_kernel
+def test_chain_with_its_batch_norm_averages_statistics_over_devices():
+  # Two shards under a named axis (vmap stands in for pmap): the statistics, and
+  # so the outputs and gradients, are those of the whole batch.
+  x = _rand((2, 3, 8, 8, 4), 0)
+  kdw, kpw = _rand((3, 3, 1, 4), 1), _rand((1, 1, 4, 4), 2)
+  g = _rand((2, 3, 8, 8, 4), 3)
+
+  def loss(x, kdw, kpw, g, fn, axis_name):
+    y, _, _ = fn(x, kdw, kpw, 1, 1, 1, 1e-5, axis_name)
+    return jnp.vdot(g, y)
+
+  sharded = jax.jit(jax.vmap(jax.value_and_grad(
+      lambda *a: loss(*a, fused_ops.relu_depthwise_pointwise_normalize, 'devices'),
+      argnums=(0, 1, 2)), in_axes=(0, None, None, 0), axis_name='devices'))(x, kdw, kpw, g)
+  whole = jax.value_and_grad(lambda *a: loss(*a, _chain_then_batch_norm, None),
+                             argnums=(0, 1, 2))(x.reshape(6, 8, 8, 4), kdw, kpw,
+                                                g.reshape(6, 8, 8, 4))
+  np.testing.assert_allclose(sharded[0].sum(), whole[0], rtol=1e-4)
+  dx, d_depthwise, d_pointwise = sharded[1]
+  np.testing.assert_allclose(dx.reshape(whole[1][0].shape), whole[1][0], rtol=1e-3,
+                             atol=1e-4 * float(jnp.abs(whole[1][0]).max()))
+  # Each shard's kernel gradient is its own; pmap's step sums (averages) them.
+  for a, b in zip((d_depthwise.sum(0), d_pointwise.sum(0)), whole[1][1:]):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(jnp.abs(b).max()))
+
+@needs_kernel
 def test_kernel_under_vmap_runs_per_edge():
   x = _rand((2, 3, 4, 8, 4), 0)  # (edges, n, h, w, c)
   kdw, kpw = _rand((2, 3, 3, 1, 4), 1), _rand((2, 1, 1, 4, 4), 2)
@@ -133,13 +205,19 @@ def test_ops_fused_equal_shifted_with_the_same_parameters(primitive, stride, cha
           == jax.tree.map(jnp.shape, variables))
 
   def loss(params, module):
-    y, _ = module.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
-    return jnp.sum(jnp.sin(y)), y
+    y, state = module.apply({**variables, 'params': params}, x, train=True,
+                            mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(y)), (y, state['batch_stats'])
 
-  (_, y_fused), g_fused = jax.jit(jax.value_and_grad(loss, has_aux=True),
-                                  static_argnums=1)(variables['params'], fused)
-  (_, y_ref), g_ref = jax.value_and_grad(loss, has_aux=True)(variables['params'], shifted)
+  (_, (y_fused, stats_fused)), g_fused = jax.jit(jax.value_and_grad(loss, has_aux=True),
+                                                 static_argnums=1)(variables['params'], fused)
+  (_, (y_ref, stats_ref)), g_ref = jax.value_and_grad(loss, has_aux=True)(variables['params'],
+                                                                         shifted)
   np.testing.assert_allclose(y_fused, y_ref, rtol=1e-4, atol=1e-4)
+  # The running averages (from the kernel's statistics where it runs) agree too.
+  assert jax.tree.structure(stats_fused) == jax.tree.structure(stats_ref)
+  for a, b in zip(jax.tree.leaves(stats_fused), jax.tree.leaves(stats_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   for a, b in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.abs(b).max()))
 
@@ -176,6 +254,9 @@ def test_supernet_gradients_fused_equal_shifted():
                                                                  variables['arch']))
       assert "('kernel_gradients', np.int64(0))" in arch_only
       assert "('kernel_gradients', np.int64(1))" not in arch_only
+      # Every BatchNorm after a kernel takes its statistics from the kernel.
+      assert "('statistics', np.int64(1))" in arch_only
+      assert "('statistics', np.int64(0))" not in arch_only
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables['params'], variables['arch'])
 
   fused, shifted = grads('fused'), grads('shifted')

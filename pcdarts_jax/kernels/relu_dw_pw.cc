@@ -13,6 +13,11 @@
 //
 // A call splits its images over XLA's intra-op threads (see Split).
 //
+// With statistics = 1 the forward call also returns the per-channel means of
+// its output and of the output's squares, (2, C), computed while each output
+// row is in cache: the BatchNorm after the chain then needs no pass of its own
+// over the output to find them.
+//
 // Supported: C in {4, 8, 16}, an output row's W / stride * C / 16 in
 // {1, 2, 4, 8, 16}, even H and W at stride 2; the Python side
 // falls back to XLA elsewhere.
@@ -97,6 +102,43 @@ std::vector<float> tap_vectors(const float* kernel, const Geometry& g) {
   return taps;
 }
 
+// Sums of the output rows and of their squares, per lane: over one image's rows
+// in float vectors, then over images in double (an image has at most a few
+// dozen rows; a part may have thousands of images' rows).
+template <int NV>
+struct Moments {
+  v16 sum[NV], squares[NV];
+  double total[2][NV * 16] = {};
+  Moments() { clear(); }
+  void clear() {
+    for (int v = 0; v < NV; ++v) sum[v] = squares[v] = v16{};
+  }
+  void add_row(const float* y) {
+    for (int v = 0; v < NV; ++v) {
+      const v16 r = load(y + v * 16);
+      sum[v] += r;
+      squares[v] += r * r;
+    }
+  }
+  void next_image() {
+    for (int v = 0; v < NV; ++v)
+      for (int l = 0; l < 16; ++l) {
+        total[0][v * 16 + l] += sum[v][l];
+        total[1][v * 16 + l] += squares[v][l];
+      }
+    clear();
+  }
+  // Per channel (lane l holds channel l % C): out[c] the sum, out[C + c] of squares.
+  template <int C>
+  void channels(double* out) const {
+    for (int c = 0; c < 2 * C; ++c) out[c] = 0.0;
+    for (int q = 0; q < NV * 16; ++q) {
+      out[q % C] += total[0][q];
+      out[C + q % C] += total[1][q];
+    }
+  }
+};
+
 // spread[c]: lane l takes channel c of its own pixel, lane (l / C) * C + c.
 template <int C>
 struct Spread {
@@ -148,23 +190,28 @@ inline void pointwise_row(const float* d, const v16* w_rows, const Spread<C>& sp
   }
 }
 
-template <int C, int NV>
+// Images [begin, end); with Stats, their output sums into sums[0, 2 C) (see Moments).
+template <int C, int NV, bool Stats>
 void forward_images(const float* x, const float* kdw, const float* kpw, const Geometry& g,
-                    int begin, int end, float* y) {
+                    int begin, int end, float* y, double* sums) {
   const std::vector<float> taps = tap_vectors(kdw, g);
   v16 w_rows[C];  // w_rows[c][l] = W[c, l % C]
   for (int c = 0; c < C; ++c)
     for (int l = 0; l < 16; ++l) w_rows[c][l] = kpw[c * C + l % C];
   const Spread<C> spread;
   std::vector<float> xp((size_t)g.padded_h() * g.padded_w() * C), d((size_t)g.w * C);
+  Moments<NV> moments;
   for (int n = begin; n < end; ++n) {
     pad_relu(x + n * g.image(), g, xp.data());
     float* yn = y + n * g.image();
     for (int h = 0; h < g.h; ++h) {
       depthwise_row<NV>(xp.data(), g.padded_w(), taps.data(), g, h, false, d.data());
       pointwise_row<C, NV>(d.data(), w_rows, spread, yn + (size_t)h * g.w * C);
+      if (Stats) moments.add_row(yn + (size_t)h * g.w * C);
     }
+    if (Stats) moments.next_image();
   }
+  if (Stats) moments.template channels<C>(sums);
 }
 
 // Stride 2. relu(x), zero-padded, split into its even and odd padded columns
@@ -203,9 +250,9 @@ inline void depthwise_row_s2(const float* even, const float* odd, const float* t
   for (int v = 0; v < NV; ++v) store(out + v * 16, acc[v]);
 }
 
-template <int C, int NV>
+template <int C, int NV, bool Stats>
 void forward_images_s2(const float* x, const float* kdw, const float* kpw, const Geometry& g,
-                       int begin, int end, float* y) {
+                       int begin, int end, float* y, double* sums) {
   const std::vector<float> taps = tap_vectors(kdw, g);
   v16 w_rows[C];
   for (int c = 0; c < C; ++c)
@@ -213,14 +260,18 @@ void forward_images_s2(const float* x, const float* kdw, const float* kpw, const
   const Spread<C> spread;
   const size_t phase = (size_t)g.padded_h() * g.phase_w() * C;
   std::vector<float> even(phase), odd(phase), d((size_t)g.out_w() * C);
+  Moments<NV> moments;
   for (int n = begin; n < end; ++n) {
     pad_relu_phases(x + n * g.image(), g, even.data(), odd.data());
     float* yn = y + n * g.out_image();
     for (int h = 0; h < g.out_h(); ++h) {
       depthwise_row_s2<NV>(even.data(), odd.data(), taps.data(), g, h, d.data());
       pointwise_row<C, NV>(d.data(), w_rows, spread, yn + (size_t)h * g.out_w() * C);
+      if (Stats) moments.add_row(yn + (size_t)h * g.out_w() * C);
     }
+    if (Stats) moments.next_image();
   }
+  if (Stats) moments.template channels<C>(sums);
 }
 
 // As backward_images, at stride 2: the input gradient is scattered tap by tap
@@ -308,16 +359,35 @@ void backward_images_s2(const float* x, const float* kdw, const float* kpw, cons
     }
 }
 
-template <int C, int NV>
-void forward(ffi::ThreadPool& pool, const float* x, const float* kdw, const float* kpw,
-             const Geometry& g, float* y) {
+template <int C, int NV, bool Stats>
+void forward_split(ffi::ThreadPool& pool, const float* x, const float* kdw, const float* kpw,
+                   const Geometry& g, float* y, float* stats) {
+  // Output sums per part, added in part order (deterministic for a split).
+  const int parts = split_parts(g.n, pool);
+  std::vector<double> partial((size_t)parts * 2 * C);
   run_split(pool, g.n, [&](int i, int parts) {
     const int begin = part_begin(g.n, i, parts), end = part_begin(g.n, i + 1, parts);
+    double* sums = partial.data() + (size_t)i * 2 * C;
     if (g.stride == 2)
-      forward_images_s2<C, NV>(x, kdw, kpw, g, begin, end, y);
+      forward_images_s2<C, NV, Stats>(x, kdw, kpw, g, begin, end, y, sums);
     else
-      forward_images<C, NV>(x, kdw, kpw, g, begin, end, y);
+      forward_images<C, NV, Stats>(x, kdw, kpw, g, begin, end, y, sums);
   });
+  const double count = (double)g.n * g.out_h() * g.out_w();
+  for (int c = 0; c < 2 * C; ++c) {
+    double total = 0.0;
+    for (int i = 0; i < parts; ++i) total += Stats ? partial[(size_t)i * 2 * C + c] : 0.0;
+    stats[c] = (float)(total / count);
+  }
+}
+
+template <int C, int NV>
+void forward(ffi::ThreadPool& pool, const float* x, const float* kdw, const float* kpw,
+             const Geometry& g, bool statistics, float* y, float* stats) {
+  if (statistics)
+    forward_split<C, NV, true>(pool, x, kdw, kpw, g, y, stats);
+  else
+    forward_split<C, NV, false>(pool, x, kdw, kpw, g, y, stats);
 }
 
 // Input gradient of images [begin, end) into gx; with KernelGrads, their kernel
@@ -471,8 +541,8 @@ ffi::Error dispatch(const Geometry& g, Fn&& fn) {
 }
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kdw, ffi::Buffer<ffi::F32> kpw,
-                   ffi::ResultBuffer<ffi::F32> y, int64_t padding, int64_t dilation,
-                   int64_t stride) {
+                   ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> stats,
+                   int64_t padding, int64_t dilation, int64_t stride, int64_t statistics) {
   if (x.dimensions().size() != 4) return ffi::Error::InvalidArgument("relu_dw_pw: x must be NHWC");
   const Geometry g = geometry(x.dimensions(), kdw.dimensions()[0], padding, dilation, stride);
   if (ffi::Error e = check(g, kdw.dimensions(), kpw.dimensions()); e.failure()) return e;
@@ -480,8 +550,12 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
                                  "relu_dw_pw: y must be (N, H / stride, W / stride, C)");
       e.failure())
     return e;
+  if (stats->dimensions().size() != 2 || stats->dimensions()[0] != 2 ||
+      stats->dimensions()[1] != g.c)
+    return ffi::Error::InvalidArgument("relu_dw_pw: stats must be (2, C)");
   return dispatch(g, [&]<int C, int NV>() {
-    forward<C, NV>(pool, x.typed_data(), kdw.typed_data(), kpw.typed_data(), g, y->typed_data());
+    forward<C, NV>(pool, x.typed_data(), kdw.typed_data(), kpw.typed_data(), g, statistics != 0,
+                   y->typed_data(), stats->typed_data());
   });
 }
 
@@ -518,9 +592,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<ffi::Buffer<ffi::F32>>()
         .Arg<ffi::Buffer<ffi::F32>>()
         .Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>()
         .Attr<int64_t>("padding")
         .Attr<int64_t>("dilation")
-        .Attr<int64_t>("stride"));
+        .Attr<int64_t>("stride")
+        .Attr<int64_t>("statistics"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     PcdReluDwPwBackward, Backward,
