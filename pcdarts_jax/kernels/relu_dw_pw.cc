@@ -27,6 +27,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -35,11 +36,89 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+template <int... L>
+using lanes_t = std::integer_sequence<int, L...>;
+
+#if defined(__AVX512F__)
 typedef float v16 __attribute__((vector_size(64)));
-typedef int i16 __attribute__((vector_size(64)));
 
 inline v16 load(const float* p) { v16 r; std::memcpy(&r, p, sizeof(r)); return r; }
 inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
+
+template <int C, int c, int... L>
+inline v16 spread_lanes(v16 v, lanes_t<L...>) {
+  return __builtin_shufflevector(v, v, ((L / C) * C + c)...);
+}
+
+template <int C, int c>
+inline v16 spread(v16 v) {
+  return spread_lanes<C, c>(v, std::make_integer_sequence<int, 16>{});
+}
+#else
+// Without AVX-512, a 16-lane vector is a pair of 8-lane (AVX2) registers, kept
+// as such: GCC holds a 64-byte vector type in memory there and shuffles it
+// lane by lane (the forward pass ran 2x slower).
+typedef float v8 __attribute__((vector_size(32)));
+
+struct v16 {
+  v8 lo, hi;
+  float operator[](int l) const { return l < 8 ? lo[l] : hi[l - 8]; }
+  v16& operator+=(v16 o) {
+    lo += o.lo;
+    hi += o.hi;
+    return *this;
+  }
+};
+
+inline v16 operator+(v16 a, v16 b) { return {a.lo + b.lo, a.hi + b.hi}; }
+inline v16 operator*(v16 a, v16 b) { return {a.lo * b.lo, a.hi * b.hi}; }
+
+inline v16 load(const float* p) {
+  v16 r;
+  std::memcpy(&r.lo, p, sizeof(v8));
+  std::memcpy(&r.hi, p + 8, sizeof(v8));
+  return r;
+}
+
+inline void store(float* p, v16 v) {
+  std::memcpy(p, &v.lo, sizeof(v8));
+  std::memcpy(p + 8, &v.hi, sizeof(v8));
+}
+
+template <int C, int c, int... L>
+inline v8 spread_lanes(v8 v, lanes_t<L...>) {
+  return __builtin_shufflevector(v, v, ((L / C) * C + c)...);
+}
+
+template <int C, int c>
+inline v16 spread(v16 v) {
+  constexpr auto eight = std::make_integer_sequence<int, 8>{};
+  if constexpr (C <= 8) {  // a pixel's channels within one half
+    return {spread_lanes<C, c>(v.lo, eight), spread_lanes<C, c>(v.hi, eight)};
+  } else {  // C = 16: every lane takes channel c of the one pixel
+    const v8 b = spread_lanes<8, c % 8>(c < 8 ? v.lo : v.hi, eight);
+    return {b, b};
+  }
+}
+#endif
+
+// A vector whose lane l is f(l).
+template <typename F>
+inline v16 lanes(F f) {
+  float values[16];
+  for (int l = 0; l < 16; ++l) values[l] = f(l);
+  return load(values);
+}
+
+// Accumulators of a row are worked on in blocks that fit the vector registers:
+// 16 vectors in AVX-512's 32 registers; on AVX2 (16 registers of half the
+// width) 4, as two registers hold one vector.
+#if defined(__AVX512F__)
+constexpr int kRegisterVectors = 16;
+#else
+constexpr int kRegisterVectors = 4;
+#endif
+constexpr int block_vectors(int nv) { return nv < kRegisterVectors ? nv : kRegisterVectors; }
 
 // A call's images are split into a fixed number of parts (one per thread of
 // XLA's intra-op pool), so the kernel gradients, summed part by part, do not
@@ -139,15 +218,32 @@ struct Moments {
   }
 };
 
-// spread[c]: lane l takes channel c of its own pixel, lane (l / C) * C + c.
+// spread<C, c>(v): lane l takes channel c of lane l's own pixel,
+// v[(l / C) * C + c]. The lane pattern is a compile-time constant, so the
+// shuffle is one or two instructions (a pattern held in a variable compiled to
+// a permute with a variable index, which AVX2 has no 16-lane form of).
+
+// sum over c of spread<C, c>(v) * rows[c]: a 1x1 conv of the 16 / C pixels of v.
+template <int C, int... c>
+inline v16 mix_channels(v16 v, const v16* rows, std::integer_sequence<int, c...>) {
+  return (v16{} + ... + (spread<C, c>(v) * rows[c]));
+}
+
 template <int C>
-struct Spread {
-  i16 lanes[C];
-  Spread() {
-    for (int c = 0; c < C; ++c)
-      for (int l = 0; l < 16; ++l) lanes[c][l] = (l / C) * C + c;
-  }
-};
+inline v16 mix(v16 v, const v16* rows) {
+  return mix_channels<C>(v, rows, std::make_integer_sequence<int, C>{});
+}
+
+// acc[c] += spread<C, c>(d) * g for every c: the 1x1 kernel's gradient terms.
+template <int C, int... c>
+inline void add_outer_channels(v16 d, v16 g, v16* acc, std::integer_sequence<int, c...>) {
+  ((acc[c] += spread<C, c>(d) * g), ...);
+}
+
+template <int C>
+inline void add_outer(v16 d, v16 g, v16* acc) {
+  add_outer_channels<C>(d, g, acc, std::make_integer_sequence<int, C>{});
+}
 
 // relu(x) into a zero-padded image buffer.
 void pad_relu(const float* x, const Geometry& g, float* xp) {
@@ -164,29 +260,29 @@ void pad_relu(const float* x, const Geometry& g, float* xp) {
 template <int NV>
 inline void depthwise_row(const float* src, int src_w, const float* taps, const Geometry& g,
                           int row, bool flip, float* out) {
-  v16 acc[NV];
-  for (int v = 0; v < NV; ++v) acc[v] = v16{};
+  constexpr int B = block_vectors(NV);
   const int k = g.k;
-  for (int i = 0; i < k; ++i) {
-    const float* line = src + (size_t)(row + i * g.dil) * src_w * g.c;
-    for (int j = 0; j < k; ++j) {
-      const int t = flip ? (k - 1 - i) * k + (k - 1 - j) : i * k + j;
-      const v16 tap = load(taps + (size_t)t * 16);
-      const float* s = line + j * g.dil * g.c;
-      for (int v = 0; v < NV; ++v) acc[v] += load(s + v * 16) * tap;
+  for (int v0 = 0; v0 < NV; v0 += B) {
+    v16 acc[B];
+    for (int v = 0; v < B; ++v) acc[v] = v16{};
+    for (int i = 0; i < k; ++i) {
+      const float* line = src + (size_t)(row + i * g.dil) * src_w * g.c + v0 * 16;
+      for (int j = 0; j < k; ++j) {
+        const int t = flip ? (k - 1 - i) * k + (k - 1 - j) : i * k + j;
+        const v16 tap = load(taps + (size_t)t * 16);
+        const float* s = line + j * g.dil * g.c;
+        for (int v = 0; v < B; ++v) acc[v] += load(s + v * 16) * tap;
+      }
     }
+    for (int v = 0; v < B; ++v) store(out + (v0 + v) * 16, acc[v]);
   }
-  for (int v = 0; v < NV; ++v) store(out + v * 16, acc[v]);
 }
 
 // y = d W for the 16 / C pixels of each vector.
 template <int C, int NV>
-inline void pointwise_row(const float* d, const v16* w_rows, const Spread<C>& spread, float* y) {
+inline void pointwise_row(const float* d, const v16* w_rows, float* y) {
   for (int v = 0; v < NV; ++v) {
-    const v16 dv = load(d + v * 16);
-    v16 acc = v16{};
-    for (int c = 0; c < C; ++c) acc += __builtin_shuffle(dv, spread.lanes[c]) * w_rows[c];
-    store(y + v * 16, acc);
+    store(y + v * 16, mix<C>(load(d + v * 16), w_rows));
   }
 }
 
@@ -196,9 +292,7 @@ void forward_images(const float* x, const float* kdw, const float* kpw, const Ge
                     int begin, int end, float* y, double* sums) {
   const std::vector<float> taps = tap_vectors(kdw, g);
   v16 w_rows[C];  // w_rows[c][l] = W[c, l % C]
-  for (int c = 0; c < C; ++c)
-    for (int l = 0; l < 16; ++l) w_rows[c][l] = kpw[c * C + l % C];
-  const Spread<C> spread;
+  for (int c = 0; c < C; ++c) w_rows[c] = lanes([&](int l) { return kpw[c * C + l % C]; });
   std::vector<float> xp((size_t)g.padded_h() * g.padded_w() * C), d((size_t)g.w * C);
   Moments<NV> moments;
   for (int n = begin; n < end; ++n) {
@@ -206,7 +300,7 @@ void forward_images(const float* x, const float* kdw, const float* kpw, const Ge
     float* yn = y + n * g.image();
     for (int h = 0; h < g.h; ++h) {
       depthwise_row<NV>(xp.data(), g.padded_w(), taps.data(), g, h, false, d.data());
-      pointwise_row<C, NV>(d.data(), w_rows, spread, yn + (size_t)h * g.w * C);
+      pointwise_row<C, NV>(d.data(), w_rows, yn + (size_t)h * g.w * C);
       if (Stats) moments.add_row(yn + (size_t)h * g.w * C);
     }
     if (Stats) moments.next_image();
@@ -214,20 +308,32 @@ void forward_images(const float* x, const float* kdw, const float* kpw, const Ge
   if (Stats) moments.template channels<C>(sums);
 }
 
+// dst = src where mask > 0, else 0, over one pixel's C channels (whole-pixel
+// copies, so the compiler vectorizes them; relu where mask is src).
+template <int C>
+inline void masked_pixel(const float* mask, const float* src, float* dst) {
+  float m[C], s[C], out[C];
+  std::memcpy(m, mask, sizeof(m));
+  std::memcpy(s, src, sizeof(s));
+  for (int c = 0; c < C; ++c) out[c] = m[c] > 0.f ? s[c] : 0.f;
+  std::memcpy(dst, out, sizeof(out));
+}
+
 // Stride 2. relu(x), zero-padded, split into its even and odd padded columns
 // (phases): output pixel w_o reads padded column 2 w_o + j d, i.e. phase (j d) % 2
 // at column w_o + (j d) / 2, so a tap still reads one contiguous row of NV
 // vectors. Each phase is padded_h x phase_w pixels.
+template <int C>
 void pad_relu_phases(const float* x, const Geometry& g, float* even, float* odd) {
-  const size_t phase = (size_t)g.padded_h() * g.phase_w() * g.c;
+  const size_t phase = (size_t)g.padded_h() * g.phase_w() * C;
   std::memset(even, 0, sizeof(float) * phase);
   std::memset(odd, 0, sizeof(float) * phase);
   for (int h = 0; h < g.h; ++h)
     for (int w = 0; w < g.w; ++w) {
       const int col = w + g.pad;
-      float* dst = (col % 2 ? odd : even) + ((size_t)(h + g.pad) * g.phase_w() + col / 2) * g.c;
-      const float* src = x + ((size_t)h * g.w + w) * g.c;
-      for (int c = 0; c < g.c; ++c) dst[c] = src[c] > 0.f ? src[c] : 0.f;
+      float* dst = (col % 2 ? odd : even) + ((size_t)(h + g.pad) * g.phase_w() + col / 2) * C;
+      const float* src = x + ((size_t)h * g.w + w) * C;
+      masked_pixel<C>(src, src, dst);
     }
 }
 
@@ -239,15 +345,18 @@ inline size_t phase_offset(const Geometry& g, int row, int i, int j) {
 template <int NV>
 inline void depthwise_row_s2(const float* even, const float* odd, const float* taps,
                              const Geometry& g, int row, float* out) {
-  v16 acc[NV];
-  for (int v = 0; v < NV; ++v) acc[v] = v16{};
-  for (int i = 0; i < g.k; ++i)
-    for (int j = 0; j < g.k; ++j) {
-      const v16 tap = load(taps + (size_t)(i * g.k + j) * 16);
-      const float* s = ((j * g.dil) % 2 ? odd : even) + phase_offset(g, row, i, j);
-      for (int v = 0; v < NV; ++v) acc[v] += load(s + v * 16) * tap;
-    }
-  for (int v = 0; v < NV; ++v) store(out + v * 16, acc[v]);
+  constexpr int B = block_vectors(NV);
+  for (int v0 = 0; v0 < NV; v0 += B) {
+    v16 acc[B];
+    for (int v = 0; v < B; ++v) acc[v] = v16{};
+    for (int i = 0; i < g.k; ++i)
+      for (int j = 0; j < g.k; ++j) {
+        const v16 tap = load(taps + (size_t)(i * g.k + j) * 16);
+        const float* s = ((j * g.dil) % 2 ? odd : even) + phase_offset(g, row, i, j) + v0 * 16;
+        for (int v = 0; v < B; ++v) acc[v] += load(s + v * 16) * tap;
+      }
+    for (int v = 0; v < B; ++v) store(out + (v0 + v) * 16, acc[v]);
+  }
 }
 
 template <int C, int NV, bool Stats>
@@ -255,18 +364,16 @@ void forward_images_s2(const float* x, const float* kdw, const float* kpw, const
                        int begin, int end, float* y, double* sums) {
   const std::vector<float> taps = tap_vectors(kdw, g);
   v16 w_rows[C];
-  for (int c = 0; c < C; ++c)
-    for (int l = 0; l < 16; ++l) w_rows[c][l] = kpw[c * C + l % C];
-  const Spread<C> spread;
+  for (int c = 0; c < C; ++c) w_rows[c] = lanes([&](int l) { return kpw[c * C + l % C]; });
   const size_t phase = (size_t)g.padded_h() * g.phase_w() * C;
   std::vector<float> even(phase), odd(phase), d((size_t)g.out_w() * C);
   Moments<NV> moments;
   for (int n = begin; n < end; ++n) {
-    pad_relu_phases(x + n * g.image(), g, even.data(), odd.data());
+    pad_relu_phases<C>(x + n * g.image(), g, even.data(), odd.data());
     float* yn = y + n * g.out_image();
     for (int h = 0; h < g.out_h(); ++h) {
       depthwise_row_s2<NV>(even.data(), odd.data(), taps.data(), g, h, d.data());
-      pointwise_row<C, NV>(d.data(), w_rows, spread, yn + (size_t)h * g.out_w() * C);
+      pointwise_row<C, NV>(d.data(), w_rows, yn + (size_t)h * g.out_w() * C);
       if (Stats) moments.add_row(yn + (size_t)h * g.out_w() * C);
     }
     if (Stats) moments.next_image();
@@ -283,9 +390,7 @@ void backward_images_s2(const float* x, const float* kdw, const float* kpw, cons
   const std::vector<float> taps = tap_vectors(kdw, g);
   const int k = g.k, row_len = g.out_w() * C;
   v16 wt_rows[C];
-  for (int o = 0; o < C; ++o)
-    for (int l = 0; l < 16; ++l) wt_rows[o][l] = kpw[(l % C) * C + o];
-  const Spread<C> spread;
+  for (int o = 0; o < C; ++o) wt_rows[o] = lanes([&](int l) { return kpw[(l % C) * C + o]; });
   v16 gw[C];
   for (int c = 0; c < C; ++c) gw[c] = v16{};
   std::vector<v16> gtaps((size_t)k * k * NV, v16{});
@@ -295,18 +400,17 @@ void backward_images_s2(const float* x, const float* kdw, const float* kpw, cons
   for (int n = begin; n < end; ++n) {
     const float* xn = x + n * g.image();
     const float* gyn = gy + n * g.out_image();
-    if (KernelGrads) pad_relu_phases(xn, g, even.data(), odd.data());
+    if (KernelGrads) pad_relu_phases<C>(xn, g, even.data(), odd.data());
     for (int h = 0; h < g.out_h(); ++h) {
       if (KernelGrads) depthwise_row_s2<NV>(even.data(), odd.data(), taps.data(), g, h, d.data());
       const float* gyr = gyn + (size_t)h * row_len;
       float* gdr = gd.data() + (size_t)h * row_len;
       for (int v = 0; v < NV; ++v) {
         const v16 gv = load(gyr + v * 16);
-        v16 acc = v16{};
-        for (int o = 0; o < C; ++o) acc += __builtin_shuffle(gv, spread.lanes[o]) * wt_rows[o];
+        const v16 acc = mix<C>(gv, wt_rows);
         if (KernelGrads) {
           const v16 dv = load(d.data() + v * 16);
-          for (int c = 0; c < C; ++c) gw[c] += __builtin_shuffle(dv, spread.lanes[c]) * gv;
+          add_outer<C>(dv, gv, gw);
         }
         store(gdr + v * 16, acc);
       }
@@ -317,21 +421,25 @@ void backward_images_s2(const float* x, const float* kdw, const float* kpw, cons
       for (int j = 0; j < k; ++j) {
         const v16 tap = load(taps.data() + (size_t)(i * k + j) * 16);
         const bool odd_phase = (j * g.dil) % 2;
-        v16 acc[NV];
-        for (int v = 0; v < NV; ++v) acc[v] = v16{};
-        for (int h = 0; h < g.out_h(); ++h) {
-          const size_t at = phase_offset(g, h, i, j);
-          const float* gdr = gd.data() + (size_t)h * row_len;
-          float* dst = (odd_phase ? d_odd : d_even).data() + at;
-          if (KernelGrads) {
-            const float* s = (odd_phase ? odd : even).data() + at;
-            for (int v = 0; v < NV; ++v) acc[v] += load(s + v * 16) * load(gdr + v * 16);
+        constexpr int B = block_vectors(NV);
+        for (int v0 = 0; v0 < NV; v0 += B) {
+          v16 acc[B];
+          for (int v = 0; v < B; ++v) acc[v] = v16{};
+          for (int h = 0; h < g.out_h(); ++h) {
+            const size_t at = phase_offset(g, h, i, j) + v0 * 16;
+            const float* gdr = gd.data() + (size_t)h * row_len + v0 * 16;
+            float* dst = (odd_phase ? d_odd : d_even).data() + at;
+            if (KernelGrads) {
+              const float* s = (odd_phase ? odd : even).data() + at;
+              for (int v = 0; v < B; ++v) acc[v] += load(s + v * 16) * load(gdr + v * 16);
+            }
+            for (int v = 0; v < B; ++v)
+              store(dst + v * 16, load(dst + v * 16) + load(gdr + v * 16) * tap);
           }
-          for (int v = 0; v < NV; ++v) store(dst + v * 16, load(dst + v * 16) + load(gdr + v * 16) * tap);
-        }
-        if (KernelGrads) {
-          v16* out = gtaps.data() + (size_t)(i * k + j) * NV;
-          for (int v = 0; v < NV; ++v) out[v] += acc[v];
+          if (KernelGrads) {
+            v16* out = gtaps.data() + (size_t)(i * k + j) * NV + v0;
+            for (int v = 0; v < B; ++v) out[v] += acc[v];
+          }
         }
       }
     float* gxn = gx + n * g.image();
@@ -341,7 +449,7 @@ void backward_images_s2(const float* x, const float* kdw, const float* kpw, cons
         const float* src = (col % 2 ? d_odd : d_even).data() +
                            ((size_t)(h + g.pad) * g.phase_w() + col / 2) * C;
         const size_t q = ((size_t)h * g.w + w) * C;
-        for (int c = 0; c < C; ++c) gxn[q + c] = xn[q + c] > 0.f ? src[c] : 0.f;
+        masked_pixel<C>(xn + q, src, gxn + q);
       }
   }
   for (int t = 0; t < k * k; ++t)
@@ -401,9 +509,7 @@ void backward_images(const float* x, const float* kdw, const float* kpw, const f
   const std::vector<float> taps = tap_vectors(kdw, g);
   const int k = g.k;
   v16 wt_rows[C];  // wt_rows[o][l] = W[l % C, o]: gd = gy W^T
-  for (int o = 0; o < C; ++o)
-    for (int l = 0; l < 16; ++l) wt_rows[o][l] = kpw[(l % C) * C + o];
-  const Spread<C> spread;
+  for (int o = 0; o < C; ++o) wt_rows[o] = lanes([&](int l) { return kpw[(l % C) * C + o]; });
   v16 gw[C];  // gw[c][l]: sum of d[., c] * gy[., l % C] over the pixels of lane l
   for (int c = 0; c < C; ++c) gw[c] = v16{};
   std::vector<v16> gtaps((size_t)k * k * NV, v16{});
@@ -423,25 +529,28 @@ void backward_images(const float* x, const float* kdw, const float* kpw, const f
       float* gdr = gd.data() + ((size_t)(h + gpad) * gd_w + gpad) * C;
       for (int v = 0; v < NV; ++v) {
         const v16 dv = load(d.data() + v * 16), gv = load(gyr + v * 16);
-        v16 acc = v16{};
-        for (int o = 0; o < C; ++o) acc += __builtin_shuffle(gv, spread.lanes[o]) * wt_rows[o];
+        const v16 acc = mix<C>(gv, wt_rows);
         if (KernelGrads)
-          for (int c = 0; c < C; ++c) gw[c] += __builtin_shuffle(dv, spread.lanes[c]) * gv;
+          add_outer<C>(dv, gv, gw);
         store(gdr + v * 16, acc);
       }
     }
     // Depthwise kernel gradient: per tap, over all rows with the sums in registers.
     for (int i = 0; i < (KernelGrads ? k : 0); ++i)
       for (int j = 0; j < k; ++j) {
-        v16 acc[NV];
-        for (int v = 0; v < NV; ++v) acc[v] = v16{};
-        for (int h = 0; h < g.h; ++h) {
-          const float* s = xp.data() + (size_t)(h + i * g.dil) * g.padded_w() * C + j * g.dil * C;
-          const float* gdr = gd.data() + ((size_t)(h + gpad) * gd_w + gpad) * C;
-          for (int v = 0; v < NV; ++v) acc[v] += load(s + v * 16) * load(gdr + v * 16);
+        constexpr int B = block_vectors(NV);
+        for (int v0 = 0; v0 < NV; v0 += B) {
+          v16 acc[B];
+          for (int v = 0; v < B; ++v) acc[v] = v16{};
+          for (int h = 0; h < g.h; ++h) {
+            const float* s = xp.data() + (size_t)(h + i * g.dil) * g.padded_w() * C +
+                             j * g.dil * C + v0 * 16;
+            const float* gdr = gd.data() + ((size_t)(h + gpad) * gd_w + gpad) * C + v0 * 16;
+            for (int v = 0; v < B; ++v) acc[v] += load(s + v * 16) * load(gdr + v * 16);
+          }
+          v16* out = gtaps.data() + (size_t)(i * k + j) * NV + v0;
+          for (int v = 0; v < B; ++v) out[v] += acc[v];
         }
-        v16* out = gtaps.data() + (size_t)(i * k + j) * NV;
-        for (int v = 0; v < NV; ++v) out[v] += acc[v];
       }
     // Input gradient: gd correlated with the flipped kernel, masked by x > 0.
     float* gxn = gx + n * g.image();
