@@ -1,6 +1,7 @@
 """depthwise_impl='fused': the C++ relu -> depthwise -> 1x1 kernel (XLA FFI, CPU)."""
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -264,6 +265,17 @@ def test_supernet_gradients_fused_equal_shifted():
   for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(shifted)):
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3 * float(jnp.abs(b).max()) + 1e-7)
 
+
+@pytest.mark.parametrize('march', ['x86-64-v3', 'x86-64-v4'])  # AVX2; AVX-512
+def test_kernel_compiles_for_avx2_and_avx512(march, tmp_path):
+  # The kernel has a vector type of its own for CPUs without AVX-512; a machine
+  # runs only one of the two, so both are at least compiled here.
+  if fused_ops._compiler() is None or platform.machine() != 'x86_64':
+    pytest.skip('needs an x86-64 C++ compiler')
+  flags = [f'-march={march}' if f == '-march=native' else f for f in fused_ops.FLAGS]
+  subprocess.run([fused_ops._compiler(), *flags, '-I', jax.ffi.include_dir(),
+                  fused_ops.SOURCE, '-o', str(tmp_path / 'k.so')], check=True, timeout=600)
+  assert (tmp_path / 'k.so').stat().st_size > 0
 
 def test_failed_build_leaves_no_library(tmp_path, monkeypatch):
   if fused_ops._compiler() is None:
