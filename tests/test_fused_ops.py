@@ -34,6 +34,16 @@ def _rand(shape, seed):
   return jnp.asarray(np.random.RandomState(seed).randn(*shape), jnp.float32)
 
 
+def _run_python(script, **env):
+  """Runs `script` in a fresh CPU-only process of one device from the repository
+  root, with `env` added to the environment."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', **env}
+  env.pop('XLA_FLAGS', None)
+  return subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                        text=True, timeout=300,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def _xla_chain(x, kdw, kpw, padding, dilation, stride=1):
   y = ops.depthwise(x, kdw, stride, padding, dilation, 'shifted', relu_input=True)
   return jnp.einsum('nhwc,co->nhwo', y, kpw[0, 0])
@@ -305,12 +315,8 @@ def test_without_a_compiler_fused_falls_back_to_shifted(tmp_path):
       np.testing.assert_array_equal(out['fused'], out['shifted'])
       print('FELL BACK')
   ''')
-  env = {**os.environ, 'CXX': str(tmp_path / 'no-such-compiler'),
-         'PCDARTS_JAX_CACHE': str(tmp_path / 'cache'), 'JAX_PLATFORMS': 'cpu'}
-  env.pop('XLA_FLAGS', None)
-  result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
-                          text=True, timeout=300,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  result = _run_python(script, CXX=str(tmp_path / 'no-such-compiler'),
+                       PCDARTS_JAX_CACHE=str(tmp_path / 'cache'))
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'FELL BACK' in result.stdout
   assert 'no C++ compiler' in result.stderr
@@ -349,11 +355,7 @@ def test_concurrent_split_calls_finish_and_are_deterministic():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
       print('SAME')
   ''')
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  env.pop('XLA_FLAGS', None)
-  result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
-                          text=True, timeout=300,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  result = _run_python(script)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'SAME' in result.stdout
 

@@ -322,7 +322,12 @@ inline void masked_pixel(const float* mask, const float* src, float* dst) {
 // Stride 2. relu(x), zero-padded, split into its even and odd padded columns
 // (phases): output pixel w_o reads padded column 2 w_o + j d, i.e. phase (j d) % 2
 // at column w_o + (j d) / 2, so a tap still reads one contiguous row of NV
-// vectors. Each phase is padded_h x phase_w pixels.
+// vectors. Each phase is padded_h x phase_w pixels; input pixel (h, w) lies in
+// the odd one where w + pad is odd, at phase_pixel.
+inline size_t phase_pixel(const Geometry& g, int h, int w) {
+  return ((size_t)(h + g.pad) * g.phase_w() + (w + g.pad) / 2) * g.c;
+}
+
 template <int C>
 void pad_relu_phases(const float* x, const Geometry& g, float* even, float* odd) {
   const size_t phase = (size_t)g.padded_h() * g.phase_w() * C;
@@ -330,8 +335,7 @@ void pad_relu_phases(const float* x, const Geometry& g, float* even, float* odd)
   std::memset(odd, 0, sizeof(float) * phase);
   for (int h = 0; h < g.h; ++h)
     for (int w = 0; w < g.w; ++w) {
-      const int col = w + g.pad;
-      float* dst = (col % 2 ? odd : even) + ((size_t)(h + g.pad) * g.phase_w() + col / 2) * C;
+      float* dst = ((w + g.pad) % 2 ? odd : even) + phase_pixel(g, h, w);
       const float* src = x + ((size_t)h * g.w + w) * C;
       masked_pixel<C>(src, src, dst);
     }
@@ -379,6 +383,26 @@ void forward_images_s2(const float* x, const float* kdw, const float* kpw, const
     if (Stats) moments.next_image();
   }
   if (Stats) moments.template channels<C>(sums);
+}
+
+// The kernel gradients from their per-lane sums: lane l of a vector holds
+// channel l % C, so each channel's sum adds its lanes.
+template <int C, int NV>
+void store_kernel_gradients(const std::vector<v16>& gtaps, const v16* gw, int k, float* gkdw,
+                            float* gkpw) {
+  for (int t = 0; t < k * k; ++t)
+    for (int c = 0; c < C; ++c) {
+      float sum = 0.f;
+      for (int v = 0; v < NV; ++v)
+        for (int l = c; l < 16; l += C) sum += gtaps[(size_t)t * NV + v][l];
+      gkdw[t * C + c] = sum;
+    }
+  for (int c = 0; c < C; ++c)
+    for (int o = 0; o < C; ++o) {
+      float sum = 0.f;
+      for (int l = o; l < 16; l += C) sum += gw[c][l];
+      gkpw[c * C + o] = sum;
+    }
 }
 
 // As backward_images, at stride 2: the input gradient is scattered tap by tap
@@ -445,26 +469,12 @@ void backward_images_s2(const float* x, const float* kdw, const float* kpw, cons
     float* gxn = gx + n * g.image();
     for (int h = 0; h < g.h; ++h)
       for (int w = 0; w < g.w; ++w) {
-        const int col = w + g.pad;
-        const float* src = (col % 2 ? d_odd : d_even).data() +
-                           ((size_t)(h + g.pad) * g.phase_w() + col / 2) * C;
+        const float* src = ((w + g.pad) % 2 ? d_odd : d_even).data() + phase_pixel(g, h, w);
         const size_t q = ((size_t)h * g.w + w) * C;
         masked_pixel<C>(xn + q, src, gxn + q);
       }
   }
-  for (int t = 0; t < k * k; ++t)
-    for (int c = 0; c < C; ++c) {
-      float sum = 0.f;
-      for (int v = 0; v < NV; ++v)
-        for (int l = c; l < 16; l += C) sum += gtaps[(size_t)t * NV + v][l];
-      gkdw[t * C + c] = sum;
-    }
-  for (int c = 0; c < C; ++c)
-    for (int o = 0; o < C; ++o) {
-      float sum = 0.f;
-      for (int l = o; l < 16; l += C) sum += gw[c][l];
-      gkpw[c * C + o] = sum;
-    }
+  store_kernel_gradients<C, NV>(gtaps, gw, k, gkdw, gkpw);
 }
 
 template <int C, int NV, bool Stats>
@@ -561,19 +571,7 @@ void backward_images(const float* x, const float* kdw, const float* kpw, const f
       for (int q = 0; q < g.w * C; ++q) out[q] = xr[q] > 0.f ? dx[q] : 0.f;
     }
   }
-  for (int t = 0; t < k * k; ++t)
-    for (int c = 0; c < C; ++c) {
-      float sum = 0.f;
-      for (int v = 0; v < NV; ++v)
-        for (int l = c; l < 16; l += C) sum += gtaps[(size_t)t * NV + v][l];
-      gkdw[t * C + c] = sum;
-    }
-  for (int c = 0; c < C; ++c)
-    for (int o = 0; o < C; ++o) {
-      float sum = 0.f;
-      for (int l = o; l < 16; l += C) sum += gw[c][l];
-      gkpw[c * C + o] = sum;
-    }
+  store_kernel_gradients<C, NV>(gtaps, gw, k, gkdw, gkpw);
 }
 
 template <int C, int NV>
