@@ -414,8 +414,7 @@ class SearchBench:
     """The search loop's step, arch steps on from step 0, compiled once per
     architect (bilevel_step and fed_step share it)."""
     if architect_name not in self._compiled:
-      config = self.config.copy_and_resolve_references()
-      config.search.architect = architect_name
+      config = with_architect(self.config, architect_name)
       config.search.arch_start_epoch = 0
       step = jax.jit(loop.make_bilevel_step(self.model_for(architect_name), config,
                                             self.steps_per_epoch,

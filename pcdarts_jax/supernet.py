@@ -481,14 +481,21 @@ SECOND_REVERSE_ARCHITECTS = ('second_order_exact',)
 SINGLE_REVERSE_IMPLS = ('shifted', 'fused')
 
 
+def _field(section, name, default):
+  """section.name, or `default` where the section or the field is missing (a
+  ConfigDict or a plain object)."""
+  if section is None:
+    return default
+  return section.get(name, default) if hasattr(section, 'get') else getattr(
+      section, name, default)
+
+
 def search_depthwise_impl(config) -> str:
   """config.model.depthwise_impl, except that `auto` means `conv` under an
   architect that differentiates a gradient (see SINGLE_REVERSE_IMPLS)."""
   model = config.model if hasattr(config, 'model') else config
-  impl = model.get('depthwise_impl', 'auto') if hasattr(model, 'get') else getattr(
-      model, 'depthwise_impl', 'auto')
-  search = config.get('search') if hasattr(config, 'get') else getattr(config, 'search', None)
-  architect = search.get('architect') if search is not None and hasattr(search, 'get') else None
+  impl = _field(model, 'depthwise_impl', 'auto')
+  architect = _field(_field(config, 'search', None), 'architect', None)
   if impl == 'auto' and architect in SECOND_REVERSE_ARCHITECTS:
     return 'conv'
   return impl
@@ -500,8 +507,7 @@ def build_supernet(config, axis_name: Optional[str] = None, partial_channels=Non
   part); `partial_channels` and `op_masks` ({'normal': mask, 'reduce': mask},
   edges x ops, 1 = kept) override it for a stage of DrNAS progressive learning."""
   model = config.model if hasattr(config, 'model') else config
-  get = lambda name, default: model.get(name, default) if hasattr(model, 'get') \
-      else getattr(model, name, default)
+  get = lambda name, default: _field(model, name, default)
   return SearchNetwork(
       init_channels=model.init_channels,
       num_classes=model.num_classes,
