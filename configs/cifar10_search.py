@@ -62,6 +62,7 @@ def get_config():
   config.search.arch_start_epoch = 15
   config.search.architect = 'first_order'  # first_order | second_order | second_order_exact
   config.search.single_level = False    # True: weights and arch from one train-batch step
+  config.search.bilevel_phases = 'sequence'  # sequence | loop: less memory, slower on CPU (README)
   config.search.eval_batch_size = 500   # validation on the arch half each epoch
   config.search.log_every_steps = 50
   config.search.skip_nonfinite = False  # True: drop non-finite steps and go on (counted)

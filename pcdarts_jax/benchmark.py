@@ -602,13 +602,14 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
   m = config.model
   if is_train_config(config):
     bench = TrainBench(config, batch_size)
-    edges = {'edge_impl': None, 'unroll_edges': None}
+    edges = {'edge_impl': None, 'unroll_edges': None, 'bilevel_phases': None}
   else:
     bench = SearchBench(config, batch_size)
     edges = {'edge_impl': supernet.resolve_edge_impl(
                  m.get('edge_impl', 'auto'), m.get('channel_sampling', 'first'),
                  m.get('primitives', genotypes.PRIMITIVES)),
-             'unroll_edges': bool(m.get('unroll_edges', False))}
+             'unroll_edges': bool(m.get('unroll_edges', False)),
+             'bilevel_phases': config.search.get('bilevel_phases', 'sequence')}
   base = {'config': config_name, 'config_digest': config_digest(config),
           'batch_size': batch_size, 'data': bench.data_source, 'steps': steps,
           'warmup': warmup, **edges,

@@ -15,6 +15,7 @@ from pcdarts_jax import supernet
 
 ARCHITECTS = tuple(architect.ARCHITECTS)
 PROGRESS_MODES = ('auto', 'bar', 'lines')
+BILEVEL_PHASES = ('sequence', 'loop')
 
 
 class ConfigError(ValueError):
@@ -158,6 +159,8 @@ def validate_search_config(config, num_devices: int = 1):
            f"cell; use 'auto' (= 'conv' for this architect), 'conv' or 'dense'.")
   single_level = s.get('single_level', False)
   _require_bool(single_level, 'search.single_level')
+  _require(s.get('bilevel_phases', 'sequence') in BILEVEL_PHASES,
+           f"search.bilevel_phases={s.get('bilevel_phases')!r} is not one of {BILEVEL_PHASES}.")
   _require(not single_level or s.architect == 'first_order',
            f'search.single_level=True updates the architecture on the train batch and '
            f'takes no architect; search.architect={s.architect!r} must be \'first_order\'.')

@@ -216,6 +216,7 @@ def test_variant_defaults_are_the_reference():
     ('model', 'channel_sampling', 'last'),
     ('model', 'channel_mixing', 'rotate'),
     ('search', 'architect', 'third_order'),
+    ('search', 'bilevel_phases', 'interleaved'),
 ])
 def test_bad_variant_values_are_refused_in_one_line(section, field, value):
   config = digits_search.get_config()
@@ -292,6 +293,46 @@ def test_single_level_step_updates_both_from_the_train_batch():
              zip(jax.tree.leaves(state1.params), jax.tree.leaves(state2.params)))
   for key in ('loss_sum', 'correct', 'count'):
     assert float(m2['arch_' + key]) == float(m2['train_' + key])
+
+
+# ------------------------------------------------------------ bilevel phases
+
+
+def test_bilevel_phases_in_sequence_or_loop_take_the_same_step():
+  """`sequence` and `loop` only lay the arch and weight phases out differently
+  for XLA: the same arch update, then weight update, and the same metrics."""
+  config = digits_search.get_config()
+  config.model.init_channels = 4
+  config.model.layers = 1
+  config.search.batch_size = 8
+  config.search.arch_start_epoch = 0  # Both phases run in the first step.
+  train_set, arch_set = data.search_splits(config.data)
+  model = supernet.build_supernet(config)
+  weight_tx = optim.weight_optimizer(config, 1)
+  arch_tx = optim.arch_optimizer(config)
+  state0 = loop.create_search_state(
+      model, config, jax.random.PRNGKey(0),
+      data.normalize(train_set.images[:1], config.data.mean, config.data.std),
+      weight_tx, arch_tx)
+  batch = lambda ds: {'image': ds.images[:8], 'label': ds.labels[:8]}
+  results = {}
+  for phases in ('sequence', 'loop'):
+    config.search.bilevel_phases = phases
+    step = jax.jit(loop.make_bilevel_step(model, config, 1, weight_tx, arch_tx))
+    results[phases] = step(state0, batch(train_set), batch(arch_set), jax.random.PRNGKey(1))
+  (state_s, metrics_s), (state_l, metrics_l) = results['sequence'], results['loop']
+  for a, b in zip(jax.tree.leaves(state_s), jax.tree.leaves(state_l)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  for key in metrics_s:
+    np.testing.assert_allclose(float(metrics_s[key]), float(metrics_l[key]), rtol=1e-5)
+  assert float(metrics_s['arch_count']) == 8.0 and float(metrics_s['train_count']) == 8.0
+  # Both phases moved their own parameters.
+  for before, after in ((state0.arch, state_s.arch), (state0.params, state_s.params)):
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+  config.search.bilevel_phases = 'interleaved'
+  with pytest.raises(ValueError, match='search.bilevel_phases'):
+    loop.make_bilevel_step(model, config, 1, weight_tx, arch_tx)
 
 
 # --------------------------------------------------- one epoch from the launcher
