@@ -196,8 +196,9 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
 
   single_level = bool(s.get('single_level', False))
   bilevel_phases = s.get('bilevel_phases', 'sequence')
-  if bilevel_phases not in ('sequence', 'loop'):
-    raise ValueError(f"search.bilevel_phases={bilevel_phases!r} is not one of ('sequence', 'loop').")
+  if bilevel_phases not in config_validation.BILEVEL_PHASES:
+    raise ValueError(f'search.bilevel_phases={bilevel_phases!r} is not one of '
+                     f'{config_validation.BILEVEL_PHASES}.')
   if arch_start_step is None:
     arch_start_step = s.arch_start_epoch * steps_per_epoch
   train_augment = data.train_augment(d)
