@@ -10,7 +10,7 @@ SGD lr 0.5 cosine with a 5-epoch linear warm-up, arch Adam lr 6e-3 with arch
 gradient clip 5, arch steps from epoch 35 of 50. Paper: 11.5 h on 8 V100s.
 
 Smoke test without ImageNet, on 8 forced CPU devices (random images in the real
-format, tiny supernet): see the README, "Many devices and hosts".
+format, tiny supernet): see docs/multi-device.md.
 """
 
 from ml_collections import config_dict

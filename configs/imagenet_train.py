@@ -21,7 +21,7 @@ def get_config():
 
   config.data.name = 'imagenet2012'     # streamed by pcdarts_jax.input_pipeline
   config.data.crop_padding = 0          # the pipeline does random-resized crops
-  config.data.manual_dir = config_dict.placeholder(str)  # ILSVRC2012 tars (see README)
+  config.data.manual_dir = config_dict.placeholder(str)  # ILSVRC2012 tars (docs/data.md)
   config.data.image_size = 224          # random-resized-crop size (test: resize 256, crop 224)
   config.data.shuffle_buffer = 10_000
   config.data.mock_examples = 0         # > 0: random images in imagenet2012's format (smoke tests)

@@ -8,7 +8,7 @@
   python -m launch.benchmark --config=configs/cifar10_train.py [--measure=train_step,eval_step]
 
 Prints one JSON line per measurement on stdout as soon as it is measured
-(appended to --out as well) and a table on stderr. Fields: README, Benchmark.
+(appended to --out as well) and a table on stderr. Fields: docs/benchmarks.md.
 """
 
 import sys

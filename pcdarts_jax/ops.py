@@ -23,8 +23,8 @@ DEPTHWISE_IMPLS = ('auto', 'conv', 'shifted', 'dense', 'fused')
 
 
 def resolve_depthwise_impl(impl: str, dtype=jnp.float32, backend: Optional[str] = None) -> str:
-  """`auto`: what measured fastest for the CIFAR search's bilevel step (README,
-  Benchmark). On CPU in float32, `fused` where its C++ kernel builds (batch 32:
+  """`auto`: what measured fastest for the CIFAR search's bilevel step
+  (docs/benchmarks.md). On CPU in float32, `fused` where its C++ kernel builds (batch 32:
   1460 against 1824 ms for `shifted`), else shifted multiply-adds, since XLA's
   grouped conv is slow there; on GPUs in float32 (H200, batch 256: 1155 ms against 1316 ms for cuDNN's
   autotuned grouped convs; 3878 against 4945 ms at batch 1024); the grouped

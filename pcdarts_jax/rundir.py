@@ -11,7 +11,7 @@ from pcdarts_jax import config_validation
 
 
 class Workdir:
-  """Paths of a run's outputs (README, "Resuming and monitoring"); `log_name` is
+  """Paths of a run's outputs (docs/reliability.md); `log_name` is
   the per-epoch JSON-lines log (genotypes.jsonl for a search)."""
 
   def __init__(self, root: str, log_name: str):
