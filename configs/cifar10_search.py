@@ -4,7 +4,7 @@
       [--config.data.data_dir=~/tensorflow_datasets]
 
 Needs CIFAR-10 prepared by tensorflow-datasets (downloaded on first use when the
-machine is online). Paper: 50 epochs, batch 256, 0.1 GPU-days on a 1080Ti.
+machine is online; offline, --config.data.archive=PATH/cifar-10-binary.tar.gz). Paper: 50 epochs, batch 256, 0.1 GPU-days on a 1080Ti.
 """
 
 import ml_collections
@@ -19,6 +19,8 @@ def get_config():
   config.data.name = 'cifar10'          # cifar10 | cifar100 | digits
   config.data.data_dir = config_dict.placeholder(str)  # tfds data dir; None = tfds default
   config.data.download = True           # let tfds download and prepare when missing
+  # The hand-downloaded cifar-10/100-binary.tar.gz, prepared offline; None = tfds downloads.
+  config.data.archive = config_dict.placeholder(str)
   config.data.train_portion = 0.5       # first part trains weights, rest the arch
   config.data.crop_padding = 4          # random crop after zero padding
   config.data.random_flip = True

@@ -23,6 +23,8 @@ def get_config():
   config.data.name = 'cifar10'          # cifar10 | cifar100 | digits | imagenet2012
   config.data.data_dir = config_dict.placeholder(str)  # tfds data dir; None = tfds default
   config.data.download = True           # let tfds download and prepare when missing
+  # The hand-downloaded cifar-10/100-binary.tar.gz, prepared offline; None = tfds downloads.
+  config.data.archive = config_dict.placeholder(str)
   config.data.crop_padding = 4          # random crop after zero padding
   config.data.random_flip = True
   config.data.mean = (0.49139968, 0.48215827, 0.44653124)

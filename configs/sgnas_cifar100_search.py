@@ -25,6 +25,8 @@ def get_config():
   config.data.name = 'cifar100'         # cifar10 | cifar100 | digits | imagenet2012
   config.data.data_dir = config_dict.placeholder(str)  # tfds data dir; None = tfds default
   config.data.download = True
+  # The hand-downloaded cifar-10/100-binary.tar.gz, prepared offline; None = tfds downloads.
+  config.data.archive = config_dict.placeholder(str)
   config.data.train_portion = 0.8       # the supernet's share; the rest trains the generator
   config.data.crop_padding = 4
   config.data.random_flip = True

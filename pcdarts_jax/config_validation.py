@@ -43,10 +43,17 @@ def _positive(config, section: str, field: str, allow_zero: bool = False):
            f'{">= 0" if allow_zero else "> 0"}.')
 
 
+def validate_archive(data_config):
+  """data.archive, the hand-downloaded CIFAR archive: a file, and the right one."""
+  problem = data.archive_problem(data_config.name, data_config.get('archive'))
+  _require(problem is None, problem)
+
+
 def validate_search_config(config, num_devices: int = 1):
   d, m, s = config.data, config.model, config.search
   names = input_pipeline.dataset_names()
   _require(d.name in names, f'data.name={d.name!r} is not one of {names}.')
+  validate_archive(d)
   if d.name == input_pipeline.IMAGENET:
     for field in ('train_fraction', 'arch_fraction'):
       _require(0.0 < d[field] <= 1.0, f'data.{field}={d[field]!r} must be in (0, 1].')

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 from typing import Dict, Iterator, Optional, Tuple
 
@@ -30,6 +31,18 @@ TRAIN_SIZES = {'cifar10': 50000, 'cifar100': 50000, 'digits': DIGITS_TRAIN_SIZE,
 
 class DataError(ValueError):
   """A data set cannot be loaded; the message says what to do."""
+
+
+CIFAR_PAGE = 'https://www.cs.toronto.edu/~kriz/'
+# The "binary version" archives tfds' CIFAR builders read, and the directory
+# their files sit under (tfds' url_checksums hold their size and sha256).
+CIFAR_ARCHIVES = {'cifar10': ('cifar-10-binary.tar.gz', 'cifar-10-batches-bin'),
+                  'cifar100': ('cifar-100-binary.tar.gz', 'cifar-100-binary')}
+# Top directories of the other archives on the CIFAR page, to name a wrong one.
+OTHER_CIFAR_ARCHIVES = {'cifar-10-batches-py': 'the CIFAR-10 python version',
+                        'cifar-10-batches-mat': 'the CIFAR-10 Matlab version',
+                        'cifar-100-python': 'the CIFAR-100 python version',
+                        'cifar-100-matlab': 'the CIFAR-100 Matlab version'}
 
 
 @dataclasses.dataclass
@@ -75,14 +88,54 @@ def import_tfds(name: str):
   return tf, tfds
 
 
-def _load_tfds(name: str, split: str, data_dir: Optional[str], download: bool) -> ArraySet:
+def cifar_archive_url(name: str) -> str:
+  return CIFAR_PAGE + CIFAR_ARCHIVES[name][0]
+
+
+def archive_problem(name: str, archive) -> Optional[str]:
+  """What is wrong with `data.archive` for data set `name` (one line), or None.
+  Only the archive's first header is read: which CIFAR archive it is. Its bytes
+  are checked by tfds against the official size and sha256 when it is used."""
+  if archive is None:
+    return None
+  if name not in CIFAR_ARCHIVES:
+    return (f'data.archive={archive!r} is only read for {tuple(CIFAR_ARCHIVES)} (the '
+            f'hand-downloaded binary-version archive); data.name={name!r}: leave it None.')
+  filename, top = CIFAR_ARCHIVES[name]
+  fetch = f'download {cifar_archive_url(name)} and pass its path'
+  if not isinstance(archive, str) or not archive:
+    return f'data.archive={archive!r} must be the path of {filename} ({fetch}), or None.'
+  path = os.path.expanduser(archive)
+  if not os.path.isfile(path):
+    return (f'data.archive={archive!r} does not exist or is not a file: {fetch}, or leave '
+            f'data.archive None to let tfds download it.')
+  try:
+    with tarfile.open(path, 'r:*') as tar:
+      first = tar.next()
+  except (tarfile.TarError, OSError, EOFError) as e:
+    return (f'data.archive={archive!r} is not a tar archive ({type(e).__name__}: {e}); '
+            f'{name} needs {filename}: {fetch}.')
+  found = first.name.lstrip('./').split('/')[0] if first is not None else ''
+  if found == top:
+    return None
+  other = [n for n, (_, t) in CIFAR_ARCHIVES.items() if t == found]
+  what = (f'the {other[0]} archive ({CIFAR_ARCHIVES[other[0]][0]})' if other else
+          OTHER_CIFAR_ARCHIVES.get(found, f'an archive of {found!r}' if found else
+                                   'an empty archive'))
+  hint = f" or set data.name={other[0]!r}" if other else ''
+  return (f'data.archive={archive!r} is {what}, not {filename} (the {name} binary '
+          f'version, files under {top}/) that tfds reads: {fetch}{hint}.')
+
+
+def _load_tfds(name: str, split: str, data_dir: Optional[str], download: bool,
+               archive: Optional[str] = None) -> ArraySet:
   """Reads a whole tfds split into host memory once. Reading needs TensorFlow,
   which would then hold ~0.8 GB of this process's memory (measured: RSS 0.2 ->
   0.95 GB) for the whole search; so unless TensorFlow or tfds is already loaded
   here (a tfds mock in a test, a notebook), the read runs in a child process."""
   if 'tensorflow' in sys.modules or 'tensorflow_datasets' in sys.modules:
-    return _read_tfds(name, split, data_dir, download)
-  return run_isolated('_read_tfds', name, split, data_dir, download)
+    return _read_tfds(name, split, data_dir, download, archive)
+  return run_isolated('_read_tfds', name, split, data_dir, download, archive)
 
 
 def run_isolated(function: str, *args) -> ArraySet:
@@ -121,19 +174,69 @@ def _write_isolated(out: str, function: str, args) -> None:
   np.save(os.path.join(out, 'labels.npy'), result.labels)
 
 
-def _read_tfds(name: str, split: str, data_dir: Optional[str], download: bool) -> ArraySet:
+def tfds_failure(name: str, data_dir: Optional[str], error: Exception, what: str = 'load',
+                 download: bool = True) -> DataError:
+  """The DataError for a failed tfds prepare / read of CIFAR `name`: what failed,
+  and the routes that work (a package missing here is named, not sent elsewhere)."""
+  where = os.path.abspath(os.path.expanduser(data_dir or '~/tensorflow_datasets'))
+  text = str(error).strip()
+  first_line = text.splitlines()[0][:300].rstrip('.') if text else ''
+  failed = (f'cannot {what} tfds {name!r} in data.data_dir={where!r}'
+            f'{"" if download else " (data.download=False)"}: '
+            f'{type(error).__name__}: {first_line}')
+  if isinstance(error, ImportError):
+    return DataError(f'{failed}. tensorflow-datasets lacks a package it imports: install '
+                     f'it (pip install -r requirements.txt installs all that {name} needs).')
+  filename = CIFAR_ARCHIVES[name][0]
+  return DataError(
+      f'{failed}. To prepare it: where there is internet (with this project\'s '
+      f'requirements installed) run python -c "import tensorflow_datasets as tfds; '
+      f"tfds.builder('{name}', data_dir='{where}').download_and_prepare()\" and copy "
+      f'that directory here (--config.data.data_dir); or download '
+      f'{cifar_archive_url(name)} by hand and pass --config.data.archive=PATH/{filename} '
+      f'(or put it into {os.path.join(where, "downloads", "manual")} and keep '
+      f'data.download=True).')
+
+
+def prepare_from_archive(tfds, name: str, data_dir: Optional[str], archive: str):
+  """Prepares `name` in data_dir from the hand-downloaded archive, offline: tfds
+  takes a file named as its download from the manual dir (checking its size and
+  sha256 against the official ones) instead of downloading it. A no-op when the
+  data set is already prepared there."""
+  problem = archive_problem(name, archive)
+  if problem:
+    raise DataError(problem)
+  filename = CIFAR_ARCHIVES[name][0]
+  builder = tfds.builder(name, data_dir=data_dir)
+  with tempfile.TemporaryDirectory(prefix='pcdarts_jax_cifar_') as manual_dir:
+    # Linked under tfds' name for it, so a renamed download works too.
+    os.symlink(os.path.abspath(os.path.expanduser(archive)), os.path.join(manual_dir, filename))
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
+    try:
+      builder.download_and_prepare(download_config=config)
+    except Exception as e:  # tfds raises several types; the message names the routes.
+      # tfds.download does not export this class; its name has been stable.
+      if type(e).__name__ != 'NonMatchingChecksumError':
+        raise tfds_failure(name, data_dir, e, what='prepare') from e
+      expected = (type(builder).url_infos or {}).get(cifar_archive_url(name))
+      official = f' ({int(expected.size)} bytes, sha256 {expected.checksum})' if expected else ''
+      raise DataError(
+          f'data.archive={archive!r} ({os.path.getsize(os.path.expanduser(archive))} bytes) '
+          f'is not the official {filename}{official}: a partial or altered download? '
+          f'Download it again from {cifar_archive_url(name)}.') from e
+  return builder
+
+
+def _read_tfds(name: str, split: str, data_dir: Optional[str], download: bool,
+               archive: Optional[str] = None) -> ArraySet:
   _, tfds = import_tfds(name)
+  if archive is not None:  # Prepared here, so tfds.load has nothing to fetch.
+    prepare_from_archive(tfds, name, data_dir, archive)
   try:
     ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True,
-                   download=download, shuffle_files=False)
+                   download=download and archive is None, shuffle_files=False)
   except Exception as e:  # tfds raises several types for "not there".
-    where = data_dir or '~/tensorflow_datasets'
-    raise DataError(
-        f'cannot load tfds {name!r} split {split!r} from data.data_dir={where!r}: '
-        f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}. Prepare it on '
-        f'a machine with internet: python -c "import tensorflow_datasets as tfds; '
-        f"tfds.builder('{name}', data_dir='{where}').download_and_prepare()\" and "
-        f'point --config.data.data_dir at that directory.') from e
+    raise tfds_failure(name, data_dir, e, download=download) from e
   images, labels = [], []
   # Batched reads; tfds' batch_size=-1 reserves one giant buffer and can abort.
   for x, y in tfds.as_numpy(ds.batch(4096)):
@@ -215,7 +318,11 @@ def load_split(data_config, split: str = 'train') -> ArraySet:
     if not os.path.isdir(data_dir):
       raise DataError(f'data.data_dir={data_dir!r} does not exist; give the tfds data '
                       f'directory that holds {name}, or leave it None for the default.')
-  return _load_tfds(name, split, data_dir, data_config.get('download', True))
+  archive = data_config.get('archive')
+  problem = archive_problem(name, archive)
+  if problem:
+    raise DataError(problem)
+  return _load_tfds(name, split, data_dir, data_config.get('download', True), archive)
 
 
 def search_splits(data_config) -> Tuple[ArraySet, ArraySet]:

@@ -248,9 +248,14 @@ def _builder(d):
       builder.download_and_prepare(
           download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     return builder
+  if d.get('archive'):  # The hand-downloaded CIFAR archive, prepared offline.
+    return data.prepare_from_archive(tfds, d.name, d.data_dir, d.archive)
   builder = tfds.builder(d.name, data_dir=d.data_dir)
   if d.get('download', True):
-    builder.download_and_prepare()
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # tfds raises several types; the message names the routes.
+      raise data.tfds_failure(d.name, d.data_dir, e, what='prepare') from e
   return builder
 
 

@@ -393,7 +393,8 @@ class NonFiniteError(RuntimeError):
 # Fields that may differ between a run and its resumption: they do not change
 # what is computed, only where data lives and how progress is reported.
 RESUMABLE_CHANGES = ('checkpoint.', 'monitor.', 'search.log_every_steps', 'data.data_dir',
-                     'data.download', 'data.manual_dir', 'data.subset_dir', 'data.cache_dir')
+                     'data.download', 'data.manual_dir', 'data.subset_dir', 'data.cache_dir',
+                     'data.archive')
 
 
 LOG_NAME = 'genotypes.jsonl'  # the per-epoch JSON-lines log in the workdir

@@ -56,7 +56,7 @@ LINEAR_TAIL_EPOCHS = 5
 # Fields that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ('checkpoint.', 'monitor.', 'train.log_every_steps', 'data.data_dir',
                      'data.manual_dir',
-                     'data.download')
+                     'data.download', 'data.archive')
 ConfigError = config_validation.ConfigError
 # Helpers shared with the search loop and its validation.
 # pylint: disable=protected-access
@@ -107,6 +107,7 @@ def validate_train_config(config, num_devices: int = 1):
     except ValueError as e:
       raise ConfigError(f'genotype={config.genotype!r}: {e}') from None
   _require(d.name in DATASETS, f'data.name={d.name!r} is not one of {DATASETS}.')
+  config_validation.validate_archive(d)
   size, _, channels = input_pipeline.image_shape(d)
   _require(len(d.mean) == channels and len(d.std) == channels,
            f'data.mean / data.std need {channels} values for {d.name}, got '

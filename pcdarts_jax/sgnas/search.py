@@ -59,7 +59,7 @@ ARCHITECTURES_FILE = 'architectures.json'
 GENERATOR_CHECKPOINTS = 'generator_checkpoints'
 # Fields that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ('checkpoint.', 'monitor.', 'search.log_every_steps', 'data.data_dir',
-                     'data.manual_dir', 'data.download')
+                     'data.manual_dir', 'data.download', 'data.archive')
 ConfigError = config_validation.ConfigError
 
 
@@ -85,11 +85,29 @@ class GeneratorState:
 # ------------------------------------------------------------------- config
 
 
+def flops_range(low: float, high: float, step: float) -> np.ndarray:
+  """range(low, high, step) in MFLOPs, for float bounds."""
+  count = int(np.floor((high - low) / step - 1e-9)) + 1
+  return low + step * np.arange(count)
+
+
 def targets(config) -> np.ndarray:
   """The target grid in MFLOPs: range(low, high, step) as SGNAS draws it."""
   g = config.generator
-  count = int(np.floor((g.flops_high - g.flops_low) / g.flops_step - 1e-9)) + 1
-  return g.flops_low + g.flops_step * np.arange(count)
+  return flops_range(g.flops_low, g.flops_high, g.flops_step)
+
+
+def selection_targets(config) -> np.ndarray:
+  """The grid whose summed FLOPs loss decides best_loss / best_avg: the
+  reference evaluates range(low, high, 10) MFLOPs, twice the training step."""
+  g = config.generator
+  return flops_range(g.flops_low, g.flops_high, g.selection_flops_step)
+
+
+def middle_target(config) -> float:
+  """The target whose single-path accuracy decides best_avg: (low + high) / 2."""
+  g = config.generator
+  return (g.flops_low + g.flops_high) / 2
 
 
 def validate_config(config, num_devices: int = 1):
@@ -98,6 +116,7 @@ def validate_config(config, num_devices: int = 1):
   d, m, s, g = config.data, config.model, config.search, config.generator
   _require(d.name in input_pipeline.dataset_names(),
            f'data.name={d.name!r} is not one of {input_pipeline.dataset_names()}.')
+  config_validation.validate_archive(d)
   _require(m.layout in layout_lib.PRESETS,
            f'model.layout={m.layout!r} is not one of {tuple(layout_lib.PRESETS)}.')
   classes = input_pipeline.num_classes(d.name)
@@ -296,11 +315,60 @@ def kendall_tau(x, y) -> float:
 
 
 def selection_score(evaluation: Dict[str, float]) -> float:
-  """Which generator epoch is kept: Kendall tau (ranking the targets right)
+  """The `tau_minus_error` rule's score: Kendall tau (ranking the targets right)
   minus the mean relative FLOPs error (meeting them), both on a 0..1 scale. Tau
   alone prefers early, high-temperature epochs whose argmax architectures rank
   well but undershoot every budget by ~15%."""
   return evaluation['kendall_tau'] - evaluation['mean_relative_flops_error']
+
+
+# The generators a search keeps, each with its own file; `generator.selection`
+# names the one written to GENERATOR_FILE.
+KEPT_GENERATORS = ('best_avg', 'best_loss', 'tau_minus_error')
+SELECTION_RULES = KEPT_GENERATORS
+
+
+def update_kept(kept: Dict[str, Optional[Dict[str, Any]]], epoch: int,
+                evaluation: Dict[str, float], rule: str,
+                max_flops_loss: float) -> List[str]:
+  """Folds one generator epoch into `kept` (name -> {'epoch', **evaluation} or
+  None, changed in place); returns the names whose generator this epoch
+  replaces, 'selected' among them when GENERATOR_FILE changes.
+
+  As the reference keeps them (strict improvements, first epoch wins ties):
+  - best_loss: the lowest `total_flops_loss` (the FLOPs loss of the argmax
+    architectures summed over the selection grid);
+  - best_avg: the highest `middle_accuracy` (the single-path top-1 at the middle
+    target) among epochs with total_flops_loss < max_flops_loss; none while no
+    epoch qualifies (then `best_avg` selects best_loss's generator);
+  - tau_minus_error: the highest `selection_score` (this library's rule)."""
+  entry = {'epoch': epoch, **evaluation}
+  better = {
+      'best_loss': kept.get('best_loss') is None or
+                   evaluation['total_flops_loss'] < kept['best_loss']['total_flops_loss'],
+      'best_avg': evaluation['total_flops_loss'] < max_flops_loss and
+                  evaluation['middle_accuracy'] > (kept['best_avg']['middle_accuracy']
+                                                   if kept.get('best_avg') else 0.0),
+      'tau_minus_error': kept.get('tau_minus_error') is None or
+                         evaluation['score'] > kept['tau_minus_error']['score'],
+  }
+  replaced = [name for name in KEPT_GENERATORS if better[name]]
+  for name in replaced:
+    kept[name] = entry
+  source = selected_source(kept, rule)
+  if source in replaced:
+    replaced.append('selected')
+  return replaced
+
+
+def selected_source(kept: Dict[str, Optional[Dict[str, Any]]], rule: str) -> str:
+  """Which kept generator `rule` selects now: best_avg falls back to best_loss
+  while no epoch met the FLOPs-loss bound."""
+  return 'best_loss' if rule == 'best_avg' and kept.get('best_avg') is None else rule
+
+
+def kept_generator_file(name: str) -> str:
+  return f'generator_{name}.msgpack'
 
 
 def generate(generator, params, grid: Targets, target_mflops) -> np.ndarray:
