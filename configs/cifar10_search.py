@@ -40,7 +40,7 @@ def get_config():
   config.model.stem = 'cifar'           # cifar | imagenet
   config.model.depthwise_impl = 'auto'  # auto | conv | shifted | dense
   config.model.edge_impl = 'auto'       # auto (= scan) | batched | scan: how a cell runs its edges
-  config.model.unroll_edges = False     # scan only. True: 5-6x slower compile, no faster on CPU (README)
+  config.model.unroll_edges = False     # True: 5-6x slower compile, no faster (docs/benchmarks.md)
   config.model.dtype = 'float32'       # float32 | bfloat16 (activations; params, arch stay float32)
   config.model.channel_sampling = 'first'  # first | random: which C/K channels the ops see
   config.model.channel_mixing = 'shuffle'  # shuffle | shift: permutation after the concat
@@ -64,7 +64,7 @@ def get_config():
   config.search.arch_start_epoch = 15
   config.search.architect = 'first_order'  # first_order | second_order | second_order_exact
   config.search.single_level = False    # True: weights and arch from one train-batch step
-  config.search.bilevel_phases = 'sequence'  # sequence | loop: less memory, slower on CPU (README)
+  config.search.bilevel_phases = 'sequence'  # sequence | loop: less memory, slower (docs/benchmarks.md)
   config.search.eval_batch_size = 500   # validation on the arch half each epoch
   config.search.log_every_steps = 50
   config.search.skip_nonfinite = False  # True: drop non-finite steps and go on (counted)

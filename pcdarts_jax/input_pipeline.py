@@ -262,7 +262,7 @@ def _builder(d):
 class _Mock:
   """`tfds.testing.mock_data` around every tfds read when data.mock_examples > 0:
   random images in the data set's real format, for smoke-testing a config on a
-  machine without the data (README: ImageNet search on 8 forced CPU devices)."""
+  machine without the data (docs/multi-device.md, the 8-device ImageNet smoke run)."""
 
   def __init__(self, d):
     self.examples = int(d.get('mock_examples', 0) or 0)
