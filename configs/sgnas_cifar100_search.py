@@ -57,9 +57,12 @@ def get_config():
   config.generator.learning_rate = 1e-3
   config.generator.beta1 = 0.5
   config.generator.beta2 = 0.999
-  config.generator.hidden = 32
-  config.generator.blocks = 2           # residual blocks of 2 convs
+  config.generator.hidden = 32          # the reference generator: 3x3 convs at 32 channels,
+  config.generator.body_layers = 3      # a residual body of 3 (sgnas/generator.py)
   config.generator.target_channels = 10
+  # The soft supernet's switchable BN: rounded_index (the reference: the BN at
+  # round(expected skipped groups), no gradient through the choice) | mixture
+  config.generator.soft_bn = 'rounded_index'
   config.generator.tau_initial = 5.0    # Gumbel-softmax temperature, x tau_decay per epoch
   config.generator.tau_decay = 0.95
   config.generator.flops_low = 80.0     # targets range(low, high, step), MFLOPs
@@ -71,6 +74,13 @@ def get_config():
   config.generator.flops_margin = 0.1
   config.generator.pool_samples = 4000  # random architectures the prior pool is drawn from
   config.generator.eval_accuracy_targets = 3  # targets whose single path is validated per epoch
+  # Which generator generator.msgpack holds (all three are kept in their own files):
+  # best_avg (the reference: best top-1 at the middle target among epochs whose FLOPs
+  # loss summed over range(low, high, selection_flops_step) is < selection_max_flops_loss;
+  # best_loss until one qualifies) | best_loss | tau_minus_error (Kendall tau - rel. error)
+  config.generator.selection = 'best_avg'
+  config.generator.selection_flops_step = 10.0
+  config.generator.selection_max_flops_loss = 0.4
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 200   # also at every epoch end; 0 = epoch ends only

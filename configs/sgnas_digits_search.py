@@ -40,6 +40,7 @@ def get_config():
   g.target_jitter = 0.0025
   g.flops_margin = 0.0005
   g.flops_alpha = 300.0
+  g.selection_flops_step = 0.05  # twice the training step, as the reference's 10 vs 5
   config.checkpoint.every_steps = 0
   config.monitor.progress = 'lines'
   return config

@@ -1,4 +1,5 @@
-"""Import PyTorch DARTS / PC-DARTS checkpoints: search supernet and evaluation networks.
+"""Import PyTorch DARTS / PC-DARTS checkpoints (search supernet, evaluation
+networks) and SGNAS generator checkpoints.
 
 The reference (yuhuixu1993/PC-DARTS `model_search.Network` and its ImageNet twin)
 saves a `state_dict` whose key names are listed in SPEC section 7.
@@ -194,7 +195,7 @@ def _convert_arch(arch: Mapping[str, Any], expected: Mapping[str, Any],
 
 
 def _load(shapes: Mapping[str, Any], plan, state_dict: Mapping[str, Any],
-          what: str) -> Dict[str, Any]:
+          what: str, check: str = 'config.model') -> Dict[str, Any]:
   """Fills the `params` and `batch_stats` leaves of `shapes` from `state_dict`.
 
   `plan(collection, path, shape)` gives the PyTorch keys of one Flax leaf as
@@ -258,7 +259,7 @@ def _load(shapes: Mapping[str, Any], plan, state_dict: Mapping[str, Any],
   if unexpected:
     raise ValueError(_one_line(
         'state_dict has unexpected key', unexpected,
-        f' (not a variable of this {what}: check config.model)'))
+        f' (not a variable of this {what}: check {check})'))
   return {name: flax.traverse_util.unflatten_dict(
       {p: jnp.asarray(v) for p, v in leaves.items()})
           for name, leaves in converted.items() if leaves}
@@ -357,7 +358,11 @@ def read_state_dict(path: str) -> Dict[str, np.ndarray]:
     raise ValueError(f'{path!r} needs PyTorch to read (pip install torch); or convert it '
                      f'elsewhere to a .npz of its state_dict arrays.') from None
   loaded = torch.load(path, map_location='cpu')
-  loaded = loaded.get('state_dict', loaded)
+  # DARTS saves the state_dict bare or under `state_dict`; SGNAS under `model`.
+  for wrapper in ('state_dict', 'model'):
+    if isinstance(loaded.get(wrapper), dict):
+      loaded = loaded[wrapper]
+      break
   return {k: v.cpu().numpy() for k, v in loaded.items()}
 
 
@@ -389,3 +394,42 @@ def network_variables(state_dict: Mapping[str, Any], genotype, config) -> Dict[s
   shapes = network.variable_shapes(model, network.input_shape(config))
   return _load(shapes, lambda c, p, s: _network_plan(model, c, p), state_dict,
                'evaluation network')
+
+
+# SGNAS generator (eric8607242/SGNAS utils/generator.py `SinGenerator`): Flax
+# submodule -> PyTorch module. ConvRelu = Sequential(conv, relu); tail = Sequential(conv).
+def _sgnas_generator_module(name: str) -> Optional[str]:
+  for flax_prefix, torch_prefix in (('target_head_', 'hc_head.'), ('prior_head_', 'bb_head.')):
+    if name.startswith(flax_prefix):
+      return f'{torch_prefix}{name[len(flax_prefix):]}.conv'
+  if name.startswith('body_'):
+    return f'body.block{int(name[len("body_"):]) + 1}.conv'
+  return {'head': 'head.conv', 'tail': 'tail.0'}.get(name)
+
+
+def sgnas_generator_params(state_dict: Mapping[str, Any], generator) -> Dict[str, Any]:
+  """Flax params for `sgnas.generator.Generator` from the reference generator's
+  state_dict (`hc_head.{0,1,2}.conv.weight`, `bb_head.{0,1}.conv.weight`,
+  `head.conv.weight`, `body.block{1,2,3}.conv.weight`, `tail.0.weight`,
+  `tail.0.bias`; e.g. the `model` entry of pretrained/imagenet/best_avg.pth, or
+  `read_state_dict` of it). A uniform `module.` prefix is dropped.
+
+  Returns the variables ({'params': ...}) for `generator.apply`. Raises
+  ValueError naming the first missing, misshapen or unexpected key.
+  """
+  from pcdarts_jax.sgnas import layout as layout_lib  # pylint: disable=g-import-not-at-top
+  state_dict = _strip_data_parallel(state_dict)
+  prior = jnp.zeros((1, 1, layout_lib.GROUPS, layout_lib.NUM_CHOICES), jnp.float32)
+  shapes = flax.core.unfreeze(jax.eval_shape(generator.init, jax.random.PRNGKey(0), prior,
+                                             jnp.zeros((1,), jnp.float32)))
+
+  def plan(collection, path, shape):
+    del shape
+    module = _sgnas_generator_module(path[0]) if len(path) == 2 else None
+    if module is None or path[-1] not in ('kernel', 'bias'):
+      raise ValueError(f'no PyTorch name is known for the Flax variable '
+                       f'{_flax_name(collection, path, None)}.')
+    return [(f'{module}.{_LEAF_NAMES[path[-1]]}', None)]
+
+  return _load(shapes, plan, state_dict, 'SGNAS generator',
+               'generator.hidden, generator.body_layers, generator.target_channels')

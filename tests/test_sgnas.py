@@ -174,6 +174,52 @@ def test_switchable_bn_follows_skipped_groups(tiny, skipped):
   np.testing.assert_allclose(dist, np.eye(6)[skipped], atol=1e-7)
 
 
+def _skip_probs(*p_skip):
+  """A (6, 4) soft layer row whose groups skip with p_skip (the rest on 3x3)."""
+  p = jnp.asarray(p_skip, jnp.float32)
+  return jnp.stack([1.0 - p, 0 * p, 0 * p, p], -1)
+
+
+@pytest.mark.parametrize('p_skip,index', [
+    ((0, 0.2, 0.2, 0.0, 0.0, 0.0), 0),   # 0.4 -> 0
+    ((0, 0.5, 0.5, 0.3, 0.0, 0.0), 1),   # 1.3 -> 1
+    ((0, 0.5, 0.5, 0.5, 0.0, 0.0), 2),   # 1.5 -> 2 (half to even, as Python's round)
+    ((0, 0.5, 0.5, 0.5, 1.0, 0.0), 2),   # 2.5 -> 2
+    ((0, 0.6, 0.6, 0.6, 0.6, 0.2), 3),   # 2.6 -> 3
+    ((0, 1.0, 1.0, 1.0, 1.0, 1.0), 5)])
+def test_soft_switchable_bn_is_the_rounded_skip_count(p_skip, index):
+  row = _skip_probs(*p_skip)
+  weights = supernet_lib.switchable_bn_weights(row, hard=False)
+  np.testing.assert_array_equal(weights, np.eye(6)[index])
+  # No gradient flows through the choice of the BN.
+  grad = jax.grad(lambda r: jnp.sum(supernet_lib.switchable_bn_weights(r, False) *
+                                    jnp.arange(1.0, 7.0)))(row)
+  assert not np.any(np.asarray(grad))
+  # The mixture option keeps the Poisson-binomial weights (and their gradient).
+  mixture = supernet_lib.switchable_bn_weights(row, False, 'mixture')
+  np.testing.assert_allclose(mixture, supernet_lib.skip_count_distribution(row[:, SKIP]))
+
+
+def test_soft_forward_uses_one_bn(tiny):
+  """At p_skip 0.5 on groups 1..3 (rounds to 2) the soft forward equals the
+  mixture forward whose switchable BN is forced to BN 2."""
+  model, variables, x = tiny
+  row = _skip_probs(0, 0.5, 0.5, 0.5, 0, 0)
+  arch = jnp.stack([row, row])
+  rounded = model.apply(variables, x, arch, train=False, hard=False)
+  two = jax.tree.map(lambda v: v, variables)
+  for layer in ('layer0', 'layer1'):  # Every BN row the same as row 2: any mixture is BN 2.
+    for group, values in (('params', ('scale', 'bias')), ('batch_stats', ('mean', 'var'))):
+      for name in values:
+        v = two[group][layer]['project_bn'][name]
+        two[group][layer]['project_bn'][name] = jnp.broadcast_to(v[2], v.shape)
+  mixture_model = supernet_lib.Supernet(TINY, depthwise_impl='conv', soft_bn='mixture')
+  forced = mixture_model.apply(two, x, arch, train=False, hard=False)
+  np.testing.assert_allclose(rounded, forced, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(rounded, mixture_model.apply(variables, x, arch, train=False,
+                                                      hard=False), atol=1e-3)
+
+
 def test_skip_count_distribution():
   p = jnp.array([0.0, 0.5, 0.5, 0.0, 0.0, 0.0])
   np.testing.assert_allclose(supernet_lib.skip_count_distribution(p),
@@ -217,7 +263,7 @@ def test_unchosen_kernels_get_no_gradient(tiny):
 
 
 def test_generator_never_skips_group_zero():
-  gen = generator_lib.Generator(hidden=8, blocks=1)
+  gen = generator_lib.Generator(hidden=8, body_layers=1)
   prior = jnp.asarray(layout_lib.one_hot(np.full((1, 3, 6), SKIP)))
   params = jax.jit(gen.init)(jax.random.PRNGKey(0), prior, jnp.zeros((1,)))
   logits = jax.jit(gen.apply)(params, prior, jnp.ones((1,)))
@@ -245,6 +291,52 @@ def test_kendall_tau():
   assert search.kendall_tau([1, 2, 3], [1, 2, 2]) == pytest.approx(2 / np.sqrt(3 * 2))
 
 
+def _fold_epochs(table, rule='best_avg', bound=0.4):
+  """Folds a made-up epoch table through update_kept; returns (kept epochs,
+  the epochs at which generator.msgpack was rewritten)."""
+  kept, rewritten = {}, []
+  for epoch, (loss, accuracy, score) in enumerate(table):
+    evaluation = {'total_flops_loss': loss, 'middle_accuracy': accuracy, 'score': score}
+    if 'selected' in search.update_kept(kept, epoch, evaluation, rule, bound):
+      rewritten.append(epoch)
+  return {name: (kept[name]['epoch'] if kept.get(name) else None)
+          for name in search.KEPT_GENERATORS}, rewritten
+
+
+# (total FLOPs loss over the selection grid, middle-target top-1, tau - error)
+EPOCH_TABLE = [(2.0, 0.30, 0.50),   # 0: loss too high for best_avg
+               (0.9, 0.45, 0.90),   # 1: best tau - error; still too lossy
+               (0.35, 0.40, 0.60),  # 2: first under 0.4 -> best_avg
+               (0.39, 0.50, 0.70),  # 3: under 0.4 and more accurate -> best_avg
+               (0.10, 0.48, 0.80),  # 4: lowest loss -> best_loss, less accurate than 3
+               (0.39, 0.50, 0.10),  # 5: ties 3's accuracy: not strictly better, 3 stays
+               (0.41, 0.90, 0.20)]  # 6: most accurate but loss 0.41 >= 0.4
+
+
+def test_kept_generators_on_a_made_up_epoch_table():
+  kept, rewritten = _fold_epochs(EPOCH_TABLE)
+  assert kept == {'best_avg': 3, 'best_loss': 4, 'tau_minus_error': 1}
+  # best_loss fills in until an epoch qualifies for best_avg (epochs 0, 1), then best_avg.
+  assert rewritten == [0, 1, 2, 3]
+  assert _fold_epochs(EPOCH_TABLE, 'best_loss')[1] == [0, 1, 2, 4]
+  assert _fold_epochs(EPOCH_TABLE, 'tau_minus_error')[1] == [0, 1]
+  # With no epoch under the bound there is no best_avg; best_loss is selected.
+  kept, rewritten = _fold_epochs(EPOCH_TABLE, bound=0.05)
+  assert kept['best_avg'] is None and kept['best_loss'] == 4 and rewritten == [0, 1, 2, 4]
+  assert search.selected_source({'best_avg': None, 'best_loss': {}}, 'best_avg') == 'best_loss'
+
+
+def test_selection_grids_are_the_references():
+  from configs import sgnas_cifar100_search  # pylint: disable=g-import-not-at-top
+  from configs import sgnas_imagenet_search  # pylint: disable=g-import-not-at-top
+  cifar, imagenet = sgnas_cifar100_search.get_config(), sgnas_imagenet_search.get_config()
+  assert cifar.generator.selection == 'best_avg'
+  # The reference's evaluate_generator: range(low, high, 10); generator_validate at (low + high) / 2.
+  np.testing.assert_array_equal(search.selection_targets(cifar), [80, 90, 100, 110])
+  np.testing.assert_array_equal(search.selection_targets(imagenet), np.arange(270, 450, 10))
+  assert search.middle_target(cifar) == 100 and search.middle_target(imagenet) == 360
+
+
 def test_config_errors_name_the_field():
   from configs import sgnas_digits_search  # pylint: disable=g-import-not-at-top
   config = sgnas_digits_search.get_config()
@@ -258,6 +350,11 @@ def test_config_errors_name_the_field():
   config = sgnas_digits_search.get_config()
   config.search.num_paths = 0
   with pytest.raises(search.ConfigError, match='search.num_paths=0'):
+    search.validate_config(config)
+  config = sgnas_digits_search.get_config()
+  config.generator.selection = 'best_tau'
+  with pytest.raises(search.ConfigError, match=r"generator.selection='best_tau' is not one of "
+                     r"\('best_avg', 'best_loss', 'tau_minus_error'\)"):
     search.validate_config(config)
 
 

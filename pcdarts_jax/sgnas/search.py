@@ -15,10 +15,14 @@ devices (gradients and BatchNorm statistics averaged over the device axis).
    the nearest grid target and the normalised T, relaxes its logits with a soft
    Gumbel-softmax (tau decays per epoch) and minimises CE of the soft supernet
    on the held-out split + the FLOPs loss of the expected FLOPs. Each epoch the
-   generator is evaluated on the target grid (argmax architectures: exact FLOPs,
-   mean error, Kendall tau, and single-path accuracy at a few targets); the
-   epoch with the best `selection_score` (Kendall tau minus the mean relative
-   FLOPs error) is kept.
+   generator is evaluated (argmax architectures): on the target grid (exact
+   FLOPs, mean error, Kendall tau), on the selection grid (the summed FLOPs
+   loss) and at the middle target (single-path top-1 on the held-out split).
+   Three generators are kept (`update_kept`): best_avg, the reference's
+   (the best middle-target top-1 among epochs whose summed FLOPs loss is under
+   `generator.selection_max_flops_loss`), best_loss (the lowest summed FLOPs
+   loss) and tau_minus_error (Kendall tau minus the mean relative FLOPs error);
+   `generator.selection` names the one written to generator.msgpack.
 """
 
 import dataclasses
@@ -126,7 +130,7 @@ def validate_config(config, num_devices: int = 1):
            f'data.train_portion={d.get("train_portion")!r} must be in (0, 1) (SGNAS: 0.8; '
            f'the rest trains the generator).')
   for section, fields in (('search', ('epochs', 'batch_size', 'eval_batch_size', 'num_paths')),
-                          ('generator', ('epochs', 'hidden', 'blocks', 'target_channels',
+                          ('generator', ('epochs', 'hidden', 'body_layers', 'target_channels',
                                          'pool_samples'))):
     for field in fields:
       value = config[section][field]
@@ -138,8 +142,13 @@ def validate_config(config, num_devices: int = 1):
   _require(s.batch_size % num_devices == 0,
            f'search.batch_size={s.batch_size} is not divisible by the {num_devices} devices '
            f'(allowed: multiples of {num_devices}).')
-  for field in ('learning_rate', 'tau_initial', 'flops_step'):
+  for field in ('learning_rate', 'tau_initial', 'flops_step', 'selection_flops_step',
+                'selection_max_flops_loss'):
     _require(g[field] > 0, f'generator.{field}={g[field]!r} must be > 0.')
+  _require(g.soft_bn in supernet_lib.SOFT_BN_MODES,
+           f'generator.soft_bn={g.soft_bn!r} is not one of {supernet_lib.SOFT_BN_MODES}.')
+  _require(g.selection in SELECTION_RULES,
+           f'generator.selection={g.selection!r} is not one of {SELECTION_RULES}.')
   for field in ('flops_alpha', 'flops_lambda', 'flops_margin', 'target_jitter'):
     _require(g[field] >= 0, f'generator.{field}={g[field]!r} must be >= 0.')
   _require(0 < g.tau_decay <= 1, f'generator.tau_decay={g.tau_decay!r} must be in (0, 1].')
@@ -409,21 +418,25 @@ class _Phase:
 
 
 def _run_phase(phase: _Phase, state, meta: Dict[str, Any], config, writer, stop,
-               main: bool, scalar_offset: int):
-  """Epochs of one phase from the state's step; returns (state, meta, figures)."""
+               main: bool, scalar_offset: int, before_save: Callable[[], None]):
+  """Epochs of one phase from the state's step; returns (state, meta). The meta
+  holds the phase's step rate over every session (steps_run, step_seconds);
+  `before_save` runs before each checkpoint."""
   spe = phase.steps_per_epoch
   start_step = int(jax.device_get(parallel.unreplicate(state.step)))
   start_epoch = start_step // spe
   if main and os.path.exists(phase.log_path):  # Epochs after the checkpoint are redone.
-    with open(phase.log_path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)['epoch'] < start_epoch]
+    with open(phase.log_path) as f:  # (records number epochs from 1, as the console does)
+      kept = [line for line in f if line.strip() and json.loads(line)['epoch'] <= start_epoch]
     rundir.write_atomic(phase.log_path, ''.join(kept))
   interactive = {'auto': None, 'bar': True, 'lines': False}[config.monitor.progress]
   every = config.checkpoint.every_steps
   clock = [time.time()]
-  figures = {'steps': 0, 'step_seconds': 0.0}
+  meta.setdefault('steps_run', 0)
+  meta.setdefault('step_seconds', 0.0)
 
   def save(step: int, host_sums):
+    before_save()
     meta.update(iterator=phase.iterator.state(), sums=host_sums,
                 wall_seconds=meta.get('wall_seconds', 0.0) + time.time() - clock[0])
     clock[0] = time.time()
@@ -458,9 +471,9 @@ def _run_phase(phase: _Phase, state, meta: Dict[str, Any], config, writer, stop,
                                        for k, v in loop._host(device_sums).items()},
         check_finite=check_finite, save=save, interrupted=SearchInterrupted,
         checkpoint_dir=phase.checkpoints.directory, step_name=f'{phase.name} step')
-    figures['steps'] += spe - first
-    figures['step_seconds'] += time.time() - loop_start
-    record = {'epoch': epoch, 'step': (epoch + 1) * spe, 'train': _summarise(host_sums)}
+    meta['steps_run'] += spe - first
+    meta['step_seconds'] += time.time() - loop_start
+    record = {'epoch': epoch + 1, 'step': (epoch + 1) * spe, 'train': _summarise(host_sums)}
     record.update(phase.end_epoch(epoch, state, record['train'], meta))
     record['seconds'] = time.time() - epoch_start
     if main:
@@ -481,7 +494,7 @@ def _run_phase(phase: _Phase, state, meta: Dict[str, Any], config, writer, stop,
           f'{epoch + 1}; checkpoint written to {phase.checkpoints.directory}. Run the same '
           f'command again to resume.')
   meta['wall_seconds'] = meta.get('wall_seconds', 0.0) + time.time() - clock[0]
-  return state, meta, figures
+  return state, meta
 
 
 def reference_paths(layout: layout_lib.Layout) -> Dict[str, np.ndarray]:
@@ -501,10 +514,11 @@ def _write_json(path: str, value):
   rundir.write_atomic(path, json.dumps(value, indent=1) + '\n')
 
 
-def _pool(config, layout, table, root: str, main: bool) -> Targets:
-  """The prior pool (written once; a resumed run reads the same one back)."""
+def _pool(config, layout, table, root: str, main: bool, fresh: bool = False) -> Targets:
+  """The prior pool (written once; a resumed run reads the same one back; `fresh`:
+  a new run draws it again, over one a run stopped before its first checkpoint left)."""
   path = os.path.join(root, POOL_FILE)
-  if os.path.exists(path):
+  if os.path.exists(path) and not fresh:
     with open(path) as f:
       record = json.load(f)
     grid, choices = np.asarray(record['targets']), np.asarray(record['choices'], np.int32)
@@ -521,33 +535,69 @@ def _pool(config, layout, table, root: str, main: bool) -> Targets:
                  low=float(g.flops_low), high=float(g.flops_high))
 
 
+# Fields a resumed run may raise: the supernet's epochs only before the generator
+# phase has begun (the generator trains on the finished supernet).
+EXTENDABLE = ('search.epochs', 'generator.epochs')
+
+
+def _latest_step(directory: str) -> int:
+  """The newest checkpoint's step in `directory` (-1: none), read from the names."""
+  steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(
+      directory) else []
+  return max(steps, default=-1)
+
+
+def _check_workdir(paths: rundir.Workdir, config, generator_dir: str):
+  """Refuses, before anything is written, a workdir this run must not touch."""
+  saved = rundir.saved_config(paths) if config.checkpoint.resume else None
+  if (saved is not None and saved.get('search.epochs') != config.search.epochs
+      and rundir.has_checkpoints(generator_dir)):
+    raise ConfigError(
+        f'search.epochs={config.search.epochs}: the search in --workdir={paths.root!r} has '
+        f'begun its generator phase on the {saved.get("search.epochs")}-epoch supernet; '
+        f'only generator.epochs may be raised now (or use a new workdir). Nothing was '
+        f'changed.')
+  rundir.check_resumable(paths, config, RESUMABLE_CHANGES, 'SGNAS search', EXTENDABLE)
+
+
 def search(config, workdir: str) -> Dict[str, Any]:
   """Runs (or resumes) both SGNAS phases; returns the summary (also summary.json).
 
   Writes under `workdir`: config.json, flops_table.json, prior_pool.json,
   supernet_log.jsonl, generator_log.jsonl, checkpoints/ (supernet),
   generator_checkpoints/, generator.msgpack (the selected generator),
+  generator_best_avg.msgpack, generator_best_loss.msgpack,
+  generator_tau_minus_error.msgpack (the kept ones; best_avg once an epoch qualifies),
   architectures.json (its architectures on the target grid), summary.json,
   tensorboard/."""
   num_devices = parallel.device_count()
   validate_config(config, num_devices)
   paths = rundir.Workdir(workdir, SUPERNET_LOG)
-  rundir.check_resumable(paths, config, RESUMABLE_CHANGES, 'SGNAS search')
+  generator_dir = os.path.join(paths.root, GENERATOR_CHECKPOINTS)
+  _check_workdir(paths, config, generator_dir)
   inputs = input_pipeline.search_inputs(config)
   main = parallel.is_main_process()
   layout = layout_lib.layout_of_config(config)
   table = flops_lib.lookup_table(layout)
   s, g = config.search, config.generator
+  if (_latest_step(paths.checkpoints) >= s.epochs * inputs.train.steps_per_epoch and
+      _latest_step(generator_dir) >= g.epochs * inputs.arch.steps_per_epoch and
+      os.path.exists(paths.summary)):
+    print(f'the SGNAS search in {workdir} is already complete ({s.epochs} supernet and '
+          f'{g.epochs} generator epochs); nothing was changed. Raise --config.search.epochs '
+          f'(before the generator phase) or --config.generator.epochs to train longer.',
+          flush=True)
+    with open(paths.summary) as f:
+      return json.load(f)
   if main:
     os.makedirs(paths.root, exist_ok=True)
-    if not os.path.exists(paths.config):
-      _write_json(paths.config, rundir.config_json(config))
     low, high = flops_lib.macs_range(table)
     _write_json(os.path.join(paths.root, TABLE_FILE),
                 {'layout': layout.name, 'unit': 'multiply-adds', 'base': table.base,
                  'choices': list(layout_lib.CHOICES), 'per_group': table.per_group.tolist(),
                  'min': low, 'max': high})
-  grid = _pool(config, layout, table, paths.root, main)
+  grid = _pool(config, layout, table, paths.root, main,
+               fresh=not rundir.has_checkpoints(paths.checkpoints))
 
   train_iter = input_pipeline.DevicePrefetch(inputs.train)
   held_out_iter = input_pipeline.DevicePrefetch(inputs.arch)
@@ -556,7 +606,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
   init_rng, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
   impl = config.model.depthwise_impl
   model = supernet_lib.Supernet(layout, depthwise_impl=impl)
-  step_model = supernet_lib.Supernet(layout, parallel.AXIS, impl)
+  step_model = supernet_lib.Supernet(layout, parallel.AXIS, impl, g.soft_bn)
   sample = data.normalize(inputs.sample_image, config.data.mean, config.data.std)
   variables = jax.jit(lambda rng: model.init(rng, sample, supernet_lib.init_arch(layout)))(
       init_rng)
@@ -566,8 +616,9 @@ def search(config, workdir: str) -> Dict[str, Any]:
                         opt_state=tx.init(variables['params']))
   n_weights = sum(x.size for x in jax.tree.leaves(state.params))
   writer = monitor.SummaryWriter(paths.tensorboard, enabled=config.monitor.tensorboard and main)
-  path_eval = parallel.pmap_step(make_path_eval_step(step_model, config, parallel.AXIS),
-                                 in_axes=(0, 0, None), donate_state=False)
+  path_eval = monitor.announce_compile(
+      parallel.pmap_step(make_path_eval_step(step_model, config, parallel.AXIS),
+                         in_axes=(0, 0, None), donate_state=False), 'the path eval step')
 
   def path_accuracy(variables, arch) -> Dict[str, float]:
     totals = None
@@ -593,8 +644,9 @@ def search(config, workdir: str) -> Dict[str, Any]:
         f'{spe} steps/epoch, {s.epochs} epochs of {s.num_paths} paths per step; FLOPs '
         f'{table.base / 1e6:.4g}.. per architecture, targets {grid.grid[0]:.4g}..'
         f'{grid.grid[-1]:.4g} M; {num_devices} device(s)', flush=True)
-  p_supernet_step = parallel.pmap_step(make_supernet_step(step_model, config, tx, parallel.AXIS),
-                                       in_axes=(0, 0, None, None))
+  p_supernet_step = monitor.announce_compile(
+      parallel.pmap_step(make_supernet_step(step_model, config, tx, parallel.AXIS),
+                         in_axes=(0, 0, None, None)), 'the supernet step')
   refs = reference_paths(layout)
 
   def supernet_step(state, batch, step):
@@ -610,25 +662,33 @@ def search(config, workdir: str) -> Dict[str, Any]:
 
   describe_supernet = lambda r: 'valid_acc ' + ' '.join(
       f"{n} {v['accuracy']:.4f}" for n, v in r['valid'].items())
+  config_written = [False]
+
+  def write_config():
+    """config.json, with the run's first checkpoint (of this session: a resume may
+    have raised the epochs): a workdir stopped before it holds no run."""
+    if main and not config_written[0]:
+      _write_json(paths.config, rundir.config_json(config))
+      config_written[0] = True
+
   with rundir.StopSignals() as stop:
     phase = _Phase('supernet', paths.jsonl, supernet_ckpt, s.epochs, spe, s.batch_size,
                    s.log_every_steps, train_iter, supernet_step, supernet_epoch_end,
                    describe_supernet)
-    state, meta, supernet_figures = _run_phase(phase, parallel.replicate(state), meta, config,
-                                               writer, stop, main, 0)
+    state, meta = _run_phase(phase, parallel.replicate(state), meta, config, writer, stop,
+                             main, 0, write_config)
     supernet_ckpt.close()
     host = jax.device_get(parallel.unreplicate(state))
     frozen = parallel.replicate({'params': host.params, 'batch_stats': host.batch_stats})
 
     # --- phase 2: the generator.
-    generator = generator_lib.Generator(g.hidden, g.blocks, g.target_channels)
+    generator = generator_lib.Generator(g.hidden, g.body_layers, g.target_channels)
     gen_params = generator.init(jax.random.fold_in(init_rng, 2), grid.prior[:1],
                                 jnp.zeros((1,), jnp.float32))
     gtx = generator_optimizer(config)
     gen_state = GeneratorState(step=jnp.zeros((), jnp.int32), params=gen_params,
                                opt_state=gtx.init(gen_params))
-    gen_ckpt = checkpoint.Checkpoints(os.path.join(paths.root, GENERATOR_CHECKPOINTS),
-                                      config.checkpoint.keep)
+    gen_ckpt = checkpoint.Checkpoints(generator_dir, config.checkpoint.keep)
     gen_meta = {'wall_seconds': 0.0, 'best': None, 'resumed_from': []}
     restored = gen_ckpt.restore_latest(jax.eval_shape(lambda: gen_state))
     if restored is not None:
@@ -637,13 +697,16 @@ def search(config, workdir: str) -> Dict[str, Any]:
       gen_meta['resumed_from'] = gen_meta.get('resumed_from', []) + [step_done]
       print(f'resuming the generator phase from checkpoint {step_done}', flush=True)
     gspe = held_out_iter.steps_per_epoch
-    p_gen_step = parallel.pmap_step(
+    p_gen_step = monitor.announce_compile(parallel.pmap_step(
         make_generator_step(step_model, generator, config, table, grid, gtx, parallel.AXIS),
-        in_axes=(0, 0, 0, None, None))
+        in_axes=(0, 0, 0, None, None)), 'the generator step')
     gen_key = jax.random.fold_in(step_key, 2)
     accuracy_targets = (np.unique(np.round(np.linspace(0, len(grid.grid) - 1,
                                                         g.eval_accuracy_targets)).astype(int))
                         if g.eval_accuracy_targets else np.zeros((0,), int))
+
+    selection_grid = selection_targets(config)
+    middle = middle_target(config)
 
     def generator_step(gstate, batch, step):
       tau = jnp.float32(generator_lib.temperature(config, step // gspe))
@@ -664,33 +727,53 @@ def search(config, workdir: str) -> Dict[str, Any]:
                     'mean_relative_flops_error': float((errors / grid.grid).mean()),
                     'tau': generator_lib.temperature(config, epoch)}
       evaluation['score'] = selection_score(evaluation)
-      best = meta_.get('best')
-      better = best is None or evaluation['score'] > best['score']
-      if better and main:  # The selected generator; written atomically.
-        tmp = os.path.join(paths.root, GENERATOR_FILE + '.tmp')
-        with open(tmp, 'wb') as f:
-          f.write(flax.serialization.to_bytes(params))
-        os.replace(tmp, os.path.join(paths.root, GENERATOR_FILE))
-        _write_json(os.path.join(paths.root, ARCHITECTURES_FILE),
-                    {'epoch': epoch, **evaluation, 'layout': layout.name, 'targets': rows})
-      if better:
-        meta_['best'] = {'epoch': epoch, **evaluation}
-      return {'evaluation': evaluation, 'targets': rows, 'selected': bool(better),
+      # The reference's selection figures: the FLOPs loss summed over its
+      # evaluation grid, and the top-1 at the middle target.
+      selection_choices = generate(generator, params, grid, selection_grid)
+      selection_mflops = np.array([flops_lib.architecture_macs(c, table)
+                                   for c in selection_choices]) / 1e6
+      evaluation['total_flops_loss'] = float(np.sum(flops_lib.flops_loss(
+          selection_mflops, selection_grid, g.flops_alpha, g.flops_lambda, g.flops_margin)))
+      middle_choices = generate(generator, params, grid, [middle])[0]
+      evaluation['middle_mflops'] = flops_lib.architecture_macs(middle_choices, table) / 1e6
+      evaluation['middle_accuracy'] = path_accuracy(frozen, middle_choices)['accuracy']
+      kept = meta_.setdefault('kept', {})
+      replaced = update_kept(kept, epoch + 1, evaluation, g.selection,
+                             g.selection_max_flops_loss)
+      if main:  # Each kept generator in its own file, written atomically.
+        for name in replaced:
+          target = GENERATOR_FILE if name == 'selected' else kept_generator_file(name)
+          tmp = os.path.join(paths.root, target + '.tmp')
+          with open(tmp, 'wb') as f:
+            f.write(flax.serialization.to_bytes(params))
+          os.replace(tmp, os.path.join(paths.root, target))
+        if 'selected' in replaced:
+          _write_json(os.path.join(paths.root, ARCHITECTURES_FILE),
+                      {'epoch': epoch + 1, 'selected_by': selected_source(kept, g.selection),
+                       **evaluation, 'layout': layout.name, 'targets': rows})
+      if 'selected' in replaced:
+        meta_['best'] = {**kept[selected_source(kept, g.selection)],
+                         'selected_by': selected_source(kept, g.selection)}
+      return {'evaluation': evaluation, 'targets': rows, 'kept': replaced,
+              'selected': 'selected' in replaced,
               'scalars': {k: v for k, v in evaluation.items()}}
 
     def describe_generator(r):
       e = r['evaluation']
       acc = ' '.join(f"{row['target']:.4g}M:{row['valid']['accuracy']:.3f}"
                      for row in r['targets'] if 'valid' in row)
+      kept = ','.join(name for name in r['kept'] if name != 'selected')
       return (f"flops_loss {r['train']['flops_loss']:.4f} kendall_tau {e['kendall_tau']:.3f} "
-              f"mean_flops_error {e['mean_flops_error']:.4g}M tau {e['tau']:.3f}"
-              f"{' valid_acc ' + acc if acc else ''}{' *' if r['selected'] else ''}")
+              f"mean_flops_error {e['mean_flops_error']:.4g}M tau {e['tau']:.3f} "
+              f"total_flops_loss {e['total_flops_loss']:.4g} middle_acc "
+              f"{e['middle_accuracy']:.3f}{' valid_acc ' + acc if acc else ''}"
+              f"{' kept ' + kept if kept else ''}{' *' if r['selected'] else ''}")
 
     phase = _Phase('generator', os.path.join(paths.root, GENERATOR_LOG), gen_ckpt, g.epochs,
                    gspe, s.batch_size, s.log_every_steps, held_out_iter, generator_step,
                    generator_epoch_end, describe_generator)
-    gen_state, gen_meta, _ = _run_phase(phase, parallel.replicate(gen_state), gen_meta, config,
-                                        writer, stop, main, s.epochs)
+    gen_state, gen_meta = _run_phase(phase, parallel.replicate(gen_state), gen_meta, config,
+                                     writer, stop, main, s.epochs, write_config)
     gen_ckpt.close()
   writer.close()
   best = gen_meta['best']
@@ -699,18 +782,24 @@ def search(config, workdir: str) -> Dict[str, Any]:
       'flops_range_mflops': [x / 1e6 for x in flops_lib.macs_range(table)],
       'targets_mflops': [round(float(t), 6) for t in grid.grid],
       'supernet': {'epochs': s.epochs, 'steps': s.epochs * spe,
-                   'step_seconds': (supernet_figures['step_seconds'] /
-                                    supernet_figures['steps'] if supernet_figures['steps']
-                                    else None),
+                   'step_seconds': (meta['step_seconds'] / meta['steps_run']
+                                    if meta.get('steps_run') else None),
                    'wall_seconds': meta['wall_seconds'],
                    'resumed_from_steps': meta.get('resumed_from', [])},
-      'generator': {'epochs': g.epochs, 'selected': best,
+      'generator': {'epochs': g.epochs, 'selection': g.selection, 'selected': best,
+                    'kept': {name: gen_meta.get('kept', {}).get(name)
+                             for name in KEPT_GENERATORS},
                     'wall_seconds': gen_meta['wall_seconds'],
                     'resumed_from_steps': gen_meta.get('resumed_from', [])},
   }
   if main:
     _write_json(paths.summary, summary)
-    print(f"SGNAS search done: generator of epoch {best['epoch'] + 1} selected (Kendall tau "
+    fallback = (' (no epoch had a total FLOPs loss < '
+                f'{g.selection_max_flops_loss}: best_loss kept instead)'
+                if best['selected_by'] != g.selection else '')
+    print(f"SGNAS search done: generator of epoch {best['epoch']} selected by "
+          f"{best['selected_by']}{fallback} (middle-target top-1 {best['middle_accuracy']:.4f}, "
+          f"total FLOPs loss {best['total_flops_loss']:.4g}, Kendall tau "
           f"{best['kendall_tau']:.3f}, mean FLOPs error {best['mean_flops_error']:.4g} M = "
           f"{100 * best['mean_relative_flops_error']:.1f}%); "
           f'{os.path.join(paths.root, GENERATOR_FILE)}. Generate with: python -m '
@@ -718,17 +807,22 @@ def search(config, workdir: str) -> Dict[str, Any]:
   return summary
 
 
-def load_generator(config, workdir: str):
-  """(generator, params, Targets, table, layout) of a finished search workdir."""
-  path = os.path.join(workdir, GENERATOR_FILE)
+def load_generator(config, workdir: str, which: str = 'selected'):
+  """(generator, params, Targets, table, layout) of a finished search workdir;
+  `which`: 'selected' (GENERATOR_FILE) or one of KEPT_GENERATORS."""
+  if which != 'selected' and which not in KEPT_GENERATORS:
+    raise ConfigError(f'generator {which!r} is not one of {("selected",) + KEPT_GENERATORS}.')
+  name = GENERATOR_FILE if which == 'selected' else kept_generator_file(which)
+  path = os.path.join(workdir, name)
   if not os.path.exists(path):
-    raise ConfigError(f'--workdir={workdir!r} holds no {GENERATOR_FILE}: run the SGNAS '
-                      f'search (launch/search.py) to the generator phase first.')
+    raise ConfigError(f'--workdir={workdir!r} holds no {name}: run the SGNAS search '
+                      f'(launch/search.py) to the generator phase first'
+                      f'{"" if which != "best_avg" else " (best_avg exists only once an epoch has a total FLOPs loss under generator.selection_max_flops_loss)"}.')
   layout = layout_lib.layout_of_config(config)
   table = flops_lib.lookup_table(layout)
   grid = _pool(config, layout, table, workdir, main=False)
   g = config.generator
-  generator = generator_lib.Generator(g.hidden, g.blocks, g.target_channels)
+  generator = generator_lib.Generator(g.hidden, g.body_layers, g.target_channels)
   shapes = jax.eval_shape(generator.init, jax.random.PRNGKey(0), grid.prior[:1],
                           jnp.zeros((1,), jnp.float32))
   with open(path, 'rb') as f:

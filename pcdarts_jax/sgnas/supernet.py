@@ -10,8 +10,9 @@ skipped groups, and the residual. Two forwards share the weights:
   (`lax.switch`: the other kernels are not run), a skipped group nothing;
 - soft (`hard=False`, generator training): `arch` holds the (L, 6, 4) choice
   probabilities; each group is the probability-weighted sum of its kernels'
-  outputs and the switchable BN mixes its 6 BNs by the distribution of the
-  number of skipped groups. At a one-hot `arch` the two forwards are equal.
+  outputs; the switchable BN is the one at the rounded expected number of
+  skipped groups (the reference; `soft_bn='mixture'`: its 6 BNs mixed by the
+  distribution of that number). At a one-hot `arch` the two forwards are equal.
 """
 
 from typing import Optional
@@ -86,12 +87,26 @@ def skip_count_distribution(skip_probs: jax.Array) -> jax.Array:
   return dist
 
 
-def switchable_bn_weights(arch_row: jax.Array, hard: bool) -> jax.Array:
-  """The mixture over the 6 switchable BNs of a layer: one-hot at the number of
-  skipped groups (single path) or its distribution (soft)."""
+# How the soft forward picks the switchable BN: the reference's one BN at the
+# rounded expected number of skipped groups, or the mixture by its distribution.
+SOFT_BN_MODES = ('rounded_index', 'mixture')
+
+
+def switchable_bn_weights(arch_row: jax.Array, hard: bool,
+                          soft_bn: str = 'rounded_index') -> jax.Array:
+  """The weights of a layer's 6 switchable BNs: one-hot at the number of
+  skipped groups (single path); in the soft forward, one-hot at
+  round(Σ_g p_skip,g) with no gradient through the choice ('rounded_index', the
+  reference's `round(skip_connection_num)`, halves to even like Python's round)
+  or the Poisson-binomial distribution of the number skipped ('mixture')."""
   if hard:
     return jax.nn.one_hot(jnp.sum(arch_row == SKIP), GROUPS)
-  return skip_count_distribution(arch_row[:, SKIP])
+  if soft_bn == 'rounded_index':
+    index = jnp.clip(jnp.round(lax.stop_gradient(jnp.sum(arch_row[:, SKIP]))), 0, GROUPS - 1)
+    return jax.nn.one_hot(index.astype(jnp.int32), GROUPS, dtype=arch_row.dtype)
+  if soft_bn == 'mixture':
+    return skip_count_distribution(arch_row[:, SKIP])
+  raise ValueError(f'soft_bn={soft_bn!r} is not one of {SOFT_BN_MODES}.')
 
 
 class UnifiedBlock(nn.Module):
@@ -99,6 +114,7 @@ class UnifiedBlock(nn.Module):
   layer: layout_lib.Layer
   axis_name: Optional[str] = None
   depthwise_impl: str = 'auto'
+  soft_bn: str = 'rounded_index'
 
   @nn.compact
   def __call__(self, x, arch_row, train: bool, hard: bool):
@@ -138,16 +154,18 @@ class UnifiedBlock(nn.Module):
         mixed = mixed + p * jax.nn.relu6(normalised)
     out = ops.Pointwise(layer.c_out, name='project')(mixed)
     out = RowBatchNorm(GROUPS, self.axis_name, name='project_bn')(
-        out, switchable_bn_weights(arch_row, hard)[:, None], train)
+        out, switchable_bn_weights(arch_row, hard, self.soft_bn)[:, None], train)
     return out + x if layer.residual else out
 
 
 class Supernet(nn.Module):
   """The unified supernet of a layout. __call__(x, arch, train, hard) -> logits;
-  `arch`: (L, 6) int choices (hard) or (L, 6, 4) probabilities (soft)."""
+  `arch`: (L, 6) int choices (hard) or (L, 6, 4) probabilities (soft);
+  `soft_bn`: one of SOFT_BN_MODES (the soft forward's switchable BN)."""
   layout: layout_lib.Layout
   axis_name: Optional[str] = None
   depthwise_impl: str = 'auto'
+  soft_bn: str = 'rounded_index'
 
   @nn.compact
   def __call__(self, x, arch, train: bool = True, hard: bool = True):
@@ -163,7 +181,8 @@ class Supernet(nn.Module):
     y = bn('first_project_bn')(ops.Pointwise(lay.first_channels, name='first_project')(y))
     x = y + x if lay.stem_channels == lay.first_channels else y
     for i, layer in enumerate(lay.layers):
-      x = UnifiedBlock(layer, self.axis_name, self.depthwise_impl, name=f'layer{i}')(
+      x = UnifiedBlock(layer, self.axis_name, self.depthwise_impl, self.soft_bn,
+                       name=f'layer{i}')(
           x, arch[i], train, hard)
     x = jax.nn.relu6(bn('head_bn')(ops.Pointwise(lay.head_channels, name='head')(x)))
     x = jnp.mean(x.astype(jnp.float32), (1, 2))
