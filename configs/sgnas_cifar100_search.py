@@ -72,7 +72,13 @@ def get_config():
   config.generator.flops_alpha = 3e-4   # FLOPs loss: alpha*lambda*(F-T)^2 above T+margin,
   config.generator.flops_lambda = 1.2   # alpha*(T-F)^2 below T-margin, 0 in between
   config.generator.flops_margin = 0.1
-  config.generator.pool_samples = 4000  # random architectures the prior pool is drawn from
+  # The prior pool, as the reference: pool_size priors keyed evenly inside (low, high)
+  # (1: one prior, at the middle, for every target), each a random architecture
+  # (per layer expansion 2..6 on groups 0..e-1) within pool_bias MFLOPs of its key;
+  # or a reference prior_pool.json (its keys and priors; pool_size/pool_bias unused).
+  config.generator.pool_size = 1
+  config.generator.pool_bias = 1.0
+  config.generator.prior_pool_file = config_dict.placeholder(str)
   config.generator.eval_accuracy_targets = 3  # targets whose single path is validated per epoch
   # Which generator generator.msgpack holds (all three are kept in their own files):
   # best_avg (the reference: best top-1 at the middle target among epochs whose FLOPs

@@ -1,5 +1,7 @@
 """SGNAS: FLOPs table and loss, sampling, the unified supernet, the generator."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,15 +112,60 @@ def test_flops_loss_hand_cases(flops, expected):
   assert float(loss) == pytest.approx(expected, rel=1e-4, abs=1e-12)
 
 
-def test_prior_pool_tracks_targets():
+def test_pool_keys_are_the_references():
+  # pool_size 1 (the reference default): one prior, at the middle of the range.
+  np.testing.assert_allclose(flops_lib.pool_keys(270, 450, 1), [360])
+  np.testing.assert_allclose(flops_lib.pool_keys(80, 120, 1), [100])
+  # range(low + d, high - 1, d) with d = (high - low) // (pool_size + 1):
+  np.testing.assert_allclose(flops_lib.pool_keys(270, 450, 2), [330, 390])
+  np.testing.assert_allclose(flops_lib.pool_keys(80, 120, 3), [90, 100, 110])
+
+
+def test_pool_sampling_bounds():
   lay = layout_lib.make_layout('cifar', 32, 3, 100)
   table = flops_lib.lookup_table(lay)
-  grid = np.arange(80.0, 120.0, 5.0)
-  choices, mflops = flops_lib.prior_pool(lay, table, grid, seed=0, samples=2000)
-  assert choices.shape == (8, 19, 6) and np.all(choices[..., 0] != SKIP)
-  assert np.max(np.abs(mflops - grid)) < 1.0   # 2000 samples cover the range densely
-  np.testing.assert_allclose(
-      [flops_lib.architecture_macs(c, table) / 1e6 for c in choices], mflops)
+  keys = flops_lib.pool_keys(80, 120, 3)
+  choices, mflops = flops_lib.sample_prior_pool(lay, table, keys, 1.0, seed=0)
+  assert choices.shape == (3, 19, 6)
+  assert np.all(np.abs(mflops - keys) <= 1.0)
+  np.testing.assert_allclose([flops_lib.architecture_macs(c, table) / 1e6 for c in choices],
+                             mflops)
+  # Every layer: expansion e in 2..6 on groups 0..e-1 (each a kernel), the rest skipped.
+  draws = np.concatenate([choices, flops_lib.contiguous_architectures(
+      lay, 500, np.random.default_rng(0))])
+  e = layout_lib.expansions(draws)
+  assert set(np.unique(e)) == {2, 3, 4, 5, 6}
+  active = np.arange(6) < e[..., None]
+  assert np.all(draws[active] != SKIP) and np.all(draws[~active] == SKIP)
+  assert set(np.unique(draws[active])) == {0, 1, 2}
+  # Same seed, same pool.
+  again, _ = flops_lib.sample_prior_pool(lay, table, keys, 1.0, seed=0)
+  np.testing.assert_array_equal(choices, again)
+  with pytest.raises(ValueError, match=r'generator.pool_bias=1.0: none of 8192 random priors'):
+    flops_lib.sample_prior_pool(lay, table, [20.0], 1.0, seed=0, max_draws=8192)
+
+
+def test_prior_of_is_the_nearest_key():
+  grid = search.Targets(grid=np.arange(270, 450, 5.0), low=270.0, high=450.0,
+                        prior=np.stack([np.zeros((2, 6, 4)), np.ones((2, 6, 4))]),
+                        keys=np.array([330.0, 390.0]))
+  assert float(grid.prior_of(359.0).sum()) == 0 and float(grid.prior_of(361.0).sum()) == 48
+  assert float(grid.prior_of(270.0).sum()) == 0 and float(grid.prior_of(449.0).sum()) == 48
+
+
+def test_reference_prior_pool_file(tmp_path):
+  lay = layout_lib.make_layout('digits', 8, 1, 10)
+  choices = np.array([[0, 1, 2, SKIP, SKIP, SKIP]] * 3 + [[2, 2, SKIP, SKIP, SKIP, SKIP]] * 3)
+  path = tmp_path / 'prior_pool.json'
+  # The reference's format: "<MFLOPs>": L rows of 24 one-hot floats.
+  path.write_text(json.dumps({'0.3': layout_lib.one_hot(choices).reshape(6, 24).tolist()}))
+  keys, read = search.read_prior_pool(str(path), lay)
+  np.testing.assert_array_equal(keys, [0.3])
+  np.testing.assert_array_equal(read[0], choices)
+  path.write_text(json.dumps({'360': np.zeros((19, 24)).tolist()}))
+  with pytest.raises(search.ConfigError, match=r"prior_pool_file=.*prior '360' has shape "
+                                               r"\(19, 24\); expected 6 rows of 24 one-hot"):
+    search.read_prior_pool(str(path), lay)
 
 
 # ------------------------------------------------------------------ sampling
@@ -350,6 +397,15 @@ def test_config_errors_name_the_field():
   config = sgnas_digits_search.get_config()
   config.search.num_paths = 0
   with pytest.raises(search.ConfigError, match='search.num_paths=0'):
+    search.validate_config(config)
+  config = sgnas_digits_search.get_config()
+  config.generator.prior_pool_file = '/nonexistent/prior_pool.json'
+  with pytest.raises(search.ConfigError, match=r"generator.prior_pool_file='/nonexistent/"
+                                               r"prior_pool.json' is not a file"):
+    search.validate_config(config)
+  config = sgnas_digits_search.get_config()
+  config.generator.pool_size = 0
+  with pytest.raises(search.ConfigError, match='generator.pool_size=0 must be an integer >= 1'):
     search.validate_config(config)
   config = sgnas_digits_search.get_config()
   config.generator.selection = 'best_tau'

@@ -1,5 +1,5 @@
 """FLOPs of SGNAS architectures: the lookup table, exact and expected FLOPs, the
-FLOPs loss and the prior pool.
+FLOPs loss and the prior pool's sampling.
 
 FLOPs are multiply-adds of the convs and the linear layer (BatchNorm,
 activations, pooling and residual additions not counted), the convention of
@@ -110,14 +110,57 @@ def macs_range(table: Table) -> Tuple[int, int]:
   return (int(table.base + per_layer_min.sum()), int(table.base + per_layer_max.sum()))
 
 
-def prior_pool(layout: layout_lib.Layout, table: Table, targets_mflops, seed: int,
-               samples: int = 4000) -> Tuple[np.ndarray, np.ndarray]:
-  """The prior architectures of the generator: for each target, the architecture
-  of `samples` random ones (seeded) whose FLOPs are nearest. Returns (choices
-  (T, L, 6), MFLOPs (T,)) for the targets in order."""
-  rng = np.random.default_rng([seed, 11])
-  candidates = random_architectures(layout, samples, rng)
+PRIOR_EXPANSIONS = (2, 6)  # The reference draws each prior layer's expansion from U{2..6}.
+
+
+def pool_keys(low: float, high: float, pool_size: int) -> np.ndarray:
+  """The FLOPs keys of a prior pool of `pool_size` priors: evenly inside (low,
+  high), low + k·(high - low)/(pool_size + 1) for k = 1..pool_size (one key
+  for the default pool_size 1: the middle). The reference floors the interval
+  to whole MFLOPs; the keys are the same whenever pool_size + 1 divides
+  high - low, as for its ImageNet (270, 450) and CIFAR (80, 120) ranges."""
+  interval = (high - low) / (pool_size + 1)
+  return np.round(low + interval * np.arange(1, pool_size + 1), 6)  # 0.3, not 0.30000000000000004
+
+
+def contiguous_architectures(layout: layout_lib.Layout, count: int,
+                             rng: np.random.Generator) -> np.ndarray:
+  """(count, L, 6) random architectures as the reference draws priors: per
+  layer an expansion e ~ U{2..6}; groups 0..e-1 each take a kernel uniformly
+  from {3, 5, 7}, groups e..5 skip."""
+  shape = (count, layout.num_layers, layout_lib.GROUPS)
+  low, high = PRIOR_EXPANSIONS
+  expansion = rng.integers(low, high + 1, shape[:2])
+  kernels = rng.integers(0, len(layout_lib.KERNELS), shape)
+  skipped = np.arange(layout_lib.GROUPS) >= expansion[..., None]
+  return np.where(skipped, layout_lib.SKIP, kernels).astype(np.int32)
+
+
+def sample_prior_pool(layout: layout_lib.Layout, table: Table, keys, bias: float, seed: int,
+                      max_draws: int = 1_000_000,
+                      batch: int = 4096) -> Tuple[np.ndarray, np.ndarray]:
+  """The reference's prior pool: for each key (MFLOPs) the first seeded
+  `contiguous_architectures` draw whose FLOPs lie within `bias` of the key
+  (inclusive). Returns (choices (K, L, 6), MFLOPs (K,)); ValueError naming
+  generator.pool_bias when no draw of `max_draws` lands within it."""
+  rng = np.random.default_rng([seed, 13])
   rows = np.arange(layout.num_layers)[None, :, None]
-  mflops = (table.base + table.per_group[rows, candidates].sum((1, 2))) / MEGA
-  picks = [int(np.argmin(np.abs(mflops - t))) for t in targets_mflops]
-  return candidates[picks], mflops[picks]
+  picks, picked_mflops = [], []
+  for key in np.asarray(keys, np.float64):
+    seen_low, seen_high, drawn = np.inf, -np.inf, 0
+    while drawn < max_draws:
+      candidates = contiguous_architectures(layout, batch, rng)
+      mflops = (table.base + table.per_group[rows, candidates].sum((1, 2))) / MEGA
+      hits = np.flatnonzero(np.abs(mflops - key) <= bias)
+      if hits.size:
+        picks.append(candidates[hits[0]])
+        picked_mflops.append(mflops[hits[0]])
+        break
+      drawn += batch
+      seen_low, seen_high = min(seen_low, mflops.min()), max(seen_high, mflops.max())
+    else:
+      raise ValueError(
+          f'generator.pool_bias={bias}: none of {drawn} random priors (expansion 2..6, '
+          f'{seen_low:.4g}..{seen_high:.4g} MFLOPs) lies within it of the pool key {key:.6g} '
+          f'MFLOPs; widen generator.pool_bias or move generator.flops_low/flops_high.')
+  return np.stack(picks), np.asarray(picked_mflops)

@@ -131,7 +131,7 @@ def validate_config(config, num_devices: int = 1):
            f'the rest trains the generator).')
   for section, fields in (('search', ('epochs', 'batch_size', 'eval_batch_size', 'num_paths')),
                           ('generator', ('epochs', 'hidden', 'body_layers', 'target_channels',
-                                         'pool_samples'))):
+                                         'pool_size'))):
     for field in fields:
       value = config[section][field]
       _require(config_validation._is_int(value) and value >= 1,  # pylint: disable=protected-access
@@ -145,6 +145,10 @@ def validate_config(config, num_devices: int = 1):
   for field in ('learning_rate', 'tau_initial', 'flops_step', 'selection_flops_step',
                 'selection_max_flops_loss'):
     _require(g[field] > 0, f'generator.{field}={g[field]!r} must be > 0.')
+  _require(g.pool_bias > 0, f'generator.pool_bias={g.pool_bias!r} must be > 0 (MFLOPs).')
+  _require(g.prior_pool_file is None or os.path.isfile(g.prior_pool_file),
+           f'generator.prior_pool_file={g.prior_pool_file!r} is not a file (a prior_pool.json '
+           f'in the reference format, or None to draw the pool).')
   _require(g.soft_bn in supernet_lib.SOFT_BN_MODES,
            f'generator.soft_bn={g.soft_bn!r} is not one of {supernet_lib.SOFT_BN_MODES}.')
   _require(g.selection in SELECTION_RULES,
@@ -253,18 +257,20 @@ def make_path_eval_step(model, config, axis_name: Optional[str] = None) -> Calla
 
 @dataclasses.dataclass(frozen=True)
 class Targets:
-  """The target grid, its prior architectures and the FLOPs table, as arrays."""
-  grid: np.ndarray        # (T,) MFLOPs
-  prior: np.ndarray       # (T, L, 6, 4) one-hot prior architectures
+  """The target grid and the prior pool, as arrays."""
+  grid: np.ndarray        # (T,) training targets, MFLOPs
+  prior: np.ndarray       # (K, L, 6, 4) one-hot prior architectures
   low: float
   high: float
+  keys: Optional[np.ndarray] = None  # (K,) the priors' FLOPs keys; None: one per grid target
 
   def normalised(self, target):
     return (target - self.low) / (self.high - self.low)
 
   def prior_of(self, target):
-    """The prior of the grid target nearest `target` (traced or not)."""
-    return jnp.asarray(self.prior)[jnp.argmin(jnp.abs(jnp.asarray(self.grid) - target))]
+    """The prior whose key is nearest `target` (traced or not; the first on ties)."""
+    keys = self.grid if self.keys is None else self.keys
+    return jnp.asarray(self.prior)[jnp.argmin(jnp.abs(jnp.asarray(keys) - target))]
 
 
 def make_generator_step(supernet, generator, config, table: flops_lib.Table, grid: Targets,
@@ -514,25 +520,81 @@ def _write_json(path: str, value):
   rundir.write_atomic(path, json.dumps(value, indent=1) + '\n')
 
 
-def _pool(config, layout, table, root: str, main: bool, fresh: bool = False) -> Targets:
-  """The prior pool (written once; a resumed run reads the same one back; `fresh`:
-  a new run draws it again, over one a run stopped before its first checkpoint left)."""
-  path = os.path.join(root, POOL_FILE)
-  if os.path.exists(path) and not fresh:
+def _pool_key(key: float) -> str:
+  """A pool key as the reference writes it: '360' for whole MFLOPs."""
+  return str(int(key)) if float(key).is_integer() else repr(float(key))
+
+
+def read_prior_pool(path: str, layout: layout_lib.Layout,
+                    field: str = 'generator.prior_pool_file'):
+  """(keys (K,), choices (K, L, 6)) of a prior_pool.json in the reference's
+  format: {"<MFLOPs>": L x 24 one-hot rows, groups of [k3, k5, k7, skip]}."""
+  try:
     with open(path) as f:
       record = json.load(f)
-    grid, choices = np.asarray(record['targets']), np.asarray(record['choices'], np.int32)
-  else:
-    grid = targets(config)
-    choices, mflops = flops_lib.prior_pool(layout, table, grid, config.seed,
-                                           config.generator.pool_samples)
-    if main:
-      _write_json(path, {'targets': grid.tolist(), 'mflops': mflops.tolist(),
-                         'choices': choices.tolist(),
-                         'architectures': [layout_lib.to_string(c) for c in choices]})
+  except (OSError, json.JSONDecodeError) as e:
+    raise ConfigError(f'{field}={path!r} cannot be read as JSON ({e}).') from None
+  width = layout_lib.GROUPS * layout_lib.NUM_CHOICES
+  if not isinstance(record, dict) or not record:
+    raise ConfigError(f'{field}={path!r}: expected a JSON object '
+                      f'{{"<MFLOPs>": {layout.num_layers} rows of {width} one-hot values}}.')
+  keys, choices = [], []
+  for key, rows in sorted(record.items(), key=lambda item: float(item[0])):
+    try:
+      arr = np.asarray(rows, np.float64)
+      keys.append(float(key))
+    except (TypeError, ValueError):
+      raise ConfigError(f'{field}={path!r}: entry {key!r} is not "<MFLOPs>": '
+                        f'a numeric array.') from None
+    if arr.shape != (layout.num_layers, width) or not np.all(
+        arr.reshape(-1, layout_lib.NUM_CHOICES).sum(-1) == 1):
+      raise ConfigError(f'{field}={path!r}: prior {key!r} has shape {arr.shape}; expected '
+                        f'{layout.num_layers} rows of {width} one-hot values (layout '
+                        f'{layout.name!r}).')
+    try:
+      choices.append(layout_lib.check_choices(
+          arr.reshape(layout.num_layers, layout_lib.GROUPS, -1).argmax(-1), layout,
+          f'{field} prior {key!r}'))
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  return np.asarray(keys), np.stack(choices)
+
+
+def _pool(config, layout, table, root: str, main: bool, fresh: bool = False) -> Targets:
+  """The prior pool (written once; a resumed run reads the same one back; `fresh`:
+  a new run draws it again, over one a run stopped before its first checkpoint left).
+
+  As the reference: `generator.pool_size` keys evenly inside the target range
+  (one, the middle, by default), each with a prior drawn by
+  `flops_lib.sample_prior_pool` within `generator.pool_bias` MFLOPs of it; or
+  the pool of `generator.prior_pool_file`. Written in the reference's format."""
   g = config.generator
-  return Targets(grid=grid.astype(np.float32), prior=layout_lib.one_hot(choices),
-                 low=float(g.flops_low), high=float(g.flops_high))
+  path = os.path.join(root, POOL_FILE)
+  if os.path.exists(path) and not fresh:
+    keys, choices = read_prior_pool(path, layout, path)
+  else:
+    if g.prior_pool_file:
+      keys, choices = read_prior_pool(g.prior_pool_file, layout)
+    else:
+      keys = flops_lib.pool_keys(g.flops_low, g.flops_high, g.pool_size)
+      try:
+        choices, _ = flops_lib.sample_prior_pool(layout, table, keys, g.pool_bias, config.seed)
+      except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if main:  # Compact, as the reference's.
+      rundir.write_atomic(path, json.dumps({
+          _pool_key(k): layout_lib.one_hot(c).reshape(layout.num_layers, -1).tolist()
+          for k, c in zip(keys, choices)}) + '\n')
+  return Targets(grid=targets(config).astype(np.float32), prior=layout_lib.one_hot(choices),
+                 low=float(g.flops_low), high=float(g.flops_high),
+                 keys=np.asarray(keys, np.float32))
+
+
+def describe_pool(grid: Targets, table: flops_lib.Table) -> str:
+  """One line per prior: its key, its FLOPs and its architecture."""
+  choices = np.argmax(grid.prior, -1)
+  return '; '.join(f'{key:.6g}: {flops_lib.architecture_macs(c, table) / 1e6:.6g} MFLOPs '
+                   f'{layout_lib.to_string(c)}' for key, c in zip(grid.keys, choices))
 
 
 # Fields a resumed run may raise: the supernet's epochs only before the generator
@@ -598,6 +660,9 @@ def search(config, workdir: str) -> Dict[str, Any]:
                  'min': low, 'max': high})
   grid = _pool(config, layout, table, paths.root, main,
                fresh=not rundir.has_checkpoints(paths.checkpoints))
+  if main:
+    print(f'prior pool ({os.path.join(paths.root, POOL_FILE)}): {describe_pool(grid, table)}',
+          flush=True)
 
   train_iter = input_pipeline.DevicePrefetch(inputs.train)
   held_out_iter = input_pipeline.DevicePrefetch(inputs.arch)
@@ -781,6 +846,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
       'layout': layout.name, 'supernet_weights': n_weights,
       'flops_range_mflops': [x / 1e6 for x in flops_lib.macs_range(table)],
       'targets_mflops': [round(float(t), 6) for t in grid.grid],
+      'prior_pool': describe_pool(grid, table),
       'supernet': {'epochs': s.epochs, 'steps': s.epochs * spe,
                    'step_seconds': (meta['step_seconds'] / meta['steps_run']
                                     if meta.get('steps_run') else None),

@@ -71,9 +71,10 @@ def run(config, devices):
   host = jax.device_get(parallel.unreplicate(state))
 
   grid_values = search.targets(config)
-  prior, _ = flops_lib.prior_pool(lay, table, grid_values, 0, 500)
+  keys = flops_lib.pool_keys(config.generator.flops_low, config.generator.flops_high, 2)
+  prior, _ = flops_lib.sample_prior_pool(lay, table, keys, config.generator.pool_bias, 0)
   grid = search.Targets(grid_values.astype(np.float32), layout_lib.one_hot(prior),
-                        float(grid_values[0]), float(grid_values[-1]))
+                        float(grid_values[0]), float(grid_values[-1]), keys)
   gen = generator_lib.Generator(8, 1)
   gen_params = gen.init(jax.random.PRNGKey(1), grid.prior[:1], jnp.zeros((1,)))
   gtx = search.generator_optimizer(config)
