@@ -1,4 +1,4 @@
-"""Step-throughput benchmark of a search config or a training config.
+r"""Step-throughput benchmark of a search config or a training config.
 
   python -m launch.benchmark --config=configs/cifar10_search.py \
       [--batch_size=64] [--measure=weight_step,arch_step,bilevel_step,pipeline,fed_step] \
@@ -13,17 +13,16 @@ Prints one JSON line per measurement on stdout as soon as it is measured
 
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from launch import common
 from pcdarts_jax import benchmark
 from pcdarts_jax import config_validation
 from pcdarts_jax import trainer
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Search config file.',
-                                          lock_config=True)
+_CONFIG = common.define_config_flag('Search or training')
 _MEASURE = flags.DEFINE_list('measure', list(benchmark.MEASUREMENTS),
                              f'Measurements: of a search config any of {benchmark.MEASUREMENTS}; '
                              f'of a training config any of {benchmark.TRAIN_MEASUREMENTS} '
@@ -43,7 +42,6 @@ _TRACE_DIR = flags.DEFINE_string(
 _DEVICE_LOCK = flags.DEFINE_string(
     'device_lock', None, 'Lock this file while stepping (warm-up and timed steps): several '
     'benchmarks sharing one accelerator then compile at the same time and step one at a time.')
-flags.mark_flags_as_required(['config'])
 
 
 def _is_out_of_memory(error: Exception) -> bool:
@@ -52,8 +50,7 @@ def _is_out_of_memory(error: Exception) -> bool:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  common.no_arguments(argv)
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
@@ -120,4 +117,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.app_run(main, __doc__, [common.SEARCH, common.TRAIN], required=['config'])

@@ -1,4 +1,4 @@
-"""Top-1/top-5 error on the test split of a trained network; one JSON line on stdout.
+r"""Top-1/top-5 error on the test split of a trained network; one JSON line on stdout.
 
   python -m launch.evaluate --config=configs/digits_train.py --workdir=/tmp/train
   python -m launch.evaluate --config=configs/sgnas_digits_train.py \
@@ -7,7 +7,8 @@
       --torch_checkpoint=weights.pt
 
 --workdir: the newest checkpoint of a launch.train run (its genotype.json names
-the DARTS cells or the SGNAS architecture). --torch_checkpoint: a reference
+the DARTS cells or the SGNAS architecture; --config.genotype is refused with
+it, since the weights belong to that architecture). --torch_checkpoint: a reference
 DARTS / PC-DARTS evaluation network (`torch.save(model.state_dict())`, or a
 checkpoint dict with a `state_dict` entry), read with torch; a .npz of the same
 arrays needs no torch.
@@ -15,31 +16,42 @@ Exit status 2 on a config, data or checkpoint error.
 """
 
 import json
+import os
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
+from launch import common
 from pcdarts_jax import config_validation
 from pcdarts_jax import data
+from pcdarts_jax import rundir
 from pcdarts_jax import torch_import
 from pcdarts_jax import trainer
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Train config file.',
-                                          lock_config=True)
+_CONFIG = common.define_config_flag('Training')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A launch.train workdir.')
 _TORCH = flags.DEFINE_string('torch_checkpoint', None,
                              'A PyTorch state_dict (.pt/.pth/.tar) or a .npz of its arrays.')
-flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  common.no_arguments(argv)
   if (_WORKDIR.value is None) == (_TORCH.value is None):
-    raise app.UsageError('Give exactly one of --workdir and --torch_checkpoint.')
+    common.fail('give exactly one of --workdir (a launch.train run) and --torch_checkpoint.')
+  if _TORCH.value is not None and not os.path.isfile(_TORCH.value):
+    common.fail(f'--torch_checkpoint={_TORCH.value!r}: no such file.')
+  if _WORKDIR.value is not None:
+    # The checkpoint's weights belong to the architecture they were trained with.
+    if 'config.genotype' in flags.FLAGS:
+      common.fail('--config.genotype does not go with --workdir: a launch.train checkpoint '
+                  'is evaluated with the architecture it was trained with (its '
+                  'genotype.json); drop --config.genotype, or evaluate other weights with '
+                  '--torch_checkpoint.')
+    checkpoints = os.path.join(_WORKDIR.value, 'checkpoints')
+    if not rundir.has_checkpoints(checkpoints):
+      common.fail(f'--workdir={_WORKDIR.value!r} holds no checkpoint ({checkpoints}); give '
+                  f'the workdir of a launch.train run.')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO.
   try:
@@ -53,4 +65,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.app_run(main, __doc__, [common.TRAIN], required=['config'])

@@ -1,4 +1,4 @@
-"""Architecture search from a config file; an existing workdir is resumed.
+r"""Architecture search from a config file; an existing workdir is resumed.
 
   python -m launch.search --config=configs/digits_search.py --workdir=/tmp/run \
       [--config.search.epochs=2 ...]
@@ -16,8 +16,6 @@ hosts: run the same command on each with --coordinator_address=HOST0:PORT
 --num_processes=N --process_id=I.
 """
 
-from absl import app
-
 from launch import common
 from pcdarts_jax import loop
 
@@ -25,10 +23,11 @@ _CONFIG, _WORKDIR = common.define_run_flags('Search')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  common.run(lambda: loop.search(_CONFIG.value, _WORKDIR.value), loop.SearchInterrupted)
+  common.no_arguments(argv)
+  common.check_output_workdir(_WORKDIR.value)
+  common.run(lambda: loop.search(common.run_config(_WORKDIR.value), _WORKDIR.value),
+             loop.SearchInterrupted)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.app_run(main, __doc__, [common.SEARCH], required=['config', 'workdir'])

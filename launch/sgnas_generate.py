@@ -1,4 +1,4 @@
-"""The architecture an SGNAS search's generator gives for a FLOPs budget.
+r"""The architecture an SGNAS search's generator gives for a FLOPs budget.
 
   python -m launch.sgnas_generate --config=configs/sgnas_digits_search.py \
       --workdir=/tmp/sgd --target_flops=0.3 [--output=/tmp/arch.json]
@@ -14,27 +14,23 @@ import json
 import os
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
+from launch import common
 from pcdarts_jax import config_validation
 from pcdarts_jax import rundir
 from pcdarts_jax.sgnas import layout as layout_lib
 from pcdarts_jax.sgnas import search
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'The SGNAS search config.',
-                                          lock_config=True)
+_CONFIG = common.define_config_flag('The SGNAS search')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The finished SGNAS search directory.')
 _TARGET = flags.DEFINE_float('target_flops', None, 'The budget in MFLOPs (multiply-adds).')
 _OUTPUT = flags.DEFINE_string('output', None, 'Where to write the architecture JSON.')
-flags.mark_flags_as_required(['config', 'workdir', 'target_flops'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  common.no_arguments(argv)
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   try:
@@ -54,4 +50,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.app_run(main, __doc__, [common.SGNAS_SEARCH],
+                 required=['config', 'workdir', 'target_flops'])

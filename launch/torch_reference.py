@@ -5,8 +5,8 @@
                                    [--device=cuda]
 
 The PC-DARTS CIFAR search supernet in PyTorch, written from the reference's
-definition (../shared/SPEC.md: op order, affine-free BatchNorms, partial
-channels K=4, 2x2 bypass pool, channel shuffle, edge normalization), timed like
+definition (op order, affine-free BatchNorms, partial channels K=4, 2x2
+bypass pool, channel shuffle, edge normalization), timed like
 launch.benchmark times its steps: the weight step (forward, backward, clip 5,
 SGD), the first-order arch step (Adam on the arch batch; the backward also
 fills the weights' gradients, as in the reference) and the two in a row, train
@@ -20,9 +20,10 @@ import resource
 import sys
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
+
+from launch import common
 
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Batch size.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per measurement.')
@@ -231,8 +232,7 @@ def measure(batch_size: int, steps: int, warmup: int, threads: int, init_channel
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  common.no_arguments(argv)
   for result in measure(_BATCH.value, _STEPS.value, _WARMUP.value, _THREADS.value,
                         _CHANNELS.value, _LAYERS.value, _DEVICE.value):
     print(json.dumps(result, sort_keys=True), flush=True)
@@ -243,4 +243,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.app_run(main, __doc__)

@@ -1,4 +1,4 @@
-"""Train an evaluation network from scratch; an existing workdir is resumed.
+r"""Train an evaluation network from scratch; an existing workdir is resumed.
 
   python -m launch.train --config=configs/digits_train.py --workdir=/tmp/train \
       [--config.genotype=DARTS_V2 --config.train.epochs=2 ...]
@@ -11,8 +11,6 @@ or workdir error (nothing was written). Uses every local device; several hosts
 as for launch/search.py (--coordinator_address, --num_processes, --process_id).
 """
 
-from absl import app
-
 from launch import common
 from pcdarts_jax import trainer
 
@@ -20,11 +18,11 @@ _CONFIG, _WORKDIR = common.define_run_flags('Train')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  common.run(lambda: trainer.train(_CONFIG.value, _WORKDIR.value),
+  common.no_arguments(argv)
+  common.check_output_workdir(_WORKDIR.value)
+  common.run(lambda: trainer.train(common.run_config(_WORKDIR.value), _WORKDIR.value),
              trainer.TrainingInterrupted)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.app_run(main, __doc__, [common.TRAIN], required=['config', 'workdir'])

@@ -62,6 +62,8 @@ def render_graph(g, path: str, formats: Sequence[str] = ('png', 'svg')) -> List[
   written = [path + '.gv']
   with open(written[0], 'w') as f:
     f.write(g.source)
+  if not formats:
+    return written
   if not have_dot():
     if not _warned_no_dot:
       logging.warning('graphviz `dot` not found: writing cell pictures as .gv source only '
@@ -95,9 +97,24 @@ def edge_labels(steps: int = 4) -> List[str]:
   return labels
 
 
+def percent_from_uniform(weights: np.ndarray) -> np.ndarray:
+  """Each op weight as percent above (+) or below (-) the uniform weight of its
+  edge (1 / the ops left on it; pruned ops have weight 0 and stay 0). Early in a
+  search every weight rounds to 1/8 = 0.12-0.13; this is what tells them apart."""
+  weights = np.asarray(weights, np.float64)
+  kept = np.maximum((weights > 0).sum(-1, keepdims=True), 1)
+  return np.where(weights > 0, (weights * kept - 1.0) * 100.0, 0.0)
+
+
+def percent_labels(percent: np.ndarray) -> np.ndarray:
+  """'+3.2%' / '-41%': one decimal while small, where early searches differ."""
+  return np.vectorize(lambda p: f'{p:+.1f}%' if abs(p) < 10 else f'{p:+.0f}%')(percent)
+
+
 def arch_heatmap(arch: Mapping[str, np.ndarray], primitives: Sequence[str], steps: int,
                  path: str, title: Optional[str] = None) -> str:
-  """PNG of softmax(alphas) per edge for both cells, and the normalised betas."""
+  """PNG of softmax(alphas) per edge for both cells, as percent from uniform
+  (red above, blue below), and the normalised betas."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -112,14 +129,16 @@ def arch_heatmap(arch: Mapping[str, np.ndarray], primitives: Sequence[str], step
   labels = edge_labels(steps)
   for c, cell in enumerate(cells):
     ax = axes[c * (2 if has_betas else 1)]
-    weights = genotypes.cell_weights(arch[f'alphas_{cell}'])
-    image = ax.imshow(weights, cmap='viridis', aspect='auto')
-    ax.set_title(f'{cell}: softmax(alpha)')
+    percent = percent_from_uniform(genotypes.cell_weights(arch[f'alphas_{cell}']))
+    # Symmetric limits: white is uniform, whatever the spread.
+    limit = max(float(np.abs(percent).max()), 1e-3)
+    image = ax.imshow(percent, cmap='RdBu_r', vmin=-limit, vmax=limit, aspect='auto')
+    ax.set_title(f'{cell}: softmax(alpha), % from uniform')
     ax.set_xticks(range(len(primitives)), primitives, rotation=60, ha='right', fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    for (i, j), w in np.ndenumerate(weights):
-      ax.text(j, i, f'{w:.2f}', ha='center', va='center', fontsize=6,
-              color='white' if w < (weights.min() + weights.max()) / 2 else 'black')
+    for (i, j), text in np.ndenumerate(percent_labels(percent)):
+      ax.text(j, i, text, ha='center', va='center', fontsize=6,
+              color='white' if abs(percent[i, j]) > 0.6 * limit else 'black')
     fig.colorbar(image, ax=ax, fraction=0.05)
     if has_betas:
       ax = axes[c * 2 + 1]
