@@ -5,6 +5,11 @@ statistics, arch values, optimizer states, step, rng), and `meta`, a JSON dict
 (data-iterator positions, partial-epoch metric sums, ...). Orbax writes each
 step into a temporary directory and renames it when complete, so a run killed
 while saving leaves the previous checkpoints intact.
+
+Two ways a checkpoint can fail to restore, told apart: its bytes are unreadable
+(truncated or damaged files; the run falls back to the previous checkpoint and
+moves the bad one aside), or it is intact but holds other arrays than the state
+asked for (another model or config; `CheckpointMismatch`, nothing is moved).
 """
 
 import os
@@ -15,20 +20,31 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+UNREADABLE_DIR = 'checkpoints_unreadable'  # next to the checkpoints directory
+
+
+class CheckpointMismatch(ValueError):
+  """An intact checkpoint whose arrays are not those of the state to restore."""
 
 
 class Checkpoints:
-  """The checkpoints of one run, in `directory/<step>/`."""
+  """The checkpoints of one run, in `directory/<step>/`. read_only: never creates,
+  writes, deletes or moves anything (evaluation of someone's run)."""
 
-  def __init__(self, directory: str, keep: int):
+  def __init__(self, directory: str, keep: int, read_only: bool = False):
     self.directory = os.path.abspath(directory)
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True,
-            # Synchronous: the step donates the state buffers right after a save.
-            enable_async_checkpointing=False),
-        item_names=('state', 'meta'))
+    self.read_only = read_only
+    _drop_closed_loop_callbacks()
+    # Read-only by never saving, deleting or creating (orbax's own read_only
+    # option logs a warning on every use).
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None if read_only else keep, create=not read_only,
+        # Synchronous: the step donates the state buffers right after a save.
+        enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=('state', 'meta'))
 
   def steps(self) -> List[int]:
     return sorted(self._manager.all_steps())
@@ -39,6 +55,8 @@ class Checkpoints:
 
   def save(self, step: int, state: Any, meta: Dict[str, Any]) -> float:
     """Writes checkpoint `step`; returns the seconds it took."""
+    if self.read_only:
+      raise RuntimeError(f'{self.directory} was opened read-only.')
     start = time.time()
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
@@ -48,36 +66,52 @@ class Checkpoints:
   def restore(self, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
     """`abstract_state` is the state's shapes, or a function of the checkpoint's
     meta giving them (the state's layout may depend on it, e.g. a later stage of
-    progressive learning)."""
+    progressive learning); None restores the arrays as saved (nested dicts).
+    Raises CheckpointMismatch when the saved arrays (names, shapes, dtypes) are
+    not those of `abstract_state`, read from the checkpoint's metadata before
+    any array; any other exception means unreadable bytes."""
     if callable(abstract_state):
       meta = self._manager.restore(step, args=ocp.args.Composite(
           meta=ocp.args.JsonRestore()))['meta']
       abstract_state = abstract_state(meta)
+    if abstract_state is not None:
+      saved = ocp.StandardCheckpointHandler().metadata(
+          epath.Path(self.directory) / str(step) / 'state')
+      difference = _difference(_named(saved.tree), _named(abstract_state))
+      if difference:
+        raise CheckpointMismatch(
+            f'checkpoint {step} in {self.directory} holds other arrays than this run '
+            f'expects: {difference}')
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored['state'], restored['meta']
 
   def restore_latest(self, abstract_state: Any) -> Optional[Tuple[int, Any, Dict[str, Any]]]:
-    """Newest checkpoint that restores; unreadable ones are moved aside with a
-    warning (kept for inspection, never deleted). None when there is none."""
+    """Newest checkpoint that restores; None when there is none. One whose bytes
+    are unreadable is moved aside with a warning (kept for inspection, never
+    deleted; left in place when read-only) and the previous one is tried. A
+    checkpoint that reads but does not fit `abstract_state` raises
+    CheckpointMismatch, and nothing is moved."""
     for step in reversed(self.steps()):
       try:
         state, meta = self.restore(step, abstract_state)
-        _check_shapes(state, abstract_state(meta) if callable(abstract_state)
-                      else abstract_state)
         return step, state, meta
+      except CheckpointMismatch:
+        raise
       except Exception as e:  # pylint: disable=broad-except
-        moved = self._quarantine(step)
-        message = (f'warning: checkpoint {step} in {self.directory} cannot be restored '
-                   f'({type(e).__name__}: {str(e)[:200]}); moved to {moved}, trying the '
-                   f'previous one.')
-        print(message, file=sys.stderr, flush=True)
+        reason = f'{type(e).__name__}: {str(e)[:200]}'
+        if self.read_only:
+          where = 'left in place'
+        else:
+          where = f'moved to {self._quarantine(step)}'
+        print(f'warning: checkpoint {step} in {self.directory} cannot be read ({reason}); '
+              f'{where}, trying the previous one.', file=sys.stderr, flush=True)
     return None
 
   def _quarantine(self, step: int) -> str:
     """Moves a bad step out of orbax's directory so that it can be saved again."""
     source = os.path.join(self.directory, str(step))
-    target = os.path.join(os.path.dirname(self.directory), 'checkpoints_unreadable',
+    target = os.path.join(os.path.dirname(self.directory), UNREADABLE_DIR,
                           f'{step}-{int(time.time())}')
     os.makedirs(os.path.dirname(target), exist_ok=True)
     shutil.move(source, target)
@@ -89,11 +123,64 @@ class Checkpoints:
     self._manager.close()
 
 
-def _check_shapes(state, abstract_state):
-  got = jax.tree.map(lambda x: (x.shape, x.dtype), state)
-  want = jax.tree.map(lambda x: (x.shape, x.dtype), abstract_state)
-  if got != want:
-    raise ValueError('restored arrays do not match the model (shapes or dtypes differ)')
+def _leaf_name(path) -> str:
+  """Orbax's name of a leaf: its key path joined by dots (params.cell_0.kernel)."""
+  keys = (getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k))) for k in path)
+  return '.'.join(str(k) for k in keys)
+
+
+def _named(tree) -> Dict[str, Tuple[Tuple[int, ...], str]]:
+  """{leaf name: (shape, dtype)} of arrays, ShapeDtypeStructs or orbax metadata."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_leaf_name(path): (tuple(leaf.shape), str(leaf.dtype)) for path, leaf in leaves}
+
+
+def _difference(saved: Dict[str, Any], wanted: Dict[str, Any]) -> str:
+  """The first array that differs between two `_named` trees, and how many more."""
+  problems = []
+  for name in sorted(set(saved) | set(wanted)):
+    if name not in saved:
+      problems.append(f'{name} {_describe(wanted[name])} is not in the checkpoint')
+    elif name not in wanted:
+      problems.append(f'the checkpoint has {name} {_describe(saved[name])}, which this run '
+                      f'does not')
+    elif saved[name] != wanted[name]:
+      problems.append(f'{name} is {_describe(saved[name])} in the checkpoint, '
+                      f'{_describe(wanted[name])} here')
+  if not problems:
+    return ''
+  more = f' (and {len(problems) - 1} more arrays differ)' if len(problems) > 1 else ''
+  return problems[0] + more
+
+
+def _describe(shape_dtype) -> str:
+  shape, dtype = shape_dtype
+  return f'{dtype}{list(shape)}'
+
+
+def _drop_closed_loop_callbacks():
+  """A restore that fails on one array leaves orbax's reads of the others in
+  flight; orbax closes its event loop at once, and each read that completes
+  afterwards reports `RuntimeError: Event loop is closed` from
+  `call_soon_threadsafe` (hundreds of tracebacks around the one useful warning).
+  Nothing waits for those results: drop exactly these reports, pass on the rest."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop_callbacks', False):
+    return
+
+  def hook(unraisable):
+    error, tb = unraisable.exc_value, unraisable.exc_traceback
+    frames = []
+    while tb is not None:
+      frames.append(tb.tb_frame.f_code.co_name)
+      tb = tb.tb_next
+    if (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+        and 'call_soon_threadsafe' in frames):
+      return
+    previous(unraisable)
+
+  hook.drops_closed_loop_callbacks = True
+  sys.unraisablehook = hook
 
 
 def directory_size(path: str) -> int:

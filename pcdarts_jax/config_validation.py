@@ -3,6 +3,9 @@
 Every error is one line naming the field, its value and what is allowed.
 """
 
+import math
+from typing import Any, Mapping
+
 from pcdarts_jax import architect
 from pcdarts_jax import data
 from pcdarts_jax import genotypes
@@ -198,3 +201,25 @@ def validate_batch_fits(config, train_size: int, arch_size: int):
            f'search.batch_size={b} is larger than the data halves ({train_size} weight / '
            f'{arch_size} arch images with data.train_portion={config.data.train_portion}); '
            f'allowed: 1..{min(train_size, arch_size)}.')
+
+
+def fit_arch_warmup(config, file_config, given: Mapping[str, Any]):
+  """A search shortened on the command line to no more epochs than its config
+  file's arch warm-up (search.epochs given, search.arch_start_epoch not) keeps the
+  warm-up's share of the file's epochs (digits: 4 of 12, a third; never all of
+  them), so that the architecture is still searched; prints a note. Otherwise,
+  and for progressive learning (warm-ups per stage), returns `config` as is."""
+  s, f = config.search, file_config.search
+  if ('search.epochs' not in given or 'search.arch_start_epoch' in given
+      or 'arch_start_epoch' not in s or s.get('stage_epochs')
+      or not (_is_int(s.epochs) and s.epochs >= 1 and _is_int(s.arch_start_epoch))
+      or s.arch_start_epoch < s.epochs):
+    return config
+  warmup = min(math.floor(f.arch_start_epoch / f.epochs * s.epochs + 0.5), s.epochs - 1)
+  fitted = config.copy_and_resolve_references()
+  fitted.search.arch_start_epoch = warmup
+  print(f'note: --config.search.epochs={s.epochs} leaves no epoch for the config\'s arch '
+        f'warm-up (search.arch_start_epoch={s.arch_start_epoch}, of {f.epochs} epochs); it '
+        f'keeps its share: {warmup} epoch(s), arch steps from epoch {warmup + 1}. '
+        f'--config.search.arch_start_epoch=N sets it.', flush=True)
+  return fitted

@@ -330,6 +330,7 @@ def run_epoch_steps(epoch: int, first: int, steps_per_epoch: int, step_fn: Calla
   for i in range(first, steps_per_epoch):
     done = epoch * steps_per_epoch + i + 1
     sums = accumulate(sums, step_fn(done - 1))
+    stop.stepped()  # Compiled and dispatched: a stop signal now gets its checkpoint.
     saving = i + 1 < steps_per_epoch and (stop.received is not None or
                                           bool(every_steps and done % every_steps == 0))
     logging_now = log_every_steps and done % log_every_steps == 0
@@ -408,9 +409,18 @@ def _check_layout(state, shapes):
                        "stage's supernet.")
 
 
+# Fields a resumed run may raise (the run goes on to the new end).
+EXTENDABLE = ('search.epochs',)
+
+
 def _check_workdir(workdir: rundir.Workdir, config):
   """Refuses, before anything is written, a workdir this run must not touch."""
-  rundir.check_resumable(workdir, config, RESUMABLE_CHANGES, 'search')
+  rundir.check_resumable(workdir, config, RESUMABLE_CHANGES, 'search', EXTENDABLE)
+
+
+def _complete(workdir: rundir.Workdir) -> bool:
+  """Whether a finished search wrote its final outputs (a rerun leaves them be)."""
+  return all(os.path.exists(p) for p in (workdir.genotype, workdir.arch, workdir.summary))
 
 
 def _epoch_pictures(workdir: rundir.Workdir, epoch: int, arch_values, genotype, model, writer,
@@ -426,8 +436,8 @@ def _epoch_pictures(workdir: rundir.Workdir, epoch: int, arch_values, genotype, 
       writer.image_png(epoch + 1, f'cells/{kind}', path)
 
 
-def _summary(workdir: rundir.Workdir, genotype, state, meta, steps_run: int, step_seconds: float,
-             n_params: int, ckpt_figures, space) -> Dict[str, Any]:
+def _summary(workdir: rundir.Workdir, genotype, state, meta, n_params: int, ckpt_figures,
+             space) -> Dict[str, Any]:
   records = []
   if os.path.exists(workdir.jsonl):
     with open(workdir.jsonl) as f:
@@ -445,7 +455,8 @@ def _summary(workdir: rundir.Workdir, genotype, state, meta, steps_run: int, ste
       'steps': int(state.step),
       'nonfinite_steps_skipped': int(state.nonfinite_steps),
       'wall_seconds': meta['wall_seconds'],
-      'steps_per_second': steps_run / step_seconds if step_seconds > 0 else None,
+      'steps_per_second': (meta['steps_run'] / meta['step_seconds']
+                           if meta['step_seconds'] > 0 else None),
       'supernet_weights': n_params,
       'resumed_from_steps': meta['resumed_from'],
       'checkpoint': ckpt_figures,
@@ -513,14 +524,13 @@ def search(config, workdir: str) -> genotypes.Genotype:
   checkpoints = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
   meta = {'train_iter': train_iter.state(), 'arch_iter': arch_iter.state(), 'sums': None,
           'wall_seconds': 0.0, 'resumed_from': [], 'stage': 0, 'op_masks': None}
+  total_steps = s.epochs * steps_per_epoch
   restored = checkpoints.restore_latest(stage_abstract_state)
   if restored is None:
     if os.path.exists(paths.jsonl):  # Every checkpoint was unreadable.
       raise config_validation.ConfigError(
           f'--workdir={workdir!r} holds a search but none of its checkpoints could be '
           f'restored (see the warnings above); choose a new workdir.')
-    if main:
-      rundir.write_atomic(paths.config, json.dumps(rundir.config_json(config), indent=2) + '\n')
   else:
     step_done, state, meta = restored
     meta.setdefault('stage', 0)
@@ -529,26 +539,33 @@ def search(config, workdir: str) -> genotypes.Genotype:
       stage = progressive.stages(config)[meta['stage']]
       masks = {k: np.asarray(v) for k, v in meta['op_masks'].items()}
       model = stage_model(stage, masks)
+    if step_done >= total_steps and _complete(paths):
+      checkpoints.close()
+      print(f'the search in {workdir} is already complete ({s.epochs} epochs, checkpoint '
+            f'{step_done}); nothing was changed. Raise --config.search.epochs to search '
+            f'longer.', flush=True)
+      return space.derive(arch_numpy(state), model)
     train_iter.restore(meta['train_iter'])
     arch_iter.restore(meta['arch_iter'])
     meta['resumed_from'] = meta['resumed_from'] + [step_done]
-    if step_done >= s.epochs * steps_per_epoch:
-      where = 'the search had finished; rewriting its final outputs'
+    if step_done >= total_steps:  # Stopped after its last checkpoint, before its outputs.
+      where = 'the search had finished; writing its final outputs'
     else:
       where = (f'epoch {step_done // steps_per_epoch + 1}, step '
                f'{step_done % steps_per_epoch} of {steps_per_epoch}')
     print(f'resuming from checkpoint {step_done} ({where}) in {paths.checkpoints}', flush=True)
   start_step = int(state.step)
   start_epoch = start_step // steps_per_epoch
-  # Epoch lines written after the restored checkpoint are rewritten by this run.
+  # Epoch lines written after the restored checkpoint are rewritten by this run
+  # (records number epochs from 1, as the console does).
   if main and os.path.exists(paths.jsonl):
     with open(paths.jsonl) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)['epoch'] < start_epoch]
+      kept = [line for line in f if line.strip() and json.loads(line)['epoch'] <= start_epoch]
     rundir.write_atomic(paths.jsonl, ''.join(kept))
 
   logging.info('supernet: %d weights; %d steps per epoch', n_params, steps_per_epoch)
   print(f'supernet: {n_params:,} weights, {steps_per_epoch} steps/epoch, '
-        f'{s.epochs} epochs, arch steps from epoch {s.arch_start_epoch}; '
+        f'{s.epochs} epochs, arch steps from epoch {s.arch_start_epoch + 1}; '
         f'{num_devices} device(s) in {jax.process_count()} process(es), '
         f'{s.batch_size // num_devices} images per device', flush=True)
 
@@ -566,7 +583,9 @@ def search(config, workdir: str) -> genotypes.Genotype:
         in_axes=(0, 0, 0, None))
     evaluate_step = parallel.pmap_step(make_eval_step(step_model, config, parallel.AXIS),
                                        in_axes=(0, 0, None), donate_state=False)
-    return bilevel, evaluate_step
+    which = f' of stage {stage.index + 1}' if len(progressive.stages(config)) > 1 else ''
+    return (monitor.announce_compile(bilevel, f'the search step{which}'),
+            monitor.announce_compile(evaluate_step, f'the eval step{which}'))
 
   def next_stage(state, model, stage, masks):
     """Prunes and widens at a stage boundary (outside jit); returns the new
@@ -602,7 +621,10 @@ def search(config, workdir: str) -> genotypes.Genotype:
                                  enabled=config.monitor.tensorboard and main)
   interactive = {'auto': None, 'bar': True, 'lines': False}[config.monitor.progress]
   every = config.checkpoint.every_steps
-  ckpt_figures = {'save_seconds': None, 'size_bytes': None}
+  # Figures of the newest save; a checkpoint's meta holds those of the save before it.
+  ckpt_figures = dict(meta.get('checkpoint') or {'save_seconds': None, 'size_bytes': None})
+  meta.setdefault('steps_run', 0)
+  meta.setdefault('step_seconds', 0.0)
 
   def last_good_checkpoint():
     step = checkpoints.latest_step()
@@ -626,8 +648,13 @@ def search(config, workdir: str) -> genotypes.Genotype:
         f'the data, or set search.skip_nonfinite=True to skip such steps.')
 
   def save(step: int, host_sums):
+    if main and not config_written[0]:
+      # Written with the run's first checkpoint: a workdir stopped before it holds
+      # no run, and a rerun there may use another config.
+      rundir.write_atomic(paths.config, json.dumps(rundir.config_json(config), indent=2) + '\n')
+      config_written[0] = True
     meta.update(train_iter=train_iter.state(), arch_iter=arch_iter.state(),
-                sums=host_sums,
+                sums=host_sums, checkpoint=dict(ckpt_figures),
                 wall_seconds=meta['wall_seconds'] + (time.time() - clock[0]))
     clock[0] = time.time()
     # Host copies: every process passes the same values; orbax writes them once.
@@ -636,8 +663,9 @@ def search(config, workdir: str) -> genotypes.Genotype:
     ckpt_figures['size_bytes'] = checkpoint.directory_size(
         os.path.join(paths.checkpoints, str(step)))
 
+  config_written = [False]
+
   clock = [time.time()]
-  steps_run, step_seconds = 0, 0.0
   derive = lambda arch: space.derive(arch, model)
   genotype = derive(arch_numpy(host_state))
   with rundir.StopSignals() as stop:
@@ -669,8 +697,9 @@ def search(config, workdir: str) -> genotypes.Genotype:
           check_finite=lambda host, _: check_finite(host), save=save,
           interrupted=SearchInterrupted, checkpoint_dir=paths.checkpoints,
           loss_keys=('train_loss_sum', 'train_count'))
-      steps_run += steps_per_epoch - first
-      step_seconds += time.time() - loop_start
+      # The step rate over every session of the run (saved with the epoch's checkpoint).
+      meta['steps_run'] += steps_per_epoch - first
+      meta['step_seconds'] += time.time() - loop_start
 
       train = _summarise(sums, 'train_')
       arch = _summarise(sums, 'arch_')
@@ -681,7 +710,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
       genotype = derive(arch_values)
       lr = float(lr_fn(epoch * steps_per_epoch))
       record = {
-          'epoch': epoch, 'step': int(host_state.step), 'lr': lr,
+          'epoch': epoch + 1, 'step': int(host_state.step), 'lr': lr,
           'train': train, 'arch': arch, 'valid': valid,
           'nonfinite_skipped': float(sums['nonfinite']),
           'seconds': time.time() - epoch_start,
@@ -729,8 +758,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
   rundir.write_atomic(paths.genotype, json.dumps(space.genotype_to_dict(genotype)) + '\n')
   np.savez(paths.arch + '.tmp.npz', **arch_numpy(host_state))
   os.replace(paths.arch + '.tmp.npz', paths.arch)
-  summary = _summary(paths, genotype, host_state, meta, steps_run, step_seconds, n_params,
-                     ckpt_figures, space)
+  summary = _summary(paths, genotype, host_state, meta, n_params, ckpt_figures, space)
   rundir.write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
   print(f'search done ({summary["wall_seconds"]:.1f}s of search in total); genotype written '
         f'to {paths.genotype}', flush=True)

@@ -5,7 +5,7 @@ import json
 import os
 import signal
 import threading
-from typing import Any, Dict, Sequence
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 from pcdarts_jax import config_validation
 
@@ -54,12 +54,24 @@ def has_checkpoints(directory: str) -> bool:
   return os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))
 
 
-def check_resumable(paths: Workdir, config, resumable: Sequence[str], kind: str):
+def saved_config(paths: Workdir) -> Optional[Dict[str, Any]]:
+  """The flattened config.json of the run `paths` holds; None when there is no
+  run to resume (no checkpoint: a config.json without one is from a run stopped
+  before its first checkpoint, and binds nothing)."""
+  if not os.path.exists(paths.config) or not has_checkpoints(paths.checkpoints):
+    return None
+  with open(paths.config) as f:
+    return flatten(json.load(f))
+
+
+def check_resumable(paths: Workdir, config, resumable: Sequence[str], kind: str,
+                    extendable: Sequence[str] = ()):
   """Refuses, before anything is written, a workdir this run must not touch: a
   non-empty one with checkpoint.resume=False, a `kind` run (its log) without a
   checkpoint, or one whose saved config differs outside the `resumable` field
-  prefixes. Raises ConfigError naming what differs."""
-  root, config_path, log_path = paths.root, paths.config, paths.jsonl
+  prefixes. The `extendable` fields (epoch counts) may be raised, never lowered.
+  Raises ConfigError naming what differs."""
+  root, log_path = paths.root, paths.jsonl
   if not os.path.isdir(root) or not os.listdir(root):
     return
   held = sorted(os.listdir(root))
@@ -72,41 +84,141 @@ def check_resumable(paths: Workdir, config, resumable: Sequence[str], kind: str)
     raise config_validation.ConfigError(
         f'--workdir={root!r} already holds a {kind} ({log_path}) but no checkpoint to '
         f'resume it from; choose a new workdir or remove it. Nothing was changed.')
-  if os.path.exists(config_path):
-    with open(config_path) as f:
-      before = flatten(json.load(f))
-    now = flatten(config_json(config))
-    changed = sorted(k for k in set(before) | set(now)
-                     if before.get(k) != now.get(k) and not k.startswith(tuple(resumable)))
-    if changed:
-      details = ', '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in changed[:6])
-      raise config_validation.ConfigError(
-          f'--workdir={root!r} holds a run with a different config ({details}); '
-          f'resuming would mix two runs. Use the original config or a new workdir. '
-          f'Nothing was changed.')
+  before = saved_config(paths)
+  if before is None:
+    return
+  now = flatten(config_json(config))
+  lowered = [k for k in extendable if k in before and _is_number(now.get(k))
+             and now[k] < before[k]]
+  if lowered:
+    raise config_validation.ConfigError(
+        f'{lowered[0]}={now[lowered[0]]!r} is lower than the {before[lowered[0]]!r} of the '
+        f'{kind} in --workdir={root!r}: a resumed run may raise its epochs, not lower '
+        f'them. Nothing was changed.')
+  changed = sorted(k for k in set(before) | set(now)
+                   if before.get(k) != now.get(k)
+                   and not k.startswith(tuple(resumable)) and k not in extendable)
+  if changed:
+    details = ', '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in changed[:6])
+    raise config_validation.ConfigError(
+        f'--workdir={root!r} holds a run with a different config ({details}); '
+        f'resuming would mix two runs. Use the original config or a new workdir. '
+        f'Nothing was changed.')
+  for k in extendable:
+    if k in before and now.get(k) != before[k]:
+      print(f'{k} raised from {before[k]} to {now[k]}: the run goes on to the new end; its '
+            f'schedules (learning rate, temperature, drop-path) span the new total from here '
+            f'on.', flush=True)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def resumed_config(config, workdir: str, given: Iterable[str]):
+  """The config a launcher runs: `config` (its file with the command line's
+  overrides) for a new run; for a workdir holding a run to resume, that run's
+  config.json, with the fields `given` on the command line (dotted names) taken
+  from `config`, so that a resumed run needs none of its overrides retyped.
+  check_resumable then decides whether the given changes may resume the run."""
+  paths = Workdir(workdir, '')
+  saved = saved_config(paths) if config.checkpoint.resume else None
+  if saved is None:
+    return config
+  given = tuple(given)
+  merged = config.copy_and_resolve_references()
+  now = flatten(config_json(merged))
+  taken = []
+  for key, value in saved.items():
+    if key not in now or now[key] == value or any(
+        key == g or key.startswith(g + '.') for g in given):
+      continue
+    *parents, name = key.split('.')
+    holder = merged
+    for parent in parents:
+      holder = holder[parent]
+    holder[name] = _like(holder[name], value)
+    taken.append(key)
+  if taken:
+    print(f'resuming the run in {workdir} with its config.json ({len(taken)} field(s) differ '
+          f'from --config: {", ".join(taken[:4])}{", ..." if len(taken) > 4 else ""}); '
+          f'--config.FIELD=VALUE on the command line changes a field.', flush=True)
+  return merged
+
+
+def _like(current, value):
+  """A JSON value in the type of the config field it replaces (lists -> tuples)."""
+  if isinstance(current, tuple) and isinstance(value, list):
+    return tuple(_like(c, v) for c, v in zip(current + (None,) * len(value), value))
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  return value
 
 
 class StopSignals:
-  """Turns SIGTERM/SIGINT into a flag checked after each step (a second SIGINT
-  interrupts at once). Only in the main thread, where Python allows handlers."""
+  """SIGTERM/SIGINT -> a flag the loop checks after each step: it writes a
+  checkpoint and stops. Before the first step has run (while the step compiles,
+  minutes on a CPU) nothing is unsaved, so a signal exits at once; so does a
+  second SIGINT. Such an exit prints one line and exits with status 128 + the
+  signal (130 for SIGINT, 143 for SIGTERM).
 
-  def __init__(self):
+  Python runs signal handlers only between bytecodes of the main thread, which
+  waits inside XLA's compiler; a watcher thread reads the signal numbers from
+  the interpreter's wakeup fd instead (the compiler releases the GIL). Only in
+  the main thread, where Python allows handlers."""
+
+  def __init__(self, exit_now: Callable[[int], None] = os._exit):  # pylint: disable=protected-access
     self.received = None
+    self._stepped = False
+    self._exit_now = exit_now
     self._previous = {}
+    self._previous_fd = None
+    self._pipe = None
 
-  def _handle(self, signum, frame):
-    if self.received is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.received = signum
-    print(f'\nreceived {signal.Signals(signum).name}: stopping after this step and '
-          f'writing a checkpoint...', flush=True)
+  def stepped(self):
+    """Called after each step: a first signal now waits for the checkpoint."""
+    self._stepped = True
+
+  def _signal(self, signum: int):
+    name = signal.Signals(signum).name
+    if not self._stepped or (self.received is not None and signum == signal.SIGINT):
+      why = ('before the first step, while compiling: nothing to save'
+             if not self._stepped else 'again: the steps since the last checkpoint are lost')
+      print(f'\nreceived {name} {why}; exiting now (status {128 + signum}).', flush=True)
+      self._exit_now(128 + signum)
+      return
+    if self.received is None:
+      self.received = signum
+      print(f'\nreceived {name}: stopping after this step and writing a checkpoint '
+            f'(SIGINT again exits at once)...', flush=True)
+
+  def _watch(self, read_fd: int):
+    while True:
+      data = os.read(read_fd, 64)
+      if not data:  # The write end was closed: the context has exited.
+        os.close(read_fd)
+        return
+      for signum in data:
+        if signum in (signal.SIGINT, signal.SIGTERM):
+          self._signal(signum)
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
+      read_fd, write_fd = os.pipe()
+      os.set_blocking(write_fd, False)
+      self._pipe = write_fd
+      self._previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
       for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
+        # The watcher acts; the handler only keeps Python from raising KeyboardInterrupt.
+        self._previous[sig] = signal.signal(sig, lambda signum, frame: None)
+      threading.Thread(target=self._watch, args=(read_fd,), daemon=True,
+                       name='stop-signals').start()
     return self
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+    if self._pipe is not None:
+      signal.set_wakeup_fd(self._previous_fd)
+      os.close(self._pipe)
+      self._pipe = None

@@ -53,6 +53,8 @@ LR_SCHEDULES = ('cosine', 'linear')
 # The reference's linear decay reaches lr/(epochs - 5) five epochs before the end
 # and then slows down, so the lr does not drop to a relatively large step at 0.
 LINEAR_TAIL_EPOCHS = 5
+# Fields a resumed run may raise (the run goes on to the new end).
+EXTENDABLE = ('train.epochs',)
 # Fields that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ('checkpoint.', 'monitor.', 'train.log_every_steps', 'data.data_dir',
                      'data.manual_dir',
@@ -411,8 +413,8 @@ LOG_NAME = 'train_log.jsonl'  # the per-epoch JSON-lines log in the workdir
 
 def _check_workdir(paths: rundir.Workdir, config, genotype):
   """Refuses, before anything is written, a workdir this run must not touch."""
-  rundir.check_resumable(paths, config, RESUMABLE_CHANGES, 'training run')
-  if os.path.exists(paths.genotype):
+  rundir.check_resumable(paths, config, RESUMABLE_CHANGES, 'training run', EXTENDABLE)
+  if os.path.exists(paths.genotype) and rundir.has_checkpoints(paths.checkpoints):
     try:
       trained = network.resolve_architecture(config, paths.genotype)
     except ValueError as e:
@@ -470,15 +472,19 @@ def train(config, workdir: str) -> Dict[str, Any]:
     if os.path.exists(paths.jsonl):
       raise ConfigError(f'--workdir={workdir!r} holds a training run but none of its '
                         f'checkpoints could be restored (see above); choose a new workdir.')
-    if main:
-      rundir.write_atomic(paths.config, json.dumps(rundir.config_json(config), indent=2) + '\n')
-      rundir.write_atomic(paths.genotype, network.architecture_json(config, genotype) + '\n')
-      if config.monitor.pictures and not network.is_sgnas(config):  # No DARTS cells.
-        visualize.draw_genotype(genotype, os.path.join(paths.plots, 'cell'))
+    if main and config.monitor.pictures and not network.is_sgnas(config):  # No DARTS cells.
+      visualize.draw_genotype(genotype, os.path.join(paths.plots, 'cell'))
   else:
     step_done, state, meta = restored
+    if step_done >= t.epochs * spe and os.path.exists(paths.summary):
+      checkpoints.close()
+      print(f'the training run in {workdir} is already complete ({t.epochs} epochs, '
+            f'checkpoint {step_done}); nothing was changed. Raise --config.train.epochs to '
+            f'train longer.', flush=True)
+      with open(paths.summary) as f:
+        return json.load(f)
     meta['resumed_from'] = meta['resumed_from'] + [step_done]
-    where = ('the run had finished; evaluating and rewriting its summary'
+    where = ('the run had finished; evaluating and writing its summary'
              if step_done >= t.epochs * spe else
              f'epoch {step_done // spe + 1}, step {step_done % spe} of {spe}')
     print(f'resuming from checkpoint {step_done} ({where}) in {paths.checkpoints}',
@@ -486,18 +492,20 @@ def train(config, workdir: str) -> Dict[str, Any]:
   start_step = int(state.step)
   start_epoch = start_step // spe
   if main and os.path.exists(paths.jsonl):  # Epochs after the checkpoint are redone.
-    with open(paths.jsonl) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)['epoch'] < start_epoch]
+    with open(paths.jsonl) as f:  # (records number epochs from 1, as the console does)
+      kept = [line for line in f if line.strip() and json.loads(line)['epoch'] <= start_epoch]
     rundir.write_atomic(paths.jsonl, ''.join(kept))
 
   size_text = (f'{n_params:,} parameters, {macs / 1e6:.6g} MFLOPs' if macs is not None else
                f'{n_params:,} parameters (auxiliary head excluded)')
   print(f'{type(model).__name__} {config.genotype}: {size_text}, {spe} steps/epoch, '
         f'{t.epochs} epochs, {parallel.device_count()} device(s)', flush=True)
-  p_train = parallel.pmap_step(make_train_step(model, config, tx, parallel.AXIS),
-                               in_axes=(0, 0, None, None))
-  p_eval = parallel.pmap_step(make_eval_step(model, config, parallel.AXIS), in_axes=(0, 0),
-                              donate_state=False)
+  p_train = monitor.announce_compile(
+      parallel.pmap_step(make_train_step(model, config, tx, parallel.AXIS),
+                         in_axes=(0, 0, None, None)), 'the train step')
+  p_eval = monitor.announce_compile(
+      parallel.pmap_step(make_eval_step(model, config, parallel.AXIS), in_axes=(0, 0),
+                         donate_state=False), 'the eval step')
   lr_fn = learning_rate_fn(config, spe)
   writer = monitor.SummaryWriter(paths.tensorboard,
                                  enabled=config.monitor.tensorboard and main)
@@ -512,13 +520,21 @@ def train(config, workdir: str) -> Dict[str, Any]:
     return f'checkpoint {step} in {paths.checkpoints}' if step is not None else 'none yet'
 
   def save(step: int, host_sums):
+    if main and not config_written[0]:
+      # Written with the run's first checkpoint: a workdir stopped before it holds
+      # no run, and a rerun there may use another config or genotype.
+      rundir.write_atomic(paths.config, json.dumps(rundir.config_json(config), indent=2) + '\n')
+      rundir.write_atomic(paths.genotype, network.architecture_json(config, genotype) + '\n')
+      config_written[0] = True
     meta.update(sums=host_sums, wall_seconds=meta['wall_seconds'] + time.time() - clock[0])
     clock[0] = time.time()
     checkpoints.save(step, jax.device_get(parallel.unreplicate(replicated)), meta)
 
+  config_written = [False]
   batches = source.train_batches(start_step)
   test = {}
-  steps_run, step_seconds = 0, 0.0
+  meta.setdefault('steps_run', 0)
+  meta.setdefault('step_seconds', 0.0)
   with rundir.StopSignals() as stop:
     for epoch in range(start_epoch, t.epochs):
       epoch_start = time.time()
@@ -545,15 +561,16 @@ def train(config, workdir: str) -> Dict[str, Any]:
           check_finite=lambda host, step: _check_finite(host, step, last_good()), save=save,
           interrupted=TrainingInterrupted, checkpoint_dir=paths.checkpoints,
           accumulate=_accumulate, sums=sums)
-      steps_run += spe - first
-      step_seconds += time.time() - loop_start
+      # The step rate over every session of the run (saved with the epoch's checkpoint).
+      meta['steps_run'] += spe - first
+      meta['step_seconds'] += time.time() - loop_start
 
       train_metrics = _summarise(host_sums, top5=True)
       last_epoch = epoch + 1 == t.epochs
       test = (evaluate(p_eval, replicated, source)
               if last_epoch or (epoch + 1) % t.eval_every_epochs == 0 else {})
       lr = float(lr_fn(epoch * spe))
-      record = {'epoch': epoch, 'step': (epoch + 1) * spe, 'lr': lr,
+      record = {'epoch': epoch + 1, 'step': (epoch + 1) * spe, 'lr': lr,
                 'drop_path_prob': float(drop_prob), 'train': train_metrics, 'test': test,
                 'seconds': time.time() - epoch_start}
       if main:
@@ -584,8 +601,7 @@ def train(config, workdir: str) -> Dict[str, Any]:
   checkpoints.close()
   if not test:  # Resumed after the last epoch: evaluate the final weights again.
     test = evaluate(p_eval, replicated, source)
-  summary = _summary(paths, config, genotype, n_params, test, meta, steps_run, step_seconds,
-                     t.epochs * spe)
+  summary = _summary(paths, config, genotype, n_params, test, meta, t.epochs * spe)
   if macs is not None:
     summary['macs'] = macs
   if main:
@@ -596,8 +612,8 @@ def train(config, workdir: str) -> Dict[str, Any]:
   return summary
 
 
-def _summary(paths: rundir.Workdir, config, genotype, n_params: int, test, meta, steps_run: int,
-             step_seconds: float, steps: int) -> Dict[str, Any]:
+def _summary(paths: rundir.Workdir, config, genotype, n_params: int, test, meta,
+             steps: int) -> Dict[str, Any]:
   records = []
   if os.path.exists(paths.jsonl):
     with open(paths.jsonl) as f:
@@ -615,7 +631,8 @@ def _summary(paths: rundir.Workdir, config, genotype, n_params: int, test, meta,
       'epochs': len(records),
       'steps': steps,
       'wall_seconds': meta['wall_seconds'],
-      'steps_per_second': steps_run / step_seconds if step_seconds > 0 else None,
+      'steps_per_second': (meta['steps_run'] / meta['step_seconds']
+                           if meta['step_seconds'] > 0 else None),
       'resumed_from_steps': meta['resumed_from'],
   }
 
@@ -631,6 +648,39 @@ def _genotype_for(config, workdir: Optional[str]):
   return network.resolve_architecture(config)
 
 
+def _check_train_workdir(workdir: str):
+  """Refuses a workdir that holds no launch.train run (an architecture search)."""
+  if os.path.exists(os.path.join(workdir, LOG_NAME)):
+    return
+  from pcdarts_jax.sgnas import search as sgnas_search  # pylint: disable=g-import-not-at-top
+  searches = {loop.LOG_NAME: f'--config.genotype={workdir}',
+              sgnas_search.SUPERNET_LOG: '--config.genotype=ARCHITECTURE.json (from '
+                                         'launch.sgnas_generate)'}
+  for log, genotype in searches.items():
+    if os.path.exists(os.path.join(workdir, log)):
+      raise ConfigError(
+          f'--workdir={workdir!r} holds an architecture search ({log}), not a launch.train '
+          f'run; train its architecture first (python -m launch.train --config=... '
+          f'{genotype} --workdir=NEW) and evaluate that workdir.')
+
+
+def _config_differences(config, paths: rundir.Workdir) -> str:
+  """'' or ' (the run\'s config.json differs in model.layers: 3 -> 4, ...)': the
+  model and data fields, which decide the network's arrays."""
+  if not os.path.exists(paths.config):
+    return ''
+  with open(paths.config) as f:
+    saved = rundir.flatten(json.load(f))
+  now = rundir.flatten(rundir.config_json(config))
+  changed = sorted(k for k in set(saved) | set(now)
+                   if k.startswith(('model.', 'data.name', 'genotype'))
+                   and saved.get(k) != now.get(k))
+  if not changed:
+    return ''
+  details = ', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in changed[:4])
+  return f" (the run's config.json differs in {details})"
+
+
 def evaluate_checkpoint(config, workdir: Optional[str] = None,
                         torch_state_dict: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
   """Top-1/top-5 error on the test split of the newest checkpoint in a train
@@ -642,6 +692,8 @@ def evaluate_checkpoint(config, workdir: Optional[str] = None,
   if torch_state_dict is not None and network.is_sgnas(config):
     raise ConfigError("a PyTorch state_dict can be read only for the DARTS evaluation "
                       "networks (model.network 'cifar' | 'imagenet'), not 'sgnas'.")
+  if workdir is not None:
+    _check_train_workdir(workdir)
   try:
     genotype = _genotype_for(config, workdir)
   except ValueError as e:
@@ -656,9 +708,15 @@ def evaluate_checkpoint(config, workdir: Optional[str] = None,
     abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=shapes['params'],
                           batch_stats=shapes['batch_stats'],
                           opt_state=jax.eval_shape(optimizer(config, 1).init, shapes['params']))
-    checkpoints = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
-    restored = checkpoints.restore_latest(abstract)
-    checkpoints.close()
+    checkpoints = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep,
+                                         read_only=True)
+    try:
+      restored = checkpoints.restore_latest(abstract)
+    except checkpoint.CheckpointMismatch as e:
+      raise ConfigError(f'{e}{_config_differences(config, paths)}; evaluate with the '
+                        f'config the run was trained with (its {paths.config}).') from None
+    finally:
+      checkpoints.close()
     if restored is None:
       raise ConfigError(f'no checkpoint in {paths.checkpoints} could be restored.')
     step, state, _ = restored
@@ -669,8 +727,9 @@ def evaluate_checkpoint(config, workdir: Optional[str] = None,
     state = TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                        batch_stats=variables['batch_stats'], opt_state=None)
     source_name = 'PyTorch state_dict'
-  p_eval = parallel.pmap_step(make_eval_step(model, config, parallel.AXIS), in_axes=(0, 0),
-                              donate_state=False)
+  p_eval = monitor.announce_compile(
+      parallel.pmap_step(make_eval_step(model, config, parallel.AXIS), in_axes=(0, 0),
+                         donate_state=False), 'the eval step')
   metrics = evaluate(p_eval, parallel.replicate(state), source)
   return {'top1_error': 1.0 - metrics['accuracy'], 'top5_error': 1.0 - metrics['top5_accuracy'],
           'top1_accuracy': metrics['accuracy'], 'top5_accuracy': metrics['top5_accuracy'],

@@ -131,6 +131,35 @@ def test_arch_start_epoch_must_precede_the_end(delta):
   config_validation.validate_search_config(config)
 
 
+@pytest.mark.parametrize('module,epochs,warmup', [
+    (digits_search, 2, 1),    # The README's example: 4 of 12 epochs -> 1 of 2.
+    (digits_search, 1, 0),
+    (digits_search, 4, 1),
+    (cifar10_search, 10, 3),  # 15 of 50 -> 3 of 10.
+])
+def test_a_search_shortened_below_its_warmup_keeps_the_warmup_share(module, epochs, warmup,
+                                                                    capsys):
+  config = module.get_config()
+  config.search.epochs = epochs
+  fitted = config_validation.fit_arch_warmup(config, module.get_config(),
+                                             {'search.epochs': epochs})
+  assert fitted.search.arch_start_epoch == warmup
+  config_validation.validate_search_config(fitted)
+  assert f'arch steps from epoch {warmup + 1}' in capsys.readouterr().out
+  assert config.search.arch_start_epoch == module.get_config().search.arch_start_epoch
+
+
+def test_an_explicit_or_fitting_warmup_is_kept():
+  config = digits_search.get_config()
+  config.search.epochs, config.search.arch_start_epoch = 3, 5  # Both given: refused as is.
+  given = {'search.epochs': 3, 'search.arch_start_epoch': 5}
+  assert config_validation.fit_arch_warmup(config, digits_search.get_config(), given) is config
+  _one_line_error(config, 'search.arch_start_epoch')
+  config.search.epochs, config.search.arch_start_epoch = 6, 4  # Still room: the file's warm-up.
+  assert config_validation.fit_arch_warmup(config, digits_search.get_config(),
+                                           {'search.epochs': 6}) is config
+
+
 def test_unknown_architect():
   config = digits_search.get_config()
   config.search.architect = 'bogus'

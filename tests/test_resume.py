@@ -7,6 +7,7 @@ the first launcher run compiles; the others start in seconds.
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,11 +19,15 @@ import numpy as np
 import pytest
 
 from configs import digits_search
+from configs import digits_train
 from pcdarts_jax import checkpoint
+from pcdarts_jax import config_validation
 from pcdarts_jax import data
 from pcdarts_jax import genotypes
 from pcdarts_jax import loop
 from pcdarts_jax import monitor
+from pcdarts_jax import rundir
+from pcdarts_jax import trainer
 from pcdarts_jax import visualize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,7 +116,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(env, reference, tmp_
   _assert_same_result(workdir, reference)
   with open(os.path.join(workdir, 'genotypes.jsonl')) as f:
     records = [json.loads(line) for line in f]
-  assert [r['epoch'] for r in records] == list(range(EPOCHS))
+  assert [r['epoch'] for r in records] == list(range(1, EPOCHS + 1))  # As on the console.
   with open(os.path.join(workdir, 'summary.json')) as f:
     assert json.load(f)['resumed_from_steps'] == [latest]
 
@@ -151,7 +156,9 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(env, reference, tm
 
   result = _run(env, workdir)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert f'checkpoint {newest} in' in result.stderr and 'cannot be restored' in result.stderr
+  assert f'checkpoint {newest} in' in result.stderr and 'cannot be read' in result.stderr
+  # orbax's reads still in flight after the failure make no noise around the warning.
+  assert 'Event loop is closed' not in result.stderr and 'Traceback' not in result.stderr
   assert f'resuming from checkpoint {previous}' in result.stdout
   moved = os.listdir(os.path.join(workdir, 'checkpoints_unreadable'))
   assert len(moved) == 1 and moved[0].startswith(f'{newest}-')  # Kept, not deleted.
@@ -185,27 +192,152 @@ def test_tensorboard_pictures_and_summary(reference):
   assert sum(ops) == pytest.approx(1.0, abs=1e-5)
 
   plots = os.path.join(reference, 'plots')
-  for epoch in range(1, EPOCHS + 1):
-    # Cell pictures are rendered with graphviz's dot (.ci/run installs it); without
-    # it their .gv sources are written.
-    cells = (('cell_normal.png', 'cell_reduce.png', 'cell_normal.svg') if visualize.have_dot()
-             else ('cell_normal.gv', 'cell_reduce.gv'))
-    for name in ('arch.png',) + cells:
+  with open(os.path.join(reference, 'genotypes.jsonl')) as f:
+    epoch_genotypes = [genotypes.from_dict(json.loads(line)['genotype']) for line in f]
+  assert len(epoch_genotypes) == EPOCHS
+  for epoch, genotype in enumerate(epoch_genotypes, 1):
+    # Cell pictures are rendered with graphviz's dot (.ci/run installs it); their
+    # .gv sources are written with or without it.
+    pictures = (('cell_normal.png', 'cell_reduce.png', 'cell_normal.svg')
+                if visualize.have_dot() else ())
+    for name in ('arch.png',) + pictures:
       path = os.path.join(plots, f'epoch_{epoch:03d}_{name}')
       assert os.path.getsize(path) > 1000, path
       if path.endswith('.png'):
         with open(path, 'rb') as f:
           assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    for kind in ('normal', 'reduce'):  # Each source draws its epoch's cell, edge for edge.
+      with open(os.path.join(plots, f'epoch_{epoch:03d}_cell_{kind}.gv')) as f:
+        source = f.read()
+      names = {0: 'c_{k-2}', 1: 'c_{k-1}'}
+      drawn = re.findall(r'"?([\w{}\-]+)"?\s*->\s*"?(\d+)"?\s*\[label=(\w+)', source)
+      assert sorted(drawn) == sorted((names.get(j, str(j - 2)), str(i // 2), op)
+                                     for i, (op, j) in enumerate(getattr(genotype, kind)))
 
   with open(os.path.join(reference, 'summary.json')) as f:
     summary = json.load(f)
   assert genotypes.from_dict(summary['genotype']) == _genotype(reference)
   assert summary['steps'] == EPOCHS * STEPS_PER_EPOCH and summary['epochs'] == EPOCHS
-  assert summary['last']['epoch'] == EPOCHS - 1
+  assert summary['last']['epoch'] == EPOCHS  # Epochs count from 1, as on the console.
+  with open(os.path.join(reference, 'genotypes.jsonl')) as f:
+    assert summary['best']['epoch'] in [json.loads(line)['epoch'] for line in f]
   assert summary['best']['valid']['accuracy'] >= summary['last']['valid']['accuracy']
   assert summary['steps_per_second'] > 0 and summary['wall_seconds'] > 0
   assert summary['checkpoint']['size_bytes'] > 0
   assert summary['nonfinite_steps_skipped'] == 0 and summary['resumed_from_steps'] == []
+
+
+def _snapshot(root):
+  """Every file under `root` with its bytes and modification time."""
+  files = {}
+  for directory, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(directory, name)
+      with open(path, 'rb') as f:
+        files[os.path.relpath(path, root)] = (f.read(), os.stat(path).st_mtime_ns)
+  return files
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, 'genotypes.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_rerunning_a_finished_search_changes_nothing(env, reference, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(reference, workdir)
+  before = _snapshot(workdir)
+  result = _run(env, workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'is already complete (3 epochs, checkpoint 33); nothing was changed' in result.stdout
+  assert _snapshot(workdir) == before  # summary.json keeps its figures, no new events file.
+
+
+def test_readme_override_then_a_resume_with_one_more_epoch(env, reference, tmp_path):
+  """--config.search.epochs=N below the file's warm-up (4 of 12 epochs) runs, the
+  warm-up keeping its share; the resume retypes no override, raises the epochs by
+  one, and runs exactly that epoch."""
+  workdir = str(tmp_path / 'run')
+  first = subprocess.run(
+      [sys.executable, '-m', 'launch.search', '--config=configs/digits_search.py',
+       f'--workdir={workdir}', '--config.model.init_channels=4', '--config.model.layers=2',
+       f'--config.search.epochs={EPOCHS}', '--config.checkpoint.every_steps=3',
+       '--config.monitor.progress=lines'],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert 'keeps its share: 1 epoch(s), arch steps from epoch 2' in first.stdout
+  _assert_same_result(workdir, reference)  # The reference run sets that warm-up itself.
+  with open(os.path.join(workdir, 'config.json')) as f, \
+       open(os.path.join(reference, 'config.json')) as g:
+    assert json.load(f) == json.load(g)
+
+  longer = subprocess.run(
+      [sys.executable, '-m', 'launch.search', '--config=configs/digits_search.py',
+       f'--workdir={workdir}', f'--config.search.epochs={EPOCHS + 1}'],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert longer.returncode == 0, longer.stderr[-3000:]
+  assert 'with its config.json' in longer.stdout
+  assert f'search.epochs raised from {EPOCHS} to {EPOCHS + 1}' in longer.stdout
+  assert f'resuming from checkpoint {EPOCHS * STEPS_PER_EPOCH}' in longer.stdout
+  epoch_lines = [line for line in longer.stdout.splitlines()
+                 if line.startswith('epoch ') and ' train_loss ' in line]
+  assert len(epoch_lines) == 1 and epoch_lines[0].startswith(f'epoch {EPOCHS + 1}/{EPOCHS + 1} ')
+  records, reference_records = _records(workdir), _records(reference)
+  assert [r['epoch'] for r in records] == list(range(1, EPOCHS + 2))
+  drop = lambda r: {k: v for k, v in r.items() if k != 'seconds'}
+  assert [drop(r) for r in records[:EPOCHS]] == [drop(r) for r in reference_records]
+  # The cosine schedule spans the new total from the resume on (lr_min 0).
+  assert records[-1]['lr'] == pytest.approx(0.1 * (1 + np.cos(np.pi * EPOCHS / (EPOCHS + 1))) / 2)
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    summary = json.load(f)
+  assert summary['epochs'] == EPOCHS + 1 and summary['last']['epoch'] == EPOCHS + 1
+  assert summary['steps'] == (EPOCHS + 1) * STEPS_PER_EPOCH
+  assert summary['resumed_from_steps'] == [EPOCHS * STEPS_PER_EPOCH]
+  assert summary['steps_per_second'] > 0 and summary['checkpoint']['size_bytes'] > 0
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)
+  assert saved['search']['epochs'] == EPOCHS + 1 and saved['model']['init_channels'] == 4
+  steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit())
+  assert steps[-1] == (EPOCHS + 1) * STEPS_PER_EPOCH
+
+
+def test_sigint_while_compiling_exits_at_once_and_binds_no_config(env, tmp_path):
+  workdir = str(tmp_path / 'run')
+  fresh = dict(env, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'empty_cache'))  # It compiles.
+  process = subprocess.Popen(_command(workdir), cwd=REPO, env=fresh, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  for line in process.stdout:
+    if line.startswith('supernet:'):  # Printed just before the step compiles.
+      break
+  time.sleep(0.5)
+  process.send_signal(signal.SIGINT)
+  signalled = time.time()
+  stdout, stderr = process.communicate(timeout=600)
+  waited = time.time() - signalled
+  assert process.returncode == 130, stderr[-3000:]
+  assert waited < 20, waited  # Not the rest of the compile (a minute on a loaded 2-core CPU).
+  assert stdout.strip().splitlines()[-1] == (
+      'received SIGINT before the first step, while compiling: nothing to save; exiting now '
+      '(status 130).')
+  assert 'Traceback' not in stderr
+  held = os.listdir(workdir)
+  assert 'config.json' not in held and 'genotypes.jsonl' not in held
+  other = digits_search.get_config()  # The workdir takes another run.
+  other.search.learning_rate = 0.05
+  rundir.check_resumable(rundir.Workdir(workdir, loop.LOG_NAME), other, loop.RESUMABLE_CHANGES,
+                         'search', loop.EXTENDABLE)
+
+
+def test_evaluate_refuses_a_search_workdir_and_changes_nothing(reference, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(reference, workdir)
+  before = _snapshot(workdir)
+  with pytest.raises(config_validation.ConfigError) as info:
+    trainer.evaluate_checkpoint(digits_train.get_config(), workdir=workdir)
+  message = str(info.value)
+  assert 'holds an architecture search (genotypes.jsonl), not a launch.train run' in message
+  assert f'--config.genotype={workdir}' in message and '\n' not in message
+  assert _snapshot(workdir) == before
 
 
 def test_resume_false_refuses_a_non_empty_workdir(env, reference, tmp_path):
@@ -307,6 +439,9 @@ def test_skip_nonfinite_counts_and_goes_on(tmp_path, monkeypatch):
 
 class _Stop:
   received = None
+
+  def stepped(self):
+    pass
 
 
 class _Progress:

@@ -124,7 +124,7 @@ def test_search_writes_genotypes(tmp_path):
   lines = open(os.path.join(workdir, 'genotypes.jsonl')).read().splitlines()
   assert len(lines) == config.search.epochs
   records = [json.loads(line) for line in lines]
-  assert [r['epoch'] for r in records] == [0, 1]
+  assert [r['epoch'] for r in records] == [1, 2]  # As on the console.
   assert records[0]['arch'] == {} and 0.0 <= records[1]['arch']['accuracy'] <= 1.0
   assert 0.0 <= records[1]['valid']['accuracy'] <= 1.0
   final = genotypes.from_json(open(os.path.join(workdir, 'genotype.json')).read())

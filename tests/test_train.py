@@ -244,7 +244,27 @@ def test_resume_from_a_mid_epoch_checkpoint_reproduces_the_run(tmp_path):
   with open(os.path.join(workdir, 'train_log.jsonl')) as f:
     relog = [json.loads(line) for line in f]
   assert [(r['train'], r['test']) for r in relog] == [(r['train'], r['test']) for r in log]
+  assert [r['epoch'] for r in relog] == [1, 2]  # As on the console.
   assert second['test'] == first['test'] and second['resumed_from_steps'] == [10]
+  assert second['steps_per_second'] > 0
+  # Run again, finished: the summary is returned and nothing is written.
+  summary_file = os.path.join(workdir, 'summary.json')
+  written = os.stat(summary_file).st_mtime_ns, sorted(os.listdir(workdir))
+  assert trainer.train(config, workdir) == json.loads(json.dumps(second))
+  assert (os.stat(summary_file).st_mtime_ns, sorted(os.listdir(workdir))) == written
+  # Evaluated with another model: one line naming an array and the config field;
+  # nothing is moved aside.
+  held = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+  other = _tiny_digits()
+  other.model.init_channels = 8
+  with pytest.raises(config_validation.ConfigError) as info:
+    trainer.evaluate_checkpoint(other, workdir=workdir)
+  message = str(info.value)
+  assert 'checkpoint 30' in message and 'in the checkpoint' in message and '\n' not in message
+  assert 'model.init_channels: 4 -> 8' in message
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == held
+  assert not os.path.exists(os.path.join(str(tmp_path), 'checkpoints_unreadable'))
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints_unreadable'))
   # A different config is refused before anything is touched.
   config.train.learning_rate = 0.5
   with pytest.raises(config_validation.ConfigError, match=r'train\.learning_rate: 0\.1 -> 0\.5'):
@@ -267,7 +287,8 @@ def test_digits_launchers_train_and_evaluate(tmp_path):
   assert summary['epochs'] == 10 and summary['parameters'] == 37_826
   with open(os.path.join(workdir, 'train_log.jsonl')) as f:
     log = [json.loads(line) for line in f]
-  assert [r['epoch'] for r in log] == list(range(10))
+  assert [r['epoch'] for r in log] == list(range(1, 11))  # As on the console.
+  assert summary['best']['epoch'] in range(1, 11)
   assert log[-1]['drop_path_prob'] == pytest.approx(0.1 * 9 / 10)
   assert network.resolve_genotype(workdir) == genotypes.PCDARTS  # genotype.json written
   picture = 'png' if visualize.have_dot() else 'gv'  # .gv sources without graphviz's dot
