@@ -8,9 +8,10 @@
 The ImageNet layout (stride-2 stem, 19 searchable layers, 19x24 architecture)
 at 224x224. Per class, a seeded 80% of the train split trains the supernet and
 the disjoint other 20% the generator (streamed by pcdarts_jax/input_pipeline.py,
-as the PC-DARTS ImageNet search). Targets range(270, 450, 5) MFLOPs. Supernet
-epochs (120) and the global batch (512, split over every device of every
-process) are this library's choice, not given by the reference summary.
+as the PC-DARTS ImageNet search). Targets range(270, 450, 5) MFLOPs. The
+supernet trains 50 epochs, then the generator 50 epochs, both with a global
+batch of 128 (split over every device of every process), the reference's
+imagenet_config.yml.
 
 Smoke test without ImageNet (random images in the real format):
   --config.data.mock_examples=256 --config.search.batch_size=16 ...
@@ -27,7 +28,8 @@ def get_config():
   config.data.arch_fraction = 0.2    # per class, disjoint: trains the generator
   config.model.layout = 'imagenet'
   config.model.num_classes = 1000
-  config.search.batch_size = 512
+  config.search.epochs = 50
+  config.search.batch_size = 128        # also the generator phase's batch
   config.search.eval_batch_size = 1000
   g = config.generator
   g.flops_low, g.flops_high, g.flops_step = 270.0, 450.0, 5.0

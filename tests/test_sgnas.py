@@ -384,6 +384,20 @@ def test_selection_grids_are_the_references():
   assert search.middle_target(cifar) == 100 and search.middle_target(imagenet) == 360
 
 
+def test_search_schedules_are_the_references():
+  """cifar_config.yml: 200 epochs of batch 512; imagenet_config.yml: 50 of 128; one
+  batch size for both phases; the generator's CE smooths labels by 0.1."""
+  from configs import sgnas_cifar10_search  # pylint: disable=g-import-not-at-top
+  from configs import sgnas_cifar100_search  # pylint: disable=g-import-not-at-top
+  from configs import sgnas_imagenet_search  # pylint: disable=g-import-not-at-top
+  for module, epochs, batch in ((sgnas_cifar100_search, 200, 512),
+                                (sgnas_cifar10_search, 200, 512),
+                                (sgnas_imagenet_search, 50, 128)):
+    config = module.get_config()
+    assert (config.search.epochs, config.search.batch_size) == (epochs, batch)
+    assert config.generator.epochs == 50 and config.generator.label_smoothing == 0.1
+
+
 def test_config_errors_name_the_field():
   from configs import sgnas_digits_search  # pylint: disable=g-import-not-at-top
   config = sgnas_digits_search.get_config()

@@ -13,8 +13,9 @@ devices (gradients and BatchNorm statistics averaged over the device axis).
 2. Generator: the supernet is frozen (BatchNorm running statistics); each step
    draws a target T on the grid, feeds the generator the prior architecture of
    the nearest grid target and the normalised T, relaxes its logits with a soft
-   Gumbel-softmax (tau decays per epoch) and minimises CE of the soft supernet
-   on the held-out split + the FLOPs loss of the expected FLOPs. Each epoch the
+   Gumbel-softmax (tau decays per epoch) and minimises CE (label smoothing
+   `generator.label_smoothing`, 0.1 as the reference) of the soft supernet on
+   the held-out split + the FLOPs loss of the expected FLOPs. Each epoch the
    generator is evaluated (argmax architectures): on the target grid (exact
    FLOPs, mean error, Kendall tau), on the selection grid (the summed FLOPs
    loss) and at the middle target (single-path top-1 on the held-out split).
@@ -139,6 +140,8 @@ def validate_config(config, num_devices: int = 1):
   for field in ('learning_rate', 'momentum', 'weight_decay', 'label_smoothing', 'grad_clip'):
     _require(s[field] >= 0, f'search.{field}={s[field]!r} must be >= 0.')
   _require(s.label_smoothing < 1, f'search.label_smoothing={s.label_smoothing!r} must be < 1.')
+  _require(0 <= g.label_smoothing < 1,
+           f'generator.label_smoothing={g.label_smoothing!r} must be in [0, 1).')
   _require(s.batch_size % num_devices == 0,
            f'search.batch_size={s.batch_size} is not divisible by the {num_devices} devices '
            f'(allowed: multiples of {num_devices}).')
@@ -295,7 +298,7 @@ def make_generator_step(supernet, generator, config, table: flops_lib.Table, gri
       logits = generator.apply(params, prior, grid.normalised(target)[None])
       probs = generator_lib.gumbel_softmax(gumbel_rng, logits, tau)[0]
       out = supernet.apply(variables, images, probs, train=False, hard=False)
-      ce = trainer.cross_entropy(out, labels).mean()
+      ce = trainer.cross_entropy(out, labels, g.label_smoothing).mean()
       expected = flops_lib.expected_mflops(probs, table)
       penalty = flops_lib.flops_loss(expected, target, g.flops_alpha, g.flops_lambda,
                                      g.flops_margin)
