@@ -25,14 +25,17 @@ LINK = re.compile(r'\]\(([^)\s]+)\)')
 CONFIG_FILE = re.compile(r'configs/[\w{},*]+\.py')
 CONFIG_FLAG = re.compile(r'--config=(configs/\w+\.py)')
 OVERRIDE = re.compile(r'--config\.([a-z_][\w.]*)=')  # SECTION.FIELD: a placeholder
-MODULE_RUN = re.compile(r'python -m (launch\.\w+)')
+MODULE_RUN = re.compile(r'python -m (launch\.[a-z_]+)')  # launch.NAME: a placeholder
+# Quoted error messages show mistakes (a misspelled field, a missing file) on purpose.
+ERROR_MESSAGE = re.compile(r'`error:[^`\n]*`')
 PACKAGE_PATH = re.compile(r'(?<![\w/.~-])(?:pcdarts_jax|tests|launch)/[\w/.]*\w')
 SHELL_VARIABLE = re.compile(r'^(\w+)="([^"]*)"$')
 
 
 def _read(path: str) -> str:
+  """A page's text without the error messages it quotes."""
   with open(path, encoding='utf-8') as f:
-    return f.read()
+    return ERROR_MESSAGE.sub('`...`', f.read())
 
 
 def _name(path: str) -> str:
@@ -188,6 +191,7 @@ def test_the_checks_catch_mistakes():
   assert _has_field(_config('configs/digits_search.py'), 'data.data_dir')  # a placeholder
   assert _expand_braces('configs/{a,b}_x.py') == ['configs/a_x.py', 'configs/b_x.py']
   assert _slug('`checkpoint`, `monitor`') == 'checkpoint-monitor'
+  assert ERROR_MESSAGE.sub('', 'a `error: --config.search.epochz=3` b') == 'a  b'
   commands = list(_commands('```bash\nL="python -m launch.search --config=configs/x.py"\n'
                             '$L --workdir=/tmp/a \\\n    --config.search.epochs=2\n```\n'))
   assert commands == ['python -m launch.search --config=configs/x.py --workdir=/tmp/a '
