@@ -37,8 +37,8 @@ def test_search_writes_both_phases(searched):
     supernet = [json.loads(line) for line in f]
   with open(os.path.join(workdir, 'generator_log.jsonl')) as f:
     generator = [json.loads(line) for line in f]
-  assert [r['epoch'] for r in supernet] == [0, 1, 2, 3]
-  assert len(generator) == 5
+  assert [r['epoch'] for r in supernet] == [1, 2, 3, 4]  # As on the console.
+  assert [r['epoch'] for r in generator] == [1, 2, 3, 4, 5]
   # The supernet learns: its largest path beats chance (0.1) on held-out digits
   # (measured 0.35 after these 4 short epochs, 0.74 after the config's 12).
   assert supernet[-1]['valid']['max']['accuracy'] > 0.25
@@ -85,14 +85,25 @@ def test_generate_launcher(searched, tmp_path):
   assert missing.returncode == 2 and 'generator.msgpack' in missing.stderr
 
 
-def test_finished_search_resumes_and_keeps_its_logs(searched):
+def _snapshot(root):
+  """Every file under `root` with its bytes and modification time."""
+  files = {}
+  for directory, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(directory, name)
+      with open(path, 'rb') as f:
+        files[os.path.relpath(path, root)] = (f.read(), os.stat(path).st_mtime_ns)
+  return files
+
+
+def test_a_finished_search_run_again_changes_nothing(searched):
   workdir, _ = searched
+  before = _snapshot(workdir)
   result = _run('launch.search', f'--config={CONFIG}', f'--workdir={workdir}', *SHORT)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'resuming the supernet phase from checkpoint 96' in result.stdout
+  assert 'is already complete (4 supernet and 5 generator epochs)' in result.stdout
   assert 'supernet epoch' not in result.stdout  # nothing retrained
-  with open(os.path.join(workdir, 'supernet_log.jsonl')) as f:
-    assert len(f.readlines()) == 4
+  assert _snapshot(workdir) == before
   changed = _run('launch.search', f'--config={CONFIG}', f'--workdir={workdir}', *SHORT,
                  '--config.search.learning_rate=0.5')
   assert changed.returncode == 2 and 'search.learning_rate' in changed.stderr
@@ -128,7 +139,7 @@ def test_interrupted_search_resumes_to_the_same_result(searched, tmp_path):
   assert 'resuming the supernet phase' in result.stdout
   ours = _lines(os.path.join(workdir, 'supernet_log.jsonl'))
   theirs = _lines(os.path.join(reference, 'supernet_log.jsonl'))
-  assert [r['epoch'] for r in ours] == [0, 1, 2, 3]
+  assert [r['epoch'] for r in ours] == [1, 2, 3, 4]
   for a, b in zip(ours, theirs):
     for path in ('max', 'mid', 'min'):
       assert a['valid'][path]['accuracy'] == b['valid'][path]['accuracy']
