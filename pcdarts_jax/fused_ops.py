@@ -5,7 +5,8 @@ the machine's C++ compiler (`CXX`, else g++) for the CPU it runs on, and cached
 under $PCDARTS_JAX_CACHE (default ~/.cache/pcdarts_jax) by a digest of the
 source, the compiler, the flags, the CPU and jaxlib. Where it cannot be built
 (no compiler) or a conv is outside what it supports (see `supports`: stride 1
-or 2, C in {4, 8, 16}, float32, CPU), ops fall back to the `shifted` XLA form.
+or 2, C in {4, 8, 16}, float32, CPU), ops fall back to the `shifted` XLA form;
+a program lowered for another platform than CPU gets that form too.
 """
 
 import functools
@@ -147,15 +148,36 @@ def relu_depthwise_pointwise(x, depthwise_kernel, pointwise_kernel, padding: int
                        statistics=False)[0]
 
 
+def _xla_chain(x, depthwise_kernel, pointwise_kernel, padding, dilation, stride):
+  """What the kernel computes, in XLA ops: its form in a program lowered for
+  another platform than CPU, and the derivative of its backward call."""
+  from pcdarts_jax import ops  # ops imports this module
+  y = ops.depthwise(x, depthwise_kernel, stride, padding, dilation, 'shifted', relu_input=True)
+  return jnp.einsum('nhwc,co->nhwo', y, pointwise_kernel[0, 0])
+
+
 def _forward_call(x, depthwise_kernel, pointwise_kernel, padding, dilation, stride,
                   statistics):
   """(y, (2, C) means of y and of y squared over all but the channel axis; zeros
-  without `statistics`)."""
+  without `statistics`). The kernel is an XLA:CPU custom call: a program
+  lowered for another platform gets the XLA form."""
+  from pcdarts_jax import ops  # ops imports this module
   n, h, w, c = x.shape
   shapes = (jax.ShapeDtypeStruct((n, h // stride, w // stride, c), x.dtype),
             jax.ShapeDtypeStruct((2, c), x.dtype))
-  return tuple(_call(_FORWARD, shapes, x, depthwise_kernel, pointwise_kernel, padding=padding,
-                     dilation=dilation, stride=stride, statistics=statistics))
+
+  def on_cpu(x, depthwise_kernel, pointwise_kernel):
+    return tuple(_call(_FORWARD, shapes, x, depthwise_kernel, pointwise_kernel,
+                       padding=padding, dilation=dilation, stride=stride,
+                       statistics=statistics))
+
+  def elsewhere(x, depthwise_kernel, pointwise_kernel):
+    y = _xla_chain(x, depthwise_kernel, pointwise_kernel, padding, dilation, stride)
+    means = ops.channel_means(y, jnp.square(y)) if statistics else jnp.zeros((2, c), y.dtype)
+    return y, means.astype(y.dtype)
+
+  return jax.lax.platform_dependent(x, depthwise_kernel, pointwise_kernel, cpu=on_cpu,
+                                    default=elsewhere)
 
 
 def _kernel_residuals(x, depthwise_kernel, pointwise_kernel):
@@ -240,12 +262,31 @@ def _kernel_backward(x, depthwise_kernel, pointwise_kernel, g, padding, dilation
   """The kernel's backward call: (dx, d_depthwise, d_pointwise), the kernel
   gradients zero without kernel_gradients. Differentiating it again (a gradient
   of a gradient: the second-order-exact architect) goes through the same chain
-  in XLA ops, see _kernel_backward_bwd."""
+  in XLA ops, see _kernel_backward_bwd. A program lowered for another platform
+  than CPU gets the XLA form."""
   shapes = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype)
                  for a in (x, depthwise_kernel, pointwise_kernel))
-  return tuple(_call(_BACKWARD, shapes, x, depthwise_kernel, pointwise_kernel, g,
-                     padding=padding, dilation=dilation, stride=stride,
-                     kernel_gradients=kernel_gradients))
+
+  def on_cpu(x, depthwise_kernel, pointwise_kernel, g):
+    return tuple(_call(_BACKWARD, shapes, x, depthwise_kernel, pointwise_kernel, g,
+                       padding=padding, dilation=dilation, stride=stride,
+                       kernel_gradients=kernel_gradients))
+
+  def elsewhere(x, depthwise_kernel, pointwise_kernel, g):
+    gx, *kernel_grads = _xla_backward(x, depthwise_kernel, pointwise_kernel, g, padding,
+                                      dilation, stride)
+    if not kernel_gradients:
+      kernel_grads = [jnp.zeros_like(k) for k in kernel_grads]
+    return (gx, *kernel_grads)
+
+  return jax.lax.platform_dependent(x, depthwise_kernel, pointwise_kernel, g, cpu=on_cpu,
+                                    default=elsewhere)
+
+
+def _xla_backward(x, depthwise_kernel, pointwise_kernel, g, padding, dilation, stride):
+  chain = lambda *a: _xla_chain(*a, padding, dilation, stride)
+  _, vjp = jax.vjp(chain, x, depthwise_kernel, pointwise_kernel)
+  return vjp(g)
 
 
 def _kernel_backward_fwd(x, depthwise_kernel, pointwise_kernel, g, padding, dilation, stride,
@@ -256,20 +297,10 @@ def _kernel_backward_fwd(x, depthwise_kernel, pointwise_kernel, g, padding, dila
 
 
 def _kernel_backward_bwd(padding, dilation, stride, kernel_gradients, residuals, cotangents):
-  from pcdarts_jax import ops  # ops imports this module
-
-  def xla_chain(x, depthwise_kernel, pointwise_kernel):
-    y = ops.depthwise(x, depthwise_kernel, stride, padding, dilation, 'shifted',
-                      relu_input=True)
-    return jnp.einsum('nhwc,co->nhwo', y, pointwise_kernel[0, 0])
-
-  def xla_backward(x, depthwise_kernel, pointwise_kernel, g):
-    _, vjp = jax.vjp(xla_chain, x, depthwise_kernel, pointwise_kernel)
-    return vjp(g)
-
   if not kernel_gradients:  # Those outputs were constant zeros.
     cotangents = (cotangents[0], *(jnp.zeros_like(c) for c in cotangents[1:]))
-  _, vjp = jax.vjp(xla_backward, *residuals)
+  backward = lambda *a: _xla_backward(*a, padding, dilation, stride)
+  _, vjp = jax.vjp(backward, *residuals)
   return vjp(tuple(cotangents))
 
 
