@@ -1,4 +1,5 @@
-"""Plain DARTS search on CIFAR-10 (second order; ../shared/SPEC.md section 3).
+"""Plain DARTS search on CIFAR-10 (second order; Liu et al. ICLR
+2019, github.com/quark0/darts).
 
   python -m launch.search --config=configs/darts_search.py --workdir=/tmp/darts \
       [--config.data.data_dir=~/tensorflow_datasets]

@@ -1,4 +1,5 @@
-"""DrNAS search in the DARTS space on CIFAR-10 (../shared/SPEC.md section 9).
+"""DrNAS search in the DARTS space on CIFAR-10 (DrNAS, Chen et al. ICLR 2021,
+github.com/xiangning-chen/DrNAS).
 
   python -m launch.search --config=configs/drnas_cifar10_search.py --workdir=/tmp/drnas
 
@@ -34,6 +35,7 @@ def get_config():
   s.batch_size = 64
   s.learning_rate = 0.1
   s.learning_rate_min = 0.0
+  s.lr_schedule_offset = 0            # DrNAS steps its scheduler after each epoch
   s.arch_learning_rate = 6e-4
   s.arch_weight_decay = 1e-3          # the l2 regulariser's scale (Adam weight decay)
   s.arch_regularizer = 'l2'           # l2 | kl

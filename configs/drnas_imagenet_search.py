@@ -1,4 +1,5 @@
-"""DrNAS search in the DARTS space on the ImageNet subset (SPEC sections 4, 9).
+"""DrNAS search in the DARTS space on the ImageNet subset (DrNAS, Chen et al.
+ICLR 2021, github.com/xiangning-chen/DrNAS).
 
   python -m launch.search --config=configs/drnas_imagenet_search.py --workdir=/tmp/drnas_in \
       --config.data.data_dir=/data/tfds --config.data.manual_dir=/data/imagenet
@@ -32,6 +33,7 @@ def get_config():
   s.eval_batch_size = 512
   s.learning_rate = 0.5
   s.warmup_epochs = 5
+  s.lr_schedule_offset = 0     # DrNAS steps its scheduler after each epoch
   s.arch_learning_rate = 6e-3
   s.arch_grad_clip = 5.0
   s.arch_weight_decay = 1e-3

@@ -1,4 +1,5 @@
-"""DrNAS on the NAS-Bench-201 space (../shared/SPEC.md sections 9-10), CIFAR-10.
+"""DrNAS on the NAS-Bench-201 space (DrNAS, Chen et al. ICLR 2021,
+github.com/xiangning-chen/DrNAS), CIFAR-10.
 
   python -m launch.search --config=configs/drnas_nb201_search.py --workdir=/tmp/drnas_nb201 \
       [--config.data.name=cifar100 --config.model.num_classes=100] \

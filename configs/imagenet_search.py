@@ -1,4 +1,5 @@
-"""PC-DARTS search on an ImageNet subset (../shared/SPEC.md section 4).
+"""PC-DARTS search on an ImageNet subset (Xu et al. ICLR 2020,
+github.com/yuhuixu1993/PC-DARTS).
 
   python -m launch.search --config=configs/imagenet_search.py --workdir=/tmp/in \
       --config.data.data_dir=/data/tfds --config.data.manual_dir=/data/imagenet

@@ -1,4 +1,5 @@
-"""Search in the NAS-Bench-201 space on CIFAR-10 (../shared/SPEC.md section 10).
+"""Search in the NAS-Bench-201 space on CIFAR-10 (NAS-Bench-201, Dong & Yang
+ICLR 2020, github.com/D-X-Y/AutoDL-Projects).
 
   python -m launch.search --config=configs/nb201_cifar10_search.py --workdir=/tmp/nb201_c10 \
       [--config.data.data_dir=~/tensorflow_datasets] [--config.nb201.table=nb201.json]
@@ -34,6 +35,7 @@ def get_config():
   config.search.batch_size = 64
   config.search.learning_rate = 0.025
   config.search.learning_rate_min = 1e-3
+  config.search.lr_schedule_offset = 0  # epoch e at lr(e): DrNAS steps its scheduler after it
   config.search.momentum = 0.9
   config.search.weight_decay = 3e-4
   config.search.grad_clip = 5.0

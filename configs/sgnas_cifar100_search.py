@@ -1,4 +1,5 @@
-"""SGNAS search on CIFAR-100 (../shared/SPEC.md section 11): both phases.
+"""SGNAS search on CIFAR-100 (SGNAS, Huang & Chu CVPR 2021, github.com/eric8607242/SGNAS):
+both phases.
 
   python -m launch.search --config=configs/sgnas_cifar100_search.py --workdir=/tmp/sg100
   python -m launch.sgnas_generate --config=configs/sgnas_cifar100_search.py \

@@ -1,4 +1,5 @@
-"""SGNAS search on ImageNet (../shared/SPEC.md section 11): both phases.
+"""SGNAS search on ImageNet (SGNAS, Huang & Chu CVPR 2021, github.com/eric8607242/SGNAS):
+both phases.
 
   python -m launch.search --config=configs/sgnas_imagenet_search.py --workdir=/tmp/sgin \
       --config.data.data_dir=/data/tfds --config.data.manual_dir=/data/imagenet

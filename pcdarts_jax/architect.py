@@ -15,7 +15,7 @@ taken at (w for first order, the virtual w' for second order). Under pmap,
 perturbed passes', the final one) is averaged over it, so N devices holding
 B/N images each compute the global-batch gradient.
 
-Strategies (../shared/SPEC.md section 3):
+Strategies (DARTS, Liu et al. ICLR 2019, github.com/quark0/darts `architect.py`):
 - `first_order`: grad_alpha L_val(w, alpha).
 - `second_order`: DARTS' unrolled step with the finite-difference
   Hessian-vector product, as the reference computes it.

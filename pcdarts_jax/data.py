@@ -130,9 +130,9 @@ def archive_problem(name: str, archive) -> Optional[str]:
 def _load_tfds(name: str, split: str, data_dir: Optional[str], download: bool,
                archive: Optional[str] = None) -> ArraySet:
   """Reads a whole tfds split into host memory once. Reading needs TensorFlow,
-  which would then hold ~0.8 GB of this process's memory (measured: RSS 0.2 ->
-  0.95 GB) for the whole search; so unless TensorFlow or tfds is already loaded
-  here (a tfds mock in a test, a notebook), the read runs in a child process."""
+  which would then hold about 0.8 GB of this process's memory for the whole
+  search; so unless TensorFlow or tfds is already loaded here (a tfds mock in a
+  test, a notebook), the read runs in a child process."""
   if 'tensorflow' in sys.modules or 'tensorflow_datasets' in sys.modules:
     return _read_tfds(name, split, data_dir, download, archive)
   return run_isolated('_read_tfds', name, split, data_dir, download, archive)

@@ -7,8 +7,8 @@ Both give the loop the same thing (`SearchInputs`): two endless iterators of
 validation batches over the architecture half. Normalisation and the cheap
 augmentations (pad + crop for CIFAR, flips) happen on the device.
 
-ImageNet (../shared/SPEC.md section 4): per class, a seeded 10% of the train
-split trains the weights and a disjoint 2.5% the architecture. The subsets are
+ImageNet (as PC-DARTS' search, Xu et al. ICLR 2020): per class, a seeded 10% of
+the train split trains the weights and a disjoint 2.5% the architecture. The subsets are
 chosen once from a pass over the labels (images are not decoded), cached as a
 small .npz of example keys, and then streamed: decode, random-resized-crop to
 224 (stateless, seeded per example), batch, prefetch. Each process reads only

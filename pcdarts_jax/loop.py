@@ -246,8 +246,7 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
       # `loop`: the two phases are the two iterations of one loop. XLA:CPU
       # reuses memory between the branches of a loop body, but not between two
       # loops in sequence (each phase runs the supernet's edge scans); it also
-      # overlaps less work in them (CIFAR config, batch 64: 3579 vs 3185 ms per
-      # step, step temporaries 1.09 vs 1.89 GB).
+      # overlaps less work in them: slower, in less memory (docs/benchmarks.md).
       phases = lambda carry, phase: (jax.lax.switch(phase, [arch_phase, weight_phase], carry),
                                      None)
       (state, arch_metrics, train_metrics), _ = jax.lax.scan(phases, carry, jnp.arange(2))

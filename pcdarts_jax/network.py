@@ -1,4 +1,5 @@
-"""Evaluation networks built from a genotype, trained from scratch (SPEC section 5).
+"""Evaluation networks built from a genotype, trained from scratch (DARTS /
+PC-DARTS `model.py`: github.com/quark0/darts, github.com/yuhuixu1993/PC-DARTS).
 
 `NetworkCIFAR` (C 36, 20 cells, stride-1 stem) and `NetworkImageNet` (C 48, 14
 cells, stride-8 stem) stack discrete cells: each intermediate node adds two

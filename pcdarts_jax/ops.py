@@ -23,12 +23,11 @@ DEPTHWISE_IMPLS = ('auto', 'conv', 'shifted', 'dense', 'fused')
 
 
 def resolve_depthwise_impl(impl: str, dtype=jnp.float32, backend: Optional[str] = None) -> str:
-  """`auto`: what measured fastest for the CIFAR search's bilevel step
-  (docs/benchmarks.md). On CPU in float32, `fused` where its C++ kernel builds (batch 32:
-  1460 against 1824 ms for `shifted`), else shifted multiply-adds, since XLA's
-  grouped conv is slow there; on GPUs in float32 (H200, batch 256: 1155 ms against 1316 ms for cuDNN's
-  autotuned grouped convs; 3878 against 4945 ms at batch 1024); the grouped
-  conv on GPUs in bfloat16 (480 against 939 ms) and on other accelerators.
+  """`auto`: what measured fastest for the CIFAR search's bilevel step (figures in
+  docs/benchmarks.md). On CPU in float32, `fused` where its C++ kernel builds, else
+  shifted multiply-adds, since XLA's grouped conv is slow there; `shifted` on GPUs in
+  float32 too (faster than cuDNN's autotuned grouped convs); the grouped conv on GPUs in
+  bfloat16 and on other accelerators.
   `fused` is `shifted` plus the C++ relu -> depthwise -> 1x1 kernel of fused_ops
   for the SepConv / DilConv chains that it supports (CPU, float32).
   `backend`: jax.default_backend() unless given."""
@@ -68,8 +67,8 @@ def channel_means(*arrays: jax.Array) -> jax.Array:
 
   Images are averaged as rows of width x channels first, then over the width:
   XLA:CPU vectorizes a reduction over rows across their W*C lanes but one over
-  pixels only across the C (4 in a C/K slice) lanes (a BatchNorm's statistics,
-  batch 32, 32x32x4: 0.13 vs 0.27 ms; the bilevel step 4% faster)."""
+  pixels only across the C (4 in a C/K slice) lanes: a BatchNorm's statistics
+  take about half the time."""
   if arrays[0].ndim < 3:
     axes = tuple(range(arrays[0].ndim - 1))
     return jnp.stack([a.mean(axes) for a in arrays])
@@ -347,10 +346,9 @@ def _relu_shifted_depthwise_bwd(stride, padding, dilation, residuals, g):
 
 
 # Batch chunk of the kernel-gradient reductions in a program lowered for CPU:
-# its taps are reduced while the chunk is in cache (measured on XLA:CPU: 2.8x
-# faster for a 3x3 kernel on 32x32x32x32 than reducing each tap over the whole
-# batch). Other platforms reduce the whole batch at once: the chunks' loop only
-# adds kernel launches there.
+# its taps are reduced while the chunk is in cache (on XLA:CPU several times
+# faster than reducing each tap over the whole batch). Other platforms reduce
+# the whole batch at once: the chunks' loop only adds kernel launches there.
 KERNEL_GRADIENT_CHUNK_BYTES = 1 << 20
 
 
@@ -368,7 +366,7 @@ def _kernel_gradient(xp, g, k, stride, dilation):
     # All k*k taps are summed over images and rows by one variadic reduce: one
     # loop over g that never writes the products, where a product and a
     # ones-vector matrix product per tap were 2 k*k loops that wrote and read
-    # them (search supernet weight gradient, 5 cells, batch 32: 8% faster).
+    # them.
     # Rows keep out_w * C lanes; the out_w pixels of a row are summed after.
     rows = g.shape[0] * out_h
     products = tuple(
@@ -411,8 +409,7 @@ class Pointwise(nn.Module):
     if self.stride > 1:
       x = x[:, ::self.stride, ::self.stride, :]
     # A 2-D matrix product: its kernel gradient is x^T g with x read in place,
-    # where the einsum over (n, h, w) made XLA:CPU copy x transposed first
-    # (forward + VJP at batch 32, 32x32x4: 0.25 vs 0.57 ms; bilevel step 6%).
+    # where the einsum over (n, h, w) made XLA:CPU copy x transposed first.
     w = kernel[0, 0].astype(x.dtype)
     return jnp.dot(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], self.features)
 
@@ -528,7 +525,7 @@ def _shifted_max_pool_bwd(stride, x_hw, argmax, g):
   row-major order, as PyTorch's max_pool2d does. Keeps only the int8 index of
   that maximum, and gathers: input q sums the gradients of the (up to 9)
   windows whose first maximum it is, in one loop over the input (the scatter
-  form, 9 padded copies of the gradient, was 4x slower on XLA:CPU)."""
+  form, 9 padded copies of the gradient, was slower on XLA:CPU)."""
   index = _transposed_window_pad(argmax, x_hw, stride, -1)
   grad = _transposed_window_pad(g, x_hw, stride, 0)
   dx = None

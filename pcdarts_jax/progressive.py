@@ -1,7 +1,7 @@
-"""DrNAS progressive learning (../shared/SPEC.md section 9): the search runs in
-stages; at each boundary the ops of every edge are pruned to the top-n by the
-arch parameters and the partial-channel ops widen from C/k_old to C/k_new
-channels.
+"""DrNAS progressive learning (Chen et al. ICLR 2021,
+github.com/xiangning-chen/DrNAS): the search runs in stages; at each boundary
+the ops of every edge are pruned to the top-n by the arch parameters and the
+partial-channel ops widen from C/k_old to C/k_new channels.
 
 Config (all three the same length; empty = one stage of model.partial_channels
 and every op):

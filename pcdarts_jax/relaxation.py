@@ -5,7 +5,8 @@ maps a (edges, ops) arch parameter to (edges, ops) weights that sum to 1 per
 edge:
 
 - `softmax` (DARTS, PC-DARTS): softmax(alpha), deterministic.
-- `dirichlet` (DrNAS, ../shared/SPEC.md section 9): concentration
+- `dirichlet` (DrNAS, Chen et al. ICLR 2021, github.com/xiangning-chen/DrNAS):
+  concentration
   a = elu(beta) + 1, clamped below at MIN_CONCENTRATION; a fresh sample
   w_e ~ Dir(a_e) on every forward pass, differentiated pathwise
   (`jax.random.dirichlet` reparameterises its Gamma sampler implicitly).

@@ -2,7 +2,7 @@
 networks) and SGNAS generator checkpoints.
 
 The reference (yuhuixu1993/PC-DARTS `model_search.Network` and its ImageNet twin)
-saves a `state_dict` whose key names are listed in SPEC section 7.
+saves a `state_dict` whose key names are PyTorch's module paths of that model.
 `supernet_variables` maps those keys onto the variables of
 `supernet.build_supernet(config)`; `network_variables` maps the keys of the
 reference evaluation networks (model.py `NetworkCIFAR` / `NetworkImageNet`) onto
@@ -271,7 +271,7 @@ def supernet_variables(state_dict: Mapping[str, Any], arch: Mapping[str, Any],
 
   Args:
     state_dict: key -> array, the reference search network's `state_dict()`
-      (SPEC section 7 names; a uniform `module.` prefix is dropped). BN
+      (the reference's names; a uniform `module.` prefix is dropped). BN
       `num_batches_tracked` buffers are ignored.
     arch: `alphas_normal`, `alphas_reduce` (edges, ops) and, when the model
       uses edge normalization, `betas_normal`, `betas_reduce` (edges,).

@@ -24,7 +24,7 @@ SHIPPED = {'cifar10_search': cifar10_search, 'cifar100_search': cifar100_search,
 HALVES = {'cifar10_search': (25000, 25000), 'cifar100_search': (25000, 25000),
           'digits_search': (750, 750)}
 
-# SPEC section 3 hyperparameters and where they live in the config.
+# PC-DARTS' CIFAR search hyperparameters (Xu et al. ICLR 2020) and where they live in the config.
 SPEC3_FIELDS = (
     'data.train_portion', 'data.crop_padding', 'data.random_flip', 'data.mean', 'data.std',
     'model.init_channels', 'model.layers', 'model.partial_channels', 'model.num_classes',
@@ -32,7 +32,7 @@ SPEC3_FIELDS = (
     'search.learning_rate_min', 'search.momentum', 'search.weight_decay',
     'search.grad_clip', 'search.arch_learning_rate', 'search.arch_beta1',
     'search.arch_beta2', 'search.arch_weight_decay', 'search.arch_start_epoch',
-    'search.architect')
+    'search.architect', 'search.lr_schedule_offset')
 
 
 def _get(config, dotted):
@@ -87,6 +87,7 @@ def test_cifar10_has_the_spec_section3_values():
   assert s.arch_weight_decay == 1e-3
   assert s.arch_start_epoch == 15
   assert s.architect == 'first_order'
+  assert s.lr_schedule_offset == 1  # The scheduler steps before each epoch.
 
 
 def test_cifar100_is_cifar10_with_100_classes():
@@ -220,6 +221,8 @@ def test_num_classes_must_match_the_data_set():
     ('search.weight_decay', -1e-4, '>= 0'),
     ('search.arch_beta1', 1.0, '[0, 1)'),
     ('search.grad_clip', 0.0, '> 0'),
+    ('search.lr_schedule_offset', 2, '(0, 1)'),
+    ('search.lr_schedule_offset', True, '(0, 1)'),
     ('data.train_portion', 1.0, '(0, 1)'),
     ('model.layers', 0, '>= 1'),
     ('model.stem', 'resnet', "('cifar', 'imagenet')"),

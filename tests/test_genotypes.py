@@ -36,7 +36,7 @@ def test_published_genotypes():
       for pos, (op, j) in enumerate(cell):
         assert op in set(PRIMS[1:]) | extra_ops, (name, op)
         assert 0 <= j <= pos // 2 + 1, (name, pos, j)  # node i reads states 0..i+1
-  # Spot checks against the published data (SPEC section 6).
+  # Spot checks against the published genotypes (DARTS' and PC-DARTS' genotypes.py).
   assert genotypes.PCDARTS.normal == [
       ('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 0),
       ('dil_conv_3x3', 1), ('sep_conv_5x5', 0), ('sep_conv_3x3', 1),

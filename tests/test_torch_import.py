@@ -1,7 +1,7 @@
 """Tests for pcdarts_jax.torch_import on a tiny supernet.
 
 The PyTorch-layout state_dict is synthesised here from the reference network's
-module structure (SPEC sections 2 and 7), independently of the importer's own
+module structure (PC-DARTS `model_search.Network`), independently of the importer's own
 name mapping, so a wrong mapping on either side shows up as a failure.
 """
 

@@ -1,4 +1,5 @@
-"""The SGNAS architecture generator (SPEC §11), the reference's `SinGenerator`.
+"""The SGNAS architecture generator, the reference's `SinGenerator`
+(SGNAS, Huang & Chu CVPR 2021, github.com/eric8607242/SGNAS).
 
 Input: a prior architecture as an (L, 24) one-hot map (1 channel) and the
 normalised target FLOPs (T - low) / (high - low) broadcast to `target_channels`

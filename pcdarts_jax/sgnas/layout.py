@@ -20,7 +20,7 @@ GROUPS = 6
 NUM_CHOICES = len(CHOICES)
 SHORT = ('3', '5', '7', 'x')  # One character per group in architecture strings.
 
-# (out channels, stride) of the searchable layers, SPEC §11 (ImageNet).
+# (out channels, stride) of the searchable layers (ImageNet), as the SGNAS reference.
 IMAGENET_LAYERS = ((32, 2), (32, 1), (40, 2), (40, 1), (40, 1), (40, 1), (80, 2), (80, 1),
                    (80, 1), (80, 1), (96, 1), (96, 1), (96, 1), (96, 1), (192, 2), (192, 1),
                    (192, 1), (192, 1), (320, 1))

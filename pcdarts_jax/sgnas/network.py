@@ -1,5 +1,5 @@
-"""The stand-alone network of a derived SGNAS architecture (SPEC §11), trained
-from scratch by the one trainer (`model.network='sgnas'`).
+"""The stand-alone network of a derived SGNAS architecture (Huang & Chu
+CVPR 2021), trained from scratch by the one trainer (`model.network='sgnas'`).
 
 Stem conv 3x3 (stride layout.stem_stride), BN, act; the fixed MBConv (expansion
 1, depthwise 3x3, project to layout.first_channels, no expand conv); per

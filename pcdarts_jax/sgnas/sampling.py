@@ -1,4 +1,5 @@
-"""Fairness-style path sampling for SGNAS supernet training (SPEC §11).
+"""Fairness-style path sampling for SGNAS supernet training
+(SGNAS, Huang & Chu CVPR 2021, github.com/eric8607242/SGNAS).
 
 Each step trains `num_paths` single paths. Per layer, the paths' expansions
 (non-skipped groups) walk a shuffled cycle over 2..6 and each group's kernel a

@@ -1,4 +1,5 @@
-"""The SGNAS search (SPEC §11): supernet training, then generator training, and
+"""The SGNAS search (SGNAS, Huang & Chu CVPR 2021, github.com/eric8607242/SGNAS):
+supernet training, then generator training, and
 the generation of an architecture for a FLOPs budget.
 
 `search(config, workdir)` runs both phases (resuming either) through one epoch
@@ -191,7 +192,7 @@ def _metric_sums(loss, logits, labels, mask=None) -> Dict[str, jax.Array]:
 
 
 def supernet_optimizer(config, total_steps: int) -> optax.GradientTransformation:
-  """SGD, momentum, L2 decay, cosine annealing per step (SPEC §11)."""
+  """SGD, momentum, L2 decay, cosine annealing per step, as the SGNAS reference."""
   s = config.search
   schedule = optax.cosine_decay_schedule(s.learning_rate, max(total_steps, 1))
   return optax.chain(

@@ -1,4 +1,5 @@
-"""The SGNAS unified single-path supernet (SPEC §11) as Flax modules.
+"""The SGNAS unified single-path supernet as Flax modules
+(SGNAS, Huang & Chu CVPR 2021, github.com/eric8607242/SGNAS).
 
 Every searchable layer is a `UnifiedBlock`: a shared expand 1x1 conv to 6·C_in
 hidden channels in 6 groups, per group a depthwise 3x3 / 5x5 / 7x7 conv or skip,

@@ -1,5 +1,6 @@
-"""The DARTS / PC-DARTS cell space (SPEC sections 1-2): an adapter over the
-existing supernet, genotype, monitor, visualize and network modules."""
+"""The DARTS / PC-DARTS cell space (Liu et al. ICLR 2019; Xu et al. ICLR 2020):
+an adapter over the existing supernet, genotype, monitor, visualize and network
+modules."""
 
 from typing import Optional
 

@@ -1,5 +1,6 @@
-"""The NAS-Bench-201 search space (SPEC section 10): ops, cell, macro network,
-genotype strings, derivation, and the stand-alone network of a genotype.
+"""The NAS-Bench-201 search space (Dong & Yang ICLR 2020,
+github.com/D-X-Y/AutoDL-Projects): ops, cell, macro network, genotype strings,
+derivation, and the stand-alone network of a genotype.
 
 Cell: node 0 is the cell input; node i (1..3) sums one op on every earlier node,
 over the 6 edges EDGES = 1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2 (the row order of the
