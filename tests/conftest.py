@@ -1,11 +1,44 @@
-"""Shared test helpers: independent float64 NumPy references (NHWC / HWIO)."""
+"""Shared test helpers: independent float64 NumPy references (NHWC / HWIO), and
+one persistent XLA compilation cache per test run."""
 
+import os
+import shutil
+import tempfile
 import types
 
 import numpy as np
 import pytest
 
 BN_EPS = 1e-5
+
+
+def pytest_configure(config):
+  """Points every process of the run at one fresh XLA compilation cache: the
+  xdist workers and the launcher subprocesses inherit the environment, so a
+  program that several tests build (same model, same shapes) is compiled once
+  and loaded from disk after that. A cache the caller set is used as it is."""
+  if hasattr(config, 'workerinput') or os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return
+  directory = tempfile.mkdtemp(prefix='pcdarts_jax_tests_xla_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = directory
+  # Cache small programs too: the tests' models are tiny, yet each takes seconds.
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')
+  config.stash[_CACHE_KEY] = directory
+  import sys  # pylint: disable=g-import-not-at-top
+  if 'jax' in sys.modules:  # Imported before this hook ran (a plugin): set it there too.
+    jax = sys.modules['jax']
+    jax.config.update('jax_compilation_cache_dir', directory)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                      float(os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS']))
+
+
+def pytest_unconfigure(config):
+  directory = config.stash.get(_CACHE_KEY, None)
+  if directory:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+_CACHE_KEY = pytest.StashKey[str]()
 
 
 def np_relu(x):
