@@ -1,4 +1,5 @@
-"""PC-DARTS search on CIFAR-10 (paper defaults, ../shared/SPEC.md section 3).
+"""PC-DARTS search on CIFAR-10 (paper defaults: Xu et al. ICLR 2020,
+github.com/yuhuixu1993/PC-DARTS).
 
   python -m launch.search --config=configs/cifar10_search.py --workdir=/tmp/c10 \
       [--config.data.data_dir=~/tensorflow_datasets]
@@ -39,8 +40,8 @@ def get_config():
   config.model.stem_multiplier = 3
   config.model.stem = 'cifar'           # cifar | imagenet
   config.model.depthwise_impl = 'auto'  # auto | conv | shifted | dense
-  config.model.edge_impl = 'auto'       # auto (= scan) | batched | scan: how a cell runs its edges
-  config.model.unroll_edges = False     # True: 5-6x slower compile, no faster (docs/benchmarks.md)
+  config.model.edge_impl = 'auto'       # auto (= scan) | batched | grouped | scan: a cell's edge layout
+  config.model.unroll_edges = False     # True: much slower compile, no faster (docs/benchmarks.md)
   config.model.dtype = 'float32'       # float32 | bfloat16 (activations; params, arch stay float32)
   config.model.channel_sampling = 'first'  # first | random: which C/K channels the ops see
   config.model.channel_mixing = 'shuffle'  # shuffle | shift: permutation after the concat
@@ -53,6 +54,9 @@ def get_config():
   config.search.learning_rate = 0.1
   config.search.learning_rate_min = 0.0
   config.search.warmup_epochs = 0       # > 0: lr * (epoch + 1) / warmup_epochs at first
+  # Epoch e (from 0) runs at the cosine's lr(e + offset): 1 as DARTS/PC-DARTS step their
+  # scheduler before each epoch (the last epoch at learning_rate_min); 0: lr(e), DrNAS.
+  config.search.lr_schedule_offset = 1
   config.search.momentum = 0.9
   config.search.weight_decay = 3e-4
   config.search.grad_clip = 5.0

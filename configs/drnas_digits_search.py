@@ -27,6 +27,7 @@ def get_config():
   s.stage_partial_channels = (4, 2)
   s.stage_ops = (7, 4)
   s.arch_start_epoch = 1
+  s.lr_schedule_offset = 0     # DrNAS steps its scheduler after each epoch
   s.arch_regularizer = 'kl'
   s.arch_regularizer_scale = 1e-3
   return config

@@ -5,18 +5,28 @@ import jax.numpy as jnp
 import optax
 
 
+# search.lr_schedule_offset: which cosine value epoch e runs at, lr(e + offset).
+# 1: DARTS and PC-DARTS step the scheduler at the start of each epoch (the first
+# epoch already runs below lr, the last at lr_min); 0: DrNAS steps it at the end.
+LR_SCHEDULE_OFFSETS = (0, 1)
+
+
 def weight_learning_rate(config, steps_per_epoch: int):
-  """Cosine annealing stepped once per epoch (piecewise constant within an epoch),
-  lr at epoch e = lr_min + (lr - lr_min) (1 + cos(pi e / epochs)) / 2; with
+  """Cosine annealing stepped once per epoch (piecewise constant within an epoch):
+  epoch e (from 0) runs at lr(e + `search.lr_schedule_offset`), where
+  lr(t) = lr_min + (lr - lr_min) (1 + cos(pi t / epochs)) / 2; with
   `search.warmup_epochs` = W > 0, epochs e < W use that lr times (e + 1) / W
-  (the reference's ImageNet search warm-up)."""
+  (the reference's ImageNet search warm-up). The second-order architect's
+  virtual step takes its lr from this same function."""
   s = config.search
   warmup = s.get('warmup_epochs', 0)
+  # A config without the field (older than it) runs at lr(e), as before.
+  offset = s.get('lr_schedule_offset', 0)
 
   def schedule(count):
     epoch = count // steps_per_epoch
     lr = s.learning_rate_min + 0.5 * (s.learning_rate - s.learning_rate_min) * (
-        1.0 + jnp.cos(jnp.pi * epoch / s.epochs))
+        1.0 + jnp.cos(jnp.pi * (epoch + offset) / s.epochs))
     if warmup:
       lr = lr * jnp.minimum(1.0, (epoch + 1) / warmup)
     return lr

@@ -17,7 +17,7 @@ from pcdarts_jax import optim
 from pcdarts_jax import supernet
 
 BATCH = 8
-STEP = 1  # lr_fn(1) with 1 step per epoch: the cosine lr of epoch 1, not the initial lr.
+STEP = 1  # lr_fn(1) with 1 step per epoch: the second epoch's cosine lr, not the initial lr.
 
 
 @flax.struct.dataclass
@@ -140,7 +140,9 @@ def test_second_order_exact_equals_central_differences(tiny64):
   t = tiny64
   s, model, v = t['config'].search, t['model'], t['variables']
   arch_x, arch_y, train_x, train_y = t['batches']
-  xi = 0.5 * 0.5 * (1 + np.cos(np.pi / 4))  # The cosine lr of epoch 1 of 4.
+  # The second epoch of 4 runs at lr(2), the scheduler stepped before each epoch as in
+  # DARTS; the virtual step takes the weight step's lr.
+  xi = 0.5 * 0.5 * (1 + np.cos(np.pi * 2 / 4))
   assert t['lr'] == pytest.approx(xi, rel=1e-6)
 
   with jax.enable_x64(True):

@@ -286,8 +286,10 @@ def test_readme_override_then_a_resume_with_one_more_epoch(env, reference, tmp_p
   assert [r['epoch'] for r in records] == list(range(1, EPOCHS + 2))
   drop = lambda r: {k: v for k, v in r.items() if k != 'seconds'}
   assert [drop(r) for r in records[:EPOCHS]] == [drop(r) for r in reference_records]
-  # The cosine schedule spans the new total from the resume on (lr_min 0).
-  assert records[-1]['lr'] == pytest.approx(0.1 * (1 + np.cos(np.pi * EPOCHS / (EPOCHS + 1))) / 2)
+  # The cosine schedule spans the new total from the resume on: the added epoch,
+  # the last, runs at lr_min 0 (digits steps the schedule before each epoch, so it
+  # would run at 0.1 (1 + cos(pi (E + 1) / E)) / 2 > 0 on the old total).
+  assert records[-1]['lr'] == pytest.approx(0.0, abs=1e-9)
   with open(os.path.join(workdir, 'summary.json')) as f:
     summary = json.load(f)
   assert summary['epochs'] == EPOCHS + 1 and summary['last']['epoch'] == EPOCHS + 1

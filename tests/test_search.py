@@ -10,7 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import cifar10_search
+from configs import darts_search
 from configs import digits_search
+from configs import drnas_cifar10_search
+from configs import drnas_digits_search
+from configs import drnas_imagenet_search
+from configs import drnas_nb201_search
+from configs import imagenet_search
+from configs import nb201_cifar10_search
 from pcdarts_jax import data
 from pcdarts_jax import genotypes
 from pcdarts_jax import loop
@@ -34,6 +42,9 @@ def tiny_config():
 @pytest.fixture(scope='module')
 def step_setup():
   config = tiny_config()
+  # Steps 0 and 1 both below the last epoch, which runs at lr_min = 0 (the
+  # schedule stepped before each epoch, as PC-DARTS does): both steps move weights.
+  config.search.epochs = 3
   train_set, arch_set = data.search_splits(config.data)
   steps_per_epoch = 1  # Arch steps start at step 1.
   model = supernet.build_supernet(config)
@@ -104,16 +115,34 @@ def test_few_hundred_steps_reduce_training_loss(step_setup):
   assert last < 0.7 * first, (first, last)
 
 
-def test_learning_rate_is_cosine_stepped_per_epoch():
+# lr(t) = 0.01 + 0.045 (1 + cos(pi t / 4)) for t = 0..4, by hand
+# (cos(pi / 4) = 0.70711): 0.1, 0.086820, 0.055, 0.023180, 0.01.
+EPOCH_LRS = {0: (0.1, 0.086820, 0.055, 0.023180),    # DrNAS: epoch e at lr(e)
+             1: (0.086820, 0.055, 0.023180, 0.01)}   # DARTS, PC-DARTS: at lr(e + 1)
+
+
+@pytest.mark.parametrize('offset', [0, 1])
+def test_learning_rate_is_cosine_stepped_per_epoch(offset):
+  """Constant within each epoch; with offset 1 (the scheduler stepped before each
+  epoch, as DARTS and PC-DARTS do) the first epoch already runs below lr and the
+  last at lr_min; with 0 (DrNAS) the first at lr, the last above lr_min."""
   config = tiny_config()
   config.search.epochs = 4
   config.search.learning_rate = 0.1
-  config.search.learning_rate_min = 0.0
+  config.search.learning_rate_min = 0.01
+  config.search.lr_schedule_offset = offset
   lr = optim.weight_learning_rate(config, steps_per_epoch=10)
-  expected = [0.1 * 0.5 * (1 + np.cos(np.pi * e / 4)) for e in range(4)]
   for e in range(4):
     for s in (0, 9):
-      assert float(lr(e * 10 + s)) == pytest.approx(expected[e], rel=1e-6)
+      assert float(lr(e * 10 + s)) == pytest.approx(EPOCH_LRS[offset][e], abs=1e-6)
+
+
+def test_lr_schedule_offset_of_each_reference():
+  stepped_first = (cifar10_search, darts_search, imagenet_search, digits_search)
+  stepped_last = (drnas_cifar10_search, drnas_imagenet_search, drnas_digits_search,
+                  drnas_nb201_search, nb201_cifar10_search)
+  assert all(c.get_config().search.lr_schedule_offset == 1 for c in stepped_first)
+  assert all(c.get_config().search.lr_schedule_offset == 0 for c in stepped_last)
 
 
 def test_search_writes_genotypes(tmp_path):
@@ -149,14 +178,13 @@ def test_quickstart_command(tmp_path):
 
 
 def test_warmup_scales_the_first_epochs_and_arch_clip_bounds_the_update():
-  from configs import imagenet_search  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   config = imagenet_search.get_config()
   lr = optim.weight_learning_rate(config, steps_per_epoch=10)
   cosine = lambda e: 0.25 * (1 + np.cos(np.pi * e / 50))
   for epoch in range(7):
     factor = min(1.0, (epoch + 1) / 5)
-    assert float(lr(epoch * 10 + 3)) == pytest.approx(cosine(epoch) * factor, rel=1e-6)
+    assert float(lr(epoch * 10 + 3)) == pytest.approx(cosine(epoch + 1) * factor, rel=1e-6)
   # Clipped to norm 5 before the L2 term and Adam: a huge gradient followed by a
   # small one moves the arch exactly like the same gradient scaled to norm 5
   # (Adam's second moment remembers the first gradient's size).
