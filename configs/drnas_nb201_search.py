@@ -5,12 +5,11 @@ github.com/xiangning-chen/DrNAS), CIFAR-10.
       [--config.data.name=cifar100 --config.model.num_classes=100] \
       [--config.nb201.table=nb201.json]
 
-Dirichlet relaxation, L2 regulariser, partial channels; progressive learning:
-50 epochs at k 4 with all 5 ops, then the top 3 ops per edge at k 2 for 50
-more; arch Adam lr 3e-4; arch steps from epoch 10 of each stage. Paper: test
-accuracy 94.36 / 73.51 / 46.34 on CIFAR-10 / CIFAR-100 / ImageNet16-120 (the
-space's optimum: 94.37 / 73.51 / 47.31); re-runs report lower (e.g. CIFAR-100
-70-71): compare distributions over seeds.
+Dirichlet relaxation, L2 regulariser, partial channels; progressive learning
+(201-space/train_search_progressive.py): 50 epochs at k 4 with all 5 ops, then
+the top 3 ops per edge at k 2 for 50 more; arch Adam lr 3e-4; arch steps from
+epoch 10 of each stage. The paper's NB-201 accuracies (94.36 / 73.51 / 46.34)
+come from the one-stage run: configs/drnas_nb201_nonprogressive_search.py.
 """
 
 from configs import nb201_cifar10_search

@@ -11,10 +11,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import drnas_nb201_nonprogressive_search
+from configs import drnas_nb201_search
 from configs import nb201_cifar10_search
 from configs import nb201_cifar100_search
 from configs import nb201_digits_search
 from configs import nb201_imagenet16_search
+from pcdarts_jax import config_validation
 from pcdarts_jax import data
 from pcdarts_jax import initializers
 from pcdarts_jax import relaxation
@@ -513,3 +516,21 @@ def test_configs():
   assert in16.data.name == 'imagenet16_120' and in16.model.num_classes == 120
   digits = nb201_digits_search.get_config()
   assert digits.data.name == 'digits' and digits.model.cells_per_stage == 1
+
+
+def test_drnas_configs_one_stage_and_progressive():
+  """The paper's NB-201 numbers come from DrNAS' one-stage run (k 1, all ops, arch
+  steps from the first epoch); the progressive one narrows k 4 -> 2, ops 5 -> 3."""
+  one = drnas_nb201_nonprogressive_search.get_config()
+  config_validation.validate_search_config(one)
+  m, s = one.model, one.search
+  assert (m.relaxation, m.partial_channels, m.edge_normalization) == ('dirichlet', 1, False)
+  assert (s.epochs, tuple(s.stage_epochs), s.arch_start_epoch) == (100, (), 0)
+  assert (s.arch_learning_rate, s.arch_regularizer, s.arch_weight_decay) == (3e-4, 'l2', 1e-3)
+  assert s.lr_schedule_offset == 0
+  progressive = drnas_nb201_search.get_config()
+  config_validation.validate_search_config(progressive)
+  p = progressive.search
+  assert (tuple(p.stage_epochs), tuple(p.stage_partial_channels), tuple(p.stage_ops)) == (
+      (50, 50), (4, 2), (5, 3))
+  assert p.arch_start_epoch == 10 and p.lr_schedule_offset == 0

@@ -16,6 +16,7 @@ from configs import digits_search
 from configs import drnas_cifar10_search
 from configs import drnas_digits_search
 from configs import drnas_imagenet_search
+from configs import drnas_nb201_nonprogressive_search
 from configs import drnas_nb201_search
 from configs import imagenet_search
 from configs import nb201_cifar10_search
@@ -140,7 +141,7 @@ def test_learning_rate_is_cosine_stepped_per_epoch(offset):
 def test_lr_schedule_offset_of_each_reference():
   stepped_first = (cifar10_search, darts_search, imagenet_search, digits_search)
   stepped_last = (drnas_cifar10_search, drnas_imagenet_search, drnas_digits_search,
-                  drnas_nb201_search, nb201_cifar10_search)
+                  drnas_nb201_search, drnas_nb201_nonprogressive_search, nb201_cifar10_search)
   assert all(c.get_config().search.lr_schedule_offset == 1 for c in stepped_first)
   assert all(c.get_config().search.lr_schedule_offset == 0 for c in stepped_last)
 
