@@ -179,6 +179,26 @@ def test_channel_mixing_by_hand(mixing, expected):
   assert out.shape == x.shape
 
 
+def test_reference_random_is_the_first_channels_unpermuted():
+  """PC-DARTS' model_search_random.py as it runs: its channel permutation is
+  discarded, so the first C/K channels go through the ops, and nothing is
+  permuted after the concat; train mode needs no 'channels' rng."""
+  x = jnp.broadcast_to(jnp.arange(1.0, 9.0), (1, 3, 3, 8))
+  weights = jnp.asarray([0.7, 0.5])  # none, skip_connect (identity at stride 1)
+  mixed = supernet.PartialMixedOp(8, 1, 4, primitives=('none', 'skip_connect'),
+                                  channel_sampling='reference_random', train=True)
+  out = mixed.apply({}, x, weights)
+  # concat = [0.5 x0, 0.5 x1 | x2 .. x7] with x_c = c + 1, as it is.
+  np.testing.assert_array_equal(np.asarray(out)[0, 1, 1],
+                                np.asarray([0.5, 1, 3, 4, 5, 6, 7, 8], np.float32))
+  config = darts_search.get_config()
+  config.model.channel_sampling = 'reference_random'
+  config_validation.validate_search_config(config)
+  config.model.channel_mixing = 'shift'  # Would be silently ignored: refused.
+  with pytest.raises(config_validation.ConfigError, match="channel_mixing='shift' has no"):
+    config_validation.validate_search_config(config)
+
+
 def test_channel_shift_pair():
   x = jnp.arange(6.0).reshape(1, 1, 1, 6)
   np.testing.assert_array_equal(np.asarray(supernet.channel_shift(x, 2)).ravel(),
@@ -364,7 +384,8 @@ def test_variant_runs_one_epoch_from_the_launcher(variant, tmp_path):
        f'--workdir={workdir}', '--config.search.epochs=1', '--config.search.arch_start_epoch=0',
        # lr(e) (offset 0): one epoch at the reference's lr(e + 1) = lr_min = 0 would
        # take no weight step and zero the second-order term.
-       '--config.search.lr_schedule_offset=0', '--config.model.init_channels=4', '--config.model.layers=1', *VARIANTS[variant]],
+       '--config.search.lr_schedule_offset=0', '--config.model.init_channels=4',
+       '--config.model.layers=1', *VARIANTS[variant]],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'epoch 1/1' in result.stdout
