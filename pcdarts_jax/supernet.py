@@ -26,33 +26,47 @@ DTYPES = ('float32', 'bfloat16')
 CHANNEL_SAMPLINGS = ('first', 'random')
 CHANNEL_MIXINGS = ('shuffle', 'shift')
 CHANNEL_RNG = 'channels'  # Flax rng stream of the random channel sampling.
-EDGE_IMPLS = ('auto', 'batched', 'scan')
+EDGE_IMPLS = ('auto', 'batched', 'grouped', 'scan')
+# Primitives of the grouped layout (grouped_cell.py).
+GROUPED_PRIMITIVES = ('none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect',
+                      'sep_conv_3x3', 'sep_conv_5x5', 'sep_conv_7x7',
+                      'dil_conv_3x3', 'dil_conv_5x5')
+# edge_impl='auto' per platform a step is lowered for (jax.default_backend()
+# names and jax.export's): scan until grouped has GPU timings that beat it.
+AUTO_EDGE_IMPLS = {'cpu': 'scan', 'gpu': 'scan', 'cuda': 'scan', 'rocm': 'scan',
+                   'tpu': 'scan'}
 
 
 def resolve_edge_impl(impl: str, channel_sampling: str = 'first',
-                      primitives: Sequence[str] = genotypes.PRIMITIVES) -> str:
-  """How a search cell runs its edges. `batched`: edges side by side on the
-  channel axis, 4 op sequences per cell instead of 14 (batched_ops.py; needs
+                      primitives: Sequence[str] = genotypes.PRIMITIVES,
+                      platform: Optional[str] = None) -> str:
+  """How a search cell runs its edges. `scan`: one edge per step of a lax.scan
+  (any variant). `batched`: edges side by side on the channel axis, grouped by
+  target node (batched_ops.py). `grouped`: unrolled, one stage per source node,
+  each op once per stage for all its edges, the parameter-free ops shared
+  (grouped_cell.py; also serves pruned DrNAS stages). Both need
   channel_sampling='first', where all edges from one input see the same
-  channels). `scan`: one edge per step of a lax.scan (any variant). `auto`:
-  scan on every backend. On CPU scan measured faster (weight gradient of the
-  CIFAR config at batch 32: 2.11 s vs 2.45 s, compile 43 s vs 112 s: the
-  batched groups' larger working sets fall out of cache). On the one GPU
-  measured (H100, JAX 0.11.2) batched crashed XLA's Triton GEMM tiling pass
-  with default flags and, with Triton GEMMs off, did not compile its bilevel
-  step within 200 s, where scan compiled in 81 s; so batched stays opt-in."""
+  channels. `auto`: AUTO_EDGE_IMPLS[platform] (default: jax.default_backend()),
+  scan where that layout cannot run the cell. On CPU scan measured faster than
+  batched and compiles sooner, and on a GPU batched crashed XLA's Triton GEMM
+  tiling pass, so batched stays opt-in (docs/benchmarks.md)."""
   if impl not in EDGE_IMPLS:
     raise ValueError(f'model.edge_impl={impl!r} is not one of {EDGE_IMPLS}.')
-  unbatched = [p for p in primitives if p not in batched_ops.BATCHED_PRIMITIVES]
-  if impl == 'batched':
-    if channel_sampling != 'first':
-      raise ValueError("model.edge_impl='batched' needs model.channel_sampling='first' "
-                       f"(got {channel_sampling!r}); use edge_impl 'auto' or 'scan'.")
-    if unbatched:
-      raise ValueError(f"model.edge_impl='batched' has no batched form of {unbatched}; "
-                       f'batched primitives: {batched_ops.BATCHED_PRIMITIVES}.')
   if impl == 'auto':
-    return 'scan'
+    choice = AUTO_EDGE_IMPLS.get(platform or jax.default_backend(), 'scan')
+    try:
+      return resolve_edge_impl(choice, channel_sampling, primitives)
+    except ValueError:
+      return 'scan'
+  if impl in ('batched', 'grouped'):
+    supported = batched_ops.BATCHED_PRIMITIVES if impl == 'batched' else GROUPED_PRIMITIVES
+    if channel_sampling != 'first':
+      raise ValueError(f"model.edge_impl={impl!r} needs model.channel_sampling='first' "
+                       f"(got {channel_sampling!r}); use edge_impl 'auto' or 'scan'.")
+    missing = [p for p in primitives if p not in supported]
+    if missing:
+      raise ValueError(f'model.edge_impl={impl!r} has no form of {missing}; its primitives: '
+                       f'{supported}; use edge_impl \'auto\' or \'scan\'.')
   return impl
 
 
@@ -270,7 +284,7 @@ class SearchCell(nn.Module):
   # to edge, so the edges become separate modules (`edge_{e}`) computing only
   # their kept ops (no scan over stacked parameters).
   op_mask: Optional[Tuple[Tuple[int, ...], ...]] = None
-  edge_impl: str = 'auto'  # auto | batched | scan (resolve_edge_impl)
+  edge_impl: str = 'auto'  # auto | batched | grouped | scan (resolve_edge_impl)
 
   def _batched_edges(self, s0, s1, op_weights, edge_weights, train):
     """All edges as 4 channel-batched groups: the 8 edges from the cell inputs,
@@ -362,9 +376,14 @@ class SearchCell(nn.Module):
     s1 = ops.ReLUConvBN(c, 1, 1, 0, affine=False, name='preprocess1', **bn_axis)(s1, train)
     if edge_weights is None:
       edge_weights = jnp.ones(op_weights.shape[:1], op_weights.dtype)
+    impl = resolve_edge_impl(self.edge_impl, self.channel_sampling, self.primitives)
+    if impl == 'grouped':  # also serves op masks: an op once per stage for the edges keeping it
+      # Imported here: grouped_cell builds on this module's helpers.
+      from pcdarts_jax import grouped_cell  # pylint: disable=g-import-not-at-top
+      return grouped_cell.grouped_edges(self, s0, s1, op_weights, edge_weights, train)
     if self.op_mask is not None:
       return self._masked_edges(s0, s1, op_weights, edge_weights, train)
-    if resolve_edge_impl(self.edge_impl, self.channel_sampling, self.primitives) == 'batched':
+    if impl == 'batched':
       return self._batched_edges(s0, s1, op_weights, edge_weights, train)
     inputs = jnp.stack([s0, s1])
     stride = 2 if self.reduction else 1
@@ -406,7 +425,7 @@ class SearchNetwork(nn.Module):
   # DrNAS progressive learning: {'normal': mask, 'reduce': mask} as nested
   # tuples (edges x ops, 1 = kept); pruned ops get no weight and are not built.
   op_masks: Optional[Any] = None
-  edge_impl: str = 'auto'           # auto | batched | scan: see resolve_edge_impl
+  edge_impl: str = 'auto'           # auto | batched | grouped | scan: see resolve_edge_impl
 
   def _arch(self, name, shape):
     init = lambda: 1e-3 * jax.random.normal(self.make_rng('params'), shape)

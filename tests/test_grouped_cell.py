@@ -1,0 +1,286 @@
+"""The grouped cell layout (model.edge_impl='grouped', grouped_cell.py) against the scan.
+
+Each case compiles one scan/grouped pair of tiny supernets (C 8, 3 cells: a
+normal cell, a reduction cell, and a reduction cell after a reduction, whose
+s0 goes through FactorizedReduce) and compares, on the same variables, the
+train-mode logits, loss, every weight and arch gradient and the new BatchNorm
+statistics, and the eval-mode logits. float32: the layouts differ only in the
+rounding of their batched matmuls and reductions (about an ulp per cell),
+which the BatchNorms of later cells amplify, so tolerances are relative to
+each array's scale. The running statistics and the arch values are random, so
+that an edge reading another edge's statistics or weights shows.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from pcdarts_jax import checkpoint
+from pcdarts_jax import config_validation
+from pcdarts_jax import genotypes
+from pcdarts_jax import grouped_cell
+from pcdarts_jax import initializers
+from pcdarts_jax import supernet
+
+BATCH = 3
+IMPL = 'shifted'
+LABELS = jnp.array([1, 4, 7])
+
+
+def _config(**model):
+  base = dict(init_channels=8, layers=3, num_classes=10, partial_channels=4,
+              depthwise_impl=IMPL, steps=4, multiplier=4)
+  base.update(model)
+  return ml_collections.ConfigDict({'model': base})
+
+
+def _randomized(variables, seed):
+  """Running statistics away from (0, 1) and arch values away from uniform."""
+  rng = np.random.RandomState(seed)
+  stats = jax.tree_util.tree_map_with_path(
+      lambda path, a: jnp.asarray(
+          rng.uniform(0.5, 1.5, a.shape) if path[-1].key == 'var'
+          else 0.1 * rng.randn(*a.shape), jnp.float32), variables['batch_stats'])
+  arch = jax.tree.map(lambda a: jnp.asarray(0.5 * rng.randn(*a.shape), jnp.float32),
+                      variables['arch'])
+  return {**variables, 'batch_stats': stats, 'arch': arch}
+
+
+def _pair(config, seed=0, op_masks=None):
+  """The scan and grouped models of `config`, shared variables, and per layout a
+  jitted gradient (loss, logits, new statistics, (weight, arch) gradients) and
+  eval forward."""
+  models = {impl: supernet.build_supernet(config, op_masks=op_masks).clone(edge_impl=impl)
+            for impl in ('scan', 'grouped')}
+  x = jnp.asarray(np.random.RandomState(seed + 1).randn(BATCH, 8, 8, 3), jnp.float32)
+  variables = _randomized(
+      initializers.init_variables(models['scan'], jax.random.PRNGKey(seed), x[:1]), seed)
+
+  def loss(model, params, arch, batch_stats):
+    logits, updates = model.apply(
+        {'params': params, 'arch': arch, 'batch_stats': batch_stats}, x, train=True,
+        mutable=['batch_stats'])
+    nll = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(BATCH), LABELS])
+    return nll, (logits, updates['batch_stats'])
+
+  gradient, evaluate = {}, {}
+  for impl, model in models.items():
+    gradient[impl] = jax.jit(jax.value_and_grad(
+        functools.partial(loss, model), argnums=(0, 1), has_aux=True))
+    evaluate[impl] = jax.jit(lambda v, m=model: m.apply(v, x, train=False))
+  return dict(models=models, x=x, variables=variables, gradient=gradient, evaluate=evaluate)
+
+
+def _run(pair, impl, variables=None):
+  v = pair['variables'] if variables is None else variables
+  (nll, (logits, stats)), grads = pair['gradient'][impl](v['params'], v['arch'],
+                                                         v['batch_stats'])
+  return dict(loss=nll, logits=logits, batch_stats=stats, grads=grads,
+              eval=pair['evaluate'][impl](v))
+
+
+def _close(got, want, rtol):
+  """|got - want| <= rtol * max|want| per array (plus a floor for all-zero ones)."""
+  def check(path, a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, jax.tree_util.keystr(path)
+    bound = rtol * max(float(np.abs(b).max()), 1e-6)
+    err = float(np.abs(a - b).max())
+    assert err <= bound, f'{jax.tree_util.keystr(path)}: {err:.3g} > {bound:.3g}'
+  jax.tree_util.tree_map_with_path(check, got, want)
+
+
+def _assert_same_step(pair):
+  scan, grouped = _run(pair, 'scan'), _run(pair, 'grouped')
+  assert jax.tree.structure(grouped['grads']) == jax.tree.structure(scan['grads'])
+  assert jax.tree.structure(grouped['batch_stats']) == jax.tree.structure(scan['batch_stats'])
+  _close(grouped['logits'], scan['logits'], 1e-5)
+  _close(grouped['loss'], scan['loss'], 1e-6)
+  _close(grouped['eval'], scan['eval'], 1e-5)
+  _close(grouped['batch_stats'], scan['batch_stats'], 1e-5)
+  _close(grouped['grads'], scan['grads'], 1e-4)
+  # The comparison means something: every statistic moved, gradients are not zero.
+  moved = [not np.allclose(a, b) for a, b in zip(
+      jax.tree.leaves(scan['batch_stats']), jax.tree.leaves(pair['variables']['batch_stats']))]
+  assert all(moved)
+  for leaf in jax.tree.leaves(scan['grads'][1]):
+    assert float(np.abs(np.asarray(leaf)).max()) > 1e-6
+  return scan, grouped
+
+
+# ------------------------------------------------------------------ equality with scan
+
+CASES = {  # partial channels K, edge normalization, nodes per cell
+    'k4_edge_norm': dict(partial_channels=4, edge_normalization=True, steps=4, multiplier=4),
+    'k1_plain': dict(partial_channels=1, edge_normalization=False, steps=3, multiplier=3),
+    # The rest of the grid (CI time: each case compiles two supernet gradients).
+    'k4_plain': dict(partial_channels=4, edge_normalization=False, steps=3, multiplier=3),
+    'k1_edge_norm': dict(partial_channels=1, edge_normalization=True, steps=3, multiplier=3),
+}
+SLOW_CASES = ('k4_plain', 'k1_edge_norm')
+
+
+@pytest.fixture(scope='module')
+def k4_pair():
+  """Shared by the K=4 equality case and the checkpoint test (one compile)."""
+  return _pair(_config(**CASES['k4_edge_norm']))
+
+
+@pytest.mark.parametrize('case', [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES
+                                  else c for c in CASES])
+def test_grouped_matches_scan(case, k4_pair):
+  """Full cells (4 nodes: stages of 8, 3, 2 and 1 edges, the node stages at
+  scattered stacked positions) for the default K=4 with edge normalization;
+  3-node cells for the others."""
+  pair = k4_pair if case == 'k4_edge_norm' else _pair(_config(**CASES[case]), seed=3)
+  assert jax.tree.map(np.shape, pair['variables']) == jax.tree.map(
+      np.shape, initializers.init_variables(pair['models']['grouped'], jax.random.PRNGKey(0),
+                                            pair['x'][:1]))
+  _assert_same_step(pair)
+
+
+def test_grouped_matches_scan_in_pruned_stages():
+  """DrNAS progressive learning's pruned stages: every edge keeps its own ops
+  (some keep `none`, a pool or the skip, some only conv chains), the variables
+  are the masked cell's per-edge ones, and each op runs once per stage for the
+  edges that keep it. K = 2 with dil/sep chains of different kernel sizes."""
+  steps = 3
+  edges = sum(i + 2 for i in range(steps))
+  masks = {}
+  for offset, kind in enumerate(('normal', 'reduce')):
+    mask = np.zeros((edges, len(genotypes.PRIMITIVES)), np.int32)
+    for e in range(edges):
+      for j in (0, 3, 5):
+        mask[e, (e + offset + j) % len(genotypes.PRIMITIVES)] = 1
+    masks[kind] = mask
+  pair = _pair(_config(partial_channels=2, steps=steps, multiplier=steps), seed=5,
+               op_masks=masks)
+  params = pair['variables']['params']['cell_0']
+  assert 'edge_0' in params and 'input_edges' not in params  # the masked layout's tree
+  assert jax.tree.map(np.shape, pair['variables']) == jax.tree.map(
+      np.shape, initializers.init_variables(pair['models']['grouped'], jax.random.PRNGKey(0),
+                                            pair['x'][:1]))
+  _assert_same_step(pair)
+
+
+def test_checkpoint_moves_between_layouts(k4_pair, tmp_path):
+  """A state written under one layout restores (checkpoint.Checkpoints, shapes
+  from the other layout's model) and continues under the other as under its own."""
+  pair = k4_pair
+  other = {'scan': 'grouped', 'grouped': 'scan'}
+
+  def step(state, impl):
+    out = _run(pair, impl, state)
+    weight_grads, arch_grads = out['grads']
+    update = lambda p, g: p - 0.1 * g
+    return {'params': jax.tree.map(update, state['params'], weight_grads),
+            'arch': jax.tree.map(update, state['arch'], arch_grads),
+            'batch_stats': out['batch_stats']}, out['loss']
+
+  for writer in ('scan', 'grouped'):
+    reader = other[writer]
+    state, _ = step(pair['variables'], writer)
+    store = checkpoint.Checkpoints(str(tmp_path / writer), keep=1)
+    store.save(1, state, {'edge_impl': writer})
+    like = initializers.init_variables(pair['models'][reader], jax.random.PRNGKey(1),
+                                       pair['x'][:1])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), like)
+    restored, meta = store.restore(1, abstract)
+    store.close()
+    assert meta == {'edge_impl': writer}
+    jax.tree.map(np.testing.assert_array_equal, restored, state)
+    continued, loss = step(restored, reader)
+    reference, reference_loss = step(state, writer)
+    _close(loss, reference_loss, 1e-6)
+    _close(continued, reference, 1e-4)
+
+
+def test_bfloat16_cell_accumulates_in_float32():
+  """A bfloat16 grouped cell stays within bfloat16 rounding of the float32 one,
+  and its mixing sums are float32: the node accumulators are (adds of) float32
+  values converted to bfloat16 once per node."""
+  cell = supernet.SearchCell(8, False, False, partial_channels=2, depthwise_impl='shifted',
+                             edge_impl='grouped')
+  rng = np.random.RandomState(7)
+  s0, s1 = (jnp.asarray(rng.randn(2, 8, 8, 12), jnp.float32) for _ in range(2))
+  weights = jax.nn.softmax(jnp.asarray(rng.randn(14, 8), jnp.float32))
+  betas = jnp.asarray(rng.rand(14), jnp.float32)
+  variables = cell.init(jax.random.PRNGKey(0), s0, s1, weights, betas, train=False)
+  run = jax.jit(lambda a, b: cell.apply(variables, a, b, weights, betas, train=True,
+                                        mutable=['batch_stats'])[0])
+  full = np.asarray(run(s0, s1), np.float64)
+  half = run(s0.astype(jnp.bfloat16), s1.astype(jnp.bfloat16))
+  assert half.dtype == jnp.bfloat16
+  err = np.abs(np.asarray(half, np.float64) - full).max() / np.abs(full).max()
+  assert 0 < err < 3e-2
+  jaxpr = jax.make_jaxpr(lambda a, b: cell.apply(variables, a, b, weights, betas, train=True,
+                                                 mutable=['batch_stats'])[0])(
+                                                     s0.astype(jnp.bfloat16),
+                                                     s1.astype(jnp.bfloat16))
+  # Every add at a node's op-part shape (N, H, W, C/K) is a float32 mixing sum.
+  adds = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == 'add'
+          and e.outvars[0].aval.shape[-1] == 4 and e.outvars[0].aval.shape[1:3] == (8, 8)]
+  assert adds and all(e.outvars[0].aval.dtype == jnp.float32 for e in adds)
+
+
+# ------------------------------------------------------------------ selection and errors
+
+
+def test_edge_impl_grouped_resolution_and_errors():
+  assert supernet.resolve_edge_impl('grouped') == 'grouped'
+  for platform in ('cpu', 'cuda', 'rocm', 'tpu', None):
+    assert supernet.resolve_edge_impl('auto', platform=platform) == supernet.AUTO_EDGE_IMPLS.get(
+        platform or jax.default_backend(), 'scan')
+  assert supernet.resolve_edge_impl('auto', platform='cpu') == 'scan'
+  with pytest.raises(ValueError, match=r"model.edge_impl='grouped' needs "
+                     r"model.channel_sampling='first' \(got 'random'\)"):
+    supernet.resolve_edge_impl('grouped', 'random')
+  with pytest.raises(ValueError, match=r"model.edge_impl='grouped' has no form of "
+                     r"\['conv_7x1_1x7'\]"):
+    supernet.resolve_edge_impl('grouped', 'first', genotypes.PRIMITIVES + ('conv_7x1_1x7',))
+  with pytest.raises(ValueError, match="is not one of \\('auto', 'batched', 'grouped', 'scan'\\)"):
+    supernet.resolve_edge_impl('grouped_v2')
+
+
+def test_auto_falls_back_to_scan_where_grouped_cannot_run(monkeypatch):
+  monkeypatch.setitem(supernet.AUTO_EDGE_IMPLS, 'cuda', 'grouped')
+  assert supernet.resolve_edge_impl('auto', platform='cuda') == 'grouped'
+  assert supernet.resolve_edge_impl('auto', 'random', platform='cuda') == 'scan'
+  assert supernet.resolve_edge_impl('auto', platform='cpu') == 'scan'
+
+
+def test_search_config_refuses_grouped_with_random_sampling():
+  from configs import cifar10_search  # pylint: disable=g-import-not-at-top
+  config = cifar10_search.get_config()
+  config.model.edge_impl = 'grouped'
+  config_validation.validate_search_config(config)
+  config.model.channel_sampling = 'random'
+  with pytest.raises(config_validation.ConfigError) as info:
+    config_validation.validate_search_config(config)
+  message = str(info.value)
+  assert 'model.edge_impl' in message and "channel_sampling='first'" in message
+  assert '\n' not in message
+
+
+def test_cell_edges_stage_layout():
+  """Stages by source: 8 input edges, then 3, 2 and 1 from nodes 0, 1 and 2, at
+  the scanned cell's stacked positions."""
+  edges = grouped_cell.cell_edges(4, 2, genotypes.PRIMITIVES)
+  stages = [[e for e in edges if grouped_cell.stage_of(e) == s] for s in range(4)]
+  assert [len(s) for s in stages] == [8, 3, 2, 1]
+  assert all(e.stride == 2 and e.scope == 'input_edges' for e in stages[0])
+  assert [e.position for e in stages[0]] == list(range(8))
+  assert [(e.index, e.target, e.position) for e in stages[1]] == [(4, 1, 0), (7, 2, 1),
+                                                                   (11, 3, 3)]
+  assert [(e.index, e.position) for e in stages[2]] == [(8, 2), (12, 4)]
+  assert [(e.index, e.position) for e in stages[3]] == [(13, 5)]
+  for e in edges:
+    assert supernet.edge_slot(e.index) == (e.scope, e.position)
+  masked = grouped_cell.cell_edges(4, 1, genotypes.PRIMITIVES,
+                                   np.eye(14, len(genotypes.PRIMITIVES), dtype=int))
+  assert masked[3].scope == 'edge_3' and masked[3].position is None
+  assert masked[3].kept == (genotypes.PRIMITIVES[3],)
