@@ -43,10 +43,13 @@ def get_config():
   config.model.edge_impl = 'auto'       # auto (= scan) | batched | grouped | scan: a cell's edge layout
   config.model.unroll_edges = False     # True: much slower compile, no faster (docs/benchmarks.md)
   config.model.dtype = 'float32'       # float32 | bfloat16 (activations; params, arch stay float32)
-  config.model.channel_sampling = 'first'  # first | random: which C/K channels the ops see
+  # first | random | reference_random (PC-DARTS' random file as it runs: the first C/K
+  # channels, no permutation after the concat): which C/K channels the ops see.
+  config.model.channel_sampling = 'first'
   config.model.channel_mixing = 'shuffle'  # shuffle | shift: permutation after the concat
   config.model.space = 'darts'          # darts | nb201 (pcdarts_jax/spaces)
-  config.model.relaxation = 'softmax'   # softmax | dirichlet (DrNAS) | gumbel (SNAS-style)
+  # softmax | dirichlet (DrNAS) | gumbel (SNAS-style) | gdas (hard Gumbel, straight-through)
+  config.model.relaxation = 'softmax'
 
   config.search = ml_collections.ConfigDict()
   config.search.epochs = 50
@@ -54,10 +57,12 @@ def get_config():
   config.search.learning_rate = 0.1
   config.search.learning_rate_min = 0.0
   config.search.warmup_epochs = 0       # > 0: lr * (epoch + 1) / warmup_epochs at first
+  config.search.warmup_lr = 'base'      # that lr: base (learning_rate, the references') | cosine
   # Epoch e (from 0) runs at the cosine's lr(e + offset): 1 as DARTS/PC-DARTS step their
   # scheduler before each epoch (the last epoch at learning_rate_min); 0: lr(e), DrNAS.
   config.search.lr_schedule_offset = 1
   config.search.momentum = 0.9
+  config.search.nesterov = False        # True: Nesterov momentum (AutoDL's NB-201 DARTS)
   config.search.weight_decay = 3e-4
   config.search.grad_clip = 5.0
   config.search.arch_learning_rate = 6e-4
@@ -74,8 +79,10 @@ def get_config():
   config.search.skip_nonfinite = False  # True: drop non-finite steps and go on (counted)
   config.search.arch_regularizer = 'l2'  # l2 (Adam weight decay) | kl (DrNAS, dirichlet only)
   config.search.arch_regularizer_scale = 1e-3  # kl: scale of sum_e KL(Dir(a_e) || Dir(1))
-  config.search.gumbel_tau_max = 10.0   # gumbel: tau decays from this (first epoch)...
-  config.search.gumbel_tau_min = 0.1    # ...to this (last epoch)
+  config.search.gumbel_tau_max = 10.0   # gumbel, gdas: tau decays from this (first epoch)...
+  config.search.gumbel_tau_min = 0.1    # ...towards this
+  # exponential: tau_min at the last epoch | linear: DrNAS', lowered after each epoch.
+  config.search.gumbel_tau_schedule = 'exponential'
   # DrNAS progressive learning (empty: one stage): epochs, K and ops kept per stage.
   config.search.stage_epochs = ()
   config.search.stage_partial_channels = ()

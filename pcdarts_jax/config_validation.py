@@ -11,6 +11,7 @@ from pcdarts_jax import data
 from pcdarts_jax import genotypes
 from pcdarts_jax import input_pipeline
 from pcdarts_jax import ops
+from pcdarts_jax import optim
 from pcdarts_jax import progressive
 from pcdarts_jax import relaxation
 from pcdarts_jax import spaces
@@ -111,9 +112,13 @@ def validate_search_config(config, num_devices: int = 1):
            f"model.relaxation='dirichlet', not {relax!r}.")
   if regularizer == 'kl':
     _positive(config, 'search', 'arch_regularizer_scale', allow_zero=True)
-  if relax == 'gumbel':
+  if relax in relaxation.TEMPERED:
     for field in ('gumbel_tau_max', 'gumbel_tau_min'):
       _positive(config, 'search', field)
+    schedule = s.get('gumbel_tau_schedule', 'exponential')
+    _require(schedule in relaxation.GUMBEL_TAU_SCHEDULES,
+             f'search.gumbel_tau_schedule={schedule!r} is not one of '
+             f'{relaxation.GUMBEL_TAU_SCHEDULES}.')
     _require(s.gumbel_tau_min <= s.gumbel_tau_max,
              f'search.gumbel_tau_min={s.gumbel_tau_min} exceeds search.gumbel_tau_max='
              f'{s.gumbel_tau_max}.')
@@ -129,6 +134,10 @@ def validate_search_config(config, num_devices: int = 1):
   mixing = m.get('channel_mixing', 'shuffle')
   _require(mixing in supernet.CHANNEL_MIXINGS,
            f'model.channel_mixing={mixing!r} is not one of {supernet.CHANNEL_MIXINGS}.')
+  _require(mixing != 'shift' or sampling != 'reference_random',
+           "model.channel_mixing='shift' has no effect with model.channel_sampling="
+           "'reference_random', which (as the reference's model_search_random.py) permutes "
+           "no channel after the concat; leave channel_mixing at 'shuffle'.")
   size = input_pipeline.image_shape(d)[0]
   reductions = 2 + (3 if m.stem == 'imagenet' else 0)
   _require(size % (2 ** reductions) == 0,
@@ -146,6 +155,13 @@ def validate_search_config(config, num_devices: int = 1):
       _positive(config, 'search', field, allow_zero=True)
   _require(_is_int(s.get('warmup_epochs', 0)),
            f"search.warmup_epochs={s.get('warmup_epochs')!r} must be an integer.")
+  _require(s.get('warmup_lr', 'cosine') in optim.WARMUP_LRS,
+           f"search.warmup_lr={s.get('warmup_lr')!r} is not one of {optim.WARMUP_LRS}.")
+  offset = s.get('lr_schedule_offset', 0)
+  _require(_is_int(offset) and offset in optim.LR_SCHEDULE_OFFSETS,
+           f'search.lr_schedule_offset={offset!r} is not one of {optim.LR_SCHEDULE_OFFSETS} '
+           f'(1: epoch e runs at the cosine lr(e + 1), as DARTS and PC-DARTS; 0: at lr(e), '
+           f'as DrNAS).')
   for field in ('batch_size', 'epochs', 'eval_batch_size', 'arch_start_epoch',
                 'log_every_steps'):
     _require(_is_int(s[field]),
@@ -175,6 +191,7 @@ def validate_search_config(config, num_devices: int = 1):
            f'search.single_level=True updates the architecture on the train batch and '
            f'takes no architect; search.architect={s.architect!r} must be \'first_order\'.')
   _require_bool(s.skip_nonfinite, 'search.skip_nonfinite')
+  _require_bool(s.get('nesterov', False), 'search.nesterov')
   c = config.checkpoint
   _require(_is_int(c.every_steps) and c.every_steps >= 0,
            f'checkpoint.every_steps={c.every_steps!r} must be an integer >= 0 '

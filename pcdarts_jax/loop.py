@@ -182,7 +182,7 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
   """
   d, s = config.data, config.search
   lr_fn = optim.weight_learning_rate(config, steps_per_epoch)
-  gumbel = config.model.get('relaxation', 'softmax') == 'gumbel'
+  gumbel = config.model.get('relaxation', 'softmax') in relaxation.TEMPERED
   penalty = lambda arch: relaxation.arch_penalty(config, arch)
 
   def functions(state):

@@ -9,17 +9,23 @@ import optax
 # 1: DARTS and PC-DARTS step the scheduler at the start of each epoch (the first
 # epoch already runs below lr, the last at lr_min); 0: DrNAS steps it at the end.
 LR_SCHEDULE_OFFSETS = (0, 1)
+# search.warmup_lr: what a warm-up epoch e < W scales by (e + 1) / W. base: the
+# initial lr (PC-DARTS' and DrNAS' ImageNet searches overwrite the scheduled lr
+# with it); cosine: the schedule's value at e.
+WARMUP_LRS = ('base', 'cosine')
 
 
 def weight_learning_rate(config, steps_per_epoch: int):
   """Cosine annealing stepped once per epoch (piecewise constant within an epoch):
   epoch e (from 0) runs at lr(e + `search.lr_schedule_offset`), where
   lr(t) = lr_min + (lr - lr_min) (1 + cos(pi t / epochs)) / 2; with
-  `search.warmup_epochs` = W > 0, epochs e < W use that lr times (e + 1) / W
-  (the reference's ImageNet search warm-up). The second-order architect's
+  `search.warmup_epochs` = W > 0, epochs e < W run at (e + 1) / W times
+  `search.learning_rate` (`search.warmup_lr='base'`, the references' ImageNet
+  warm-up) or times lr(e + offset) ('cosine'). The second-order architect's
   virtual step takes its lr from this same function."""
   s = config.search
   warmup = s.get('warmup_epochs', 0)
+  warmup_base = s.get('warmup_lr', 'cosine') == 'base'
   # A config without the field (older than it) runs at lr(e), as before.
   offset = s.get('lr_schedule_offset', 0)
 
@@ -28,18 +34,22 @@ def weight_learning_rate(config, steps_per_epoch: int):
     lr = s.learning_rate_min + 0.5 * (s.learning_rate - s.learning_rate_min) * (
         1.0 + jnp.cos(jnp.pi * (epoch + offset) / s.epochs))
     if warmup:
-      lr = lr * jnp.minimum(1.0, (epoch + 1) / warmup)
+      start = s.learning_rate if warmup_base else lr
+      lr = jnp.where(epoch < warmup, start * (epoch + 1) / warmup, lr)
     return lr
   return schedule
 
 
 def weight_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """PyTorch order: clip the raw gradient, add L2 (weight decay), SGD momentum."""
+  """PyTorch order: clip the raw gradient, add L2 (weight decay), SGD momentum
+  (Nesterov's with `search.nesterov`, as PyTorch's: g + momentum * buffer). The
+  second-order virtual step uses plain momentum either way, as the references'."""
   s = config.search
   return optax.chain(
       optax.clip_by_global_norm(s.grad_clip),
       optax.add_decayed_weights(s.weight_decay),
-      optax.sgd(weight_learning_rate(config, steps_per_epoch), momentum=s.momentum))
+      optax.sgd(weight_learning_rate(config, steps_per_epoch), momentum=s.momentum,
+                nesterov=s.get('nesterov', False)))
 
 
 def momentum_buffer(weight_opt_state, params):

@@ -12,9 +12,15 @@ edge:
   (`jax.random.dirichlet` reparameterises its Gamma sampler implicitly).
 - `gumbel` (SNAS-style): soft Gumbel-softmax, softmax((alpha + g) / tau) with
   g ~ Gumbel(0, 1) fresh per forward pass, tau from `gumbel_temperature`.
+- `gdas` (GDAS, Dong & Yang CVPR 2019, as DrNAS' NB-201 baseline runs it): the
+  same sample made hard, one-hot at its argmax in the forward pass, with the
+  soft sample's gradient (straight-through). Every op is still computed; the
+  reference computes only the chosen one and gives the others' weights the
+  gradient of a constant-1 output instead of their op's.
 
 The stochastic relaxations draw from the Flax rng stream RELAX_RNG; without it
-(initialisation) they return their mean (Dirichlet) or the plain softmax.
+(initialisation) they return their mean (Dirichlet), the plain tempered softmax
+(gumbel) or its one-hot argmax (gdas).
 `mask` (1 = op kept) zeroes pruned ops and renormalises (DrNAS progressive
 learning).
 
@@ -29,7 +35,12 @@ import jax
 import jax.numpy as jnp
 from jax.scipy import special
 
-RELAXATIONS = ('softmax', 'dirichlet', 'gumbel')
+RELAXATIONS = ('softmax', 'dirichlet', 'gumbel', 'gdas')
+TEMPERED = ('gumbel', 'gdas')  # The relaxations with a temperature schedule.
+# exponential: ours, tau_max (tau_min / tau_max)^(e / (E - 1)), tau_min at the last
+# epoch; linear: DrNAS' SNAS/GDAS baselines, tau_max - (tau_max - tau_min) e / E
+# (tau lowered after each epoch, so the last epoch runs one step above tau_min).
+GUMBEL_TAU_SCHEDULES = ('exponential', 'linear')
 REGULARIZERS = ('l2', 'kl')
 RELAX_RNG = 'relax'  # Flax rng stream of the stochastic relaxations.
 MIN_CONCENTRATION = 1e-3  # Gamma sampling (and its gradient) break down near 0.
@@ -41,9 +52,13 @@ def concentration(beta: jax.Array) -> jax.Array:
 
 
 def gumbel_temperature(search_config, epoch) -> jax.Array:
-  """tau decays exponentially from `gumbel_tau_max` (first epoch) to
-  `gumbel_tau_min` (last epoch); `epoch` may be traced (one compile)."""
+  """tau at `epoch` (from 0; may be traced: one compile) from `gumbel_tau_max` at
+  the first epoch, by `search.gumbel_tau_schedule` (GUMBEL_TAU_SCHEDULES;
+  exponential when the field is absent)."""
   s = search_config
+  if s.get('gumbel_tau_schedule', 'exponential') == 'linear':
+    frac = jnp.clip(epoch / s.epochs, 0.0, 1.0)
+    return s.gumbel_tau_max - (s.gumbel_tau_max - s.gumbel_tau_min) * frac
   frac = jnp.clip(epoch / jnp.maximum(s.epochs - 1, 1), 0.0, 1.0)
   return s.gumbel_tau_max * (s.gumbel_tau_min / s.gumbel_tau_max) ** frac
 
@@ -70,13 +85,18 @@ def mixing_weights(kind: str, param: jax.Array, rng: Optional[jax.Array] = None,
     else:
       weights = jax.random.dirichlet(rng, alpha)
     return _masked_normalise(weights, mask)
-  if kind == 'gumbel':
+  if kind in TEMPERED:
     logits = param
     if rng is not None:
       logits = logits + jax.random.gumbel(rng, param.shape)
     if mask is not None:
       logits = jnp.where(mask > 0, logits, -jnp.inf)
-    return jax.nn.softmax(logits / temperature, axis=-1)
+    soft = jax.nn.softmax(logits / temperature, axis=-1)
+    if kind == 'gumbel':
+      return soft
+    hard = jax.nn.one_hot(jnp.argmax(soft, axis=-1), soft.shape[-1], dtype=soft.dtype)
+    # Exactly hard's values (soft - soft is 0), soft's gradient.
+    return hard + (soft - jax.lax.stop_gradient(soft))
   raise ValueError(f'model.relaxation={kind!r} is not one of {RELAXATIONS}.')
 
 

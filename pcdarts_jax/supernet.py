@@ -4,8 +4,8 @@ Weights live in `params`/`batch_stats`; the architecture lives in the `arch`
 collection (`alphas_normal`, `alphas_reduce` of shape (edges, ops) and, with edge
 normalization, `betas_normal`, `betas_reduce` of shape (edges,)).
 Variants: `channel_sampling` (`first` | `random`, the latter drawing from the
-Flax rng stream 'channels') and `channel_mixing` (`shuffle` | `shift`); neither
-changes the parameters.
+Flax rng stream 'channels' | `reference_random`, the reference's random file as it
+runs) and `channel_mixing` (`shuffle` | `shift`); none changes the parameters.
 """
 
 from typing import Any, Optional, Sequence, Tuple
@@ -23,7 +23,8 @@ from pcdarts_jax import relaxation
 
 STEM_TYPES = ('cifar', 'imagenet')
 DTYPES = ('float32', 'bfloat16')
-CHANNEL_SAMPLINGS = ('first', 'random')
+# reference_random: PC-DARTS' model_search_random.py as it runs (see _partial_mixed_op).
+CHANNEL_SAMPLINGS = ('first', 'random', 'reference_random')
 CHANNEL_MIXINGS = ('shuffle', 'shift')
 CHANNEL_RNG = 'channels'  # Flax rng stream of the random channel sampling.
 EDGE_IMPLS = ('auto', 'batched', 'grouped', 'scan')
@@ -128,9 +129,11 @@ def _partial_mixed_op(module, x, weights, channels, stride, partial_channels,
   the op sum is written back to the sampled channels' places and every other
   channel keeps its own place, so the result (before mixing) is
   S * MixedOp(S x) + (1 - S) * x for the sampling mask S. Without that rng
-  (initialisation, evaluation) the first C/K channels are used. (The
-  reference's model_search_random.py draws a permutation but discards it, a
-  defect not copied.)
+  (initialisation, evaluation) the first C/K channels are used.
+  `reference_random`: what PC-DARTS' model_search_random.py computes, for
+  reproducing its numbers: it draws a permutation but discards it, so the first
+  C/K channels go through the ops, and it permutes nothing after the concat
+  (`channel_mixing` does not apply).
   """
   k = partial_channels
   width = channels // k
@@ -165,6 +168,8 @@ def _partial_mixed_op(module, x, weights, channels, stride, partial_channels,
   y = jnp.concatenate([out, x_bypass], axis=-1)
   if perm is not None:  # Every channel back to its own place.
     y = jnp.take(y, jnp.argsort(perm), axis=-1)
+  if channel_sampling == 'reference_random':  # [op sum, bypass], as the reference.
+    return y
   return mix_channels(y, channel_mixing, k)
 
 
@@ -173,8 +178,9 @@ class PartialMixedOp(nn.Module):
 
   With K = 1 this is DARTS' mixed op: all channels through all ops, no shuffle.
   The bypass is max-pooled 2x2 on stride-2 edges. `channel_sampling` picks the
-  processed channels (`first` | `random`, see `_partial_mixed_op`);
-  `channel_mixing` is the final permutation (`shuffle` | `shift`).
+  processed channels (`first` | `random` | `reference_random`, see
+  `_partial_mixed_op`); `channel_mixing` is the final permutation (`shuffle` |
+  `shift`).
   """
   channels: int
   stride: int
@@ -418,10 +424,10 @@ class SearchNetwork(nn.Module):
   depthwise_impl: str = 'auto'
   unroll_edges: bool = False
   axis_name: Optional[str] = None
-  channel_sampling: str = 'first'   # first | random ('channels' rng per apply)
+  channel_sampling: str = 'first'   # first | random ('channels' rng per apply) | reference_random
   channel_mixing: str = 'shuffle'   # shuffle | shift
   dtype: str = 'float32'            # activations; params, arch, BN stats and logits stay float32
-  relaxation: str = 'softmax'       # softmax | dirichlet (DrNAS) | gumbel: see relaxation.py
+  relaxation: str = 'softmax'       # softmax | dirichlet (DrNAS) | gumbel | gdas: relaxation.py
   # DrNAS progressive learning: {'normal': mask, 'reduce': mask} as nested
   # tuples (edges x ops, 1 = kept); pruned ops get no weight and are not built.
   op_masks: Optional[Any] = None

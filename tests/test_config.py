@@ -211,6 +211,7 @@ def test_num_classes_must_match_the_data_set():
     ('checkpoint.keep', 0, '>= 1'),
     ('checkpoint.resume', 'yes', 'True or False'),
     ('search.skip_nonfinite', 1, 'True or False'),
+    ('search.nesterov', 1, 'True or False'),
     ('monitor.progress', 'fancy', "('auto', 'bar', 'lines')"),
     ('monitor.tensorboard', 'on', 'True or False'),
     ('monitor.pictures', None, 'True or False'),
@@ -323,6 +324,7 @@ def test_imagenet_search_has_the_spec_section4_values():
     ('data.arch_fraction', 0.95, 'must be <= 1'),
     ('data.image_size', 20, 'integer >= 32'),
     ('search.warmup_epochs', -1, '>= 0'),
+    ('search.warmup_lr', 'linear', "('base', 'cosine')"),
     ('search.arch_grad_clip', -1.0, '>= 0'),
 ])
 def test_imagenet_field_errors(field, value, expect):

@@ -14,6 +14,7 @@ import pytest
 from configs import drnas_nb201_nonprogressive_search
 from configs import drnas_nb201_search
 from configs import nb201_cifar10_search
+from configs import nb201_darts_autodl_search
 from configs import nb201_cifar100_search
 from configs import nb201_digits_search
 from configs import nb201_imagenet16_search
@@ -534,3 +535,20 @@ def test_drnas_configs_one_stage_and_progressive():
   assert (tuple(p.stage_epochs), tuple(p.stage_partial_channels), tuple(p.stage_ops)) == (
       (50, 50), (4, 2), (5, 3))
   assert p.arch_start_epoch == 10 and p.lr_schedule_offset == 0
+
+
+def test_autodl_darts_config_is_the_nb201_papers():
+  """AutoDL's DARTS.config (the NAS-Bench-201 paper's DARTS): 50 epochs, wd 5e-4,
+  Nesterov; the rest as DrNAS' NB-201 defaults (nb201_cifar10_search)."""
+  config = nb201_darts_autodl_search.get_config()
+  config_validation.validate_search_config(config)
+  s = config.search
+  assert (s.epochs, s.batch_size, s.learning_rate, s.learning_rate_min) == (50, 64, 0.025, 1e-3)
+  assert (s.momentum, s.nesterov, s.weight_decay, s.grad_clip) == (0.9, True, 5e-4, 5.0)
+  assert (s.arch_learning_rate, s.arch_weight_decay, s.arch_start_epoch) == (3e-4, 1e-3, 0)
+  assert s.architect == 'first_order' and s.lr_schedule_offset == 0
+  assert config.model.partial_channels == 1 and config.model.relaxation == 'softmax'
+  np.testing.assert_allclose(config.data.mean, (0.49137, 0.48235, 0.44667), atol=1e-5)
+  np.testing.assert_allclose(config.data.std, (0.24706, 0.24353, 0.26157), atol=1e-5)
+  drnas = nb201_cifar10_search.get_config().search  # DrNAS' repo defaults.
+  assert (drnas.epochs, drnas.weight_decay, drnas.nesterov) == (100, 3e-4, False)

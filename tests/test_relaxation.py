@@ -1,4 +1,4 @@
-"""The relaxations of the arch parameters (softmax, Dirichlet, Gumbel) and the
+"""The relaxations of the arch parameters (softmax, Dirichlet, Gumbel, GDAS) and the
 Dirichlet KL regulariser, against independent computations."""
 
 import math
@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from configs import cifar10_search
+from configs import nb201_cifar10_search
+from configs import nb201_digits_search
+from pcdarts_jax import config_validation
 from pcdarts_jax import relaxation
 
 
@@ -95,6 +99,50 @@ def test_gumbel_temperature_schedule_and_sharpness():
   param = jnp.array([[0.0, 3.0, 0.0]])
   cold = relaxation.mixing_weights('gumbel', param, jax.random.PRNGKey(0), temperature=0.01)
   assert float(jnp.max(cold)) > 0.99  # Nearly one-hot.
+
+
+def test_linear_temperature_schedule_is_drnas():
+  """DrNAS' SNAS/GDAS baselines: tau 10 at the first epoch, lowered by
+  (10 - 1) / epochs after each epoch: 10, 9.1, ..., 1.9 at the last of 10."""
+  s = ml_collections.ConfigDict({'epochs': 10, 'gumbel_tau_max': 10.0, 'gumbel_tau_min': 1.0,
+                                 'gumbel_tau_schedule': 'linear'})
+  taus = [float(relaxation.gumbel_temperature(s, e)) for e in range(10)]
+  np.testing.assert_allclose(taus, [10.0 - 0.9 * e for e in range(10)], rtol=1e-6)
+  assert taus[-1] == pytest.approx(1.9)
+  nb201 = nb201_cifar10_search.get_config().search  # DrNAS' NB-201 defaults.
+  assert (nb201.gumbel_tau_schedule, nb201.gumbel_tau_max, nb201.gumbel_tau_min) == (
+      'linear', 10.0, 1.0)
+  darts = cifar10_search.get_config().search
+  assert (darts.gumbel_tau_schedule, darts.gumbel_tau_max, darts.gumbel_tau_min) == (
+      'exponential', 10.0, 0.1)
+
+
+def test_gdas_is_the_hard_sample_with_the_soft_gradient():
+  """Forward: one-hot at the argmax of the Gumbel sample; backward: the soft
+  Gumbel-softmax's gradient (straight-through)."""
+  param = jnp.array([[0.0, 3.0, 0.0], [1.0, 0.0, -1.0]])
+  key = jax.random.PRNGKey(5)
+  soft = relaxation.mixing_weights('gumbel', param, key, temperature=2.0)
+  hard = relaxation.mixing_weights('gdas', param, key, temperature=2.0)
+  np.testing.assert_array_equal(hard, jax.nn.one_hot(jnp.argmax(soft, -1), 3))
+  # Without an rng: the one-hot argmax of the parameter itself.
+  np.testing.assert_array_equal(relaxation.mixing_weights('gdas', param),
+                                [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+  c = jnp.array([1.0, -2.0, 0.5])
+  grad = lambda kind: jax.grad(lambda p: jnp.sum(
+      c * relaxation.mixing_weights(kind, p, key, temperature=2.0)))(param)
+  np.testing.assert_allclose(grad('gdas'), grad('gumbel'), rtol=1e-6)
+  assert float(jnp.max(jnp.abs(grad('gdas')))) > 0.01
+
+
+def test_temperature_schedule_field_is_validated():
+  config = nb201_digits_search.get_config()
+  config.model.relaxation = 'gdas'
+  config_validation.validate_search_config(config)
+  config.search.gumbel_tau_schedule = 'cosine'
+  with pytest.raises(config_validation.ConfigError,
+                     match=r"search.gumbel_tau_schedule='cosine' is not one of"):
+    config_validation.validate_search_config(config)
 
 
 def test_unknown_relaxation_names_the_field():

@@ -138,6 +138,23 @@ def test_learning_rate_is_cosine_stepped_per_epoch(offset):
       assert float(lr(e * 10 + s)) == pytest.approx(EPOCH_LRS[offset][e], abs=1e-6)
 
 
+@pytest.mark.parametrize('nesterov,expected', [(False, [1.0, 1.9]), (True, [1.9, 2.71])])
+def test_nesterov_momentum_is_pytorchs(nesterov, expected):
+  """Gradient 1 twice, momentum 0.9, no decay: PyTorch's buffer is 1 then 1.9;
+  plain SGD steps by the buffer, Nesterov's by g + 0.9 buffer: 1.9, then 2.71."""
+  config = tiny_config()
+  config.search.update(learning_rate=0.1, learning_rate_min=0.1, weight_decay=0.0,
+                       grad_clip=100.0, nesterov=nesterov)
+  tx = optim.weight_optimizer(config, steps_per_epoch=10)
+  params = {'w': jnp.zeros(())}
+  state = tx.init(params)
+  steps = []
+  for _ in range(2):
+    updates, state = tx.update({'w': jnp.ones(())}, state, params)
+    steps.append(-float(updates['w']) / 0.1)
+  np.testing.assert_allclose(steps, expected, rtol=1e-6)
+
+
 def test_lr_schedule_offset_of_each_reference():
   stepped_first = (cifar10_search, darts_search, imagenet_search, digits_search)
   stepped_last = (drnas_cifar10_search, drnas_imagenet_search, drnas_digits_search,
@@ -183,6 +200,16 @@ def test_warmup_scales_the_first_epochs_and_arch_clip_bounds_the_update():
   config = imagenet_search.get_config()
   lr = optim.weight_learning_rate(config, steps_per_epoch=10)
   cosine = lambda e: 0.25 * (1 + np.cos(np.pi * e / 50))
+  # PC-DARTS overwrites the scheduled lr in warm-up epochs with 0.5 (e + 1) / 5,
+  # then runs at lr(e + 1); DrNAS the same, then at lr(e).
+  pcdarts = [0.1, 0.2, 0.3, 0.4, 0.5, cosine(6), cosine(7)]
+  drnas = [0.1, 0.2, 0.3, 0.4, 0.5, cosine(5), cosine(6)]
+  drnas_lr = optim.weight_learning_rate(drnas_imagenet_search.get_config(), steps_per_epoch=10)
+  for epoch in range(7):
+    assert float(lr(epoch * 10 + 3)) == pytest.approx(pcdarts[epoch], rel=1e-6)
+    assert float(drnas_lr(epoch * 10 + 3)) == pytest.approx(drnas[epoch], rel=1e-6)
+  config.search.warmup_lr = 'cosine'  # The cosine's own value, scaled.
+  lr = optim.weight_learning_rate(config, steps_per_epoch=10)
   for epoch in range(7):
     factor = min(1.0, (epoch + 1) / 5)
     assert float(lr(epoch * 10 + 3)) == pytest.approx(cosine(epoch + 1) * factor, rel=1e-6)
