@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from pcdarts_jax import architect
+from pcdarts_jax import config_fields
 from pcdarts_jax import data
 from pcdarts_jax import fused_ops
 from pcdarts_jax import genotypes
@@ -609,7 +610,7 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
                  m.get('edge_impl', 'auto'), m.get('channel_sampling', 'first'),
                  m.get('primitives', genotypes.PRIMITIVES)),
              'unroll_edges': bool(m.get('unroll_edges', False)),
-             'bilevel_phases': config.search.get('bilevel_phases', 'sequence')}
+             'bilevel_phases': config_fields.bilevel_phases(config.search)}
   base = {'config': config_name, 'config_digest': config_digest(config),
           'batch_size': batch_size, 'data': bench.data_source, 'steps': steps,
           'warmup': warmup, **edges,

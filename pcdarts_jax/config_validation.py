@@ -7,6 +7,7 @@ import math
 from typing import Any, Mapping
 
 from pcdarts_jax import architect
+from pcdarts_jax import config_fields
 from pcdarts_jax import data
 from pcdarts_jax import genotypes
 from pcdarts_jax import input_pipeline
@@ -22,21 +23,11 @@ PROGRESS_MODES = ('auto', 'bar', 'lines')
 BILEVEL_PHASES = ('sequence', 'loop')
 
 
-class ConfigError(ValueError):
-  """A config field has a value the search cannot use."""
-
-
-def _require(ok: bool, message: str):
-  if not ok:
-    raise ConfigError(message)
-
-
-def _is_int(value) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _require_bool(value, field: str):
-  _require(isinstance(value, bool), f'{field}={value!r} must be True or False.')
+ConfigError = config_fields.ConfigError
+# This module's short names for the shared checks.
+_require = config_fields.require
+_is_int = config_fields.is_int
+_require_bool = config_fields.require_bool
 
 
 def _positive(config, section: str, field: str, allow_zero: bool = False):
@@ -185,8 +176,9 @@ def validate_search_config(config, num_devices: int = 1):
            f"cell; use 'auto' (= 'conv' for this architect), 'conv' or 'dense'.")
   single_level = s.get('single_level', False)
   _require_bool(single_level, 'search.single_level')
-  _require(s.get('bilevel_phases', 'sequence') in BILEVEL_PHASES,
-           f"search.bilevel_phases={s.get('bilevel_phases')!r} is not one of {BILEVEL_PHASES}.")
+  phases = config_fields.bilevel_phases(s)
+  _require(phases in BILEVEL_PHASES,
+           f'search.bilevel_phases={phases!r} is not one of {BILEVEL_PHASES}.')
   _require(not single_level or s.architect == 'first_order',
            f'search.single_level=True updates the architecture on the train batch and '
            f'takes no architect; search.architect={s.architect!r} must be \'first_order\'.')

@@ -19,11 +19,13 @@ import optax
 
 from pcdarts_jax import architect
 from pcdarts_jax import checkpoint
+from pcdarts_jax import config_fields
 from pcdarts_jax import config_validation
 from pcdarts_jax import data
 from pcdarts_jax import genotypes
 from pcdarts_jax import initializers
 from pcdarts_jax import input_pipeline
+from pcdarts_jax import metrics as metrics_lib
 from pcdarts_jax import monitor
 from pcdarts_jax import optim
 from pcdarts_jax import rundir
@@ -195,7 +197,7 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
                                              penalty)
 
   single_level = bool(s.get('single_level', False))
-  bilevel_phases = s.get('bilevel_phases', 'sequence')
+  bilevel_phases = config_fields.bilevel_phases(s)
   if bilevel_phases not in config_validation.BILEVEL_PHASES:
     raise ValueError(f'search.bilevel_phases={bilevel_phases!r} is not one of '
                      f'{config_validation.BILEVEL_PHASES}.')
@@ -352,14 +354,6 @@ def run_epoch_steps(epoch: int, first: int, steps_per_epoch: int, step_fn: Calla
   return fetched
 
 
-def _host(sums) -> Dict[str, float]:
-  """Device metric sums -> Python floats (one transfer). Sums of a pmapped step
-  are already added over the devices: every device holds the total."""
-  if next(iter(sums.values())).ndim:  # A device axis: take this process's first copy.
-    sums = parallel.unreplicate(sums)
-  return {k: float(v) for k, v in jax.device_get(sums).items()}
-
-
 def evaluate(eval_step, state, batches, rng, feed: Callable = lambda batch: batch
              ) -> Dict[str, float]:
   """Loss/accuracy over masked `batches`; `feed` turns a host batch into the
@@ -367,7 +361,7 @@ def evaluate(eval_step, state, batches, rng, feed: Callable = lambda batch: batc
   totals = None
   for i, batch in enumerate(batches):
     totals = _accumulate(totals, eval_step(state, feed(batch), jax.random.fold_in(rng, i)))
-  return _summarise(_host(totals))
+  return _summarise(metrics_lib.host_sums(totals))
 
 
 def _summarise(sums: Dict[str, Any], prefix: str = '') -> Dict[str, float]:
@@ -677,7 +671,8 @@ def search(config, workdir: str) -> genotypes.Genotype:
       first = start_step - epoch * steps_per_epoch if epoch == start_epoch else 0
       # Resumed mid-epoch: the sums of the steps before the checkpoint, added on the host.
       carried = meta['sums'] if first and meta['sums'] is not None else {}
-      epoch_sums = lambda sums: {k: v + carried.get(k, 0.0) for k, v in _host(sums).items()}
+      epoch_sums = lambda sums: {k: v + carried.get(k, 0.0)
+                                 for k, v in metrics_lib.host_sums(sums).items()}
       progress = monitor.Progress(epoch, s.epochs, steps_per_epoch, s.batch_size,
                                   s.log_every_steps, interactive, initial=first)
       loop_start = time.time()

@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pcdarts_jax import config_fields
 from pcdarts_jax import data
 from pcdarts_jax import genotypes
 from pcdarts_jax import initializers
@@ -245,14 +246,8 @@ class NetworkImageNet(_Network):
                          axis_name=self.axis_name, name=AUXILIARY)
 
 
-def _get(model_config, name: str, default):
-  if hasattr(model_config, 'get'):
-    return model_config.get(name, default)
-  return getattr(model_config, name, default)
-
-
 def is_sgnas(config) -> bool:
-  return _get(config.model, 'network', 'cifar') == SGNAS
+  return config_fields.field(config.model, 'network', 'cifar') == SGNAS
 
 
 def _sgnas():
@@ -291,7 +286,7 @@ def build_network(config, axis_name: Optional[str] = None, genotype=None) -> nn.
   (L, 6) choices (pcdarts_jax.sgnas.network.build_network).
   """
   m = config.model
-  network = _get(m, 'network', 'cifar')
+  network = config_fields.field(m, 'network', 'cifar')
   if network not in NETWORKS:
     raise ValueError(f'model.network={network!r} is not one of {NETWORKS}.')
   if network == SGNAS:
@@ -301,9 +296,9 @@ def build_network(config, axis_name: Optional[str] = None, genotype=None) -> nn.
     genotype = resolve_genotype(config.genotype)
   cls = NetworkCIFAR if network == 'cifar' else NetworkImageNet
   return cls(genotype=genotype, init_channels=m.init_channels, num_classes=m.num_classes,
-             layers=m.layers, auxiliary=_get(m, 'auxiliary', True),
-             depthwise_impl=_get(m, 'depthwise_impl', 'auto'), axis_name=axis_name,
-             dtype=_get(m, 'dtype', 'float32'))
+             layers=m.layers, auxiliary=config_fields.field(m, 'auxiliary', True),
+             depthwise_impl=config_fields.field(m, 'depthwise_impl', 'auto'), axis_name=axis_name,
+             dtype=config_fields.field(m, 'dtype', 'float32'))
 
 
 def input_shape(config) -> Tuple[int, int, int, int]:
@@ -314,7 +309,8 @@ def input_shape(config) -> Tuple[int, int, int, int]:
     from pcdarts_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     return (1,) + input_pipeline.image_shape(config.data)
   if name not in IMAGE_SHAPES:
-    name = 'imagenet2012' if _get(config.model, 'network', 'cifar') == 'imagenet' else 'cifar10'
+    imagenet = config_fields.field(config.model, 'network', 'cifar') == 'imagenet'
+    name = 'imagenet2012' if imagenet else 'cifar10'
   return (1,) + IMAGE_SHAPES[name]
 
 

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 import optax
 
+from pcdarts_jax import config_fields
 from pcdarts_jax import genotypes
 from pcdarts_jax import supernet
 
@@ -42,7 +43,8 @@ def stages(config) -> List[Stage]:
   s, m = config.search, config.model
   epochs = tuple(s.get('stage_epochs', ()) or ())
   if not epochs:
-    return [Stage(0, 0, s.epochs, m.get('partial_channels', 1), len(_primitives(config)))]
+    return [Stage(0, 0, s.epochs, config_fields.partial_channels(m),
+                  len(_primitives(config)))]
   out, start = [], 0
   for i, (n, k, ops) in enumerate(zip(epochs, s.stage_partial_channels, s.stage_ops)):
     out.append(Stage(i, start, n, k, ops))
@@ -227,9 +229,9 @@ def validate(config, require):
           f'widen).')
   require(all(a >= b for a, b in zip(ops, ops[1:])) and 1 <= min(ops) and max(ops) <= n_ops,
           f'search.stage_ops={ops} must be non-increasing, in 1..{n_ops} (the op count).')
-  require(ks[0] == config.model.get('partial_channels', 1),
-          f'search.stage_partial_channels[0]={ks[0]} must equal model.partial_channels='
-          f'{config.model.partial_channels}.')
+  k = config_fields.partial_channels(config.model)
+  require(ks[0] == k,
+          f'search.stage_partial_channels[0]={ks[0]} must equal model.partial_channels={k}.')
   c = config.model.init_channels
   for k in ks:
     # Stride-2 skip ops (FactorizedReduce) only sit in reduction cells, at 2C / k.

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcdarts_jax import batched_ops
+from pcdarts_jax import config_fields
 from pcdarts_jax import genotypes
 from pcdarts_jax import initializers
 from pcdarts_jax import ops
@@ -222,8 +223,7 @@ class _EdgeScanStep(PartialMixedOp):
 def _fold_boundary(x: jax.Array) -> jax.Array:
   """Materializes a group's folded input, and so its gradient: otherwise XLA:CPU
   fuses every op's input gradient, channel slices included, into one loop per
-  cell input that it cannot vectorize (measured: 45 ms per reduction-cell input
-  at batch 32)."""
+  cell input that it cannot vectorize."""
   return jax.lax.optimization_barrier(x)
 
 
@@ -267,12 +267,10 @@ class SearchCell(nn.Module):
   edge_weights[e] (edge normalization; None for plain DARTS); its ops are mixed
   by op_weights[e]. The edges run as two `lax.scan`s (see `edge_groups`) over
   stacked per-edge parameters: the mixed op is compiled twice per cell instead of
-  14 times. Measured on XLA:CPU (5 cells, C 8): 15 s vs 72 s to compile a
-  gradient, but then 0.40 s vs 0.29 s per step. `unroll_edges=True` unrolls
-  the scans (same parameters); with the custom VJPs of ops.py it no longer
-  steps faster (full C 16 supernet, batch 32: 2.3 s vs 2.1 s per weight
-  gradient, 213 s vs 39 s to compile; bilevel step 2.04 s vs 1.93 s with
-  twice the step memory).
+  14 times, so a gradient compiles several times sooner. `unroll_edges=True`
+  unrolls the scans (same parameters); with the custom VJPs of ops.py it does
+  not step faster and compiles much longer with twice the step memory
+  (docs/benchmarks.md).
   """
   channels: int
   reduction: bool
@@ -502,25 +500,16 @@ def reduction_layers(layers: int):
 SECOND_REVERSE_ARCHITECTS = ('second_order_exact',)
 # depthwise_impl values whose custom VJPs fail when differentiated again inside
 # the search cell's edge scan (a ValueError from their backward pass, where the
-# same ops outside a scan pass; found 2026-12-04, cause not isolated yet).
+# same ops outside a scan pass; cause not isolated yet).
 SINGLE_REVERSE_IMPLS = ('shifted', 'fused')
-
-
-def _field(section, name, default):
-  """section.name, or `default` where the section or the field is missing (a
-  ConfigDict or a plain object)."""
-  if section is None:
-    return default
-  return section.get(name, default) if hasattr(section, 'get') else getattr(
-      section, name, default)
 
 
 def search_depthwise_impl(config) -> str:
   """config.model.depthwise_impl, except that `auto` means `conv` under an
   architect that differentiates a gradient (see SINGLE_REVERSE_IMPLS)."""
   model = config.model if hasattr(config, 'model') else config
-  impl = _field(model, 'depthwise_impl', 'auto')
-  architect = _field(_field(config, 'search', None), 'architect', None)
+  impl = config_fields.field(model, 'depthwise_impl', 'auto')
+  architect = config_fields.field(config_fields.field(config, 'search', None), 'architect', None)
   if impl == 'auto' and architect in SECOND_REVERSE_ARCHITECTS:
     return 'conv'
   return impl
@@ -532,7 +521,7 @@ def build_supernet(config, axis_name: Optional[str] = None, partial_channels=Non
   part); `partial_channels` and `op_masks` ({'normal': mask, 'reduce': mask},
   edges x ops, 1 = kept) override it for a stage of DrNAS progressive learning."""
   model = config.model if hasattr(config, 'model') else config
-  get = lambda name, default: _field(model, name, default)
+  get = lambda name, default: config_fields.field(model, name, default)
   return SearchNetwork(
       init_channels=model.init_channels,
       num_classes=model.num_classes,
@@ -540,7 +529,7 @@ def build_supernet(config, axis_name: Optional[str] = None, partial_channels=Non
       steps=get('steps', 4),
       multiplier=get('multiplier', 4),
       stem_multiplier=get('stem_multiplier', 3),
-      partial_channels=partial_channels or model.partial_channels,
+      partial_channels=partial_channels or config_fields.partial_channels(model),
       edge_normalization=get('edge_normalization', True),
       primitives=tuple(get('primitives', genotypes.PRIMITIVES)),
       stem=get('stem', 'cifar'),

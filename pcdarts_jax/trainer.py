@@ -33,11 +33,13 @@ import numpy as np
 import optax
 
 from pcdarts_jax import checkpoint
+from pcdarts_jax import config_fields
 from pcdarts_jax import config_validation
 from pcdarts_jax import data
 from pcdarts_jax import initializers
 from pcdarts_jax import input_pipeline
 from pcdarts_jax import loop
+from pcdarts_jax import metrics as metrics_lib
 from pcdarts_jax import monitor
 from pcdarts_jax import network
 from pcdarts_jax import ops
@@ -59,13 +61,7 @@ EXTENDABLE = ('train.epochs',)
 RESUMABLE_CHANGES = ('checkpoint.', 'monitor.', 'train.log_every_steps', 'data.data_dir',
                      'data.manual_dir',
                      'data.download', 'data.archive')
-ConfigError = config_validation.ConfigError
-# Helpers shared with the search loop and its validation.
-# pylint: disable=protected-access
-_require = config_validation._require
-_require_bool = config_validation._require_bool
-_is_int = config_validation._is_int
-# pylint: enable=protected-access
+ConfigError = config_fields.ConfigError
 
 
 @flax.struct.dataclass
@@ -89,18 +85,20 @@ def _number(value, field: str, low: float, high: float = math.inf,
       (value > low if low_open else value >= low) and
       (value < high if high_open else value <= high))
   lo, hi = '(' if low_open else '[', ')' if high_open else ']'
-  _require(ok, f'{field}={value!r} must be a number in {lo}{low}, {high}{hi}.')
+  config_fields.require(ok, f'{field}={value!r} must be a number in {lo}{low}, {high}{hi}.')
 
 
 def _integer(value, field: str, low: int):
-  _require(_is_int(value) and value >= low, f'{field}={value!r} must be an integer >= {low}.')
+  config_fields.require(
+      config_fields.is_int(value) and value >= low,
+      f'{field}={value!r} must be an integer >= {low}.')
 
 
 def validate_train_config(config, num_devices: int = 1):
   """Raises ConfigError (one line naming the field and the allowed values)."""
   d, m, t = config.data, config.model, config.train
-  _require(m.network in network.NETWORKS,
-           f'model.network={m.network!r} is not one of {network.NETWORKS}.')
+  config_fields.require(m.network in network.NETWORKS,
+                        f'model.network={m.network!r} is not one of {network.NETWORKS}.')
   sgnas = m.network == network.SGNAS
   if not sgnas:  # The DARTS genotype first: it names the run.
     try:
@@ -108,26 +106,27 @@ def validate_train_config(config, num_devices: int = 1):
       network.check_genotype(genotype, f'genotype={config.genotype!r}')
     except ValueError as e:
       raise ConfigError(f'genotype={config.genotype!r}: {e}') from None
-  _require(d.name in DATASETS, f'data.name={d.name!r} is not one of {DATASETS}.')
+  config_fields.require(d.name in DATASETS, f'data.name={d.name!r} is not one of {DATASETS}.')
   config_validation.validate_archive(d)
   size, _, channels = input_pipeline.image_shape(d)
-  _require(len(d.mean) == channels and len(d.std) == channels,
-           f'data.mean / data.std need {channels} values for {d.name}, got '
-           f'{len(d.mean)} / {len(d.std)}.')
+  config_fields.require(len(d.mean) == channels and len(d.std) == channels,
+                        f'data.mean / data.std need {channels} values for {d.name}, got '
+                        f'{len(d.mean)} / {len(d.std)}.')
   _integer(d.crop_padding, 'data.crop_padding', 0)
-  _require_bool(d.random_flip, 'data.random_flip')
+  config_fields.require_bool(d.random_flip, 'data.random_flip')
 
   classes = input_pipeline.num_classes(d.name)
-  _require(m.num_classes == classes,
-           f'model.num_classes={m.num_classes!r} but {d.name} has {classes} classes.')
+  config_fields.require(m.num_classes == classes,
+                        f'model.num_classes={m.num_classes!r} but {d.name} has {classes} classes.')
   if sgnas:
     _validate_sgnas_model(config)
   else:
     _validate_darts_model(config, size)
-  _require(m.depthwise_impl in ops.DEPTHWISE_IMPLS,
-           f'model.depthwise_impl={m.depthwise_impl!r} is not one of {ops.DEPTHWISE_IMPLS}.')
-  _require(m.dtype in network.DTYPES,
-           f'model.dtype={m.dtype!r} is not one of {network.DTYPES}.')
+  config_fields.require(
+      m.depthwise_impl in ops.DEPTHWISE_IMPLS,
+      f'model.depthwise_impl={m.depthwise_impl!r} is not one of {ops.DEPTHWISE_IMPLS}.')
+  config_fields.require(m.dtype in network.DTYPES,
+                        f'model.dtype={m.dtype!r} is not one of {network.DTYPES}.')
 
   for field in ('epochs', 'batch_size', 'eval_batch_size', 'eval_every_epochs'):
     _integer(t[field], f'train.{field}', 1)
@@ -136,13 +135,14 @@ def validate_train_config(config, num_devices: int = 1):
   _number(t.learning_rate, 'train.learning_rate', 0.0, low_open=True)
   _number(t.learning_rate_min, 'train.learning_rate_min', 0.0, t.learning_rate,
           high_open=False)
-  _require(t.lr_schedule in LR_SCHEDULES,
-           f'train.lr_schedule={t.lr_schedule!r} is not one of {LR_SCHEDULES}.')
-  _require(t.lr_schedule != 'linear' or t.epochs > LINEAR_TAIL_EPOCHS,
-           f"train.epochs={t.epochs} must be > {LINEAR_TAIL_EPOCHS} for train.lr_schedule="
-           f"'linear' (its last {LINEAR_TAIL_EPOCHS} epochs decay more slowly).")
-  _require(t.warmup_epochs < t.epochs,
-           f'train.warmup_epochs={t.warmup_epochs} must be < train.epochs={t.epochs}.')
+  config_fields.require(t.lr_schedule in LR_SCHEDULES,
+                        f'train.lr_schedule={t.lr_schedule!r} is not one of {LR_SCHEDULES}.')
+  config_fields.require(
+      t.lr_schedule != 'linear' or t.epochs > LINEAR_TAIL_EPOCHS,
+      f"train.epochs={t.epochs} must be > {LINEAR_TAIL_EPOCHS} for train.lr_schedule="
+      f"'linear' (its last {LINEAR_TAIL_EPOCHS} epochs decay more slowly).")
+  config_fields.require(t.warmup_epochs < t.epochs,
+                        f'train.warmup_epochs={t.warmup_epochs} must be < train.epochs={t.epochs}.')
   _number(t.momentum, 'train.momentum', 0.0, 1.0)
   _number(t.weight_decay, 'train.weight_decay', 0.0)
   _number(t.grad_clip, 'train.grad_clip', 0.0)
@@ -150,19 +150,20 @@ def validate_train_config(config, num_devices: int = 1):
   if not sgnas:
     _number(t.aux_weight, 'train.aux_weight', 0.0)
   # Test batches are padded and masked, so only the train batch must split evenly.
-  _require(t.batch_size % num_devices == 0,
-           f'train.batch_size={t.batch_size} is not divisible by the {num_devices} devices '
-           f'(allowed: multiples of {num_devices}).')
+  config_fields.require(
+      t.batch_size % num_devices == 0,
+      f'train.batch_size={t.batch_size} is not divisible by the {num_devices} devices '
+      f'(allowed: multiples of {num_devices}).')
   _integer(config.seed, 'seed', 0)
   c = config.checkpoint
   _integer(c.every_steps, 'checkpoint.every_steps', 0)
   _integer(c.keep, 'checkpoint.keep', 1)
-  _require_bool(c.resume, 'checkpoint.resume')
-  _require(config.monitor.progress in config_validation.PROGRESS_MODES,
-           f'monitor.progress={config.monitor.progress!r} is not one of '
-           f'{config_validation.PROGRESS_MODES}.')
+  config_fields.require_bool(c.resume, 'checkpoint.resume')
+  config_fields.require(config.monitor.progress in config_validation.PROGRESS_MODES,
+                        f'monitor.progress={config.monitor.progress!r} is not one of '
+                        f'{config_validation.PROGRESS_MODES}.')
   for field in ('tensorboard', 'pictures'):
-    _require_bool(config.monitor[field], f'monitor.{field}')
+    config_fields.require_bool(config.monitor[field], f'monitor.{field}')
 
 
 def _validate_darts_model(config, size: int):
@@ -170,38 +171,40 @@ def _validate_darts_model(config, size: int):
   d, m = config.data, config.model
   _integer(m.init_channels, 'model.init_channels', 1)
   _integer(m.layers, 'model.layers', 1)
-  _require(m.network != 'imagenet' or m.init_channels % 2 == 0,
-           f'model.init_channels={m.init_channels} must be even for model.network='
-           f"'imagenet' (its stem halves it and cell 0 factor-reduces to it).")
+  config_fields.require(m.network != 'imagenet' or m.init_channels % 2 == 0,
+                        f'model.init_channels={m.init_channels} must be even for model.network='
+                        f"'imagenet' (its stem halves it and cell 0 factor-reduces to it).")
   halvings = 2 + (3 if m.network == 'imagenet' else 0)
-  _require(size % 2 ** halvings == 0,
-           f'{d.name} images are {size}x{size}; model.network={m.network!r} halves them '
-           f'{halvings} times and needs a size divisible by {2 ** halvings}.')
-  _require_bool(m.auxiliary, 'model.auxiliary')
+  config_fields.require(
+      size % 2 ** halvings == 0,
+      f'{d.name} images are {size}x{size}; model.network={m.network!r} halves them '
+      f'{halvings} times and needs a size divisible by {2 ** halvings}.')
+  config_fields.require_bool(m.auxiliary, 'model.auxiliary')
   aux_size = size // 2 ** halvings if m.network == 'imagenet' else size // 4
-  _require(not m.auxiliary or aux_size >= 5,
-           f'model.auxiliary=True needs 5x5 maps at cell 2*layers//3, but {d.name} '
-           f'({size}x{size}) gives {aux_size}x{aux_size}; allowed: False.')
+  config_fields.require(not m.auxiliary or aux_size >= 5,
+                        f'model.auxiliary=True needs 5x5 maps at cell 2*layers//3, but {d.name} '
+                        f'({size}x{size}) gives {aux_size}x{aux_size}; allowed: False.')
   _number(m.drop_path_prob, 'model.drop_path_prob', 0.0, 1.0)
 
 
 def _validate_sgnas_model(config):
   """The fields of the SGNAS stand-alone network and its architecture (config.genotype)."""
   m = config.model
-  _require(isinstance(m.get('layout'), str) and m.layout in sgnas_layout.PRESETS,
-           f"model.layout={m.get('layout')!r} is not one of {tuple(sgnas_layout.PRESETS)}.")
+  config_fields.require(
+      isinstance(m.get('layout'), str) and m.layout in sgnas_layout.PRESETS,
+      f"model.layout={m.get('layout')!r} is not one of {tuple(sgnas_layout.PRESETS)}.")
   try:
     network.resolve_architecture(config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  _require_bool(m.get('se', False), 'model.se')
-  _require(m.get('activation', 'relu6') in sgnas_network.ACTIVATIONS,
-           f"model.activation={m.get('activation')!r} is not one of "
-           f'{sgnas_network.ACTIVATIONS}.')
+  config_fields.require_bool(m.get('se', False), 'model.se')
+  config_fields.require(m.get('activation', 'relu6') in sgnas_network.ACTIVATIONS,
+                        f"model.activation={m.get('activation')!r} is not one of "
+                        f'{sgnas_network.ACTIVATIONS}.')
   _number(m.get('dropout', 0.0), 'model.dropout', 0.0, 1.0)
-  _require(_drop_path_prob(config) == 0,
-           f'model.drop_path_prob={_drop_path_prob(config)!r}: model.network='
-           f"'sgnas' has no drop-path; allowed: 0 (regularise with model.dropout).")
+  config_fields.require(_drop_path_prob(config) == 0,
+                        f'model.drop_path_prob={_drop_path_prob(config)!r}: model.network='
+                        f"'sgnas' has no drop-path; allowed: 0 (regularise with model.dropout).")
 
 
 def _drop_path_prob(config) -> float:
@@ -221,9 +224,9 @@ def _in_memory(config, need_train: bool) -> DataSource:
   steps_per_epoch, batches = 0, None
   if need_train:
     train_set = data.load_split(config.data, 'train')
-    _require(t.batch_size <= len(train_set),
-             f'train.batch_size={t.batch_size} is larger than the {len(train_set)} '
-             f'{config.data.name} train images; allowed: 1..{len(train_set)}.')
+    config_fields.require(t.batch_size <= len(train_set),
+                          f'train.batch_size={t.batch_size} is larger than the {len(train_set)} '
+                          f'{config.data.name} train images; allowed: 1..{len(train_set)}.')
     steps_per_epoch = len(train_set) // t.batch_size
 
     def batches(start_step: int):
@@ -370,7 +373,6 @@ def _accumulate(totals, metrics):
   return metrics if totals is None else _add(totals, metrics)
 
 
-_host = loop._host  # pylint: disable=protected-access
 
 
 def _summarise(sums: Optional[Dict[str, float]], top5: bool = False) -> Dict[str, float]:
@@ -393,7 +395,7 @@ def evaluate(p_eval_step, state, source: DataSource) -> Dict[str, float]:
   totals = None
   for batch in _device_batches(source.test_batches()):
     totals = _accumulate(totals, p_eval_step(state, batch))
-  return _summarise(_host(totals), top5=True)
+  return _summarise(metrics_lib.host_sums(totals), top5=True)
 
 
 # --------------------------------------------------------------------- the run
@@ -557,7 +559,7 @@ def train(config, workdir: str) -> Dict[str, Any]:
 
       host_sums = loop.run_epoch_steps(
           epoch, first, spe, one_step, stop=stop, every_steps=every,
-          log_every_steps=t.log_every_steps, progress=progress, host_sums=_host,
+          log_every_steps=t.log_every_steps, progress=progress, host_sums=metrics_lib.host_sums,
           check_finite=lambda host, step: _check_finite(host, step, last_good()), save=save,
           interrupted=TrainingInterrupted, checkpoint_dir=paths.checkpoints,
           accumulate=_accumulate, sums=sums)

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pcdarts_jax import config_fields
 from pcdarts_jax import initializers
 from pcdarts_jax import network as network_lib
 from pcdarts_jax import ops
@@ -194,11 +195,6 @@ class SGNASNetwork(nn.Module):
 # From a train config (dispatched to by pcdarts_jax.network).
 
 
-def _get(model_config, name: str, default):
-  return model_config.get(name, default) if hasattr(model_config, 'get') else getattr(
-      model_config, name, default)
-
-
 def resolve_architecture(config, name_or_path: str) -> np.ndarray:
   """The (L, 6) choices of `name_or_path` (config.genotype) on the config's layout:
   a published name (PUBLISHED), an architecture JSON file (launch/sgnas_generate.py's
@@ -249,11 +245,11 @@ def build_network(config, choices: Sequence, axis_name: Optional[str] = None) ->
   m = config.model
   layout = layout_lib.layout_of_config(config)
   choices = layout_lib.check_choices(choices, layout, 'genotype')
-  activation = _get(m, 'activation', 'relu6')
+  activation = config_fields.field(m, 'activation', 'relu6')
   activation_fn(activation)  # Raises on an unknown name.
   return SGNASNetwork(
       layout=layout, choices=tuple(tuple(int(c) for c in row) for row in choices),
-      se=bool(_get(m, 'se', False)), activation=activation,
-      dropout=float(_get(m, 'dropout', 0.0)),
-      depthwise_impl=_get(m, 'depthwise_impl', 'auto'), axis_name=axis_name,
-      dtype=_get(m, 'dtype', 'float32'))
+      se=bool(config_fields.field(m, 'se', False)), activation=activation,
+      dropout=float(config_fields.field(m, 'dropout', 0.0)),
+      depthwise_impl=config_fields.field(m, 'depthwise_impl', 'auto'), axis_name=axis_name,
+      dtype=config_fields.field(m, 'dtype', 'float32'))

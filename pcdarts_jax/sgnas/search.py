@@ -42,10 +42,12 @@ import numpy as np
 import optax
 
 from pcdarts_jax import checkpoint
+from pcdarts_jax import config_fields
 from pcdarts_jax import config_validation
 from pcdarts_jax import data
 from pcdarts_jax import input_pipeline
 from pcdarts_jax import loop
+from pcdarts_jax import metrics as metrics_lib
 from pcdarts_jax import monitor
 from pcdarts_jax import parallel
 from pcdarts_jax import rundir
@@ -66,7 +68,7 @@ GENERATOR_CHECKPOINTS = 'generator_checkpoints'
 # Fields that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ('checkpoint.', 'monitor.', 'search.log_every_steps', 'data.data_dir',
                      'data.manual_dir', 'data.download', 'data.archive')
-ConfigError = config_validation.ConfigError
+ConfigError = config_fields.ConfigError
 
 
 SearchInterrupted = loop.SearchInterrupted  # The launcher's exit handling knows these.
@@ -118,67 +120,78 @@ def middle_target(config) -> float:
 
 def validate_config(config, num_devices: int = 1):
   """Raises ConfigError (one line naming the field and the allowed values)."""
-  _require = config_validation._require  # pylint: disable=protected-access
   d, m, s, g = config.data, config.model, config.search, config.generator
-  _require(d.name in input_pipeline.dataset_names(),
-           f'data.name={d.name!r} is not one of {input_pipeline.dataset_names()}.')
+  config_fields.require(d.name in input_pipeline.dataset_names(),
+                        f'data.name={d.name!r} is not one of {input_pipeline.dataset_names()}.')
   config_validation.validate_archive(d)
-  _require(m.layout in layout_lib.PRESETS,
-           f'model.layout={m.layout!r} is not one of {tuple(layout_lib.PRESETS)}.')
+  config_fields.require(m.layout in layout_lib.PRESETS,
+                        f'model.layout={m.layout!r} is not one of {tuple(layout_lib.PRESETS)}.')
   classes = input_pipeline.num_classes(d.name)
-  _require(m.num_classes == classes,
-           f'model.num_classes={m.num_classes!r} but {d.name} has {classes} classes.')
-  _require(d.name == input_pipeline.IMAGENET or 0.0 < d.train_portion < 1.0,
-           f'data.train_portion={d.get("train_portion")!r} must be in (0, 1) (SGNAS: 0.8; '
-           f'the rest trains the generator).')
+  config_fields.require(m.num_classes == classes,
+                        f'model.num_classes={m.num_classes!r} but {d.name} has {classes} classes.')
+  config_fields.require(
+      d.name == input_pipeline.IMAGENET or 0.0 < d.train_portion < 1.0,
+      f'data.train_portion={d.get("train_portion")!r} must be in (0, 1) (SGNAS: 0.8; '
+      f'the rest trains the generator).')
   for section, fields in (('search', ('epochs', 'batch_size', 'eval_batch_size', 'num_paths')),
                           ('generator', ('epochs', 'hidden', 'body_layers', 'target_channels',
                                          'pool_size'))):
     for field in fields:
       value = config[section][field]
-      _require(config_validation._is_int(value) and value >= 1,  # pylint: disable=protected-access
-               f'{section}.{field}={value!r} must be an integer >= 1.')
+      config_fields.require(config_fields.is_int(value) and value >= 1,
+                            f'{section}.{field}={value!r} must be an integer >= 1.')
   for field in ('learning_rate', 'momentum', 'weight_decay', 'label_smoothing', 'grad_clip'):
-    _require(s[field] >= 0, f'search.{field}={s[field]!r} must be >= 0.')
-  _require(s.label_smoothing < 1, f'search.label_smoothing={s.label_smoothing!r} must be < 1.')
-  _require(0 <= g.label_smoothing < 1,
-           f'generator.label_smoothing={g.label_smoothing!r} must be in [0, 1).')
-  _require(s.batch_size % num_devices == 0,
-           f'search.batch_size={s.batch_size} is not divisible by the {num_devices} devices '
-           f'(allowed: multiples of {num_devices}).')
+    config_fields.require(s[field] >= 0, f'search.{field}={s[field]!r} must be >= 0.')
+  config_fields.require(
+      s.label_smoothing < 1,
+      f'search.label_smoothing={s.label_smoothing!r} must be < 1.')
+  config_fields.require(0 <= g.label_smoothing < 1,
+                        f'generator.label_smoothing={g.label_smoothing!r} must be in [0, 1).')
+  config_fields.require(
+      s.batch_size % num_devices == 0,
+      f'search.batch_size={s.batch_size} is not divisible by the {num_devices} devices '
+      f'(allowed: multiples of {num_devices}).')
   for field in ('learning_rate', 'tau_initial', 'flops_step', 'selection_flops_step',
                 'selection_max_flops_loss'):
-    _require(g[field] > 0, f'generator.{field}={g[field]!r} must be > 0.')
-  _require(g.pool_bias > 0, f'generator.pool_bias={g.pool_bias!r} must be > 0 (MFLOPs).')
-  _require(g.prior_pool_file is None or os.path.isfile(g.prior_pool_file),
-           f'generator.prior_pool_file={g.prior_pool_file!r} is not a file (a prior_pool.json '
-           f'in the reference format, or None to draw the pool).')
-  _require(g.soft_bn in supernet_lib.SOFT_BN_MODES,
-           f'generator.soft_bn={g.soft_bn!r} is not one of {supernet_lib.SOFT_BN_MODES}.')
-  _require(g.selection in SELECTION_RULES,
-           f'generator.selection={g.selection!r} is not one of {SELECTION_RULES}.')
+    config_fields.require(g[field] > 0, f'generator.{field}={g[field]!r} must be > 0.')
+  config_fields.require(
+      g.pool_bias > 0,
+      f'generator.pool_bias={g.pool_bias!r} must be > 0 (MFLOPs).')
+  config_fields.require(
+      g.prior_pool_file is None or os.path.isfile(g.prior_pool_file),
+      f'generator.prior_pool_file={g.prior_pool_file!r} is not a file (a prior_pool.json '
+      f'in the reference format, or None to draw the pool).')
+  config_fields.require(
+      g.soft_bn in supernet_lib.SOFT_BN_MODES,
+      f'generator.soft_bn={g.soft_bn!r} is not one of {supernet_lib.SOFT_BN_MODES}.')
+  config_fields.require(g.selection in SELECTION_RULES,
+                        f'generator.selection={g.selection!r} is not one of {SELECTION_RULES}.')
   for field in ('flops_alpha', 'flops_lambda', 'flops_margin', 'target_jitter'):
-    _require(g[field] >= 0, f'generator.{field}={g[field]!r} must be >= 0.')
-  _require(0 < g.tau_decay <= 1, f'generator.tau_decay={g.tau_decay!r} must be in (0, 1].')
-  _require(0 <= g.beta1 < 1 and 0 <= g.beta2 < 1,
-           f'generator.beta1/beta2=({g.beta1!r}, {g.beta2!r}) must be in [0, 1).')
-  _require(g.eval_accuracy_targets >= 0,
-           f'generator.eval_accuracy_targets={g.eval_accuracy_targets!r} must be >= 0.')
+    config_fields.require(g[field] >= 0, f'generator.{field}={g[field]!r} must be >= 0.')
+  config_fields.require(
+      0 < g.tau_decay <= 1,
+      f'generator.tau_decay={g.tau_decay!r} must be in (0, 1].')
+  config_fields.require(0 <= g.beta1 < 1 and 0 <= g.beta2 < 1,
+                        f'generator.beta1/beta2=({g.beta1!r}, {g.beta2!r}) must be in [0, 1).')
+  config_fields.require(
+      g.eval_accuracy_targets >= 0,
+      f'generator.eval_accuracy_targets={g.eval_accuracy_targets!r} must be >= 0.')
   table = flops_lib.lookup_table(layout_lib.layout_of_config(config))
   low, high = (x / flops_lib.MEGA for x in flops_lib.macs_range(table))
-  _require(low <= g.flops_low < g.flops_high <= high,
-           f'generator.flops_low/flops_high=({g.flops_low}, {g.flops_high}) MFLOPs must '
-           f'satisfy {low:.4g} <= low < high <= {high:.4g}, the FLOPs range of '
-           f'model.layout={m.layout!r} on {d.name}.')
-  _require(len(targets(config)) >= 2,
-           f'generator.flops_step={g.flops_step} leaves fewer than 2 targets in '
-           f'[{g.flops_low}, {g.flops_high}).')
+  config_fields.require(
+      low <= g.flops_low < g.flops_high <= high,
+      f'generator.flops_low/flops_high=({g.flops_low}, {g.flops_high}) MFLOPs must '
+      f'satisfy {low:.4g} <= low < high <= {high:.4g}, the FLOPs range of '
+      f'model.layout={m.layout!r} on {d.name}.')
+  config_fields.require(len(targets(config)) >= 2,
+                        f'generator.flops_step={g.flops_step} leaves fewer than 2 targets in '
+                        f'[{g.flops_low}, {g.flops_high}).')
   c = config.checkpoint
-  _require(config_validation._is_int(c.keep) and c.keep >= 1,  # pylint: disable=protected-access
-           f'checkpoint.keep={c.keep!r} must be an integer >= 1.')
-  _require(config.monitor.progress in config_validation.PROGRESS_MODES,
-           f'monitor.progress={config.monitor.progress!r} is not one of '
-           f'{config_validation.PROGRESS_MODES}.')
+  config_fields.require(config_fields.is_int(c.keep) and c.keep >= 1,
+                        f'checkpoint.keep={c.keep!r} must be an integer >= 1.')
+  config_fields.require(config.monitor.progress in config_validation.PROGRESS_MODES,
+                        f'monitor.progress={config.monitor.progress!r} is not one of '
+                        f'{config_validation.PROGRESS_MODES}.')
 
 
 # -------------------------------------------------------------------- steps
@@ -478,7 +491,7 @@ def _run_phase(phase: _Phase, state, meta: Dict[str, Any], config, writer, stop,
         epoch, first, spe, one_step, stop=stop, every_steps=every,
         log_every_steps=phase.log_every_steps, progress=progress,
         host_sums=lambda device_sums: {k: v + carried.get(k, 0.0)
-                                       for k, v in loop._host(device_sums).items()},
+                                       for k, v in metrics_lib.host_sums(device_sums).items()},
         check_finite=check_finite, save=save, interrupted=SearchInterrupted,
         checkpoint_dir=phase.checkpoints.directory, step_name=f'{phase.name} step')
     meta['steps_run'] += spe - first
@@ -694,7 +707,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
     for batch in inputs.eval_batches(eval_size):
       sums = path_eval(variables, parallel.shard(batch), jnp.asarray(arch))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    return _summarise(loop._host(totals))
+    return _summarise(metrics_lib.host_sums(totals))
 
   # --- phase 1: the supernet.
   supernet_ckpt = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)

@@ -27,6 +27,8 @@ A new space is one new module in this package plus its name in SPACES.
 import importlib
 from types import ModuleType
 
+from pcdarts_jax import config_fields
+
 SPACES = ('darts', 'nb201')
 FUNCTIONS = ('build_supernet', 'derive', 'genotype_to_dict', 'genotype_from_dict',
              'genotype_str', 'arch_scalars', 'draw', 'heatmap', 'build_network')
@@ -42,5 +44,4 @@ def get(name: str) -> ModuleType:
 def of_config(config) -> ModuleType:
   """The space of a search config; configs without `model.space` are DARTS."""
   model = config.model if hasattr(config, 'model') else config
-  return get(model.get('space', 'darts') if hasattr(model, 'get') else
-             getattr(model, 'space', 'darts'))
+  return get(config_fields.field(model, 'space', 'darts'))

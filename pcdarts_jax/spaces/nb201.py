@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pcdarts_jax import config_fields
 from pcdarts_jax import initializers
 from pcdarts_jax import ops
 from pcdarts_jax import relaxation
@@ -262,12 +263,6 @@ class Network(nn.Module):
 # Builders from a config.
 
 
-def _get(model, name: str, default):
-  if hasattr(model, 'get'):
-    return model.get(name, default)
-  return getattr(model, name, default)
-
-
 def check_op_mask(op_mask) -> Optional[Tuple[Tuple[int, ...], ...]]:
   """`model.op_mask` as a hashable (6, 5) tuple of 0/1, or None; every edge must
   keep at least one op."""
@@ -285,11 +280,11 @@ def check_op_mask(op_mask) -> Optional[Tuple[Tuple[int, ...], ...]]:
 
 def _check_channels(model, k=None):
   c = model.init_channels
-  k = _get(model, 'partial_channels', 1) if k is None else k
+  k = config_fields.partial_channels(model) if k is None else k
   if not isinstance(k, int) or k < 1 or c % k:
     raise ValueError(f'model.partial_channels={k!r} must be a positive integer dividing '
                      f'model.init_channels={c}.')
-  dtype = _get(model, 'dtype', 'float32')
+  dtype = config_fields.field(model, 'dtype', 'float32')
   if dtype not in DTYPES:
     raise ValueError(f'model.dtype={dtype!r} is not one of {DTYPES}.')
 
@@ -305,12 +300,12 @@ def build_supernet(config, axis_name: Optional[str] = None,
   """
   model = config.model if hasattr(config, 'model') else config
   if partial_channels is None:
-    partial_channels = _get(model, 'partial_channels', 1)
+    partial_channels = config_fields.partial_channels(model)
   _check_channels(model, partial_channels)
-  relax = _get(model, 'relaxation', 'softmax')
+  relax = config_fields.field(model, 'relaxation', 'softmax')
   if relax not in relaxation.RELAXATIONS:
     raise ValueError(f'model.relaxation={relax!r} is not one of {relaxation.RELAXATIONS}.')
-  mask = _get(model, 'op_mask', None)
+  mask = config_fields.field(model, 'op_mask', None)
   if op_masks is not None:
     if isinstance(op_masks, Mapping):
       if len(op_masks) != 1:
@@ -320,10 +315,10 @@ def build_supernet(config, axis_name: Optional[str] = None,
     mask = op_masks
   return SearchNetwork(
       init_channels=model.init_channels, num_classes=model.num_classes,
-      cells_per_stage=_get(model, 'cells_per_stage', 5),
+      cells_per_stage=config_fields.field(model, 'cells_per_stage', 5),
       partial_channels=partial_channels, relaxation=relax,
       op_mask=check_op_mask(mask), axis_name=axis_name,
-      dtype=_get(model, 'dtype', 'float32'))
+      dtype=config_fields.field(model, 'dtype', 'float32'))
 
 
 def build_network(genotype, config, axis_name: Optional[str] = None) -> Network:
@@ -336,8 +331,8 @@ def build_network(genotype, config, axis_name: Optional[str] = None) -> Network:
     genotype = parse(genotype_str(genotype))  # Validates and normalises to tuples.
   return Network(genotype=genotype, init_channels=model.init_channels,
                  num_classes=model.num_classes,
-                 cells_per_stage=_get(model, 'cells_per_stage', 5),
-                 axis_name=axis_name, dtype=_get(model, 'dtype', 'float32'))
+                 cells_per_stage=config_fields.field(model, 'cells_per_stage', 5),
+                 axis_name=axis_name, dtype=config_fields.field(model, 'dtype', 'float32'))
 
 
 def cell_channels(model: SearchNetwork, cell: int) -> int:

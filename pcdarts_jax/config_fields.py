@@ -1,0 +1,53 @@
+"""Reading and checking config fields, shared by every module that takes a config.
+
+A config section is an ml_collections ConfigDict or a plain object with the same
+attributes (a library caller's dataclass); `field` reads either. The checks raise
+`ConfigError`, whose message is the one line a launcher prints: the field, its
+value and what is allowed.
+"""
+
+from typing import Any
+
+
+class ConfigError(ValueError):
+  """A config field has a value the search cannot use."""
+
+
+def require(ok: bool, message: str):
+  """Raises ConfigError(message) unless `ok`."""
+  if not ok:
+    raise ConfigError(message)
+
+
+def is_int(value) -> bool:
+  """An int that is not a bool (True would otherwise pass as 1)."""
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def require_bool(value, name: str):
+  require(isinstance(value, bool), f'{name}={value!r} must be True or False.')
+
+
+def field(section, name: str, default: Any = None) -> Any:
+  """section.name, or `default` where the section is None or lacks the field."""
+  if section is None:
+    return default
+  if hasattr(section, 'get'):
+    return section.get(name, default)
+  return getattr(section, name, default)
+
+
+# The one default of each optional search field below, for a config that lacks
+# it (a library caller's); every shipped config sets these fields.
+DEFAULT_PARTIAL_CHANNELS = 1  # K = 1: every channel goes through the ops (DARTS).
+DEFAULT_BILEVEL_PHASES = 'sequence'
+
+
+def partial_channels(model) -> int:
+  """`model.partial_channels`: K, where 1/K of each edge's channels go through its ops."""
+  return field(model, 'partial_channels', DEFAULT_PARTIAL_CHANNELS)
+
+
+def bilevel_phases(search) -> str:
+  """`search.bilevel_phases`: how one step runs its arch and weight phases."""
+  return field(search, 'bilevel_phases', DEFAULT_BILEVEL_PHASES)
