@@ -286,17 +286,25 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
   return step
 
 
-def make_eval_step(model, config, axis_name: Optional[str] = None) -> Callable:
+def make_eval_step(model, config, axis_name: Optional[str] = None,
+                   steps_per_epoch: Optional[int] = None) -> Callable:
   """Masked loss/accuracy sums with BatchNorm running statistics (eval mode),
   added over the device axis `axis_name`. `rng` draws the Dirichlet/Gumbel
-  mixing weights (DrNAS samples on every forward pass, validation included)."""
+  mixing weights (DrNAS samples on every forward pass, validation included).
+  Gumbel/GDAS with `steps_per_epoch`: the temperature of the epoch that ended at
+  `state.step` (DrNAS validates before lowering tau); without it, tau 1."""
   d = config.data
+  tempered = config.model.get('relaxation', 'softmax') in relaxation.TEMPERED
 
   def eval_step(state: SearchState, batch, rng) -> Dict[str, jax.Array]:
     images = data.normalize(batch['image'], d.mean, d.std)
+    extra = {}
+    if tempered and steps_per_epoch:
+      epoch = jnp.maximum(state.step - 1, 0) // steps_per_epoch
+      extra['temperature'] = relaxation.gumbel_temperature(config.search, epoch)
     logits = model.apply({'params': state.params, 'arch': state.arch,
                           'batch_stats': state.batch_stats}, images, train=False,
-                         rngs=_rngs(rng))
+                         rngs=_rngs(rng), **extra)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     mask = batch['mask']
     correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
@@ -574,8 +582,9 @@ def search(config, workdir: str) -> genotypes.Genotype:
                                           arch_tx, parallel.AXIS, arch_start),
                         skip=s.skip_nonfinite),
         in_axes=(0, 0, 0, None))
-    evaluate_step = parallel.pmap_step(make_eval_step(step_model, config, parallel.AXIS),
-                                       in_axes=(0, 0, None), donate_state=False)
+    evaluate_step = parallel.pmap_step(
+        make_eval_step(step_model, config, parallel.AXIS, steps_per_epoch),
+        in_axes=(0, 0, None), donate_state=False)
     which = f' of stage {stage.index + 1}' if len(progressive.stages(config)) > 1 else ''
     return (monitor.announce_compile(bilevel, f'the search step{which}'),
             monitor.announce_compile(evaluate_step, f'the eval step{which}'))

@@ -21,6 +21,7 @@ from configs import nb201_imagenet16_search
 from pcdarts_jax import config_validation
 from pcdarts_jax import data
 from pcdarts_jax import initializers
+from pcdarts_jax import loop
 from pcdarts_jax import relaxation
 from pcdarts_jax import spaces
 from pcdarts_jax.spaces import nb201
@@ -552,3 +553,26 @@ def test_autodl_darts_config_is_the_nb201_papers():
   np.testing.assert_allclose(config.data.std, (0.24706, 0.24353, 0.26157), atol=1e-5)
   drnas = nb201_cifar10_search.get_config().search  # DrNAS' repo defaults.
   assert (drnas.epochs, drnas.weight_decay, drnas.nesterov) == (100, 3e-4, False)
+
+
+def test_gumbel_validation_runs_at_the_epochs_temperature():
+  """DrNAS validates its SNAS supernet before lowering tau: the epoch ending at
+  step 20 (10 steps per epoch, epoch index 1) validates at tau(1) = 9.1 of the
+  linear 10 -> 1 over 10 epochs, as a constant tau of 9.1 does."""
+  config = nb201_digits_search.get_config()
+  config.model.update(relaxation='gumbel', init_channels=4)
+  config.search.epochs = 10
+  model = nb201.build_supernet(config)
+  images = np.random.default_rng(0).uniform(size=(6, 8, 8, 1)).astype(np.float32)
+  variables = initializers.init_variables(model, jax.random.PRNGKey(0), jnp.asarray(images[:1]))
+  state = loop.SearchState(step=jnp.asarray(20), params=variables['params'],
+                           batch_stats=variables['batch_stats'], arch=variables['arch'],
+                           weight_opt_state=None, arch_opt_state=None)
+  batch = {'image': images, 'label': np.arange(6) % 10, 'mask': np.ones(6, np.float32)}
+  key = jax.random.PRNGKey(3)
+  loss = lambda cfg, spe: float(loop.make_eval_step(model, cfg, steps_per_epoch=spe)(
+      state, batch, key)['loss_sum'])
+  constant = config.copy_and_resolve_references()
+  constant.search.update(gumbel_tau_max=9.1, gumbel_tau_min=9.1)
+  assert loss(config, 10) == pytest.approx(loss(constant, 10), rel=1e-6)
+  assert loss(config, 10) != pytest.approx(loss(config, None), rel=1e-4)  # tau 1
