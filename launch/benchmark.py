@@ -6,6 +6,12 @@ r"""Step-throughput benchmark of a search config or a training config.
       [--trace_dir=/tmp/traces] [--device_lock=/tmp/gpu.lock] \
       [--config.model.depthwise_impl=dense ...]
   python -m launch.benchmark --config=configs/cifar10_train.py [--measure=train_step,eval_step]
+  python -m launch.benchmark --config=configs/cifar10_search.py --measure=program \
+      --platform=cuda [--batch_size=256] [--config.model.edge_impl=scan ...]
+
+`--measure=program` lowers the search step for --platform (cpu, cuda, rocm,
+tpu; default: this machine's) without compiling or running it, and counts what
+it executes per step: a kernel-count proxy that needs no device of that platform.
 
 Prints one JSON line per measurement on stdout as soon as it is measured
 (appended to --out as well) and a table on stderr. Fields: docs/benchmarks.md.
@@ -20,13 +26,15 @@ from ml_collections import config_flags
 from launch import common
 from pcdarts_jax import benchmark
 from pcdarts_jax import config_validation
+from pcdarts_jax import program
 from pcdarts_jax import trainer
 
 _CONFIG = common.define_config_flag('Search or training')
 _MEASURE = flags.DEFINE_list('measure', list(benchmark.MEASUREMENTS),
                              f'Measurements: of a search config any of {benchmark.MEASUREMENTS}; '
                              f'of a training config any of {benchmark.TRAIN_MEASUREMENTS} '
-                             f'(default: both).')
+                             f'(default: both). Of a search config on request: '
+                             f'{",".join(benchmark.PROGRAM_MEASUREMENTS)} (see --platform).')
 _ARCHITECTS = flags.DEFINE_list('architects', ['first_order'],
                                 'Architect strategies for the arch/bilevel/fed steps.')
 _BATCH = flags.DEFINE_integer('batch_size', None, 'Batch size (default: the config\'s).')
@@ -42,6 +50,9 @@ _TRACE_DIR = flags.DEFINE_string(
 _DEVICE_LOCK = flags.DEFINE_string(
     'device_lock', None, 'Lock this file while stepping (warm-up and timed steps): several '
     'benchmarks sharing one accelerator then compile at the same time and step one at a time.')
+_PLATFORM = flags.DEFINE_string(
+    'platform', None, f'--measure=program: the platform to lower the step for, one of '
+    f'{program.PLATFORMS} (default: this machine\'s). Needs no device of that platform.')
 
 
 def _is_out_of_memory(error: Exception) -> bool:
@@ -63,6 +74,11 @@ def main(argv):
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  if _PLATFORM.value is not None and _PLATFORM.value not in program.PLATFORMS:
+    common.fail(f'--platform={_PLATFORM.value!r} is not one of {program.PLATFORMS}')
+  if _PLATFORM.value is not None and not set(measure) & set(benchmark.PROGRAM_MEASUREMENTS):
+    common.fail(f'--platform applies to --measure={",".join(benchmark.PROGRAM_MEASUREMENTS)} '
+                f'only (measuring {",".join(measure)})')
   for name in _ARCHITECTS.value:
     if name not in config_validation.ARCHITECTS:
       print(f'error: --architects={name!r} is not one of {config_validation.ARCHITECTS}',
@@ -99,7 +115,7 @@ def main(argv):
       for r in benchmark.iter_run(config, measure, b, _STEPS.value, _WARMUP.value,
                                   _ARCHITECTS.value, config_name=config_name,
                                   trace_dir=_TRACE_DIR.value,
-                                  device_lock=_DEVICE_LOCK.value):
+                                  device_lock=_DEVICE_LOCK.value, platform=_PLATFORM.value):
         emit(r)
         results.append(r)
     except Exception as e:  # pylint: disable=broad-except

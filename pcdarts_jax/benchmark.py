@@ -35,10 +35,13 @@ from pcdarts_jax import loop
 from pcdarts_jax import network
 from pcdarts_jax import ops
 from pcdarts_jax import optim
+from pcdarts_jax import program
 from pcdarts_jax import supernet
 from pcdarts_jax import trainer
 
 MEASUREMENTS = ('weight_step', 'arch_step', 'bilevel_step', 'pipeline', 'fed_step')
+# Of a search config, on request: the bilevel step lowered for a platform, not run.
+PROGRAM_MEASUREMENTS = ('program',)
 TRAIN_MEASUREMENTS = ('train_step', 'eval_step')  # of a training config (launch.train)
 
 
@@ -53,7 +56,7 @@ def measurements_of(config) -> tuple:
 
 def check_measurements(config, names: Sequence[str]) -> None:
   """ValueError naming every measurement the config's kind does not have."""
-  allowed = measurements_of(config)
+  allowed = measurements_of(config) + (() if is_train_config(config) else PROGRAM_MEASUREMENTS)
   unknown = [name for name in names if name not in allowed]
   if unknown:
     kind = 'training' if is_train_config(config) else 'search'
@@ -175,15 +178,28 @@ def _conv_flops(eqn) -> float:
   return 2.0 * out[out_spec[0]] * out[out_spec[1]] * taps * rhs[rhs_spec[1]]
 
 
-def jaxpr_flops(jaxpr) -> float:
+def jaxpr_flops(jaxpr, platform: Optional[str] = None) -> float:
   """FLOPs of one run of `jaxpr`: convolutions and matrix products 2 per
   multiply-add, element-wise arithmetic and reductions 1 per element; a scan's
-  body times its length, the costliest branch of a cond. XLA's cost analysis
-  counts a loop body once, so it undercounts a scanned supernet many times."""
-  return sum(_eqn_flops(eqn) for eqn in jaxpr.eqns)
+  body times its length, the costliest branch of a cond, the branch of a
+  `lax.platform_dependent` that `platform` runs (default: this machine's
+  backend). XLA's cost analysis counts a loop body once, so it undercounts a
+  scanned supernet many times."""
+  platform = platform or jax.default_backend()
+  return sum(_eqn_flops(eqn, platform) for eqn in jaxpr.eqns)
 
 
-def _eqn_flops(eqn) -> float:
+def _platform_branch(branches_platforms, platform: str) -> int:
+  """The branch of a platform-dependent cond that `platform` runs ('gpu', the
+  backend's name, runs the CUDA or ROCm branch)."""
+  for index, names in enumerate(branches_platforms):
+    if names is None or platform in names or (platform == 'gpu'
+                                              and {'cuda', 'rocm'} & set(names)):
+      return index
+  raise ValueError(f'no branch for platform {platform!r} in {branches_platforms}')
+
+
+def _eqn_flops(eqn, platform: str) -> float:
   name = eqn.primitive.name
   if name == 'dot_general':
     (contract, _), _ = eqn.params['dimension_numbers']
@@ -196,9 +212,13 @@ def _eqn_flops(eqn) -> float:
   if name in _REDUCTIONS:
     return _size(eqn.invars[0].aval)
   if name == 'scan':
-    return _scan_flops(eqn)
+    return _scan_flops(eqn, platform)
+  if name == 'cond' and eqn.params.get('branches_platforms') is not None:
+    branch = eqn.params['branches'][_platform_branch(eqn.params['branches_platforms'],
+                                                     platform)]
+    return jaxpr_flops(branch.jaxpr, platform)
   if name == 'cond':
-    return max(jaxpr_flops(b.jaxpr) for b in eqn.params['branches'])
+    return max(jaxpr_flops(b.jaxpr, platform) for b in eqn.params['branches'])
   if name == 'ffi_call':  # depthwise_impl=fused's kernel; other custom calls count 0
     attributes = dict(eqn.params.get('attributes', ()))
     return fused_ops.call_flops(eqn.params.get('target_name'), eqn.invars[0].aval.shape,
@@ -207,13 +227,14 @@ def _eqn_flops(eqn) -> float:
                                 int(attributes.get('stride', 1)),
                                 bool(attributes.get('statistics', 0))) or 0.0
   # jit, remat, custom derivatives, while (trip count unknown: once), ...
-  return sum(jaxpr_flops(sub) for sub in _sub_jaxprs(eqn.params))
+  return sum(jaxpr_flops(sub, platform) for sub in _sub_jaxprs(eqn.params))
 
 
-def _scan_flops(eqn) -> float:
+def _scan_flops(eqn, platform: Optional[str] = None) -> float:
   """The body times the scan's length, except for a switch on the scanned
   values with one branch per iteration (the bilevel step's phases, see
   loop.make_bilevel_step): each of its branches counts once."""
+  platform = platform or jax.default_backend()
   p = eqn.params
   body, length = p['jaxpr'].jaxpr, p['length']
   # The scanned inputs are those with the extra leading axis (constants and
@@ -226,11 +247,11 @@ def _scan_flops(eqn) -> float:
                           for v in inner.invars)
     if (inner.primitive.name == 'cond' and len(inner.params['branches']) == length
         and isinstance(inner.invars[0], jax_core.Var) and inner.invars[0] in per_iteration):
-      total += sum(jaxpr_flops(b.jaxpr) for b in inner.params['branches'])
+      total += sum(jaxpr_flops(b.jaxpr, platform) for b in inner.params['branches'])
       continue
     if reads_iteration:
       per_iteration.update(inner.outvars)
-    total += length * _eqn_flops(inner)
+    total += length * _eqn_flops(inner, platform)
   return total
 
 
@@ -362,10 +383,15 @@ def splits_or_synthetic(config, batch_size: int, load: Callable, count: int):
   except data.DataError:
     pass
   size = max(4 * batch_size, 256)
-  known = data.TRAIN_SIZES.get(d.name)
-  share = d.get('train_fraction', d.get('train_portion', 1.0))
   return (tuple(_synthetic_split(config, size, seed) for seed in range(count)),
-          f'synthetic {d.name}-shaped', int(np.floor(share * known)) if known else None)
+          f'synthetic {d.name}-shaped', _known_share(d))
+
+
+def _known_share(data_config) -> Optional[int]:
+  """Images per epoch of the first split by data.TRAIN_SIZES (None: not listed)."""
+  known = data.TRAIN_SIZES.get(data_config.name)
+  share = data_config.get('train_fraction', data_config.get('train_portion', 1.0))
+  return int(np.floor(share * known)) if known else None
 
 
 def with_architect(config, architect_name: str):
@@ -373,6 +399,63 @@ def with_architect(config, architect_name: str):
   config = config.copy_and_resolve_references()
   config.search.architect = architect_name
   return config
+
+
+def for_platform(config, platform: str, architect_name: str):
+  """A copy of a search config with search.architect set and its `auto`
+  choices (model.depthwise_impl, model.edge_impl) resolved as a machine whose
+  backend is `platform` resolves them when it traces the step: a program
+  lowered for a GPU on a CPU machine is then the one a GPU machine runs."""
+  config = with_architect(config, architect_name)
+  m = config.model
+  impl = ops.resolve_depthwise_impl(supernet.search_depthwise_impl(config),
+                                    m.get('dtype', 'float32'), backend=platform)
+  if impl == 'fused' and not (platform == 'cpu' and fused_ops.available()):
+    impl = 'shifted'  # What ops run where the XLA:CPU kernel is not available.
+  with config.unlocked():
+    m.depthwise_impl = impl
+    m.edge_impl = supernet.resolve_edge_impl(
+        m.get('edge_impl', 'auto'), m.get('channel_sampling', 'first'),
+        m.get('primitives', genotypes.PRIMITIVES), platform=platform)
+  return config
+
+
+def trace_search_step(config, batch_size: int):
+  """The search loop's step (the bilevel step behind the non-finite guard, as
+  loop.search builds it for one device), traced for a batch of `batch_size`:
+  `jax.jit(step).trace(...)`, ready to lower for any platform."""
+  model = supernet.build_supernet(config)
+  steps_per_epoch = max((_known_share(config.data) or batch_size) // batch_size, 1)
+  weight_tx = optim.weight_optimizer(config, steps_per_epoch)
+  arch_tx = optim.arch_optimizer(config)
+  shape = input_pipeline.image_shape(config.data)
+  sample = jnp.zeros((1,) + shape, jnp.float32)
+  # Initialised for real (its initializers leave JAX), then only its shapes are used.
+  state = jax.eval_shape(lambda s: s, loop.create_search_state(
+      model, config, jax.random.PRNGKey(0), sample, weight_tx, arch_tx))
+  batch = {'image': jax.ShapeDtypeStruct((batch_size,) + shape, jnp.uint8),
+           'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+  step = loop.guard_nonfinite(
+      loop.make_bilevel_step(model, config, steps_per_epoch, weight_tx, arch_tx),
+      skip=config.search.skip_nonfinite)
+  return jax.jit(step, donate_argnums=0).trace(state, batch, batch, jax.random.PRNGKey(1))
+
+
+def measure_program(config, batch_size: int, platform: str,
+                    architect_name: str = 'first_order') -> Dict[str, Any]:
+  """The search step of `config` lowered for `platform` (not compiled, not run;
+  no device of that platform needed): what it executes per step (program.py),
+  its FLOPs, and the choices it was lowered with."""
+  config = for_platform(config, platform, architect_name)
+  start = time.perf_counter()
+  traced = trace_search_step(config, batch_size)
+  module = program.lower(traced, platform)
+  seconds = time.perf_counter() - start
+  m = config.model
+  return {'target_platform': platform, 'depthwise_impl': m.depthwise_impl,
+          'edge_impl': m.edge_impl, 'lowering_seconds': seconds,
+          'flops_per_step': jaxpr_flops(traced.jaxpr.jaxpr, platform),
+          'module_ops': program.module_ops(module), **program.count(module).as_dict()}
 
 
 class SearchBench:
@@ -593,34 +676,44 @@ def run(config, measurements: Sequence[str], batch_size: int, steps: int, warmup
 def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, warmup: int,
              architects: Sequence[str] = ('first_order',),
              config_name: str = '', trace_dir: Optional[str] = None,
-             device_lock: Optional[str] = None) -> Iterator[Dict]:
+             device_lock: Optional[str] = None,
+             platform: Optional[str] = None) -> Iterator[Dict]:
   """`run`, each result yielded when it is measured: a long sweep that is stopped
   or fails part way (a compiler crash, out of memory) keeps what it measured.
   `trace_dir`: a profiler trace of each measurement's timed steps goes to
   trace_dir/<measurement>[_<architect>]_b<batch> (the pipeline's is not traced).
-  `device_lock`: a file each measurement locks while it steps (`holding`)."""
+  `device_lock`: a file each measurement locks while it steps (`holding`).
+  `platform`: what `program` lowers for (default: this machine's)."""
   check_measurements(config, measurements)  # Before anything is built.
   m = config.model
+  timed = [name for name in measurements if name not in PROGRAM_MEASUREMENTS]
+  bench = None  # Data, state and steps: only for what runs.
   if is_train_config(config):
     bench = TrainBench(config, batch_size)
     edges = {'edge_impl': None, 'unroll_edges': None, 'bilevel_phases': None}
   else:
-    bench = SearchBench(config, batch_size)
+    bench = SearchBench(config, batch_size) if timed else None
     edges = {'edge_impl': supernet.resolve_edge_impl(
                  m.get('edge_impl', 'auto'), m.get('channel_sampling', 'first'),
                  m.get('primitives', genotypes.PRIMITIVES)),
              'unroll_edges': bool(m.get('unroll_edges', False)),
              'bilevel_phases': config_fields.bilevel_phases(config.search)}
   base = {'config': config_name, 'config_digest': config_digest(config),
-          'batch_size': batch_size, 'data': bench.data_source, 'steps': steps,
-          'warmup': warmup, **edges,
+          'batch_size': batch_size, 'data': bench.data_source if bench else None,
+          'steps': steps, 'warmup': warmup, **edges,
           'depthwise_impl': ops.resolve_depthwise_impl(  # what ran, `auto` resolved
               m.get('depthwise_impl', 'auto'), m.get('dtype', 'float32')),
           'dtype': m.get('dtype', 'float32'), **environment()}
   weight_ms = None
   for name in measurements:
-    per_architect = name in ('arch_step', 'bilevel_step', 'fed_step')
+    per_architect = name in ('arch_step', 'bilevel_step', 'fed_step', 'program')
     for arch_name in (architects if per_architect else (None,)):
+      if name == 'program':  # Lowered, not run: no data, steps or memory.
+        lowered_base = {k: v for k, v in base.items() if k not in ('data', 'steps', 'warmup')}
+        yield {'measurement': name, 'architect': arch_name, **lowered_base,
+               **measure_program(config, batch_size, platform or program.default_platform(),
+                                 arch_name)}
+        continue
       kwargs = {'architect_name': arch_name} if arch_name else {}
       trace = (os.path.join(trace_dir, '_'.join(filter(None, (name, arch_name)))
                             + f'_b{batch_size}')
@@ -674,10 +767,17 @@ def project_search(config, weight_images: Optional[int], batch_size: int, bileve
 
 
 def format_table(results: Sequence[Dict]) -> str:
+  programs = [r for r in results if r['measurement'] in PROGRAM_MEASUREMENTS]
+  results = [r for r in results if r['measurement'] not in PROGRAM_MEASUREMENTS]
+  lines = []
+  if programs:
+    lines += format_program_table(programs).split('\n')
+  if not results:
+    return '\n'.join(lines)
   header = (f'{"measurement":<14} {"architect":<19} {"batch":>5} {"compile s":>9} '
             f'{"ms/step":>9} {"p10":>8} {"p90":>8} {"img/s":>8} {"GFLOP/step":>10} '
             f'{"GFLOP/s":>8} {"step MB":>8} {"run MB":>8} {"peak MB":>8}')
-  lines = [header, '-' * len(header)]
+  lines += [header, '-' * len(header)]
   fmt = lambda v, spec: format(v, spec) if v is not None else '-'
   for r in results:
     lines.append(
@@ -695,6 +795,22 @@ def format_table(results: Sequence[Dict]) -> str:
       if r.get(f'projected_{what}_minutes'):
         lines.append(f'{r["measurement"]} at batch {r["batch_size"]}: whole {what} projected at '
                      f'{r[f"projected_{what}_minutes"]:.1f} min ({r["projection"]})')
+  return '\n'.join(lines)
+
+
+def format_program_table(results: Sequence[Dict]) -> str:
+  """The program measurements: executions per step of the lowered step."""
+  header = (f'{"platform":<8} {"architect":<19} {"batch":>5} {"edges":<8} {"depthwise":<9} '
+            f'{"ops":>9} {"convs":>7} {"dots":>7} {"conds":>6} {"loops":>6} {"iters":>7} '
+            f'{"calls":>6} {"GFLOP/step":>10} {"lower s":>7}')
+  lines = [header, '-' * len(header)]
+  for r in results:
+    lines.append(
+        f'{r["target_platform"]:<8} {r["architect"] or "":<19} {r["batch_size"]:>5} '
+        f'{r["edge_impl"]:<8} {r["depthwise_impl"]:<9} {r["executed_ops"]:>9} '
+        f'{r["executed_convolutions"]:>7} {r["executed_dots"]:>7} {r["conditionals"]:>6} '
+        f'{r["while_loops"]:>6} {r["loop_iterations"]:>7} {r["executed_custom_calls"]:>6} '
+        f'{r["flops_per_step"] / 1e9:>10.2f} {r["lowering_seconds"]:>7.1f}')
   return '\n'.join(lines)
 
 

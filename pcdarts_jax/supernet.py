@@ -223,8 +223,10 @@ class _EdgeScanStep(PartialMixedOp):
 def _fold_boundary(x: jax.Array) -> jax.Array:
   """Materializes a group's folded input, and so its gradient: otherwise XLA:CPU
   fuses every op's input gradient, channel slices included, into one loop per
-  cell input that it cannot vectorize."""
-  return jax.lax.optimization_barrier(x)
+  cell input that it cannot vectorize. A CPU-only device: other platforms'
+  programs get x itself (chosen when the program is lowered), where fusion is
+  what they want."""
+  return jax.lax.platform_dependent(x, cpu=jax.lax.optimization_barrier, default=ops.identity)
 
 
 def _edge_scan(unroll: bool):
