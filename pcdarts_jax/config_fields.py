@@ -39,8 +39,15 @@ def field(section, name: str, default: Any = None) -> Any:
 
 # The one default of each optional search field below, for a config that lacks
 # it (a library caller's); every shipped config sets these fields.
+DEFAULT_SPACE = 'darts'
 DEFAULT_PARTIAL_CHANNELS = 1  # K = 1: every channel goes through the ops (DARTS).
 DEFAULT_BILEVEL_PHASES = 'sequence'
+DEFAULT_ARCH_REGULARIZER = 'l2'
+
+
+def space(model) -> str:
+  """`model.space`: the search space's name (spaces.SPACES)."""
+  return field(model, 'space', DEFAULT_SPACE)
 
 
 def partial_channels(model) -> int:
@@ -51,3 +58,8 @@ def partial_channels(model) -> int:
 def bilevel_phases(search) -> str:
   """`search.bilevel_phases`: how one step runs its arch and weight phases."""
   return field(search, 'bilevel_phases', DEFAULT_BILEVEL_PHASES)
+
+
+def arch_regularizer(search) -> str:
+  """`search.arch_regularizer`: `l2` (Adam weight decay) or `kl` (DrNAS' loss term)."""
+  return field(search, 'arch_regularizer', DEFAULT_ARCH_REGULARIZER)

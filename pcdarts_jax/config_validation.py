@@ -90,12 +90,12 @@ def validate_search_config(config, num_devices: int = 1):
            f"model.dtype={m.get('dtype')!r} is not one of {supernet.DTYPES}.")
   _require(m.depthwise_impl in ops.DEPTHWISE_IMPLS,
            f'model.depthwise_impl={m.depthwise_impl!r} is not one of {ops.DEPTHWISE_IMPLS}.')
-  space = m.get('space', 'darts')
+  space = config_fields.space(m)
   _require(space in spaces.SPACES, f'model.space={space!r} is not one of {spaces.SPACES}.')
   relax = m.get('relaxation', 'softmax')
   _require(relax in relaxation.RELAXATIONS,
            f'model.relaxation={relax!r} is not one of {relaxation.RELAXATIONS}.')
-  regularizer = s.get('arch_regularizer', 'l2')
+  regularizer = config_fields.arch_regularizer(s)
   _require(regularizer in relaxation.REGULARIZERS,
            f'search.arch_regularizer={regularizer!r} is not one of {relaxation.REGULARIZERS}.')
   _require(regularizer != 'kl' or relax == 'dirichlet',

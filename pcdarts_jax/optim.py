@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from pcdarts_jax import config_fields
+
 
 # search.lr_schedule_offset: which cosine value epoch e runs at, lr(e + offset).
 # 1: DARTS and PC-DARTS step the scheduler at the start of each epoch (the first
@@ -72,7 +74,7 @@ def arch_optimizer(config) -> optax.GradientTransformation:
   s = config.search
   clip = s.get('arch_grad_clip', 0.0)
   # DrNAS: the KL regulariser replaces the L2 decay (relaxation.arch_penalty).
-  decay = 0.0 if s.get('arch_regularizer', 'l2') == 'kl' else s.arch_weight_decay
+  decay = 0.0 if config_fields.arch_regularizer(s) == 'kl' else s.arch_weight_decay
   # The reference clips the raw arch gradient, then Adam adds the decay.
   return optax.chain(
       optax.clip_by_global_norm(clip) if clip else optax.identity(),

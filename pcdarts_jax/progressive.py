@@ -60,7 +60,7 @@ def stage_of_epoch(config, epoch: int) -> Stage:
 
 
 def _primitives(config) -> Tuple[str, ...]:
-  if config.model.get('space', 'darts') == 'nb201':
+  if config_fields.space(config.model) == 'nb201':
     from pcdarts_jax.spaces import nb201  # pylint: disable=g-import-not-at-top
     return nb201.PRIMITIVES
   return tuple(config.model.get('primitives', genotypes.PRIMITIVES))

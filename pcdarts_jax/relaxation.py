@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy import special
 
+from pcdarts_jax import config_fields
+
 RELAXATIONS = ('softmax', 'dirichlet', 'gumbel', 'gdas')
 TEMPERED = ('gumbel', 'gdas')  # The relaxations with a temperature schedule.
 # exponential: ours, tau_max (tau_min / tau_max)^(e / (E - 1)), tau_min at the last
@@ -115,7 +117,7 @@ def arch_penalty(config, arch) -> jax.Array:
   over every relaxed arch parameter for `search.arch_regularizer='kl'`
   (Dirichlet relaxation), else 0 (`l2` acts through Adam's weight decay)."""
   s = config.search
-  if s.get('arch_regularizer', 'l2') != 'kl':
+  if config_fields.arch_regularizer(s) != 'kl':
     return jnp.zeros((), jnp.float32)
   total = jnp.zeros((), jnp.float32)
   for name, value in arch.items():

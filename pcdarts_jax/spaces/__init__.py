@@ -44,4 +44,4 @@ def get(name: str) -> ModuleType:
 def of_config(config) -> ModuleType:
   """The space of a search config; configs without `model.space` are DARTS."""
   model = config.model if hasattr(config, 'model') else config
-  return get(config_fields.field(model, 'space', 'darts'))
+  return get(config_fields.space(model))
