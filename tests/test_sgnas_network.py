@@ -284,7 +284,8 @@ def test_validation_of_architecture_files_and_sgnas_only_rules(tmp_path):
 
 def test_digits_train_evaluate_and_resume(tmp_path):
   """launch/train.py with configs/sgnas_digits_train.py, launch/evaluate.py on its
-  workdir (with another --config.genotype: the workdir's genotype.json wins),
+  workdir (another --config.genotype with it is refused: the weights fit only the
+  workdir's genotype.json),
   then the finished run resumed in-process."""
   workdir = str(tmp_path / 'train')
   env = dict(os.environ, PYTHONPATH=REPO)
@@ -311,10 +312,15 @@ def test_digits_train_evaluate_and_resume(tmp_path):
   assert not os.path.exists(os.path.join(workdir, 'plots'))  # No DARTS cells to draw.
 
   other = '333333|3xxxxx|3xxxxx|3xxxxx|3xxxxx|3xxxxx'
-  run = subprocess.run(
-      [sys.executable, '-m', 'launch.evaluate', '--config=configs/sgnas_digits_train.py',
-       f'--workdir={workdir}', f'--config.genotype={other}'],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  evaluate = [sys.executable, '-m', 'launch.evaluate', '--config=configs/sgnas_digits_train.py',
+              f'--workdir={workdir}']
+  # Another architecture does not fit the checkpoint's weights: refused in one line.
+  run = subprocess.run(evaluate + [f'--config.genotype={other}'], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert run.returncode == 2, run.stderr[-3000:]
+  assert 'error: --config.genotype does not go with --workdir' in run.stderr
+  run = subprocess.run(evaluate, cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
   assert run.returncode == 0, run.stderr[-3000:]
   result = json.loads(run.stdout.strip().splitlines()[-1])
   assert result['top1_error'] == pytest.approx(1 - summary['test']['accuracy'])
