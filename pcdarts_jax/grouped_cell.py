@@ -219,14 +219,6 @@ def _normalize_with(x, mean, var):
   return y.astype(x.dtype)
 
 
-def _fold(x: jax.Array) -> jax.Array:
-  return batched_ops.fold(x)
-
-
-def _unfold(x: jax.Array, edges: int) -> jax.Array:
-  return batched_ops.unfold(x, edges)
-
-
 def edge_pointwise(x: jax.Array, kernels: jax.Array) -> jax.Array:
   """Per-edge 1x1 convs of the folded x (N, H, W, E * C_in) with kernels
   (E, 1, 1, C_in, C_out): one matmul batched over the edges."""
@@ -353,9 +345,10 @@ def _stage_op_outputs(stage: _Stage, variables: EdgeVariables, primitives: Seque
         y = _per_source_on_edges(users, users, per_source)
       else:
         y = per_source[sources[0]]
-      y = _unfold(variables.batch_norm(users, p, 'bn', _fold(y), train), len(users))
+      y = variables.batch_norm(users, p, 'bn', batched_ops.fold(y), train)
+      y = batched_ops.unfold(y, len(users))
     elif p.startswith(('sep_conv_', 'dil_conv_')):
-      y = _fold(jnp.stack([stage.relu(edge.source) for edge in users], axis=-2))
+      y = batched_ops.fold(jnp.stack([stage.relu(edge.source) for edge in users], axis=-2))
       width = y.shape[-1] // len(users)
       for layer, (dw, pw, bn, k, padding, dilation, strided) in enumerate(_chain_layers(p)):
         kernel = variables.kernels(users, p, dw, (k, k, 1, width))
@@ -366,7 +359,7 @@ def _stage_op_outputs(stage: _Stage, variables: EdgeVariables, primitives: Seque
                           relu_input=layer > 0)
         y = edge_pointwise(y, variables.kernels(users, p, pw, (1, 1, width, width)))
         y = variables.batch_norm(users, p, bn, y, train)
-      y = _unfold(y, len(users))
+      y = batched_ops.unfold(y, len(users))
     else:
       raise ValueError(f'model.edge_impl=grouped has no form of {p!r}; grouped primitives: '
                        f'{supernet.GROUPED_PRIMITIVES}.')

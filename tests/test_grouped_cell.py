@@ -27,13 +27,12 @@ from pcdarts_jax import initializers
 from pcdarts_jax import supernet
 
 BATCH = 3
-IMPL = 'shifted'
 LABELS = jnp.array([1, 4, 7])
 
 
 def _config(**model):
   base = dict(init_channels=8, layers=3, num_classes=10, partial_channels=4,
-              depthwise_impl=IMPL, steps=4, multiplier=4)
+              depthwise_impl='shifted', steps=4, multiplier=4)
   base.update(model)
   return ml_collections.ConfigDict({'model': base})
 
@@ -114,11 +113,15 @@ def _assert_same_step(pair):
 
 # ------------------------------------------------------------------ equality with scan
 
-CASES = {  # partial channels K, edge normalization, nodes per cell
+# Partial channels K, edge normalization, nodes per cell, depthwise form: `shifted`
+# is what a GPU runs in float32, `conv` (grouped convs) in bfloat16.
+CASES = {
     'k4_edge_norm': dict(partial_channels=4, edge_normalization=True, steps=4, multiplier=4),
-    'k1_plain': dict(partial_channels=1, edge_normalization=False, steps=3, multiplier=3),
+    'k1_plain': dict(partial_channels=1, edge_normalization=False, steps=3, multiplier=3,
+                     depthwise_impl='conv'),
     # The rest of the grid (CI time: each case compiles two supernet gradients).
-    'k4_plain': dict(partial_channels=4, edge_normalization=False, steps=3, multiplier=3),
+    'k4_plain': dict(partial_channels=4, edge_normalization=False, steps=3, multiplier=3,
+                     depthwise_impl='conv'),
     'k1_edge_norm': dict(partial_channels=1, edge_normalization=True, steps=3, multiplier=3),
 }
 SLOW_CASES = ('k4_plain', 'k1_edge_norm')
@@ -143,12 +146,12 @@ def test_grouped_matches_scan(case, k4_pair):
   _assert_same_step(pair)
 
 
-def test_grouped_matches_scan_in_pruned_stages():
-  """DrNAS progressive learning's pruned stages: every edge keeps its own ops
-  (some keep `none`, a pool or the skip, some only conv chains), the variables
-  are the masked cell's per-edge ones, and each op runs once per stage for the
-  edges that keep it. K = 2 with dil/sep chains of different kernel sizes."""
-  steps = 3
+PRUNED_STEPS = 3
+
+
+def _pruned_masks(steps=PRUNED_STEPS):
+  """Three ops kept per edge, a different three on neighbouring edges: some
+  edges keep `none`, a pool or the skip, some only conv chains."""
   edges = sum(i + 2 for i in range(steps))
   masks = {}
   for offset, kind in enumerate(('normal', 'reduce')):
@@ -157,14 +160,81 @@ def test_grouped_matches_scan_in_pruned_stages():
       for j in (0, 3, 5):
         mask[e, (e + offset + j) % len(genotypes.PRIMITIVES)] = 1
     masks[kind] = mask
-  pair = _pair(_config(partial_channels=2, steps=steps, multiplier=steps), seed=5,
-               op_masks=masks)
+  return masks
+
+
+def _pruned_config():
+  return _config(partial_channels=2, steps=PRUNED_STEPS, multiplier=PRUNED_STEPS,
+                 depthwise_impl='conv')
+
+
+def test_grouped_matches_scan_in_pruned_stages():
+  """DrNAS progressive learning's pruned stages: every edge keeps its own ops,
+  the variables are the masked cell's per-edge ones. K = 2."""
+  masks = _pruned_masks()
+  pair = _pair(_pruned_config(), seed=5, op_masks=masks)
   params = pair['variables']['params']['cell_0']
   assert 'edge_0' in params and 'input_edges' not in params  # the masked layout's tree
   assert jax.tree.map(np.shape, pair['variables']) == jax.tree.map(
       np.shape, initializers.init_variables(pair['models']['grouped'], jax.random.PRNGKey(0),
                                             pair['x'][:1]))
   _assert_same_step(pair)
+
+
+def _count_primitives(jaxpr, names):
+  """How many equations of `jaxpr` and of the jaxprs inside it (custom VJPs,
+  nested jits) apply one of the primitives `names`."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += eqn.primitive.name in names
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          sub = sub.jaxpr
+        if isinstance(sub, jax.extend.core.Jaxpr):
+          count += _count_primitives(sub, names)
+  return count
+
+
+@pytest.mark.parametrize('pruned', [False, True])
+def test_each_op_runs_once_per_stage(pruned):
+  """The grouped forward (traced, not compiled) has one depthwise conv per
+  SepConv/DilConv layer per stage that keeps the op, whatever the number of its
+  edges, and one 3x3 max pool per source that an edge keeping it reads (8 + 3 +
+  2 + 1 edges, 5 sources per cell; 14 max pools in the scan's edges)."""
+  masks = _pruned_masks() if pruned else None
+  config = _pruned_config() if pruned else _config(depthwise_impl='conv')
+  steps = config.model.steps
+  model = supernet.build_supernet(config, op_masks=masks).clone(edge_impl='grouped')
+  x = jnp.zeros((BATCH, 8, 8, 3), jnp.float32)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x[:1], train=False))
+  jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, train=True, mutable=['batch_stats']))(
+      variables).jaxpr
+  depthwise_layers = {'sep_conv_3x3': 2, 'sep_conv_5x5': 2, 'dil_conv_3x3': 1,
+                      'dil_conv_5x5': 1}
+  convs, pools = 1, 0  # the stem's conv
+  per_edge_convs = 1  # what running each edge's ops on their own would take
+  for layer in range(config.model.layers):
+    kind = 'reduce' if layer in supernet.reduction_layers(config.model.layers) else 'normal'
+    # stage s reads input s (s < 2: stage 0) or node s - 1; sources per stage
+    stage_ops, stage_sources = {}, {}
+    for node, (start, end) in enumerate(genotypes.node_edge_ranges(steps)):
+      for j in range(end - start):
+        kept = [p for i, p in enumerate(genotypes.PRIMITIVES)
+                if masks is None or masks[kind][start + j][i]]
+        stage = max(j - 1, 0)
+        per_edge_convs += sum(depthwise_layers.get(p, 0) for p in kept)
+        for p in kept:
+          stage_ops.setdefault(stage, set()).add(p)
+          stage_sources.setdefault((stage, p), set()).add(j)
+    for stage, kept in stage_ops.items():
+      convs += sum(depthwise_layers.get(p, 0) for p in kept)
+      pools += len(stage_sources[(stage, 'max_pool_3x3')]) if 'max_pool_3x3' in kept else 0
+  assert _count_primitives(jaxpr, {'conv_general_dilated'}) == convs
+  assert _count_primitives(jaxpr, {'reduce_window_max'}) == pools
+  assert convs < per_edge_convs  # some op is shared by several edges of a stage
+  if not pruned:
+    assert convs == 1 + 3 * steps * 6 and pools == 3 * 5
 
 
 def test_checkpoint_moves_between_layouts(k4_pair, tmp_path):
@@ -192,6 +262,8 @@ def test_checkpoint_moves_between_layouts(k4_pair, tmp_path):
     restored, meta = store.restore(1, abstract)
     store.close()
     assert meta == {'edge_impl': writer}
+    # Uncommitted arrays, as the state had: the compiled gradients are reused.
+    restored = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), restored)
     jax.tree.map(np.testing.assert_array_equal, restored, state)
     continued, loss = step(restored, reader)
     reference, reference_loss = step(state, writer)
@@ -203,12 +275,12 @@ def test_bfloat16_cell_accumulates_in_float32():
   """A bfloat16 grouped cell stays within bfloat16 rounding of the float32 one,
   and its mixing sums are float32: the node accumulators are (adds of) float32
   values converted to bfloat16 once per node."""
-  cell = supernet.SearchCell(8, False, False, partial_channels=2, depthwise_impl='shifted',
-                             edge_impl='grouped')
+  cell = supernet.SearchCell(8, False, False, steps=2, multiplier=2, partial_channels=2,
+                             depthwise_impl='shifted', edge_impl='grouped')
   rng = np.random.RandomState(7)
   s0, s1 = (jnp.asarray(rng.randn(2, 8, 8, 12), jnp.float32) for _ in range(2))
-  weights = jax.nn.softmax(jnp.asarray(rng.randn(14, 8), jnp.float32))
-  betas = jnp.asarray(rng.rand(14), jnp.float32)
+  weights = jax.nn.softmax(jnp.asarray(rng.randn(5, 8), jnp.float32))
+  betas = jnp.asarray(rng.rand(5), jnp.float32)
   variables = cell.init(jax.random.PRNGKey(0), s0, s1, weights, betas, train=False)
   run = jax.jit(lambda a, b: cell.apply(variables, a, b, weights, betas, train=True,
                                         mutable=['batch_stats'])[0])
