@@ -180,19 +180,26 @@ class EdgeVariables:
       variances.append(var)
     return jnp.concatenate(means), jnp.concatenate(variances)
 
-  def batch_norm(self, edges: Sequence[Edge], primitive: str, part: str, x: jax.Array,
+  def batch_norm(self, groups: Sequence[Tuple[Sequence[Edge], str, str]], x: jax.Array,
                  train: bool) -> jax.Array:
-    """Affine-free BatchNorm of the folded (N, H, W, E * width) x, each edge
-    with its own statistics (as each edge's ops.BatchNorm in the scan)."""
-    count = len(edges)
+    """Affine-free BatchNorm of the folded x, (N, H, W, E * width) with the
+    edges of `groups` [(edges, primitive, part)] side by side in that order,
+    each edge with its own statistics (as each edge's ops.BatchNorm in the scan)."""
+    count = sum(len(edges) for edges, _, _ in groups)
     width = x.shape[-1] // count
     if train:
       y, mean, var = ops.batch_normalize(x, ops.BN_EPSILON, self.axis_name)
-      self.statistics(edges, primitive, part, width,
-                      (mean.reshape(count, width), var.reshape(count, width)))
+      mean, var = mean.reshape(count, width), var.reshape(count, width)
+      start = 0
+      for edges, primitive, part in groups:
+        rows = slice(start, start + len(edges))
+        start += len(edges)
+        self.statistics(edges, primitive, part, width, (mean[rows], var[rows]))
       return y
-    mean, var = self.statistics(edges, primitive, part, width)
-    return _normalize_with(x, mean.reshape(-1), var.reshape(-1))
+    means, variances = zip(*(self.statistics(edges, primitive, part, width)
+                             for edges, primitive, part in groups))
+    return _normalize_with(x, jnp.concatenate(means).reshape(-1),
+                           jnp.concatenate(variances).reshape(-1))
 
   def shared_batch_norm(self, edges: Sequence[Edge], primitive: str, x: jax.Array,
                         train: bool) -> jax.Array:
@@ -256,6 +263,7 @@ class _Stage:
   def __init__(self, states, members: Sequence[Edge], width: int, partial_channels: int):
     self.members = members
     self.stride = members[0].stride
+    self.width = width  # of the op slices
     self.x = {}
     self.bypass = {}
     self._relu = {}
@@ -302,12 +310,49 @@ def _per_source_on_edges(members: Sequence[Edge], users: Sequence[Edge],
   return jnp.stack([by_edge.get(edge.index, zeros) for edge in members], axis=-2)
 
 
+def _conv_chains(stage: _Stage, variables: EdgeVariables,
+                 chains: Sequence[Tuple[str, Sequence[Edge]]], depthwise_impl: str,
+                 train: bool) -> Dict[str, jax.Array]:
+  """The SepConv and DilConv ops of a stage, [(primitive, its edges)]:
+  {primitive: (N, H', W', E, width)}. Layer by layer (ReLU -> depthwise -> 1x1
+  -> BatchNorm), one depthwise conv per op (their kernel sizes and dilations
+  differ), then the 1x1 convs of every op and edge as one edge-batched matmul
+  and their BatchNorms as one normalization."""
+  chains = [(p, users) for p, users in chains if users]
+  width = stage.width
+  x = {p: batched_ops.fold(jnp.stack([stage.relu(edge.source) for edge in users], axis=-2))
+       for p, users in chains}
+  for layer in range(max((len(_chain_layers(p)) for p, _ in chains), default=0)):
+    active = [(p, users) for p, users in chains if len(_chain_layers(p)) > layer]
+    convolved, pointwise_kernels, norms = [], [], []
+    for p, users in active:
+      dw, pw, bn, k, padding, dilation, strided = _chain_layers(p)[layer]
+      kernel = variables.kernels(users, p, dw, (k, k, 1, width))
+      kernel = jnp.moveaxis(kernel, 0, 3).reshape(k, k, 1, -1).astype(x[p].dtype)
+      # The first layer's ReLU is the shared one; the second's is inside the
+      # depthwise form, as in ops.SepConv.
+      convolved.append(ops.depthwise(x[p], kernel, stage.stride if strided else 1, padding,
+                                     dilation, depthwise_impl, relu_input=layer > 0))
+      pointwise_kernels.append(variables.kernels(users, p, pw, (1, 1, width, width)))
+      norms.append((users, p, bn))
+    y = edge_pointwise(jnp.concatenate(convolved, axis=-1),
+                       jnp.concatenate(pointwise_kernels))
+    y = variables.batch_norm(norms, y, train)
+    ends = np.cumsum([len(users) * width for _, users in active])
+    for (p, _), part in zip(active, jnp.split(y, ends[:-1], axis=-1)):
+      x[p] = part
+  return {p: batched_ops.unfold(x[p], len(users)) for p, users in chains}
+
+
 def _stage_op_outputs(stage: _Stage, variables: EdgeVariables, primitives: Sequence[str],
                       depthwise_impl: str, train: bool) -> List[Tuple[int, jax.Array]]:
   """[(op index, its output on the stage's edges, (N, H', W', E or 1, width))]
   in op order, each op computed once for all the stage's edges that keep it."""
   outputs = []
   s = stage.stride
+  chains = _conv_chains(stage, variables, [
+      (p, [edge for edge in stage.members if p in edge.kept]) for p in primitives
+      if p.startswith(('sep_conv_', 'dil_conv_'))], depthwise_impl, train)
   for op_index, p in enumerate(primitives):
     users = [edge for edge in stage.members if p in edge.kept]
     if p == 'none' or not users:  # `none` contributes exact zeros.
@@ -345,21 +390,10 @@ def _stage_op_outputs(stage: _Stage, variables: EdgeVariables, primitives: Seque
         y = _per_source_on_edges(users, users, per_source)
       else:
         y = per_source[sources[0]]
-      y = variables.batch_norm(users, p, 'bn', batched_ops.fold(y), train)
+      y = variables.batch_norm([(users, p, 'bn')], batched_ops.fold(y), train)
       y = batched_ops.unfold(y, len(users))
-    elif p.startswith(('sep_conv_', 'dil_conv_')):
-      y = batched_ops.fold(jnp.stack([stage.relu(edge.source) for edge in users], axis=-2))
-      width = y.shape[-1] // len(users)
-      for layer, (dw, pw, bn, k, padding, dilation, strided) in enumerate(_chain_layers(p)):
-        kernel = variables.kernels(users, p, dw, (k, k, 1, width))
-        kernel = jnp.moveaxis(kernel, 0, 3).reshape(k, k, 1, -1).astype(y.dtype)
-        # The first layer's ReLU is the shared one; the second's is inside the
-        # depthwise form, as in ops.SepConv.
-        y = ops.depthwise(y, kernel, s if strided else 1, padding, dilation, depthwise_impl,
-                          relu_input=layer > 0)
-        y = edge_pointwise(y, variables.kernels(users, p, pw, (1, 1, width, width)))
-        y = variables.batch_norm(users, p, bn, y, train)
-      y = batched_ops.unfold(y, len(users))
+    elif p in chains:
+      y = chains[p]
     else:
       raise ValueError(f'model.edge_impl=grouped has no form of {p!r}; grouped primitives: '
                        f'{supernet.GROUPED_PRIMITIVES}.')

@@ -200,8 +200,9 @@ def _count_primitives(jaxpr, names):
 def test_each_op_runs_once_per_stage(pruned):
   """The grouped forward (traced, not compiled) has one depthwise conv per
   SepConv/DilConv layer per stage that keeps the op, whatever the number of its
-  edges, and one 3x3 max pool per source that an edge keeping it reads (8 + 3 +
-  2 + 1 edges, 5 sources per cell; 14 max pools in the scan's edges)."""
+  edges; one 1x1 matmul per chain layer per stage for all those ops; and one
+  3x3 max pool per source that an edge keeping it reads (8 + 3 + 2 + 1 edges,
+  5 sources per cell; 14 max pools in the scan's edges)."""
   masks = _pruned_masks() if pruned else None
   config = _pruned_config() if pruned else _config(depthwise_impl='conv')
   steps = config.model.steps
@@ -213,9 +214,12 @@ def test_each_op_runs_once_per_stage(pruned):
   depthwise_layers = {'sep_conv_3x3': 2, 'sep_conv_5x5': 2, 'dil_conv_3x3': 1,
                       'dil_conv_5x5': 1}
   convs, pools = 1, 0  # the stem's conv
+  dots = 1  # the classifier
   per_edge_convs = 1  # what running each edge's ops on their own would take
   for layer in range(config.model.layers):
-    kind = 'reduce' if layer in supernet.reduction_layers(config.model.layers) else 'normal'
+    reductions = supernet.reduction_layers(config.model.layers)
+    kind = 'reduce' if layer in reductions else 'normal'
+    dots += 3 if layer - 1 in reductions else 2  # preprocessing: FactorizedReduce's 2 or 1
     # stage s reads input s (s < 2: stage 0) or node s - 1; sources per stage
     stage_ops, stage_sources = {}, {}
     for node, (start, end) in enumerate(genotypes.node_edge_ranges(steps)):
@@ -229,12 +233,17 @@ def test_each_op_runs_once_per_stage(pruned):
           stage_sources.setdefault((stage, p), set()).add(j)
     for stage, kept in stage_ops.items():
       convs += sum(depthwise_layers.get(p, 0) for p in kept)
+      dots += max([depthwise_layers.get(p, 0) for p in kept], default=0)
+      if kind == 'reduce' and stage == 0 and 'skip_connect' in kept:  # 2 per source
+        dots += 2 * len(stage_sources[(stage, 'skip_connect')])
       pools += len(stage_sources[(stage, 'max_pool_3x3')]) if 'max_pool_3x3' in kept else 0
   assert _count_primitives(jaxpr, {'conv_general_dilated'}) == convs
   assert _count_primitives(jaxpr, {'reduce_window_max'}) == pools
+  assert _count_primitives(jaxpr, {'dot_general'}) == dots
   assert convs < per_edge_convs  # some op is shared by several edges of a stage
   if not pruned:
     assert convs == 1 + 3 * steps * 6 and pools == 3 * 5
+    assert dots == 1 + 2 + 2 + 3 + 3 * steps * 2 + 2 * 2 * 2
 
 
 def test_checkpoint_moves_between_layouts(k4_pair, tmp_path):
