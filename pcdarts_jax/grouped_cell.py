@@ -246,6 +246,28 @@ def shared_pointwise(x: jax.Array, kernels: jax.Array, stride: int) -> jax.Array
   return y.reshape(*x.shape[:-1], count, c_out)
 
 
+def edge_depthwise(x: jax.Array, kernels: jax.Array, stride: int, padding: int,
+                   dilation: int, impl: str, relu_input: bool) -> jax.Array:
+  """Per-edge depthwise convs of the folded x (N, H, W, E * C) with kernels
+  (E, k, k, 1, C): one depthwise conv over all E * C channels (ops.depthwise),
+  except that `dense` (a dense conv with a diagonal kernel, a fast compile for
+  tiny widths on CPU) stays per edge, a conv of E groups: a dense kernel across
+  all the edges' channels would cost E times the scan's FLOPs."""
+  count, k = kernels.shape[:2]
+  if ops.resolve_depthwise_impl(impl, x.dtype) != 'dense':
+    kernel = jnp.moveaxis(kernels, 0, 3).reshape(k, k, 1, -1).astype(x.dtype)
+    return ops.depthwise(x, kernel, stride, padding, dilation, impl, relu_input=relu_input)
+  if relu_input:
+    x = ops.relu(x)
+  width = kernels.shape[-1]
+  dense = kernels[..., 0, :, None] * jnp.eye(width, dtype=kernels.dtype)  # (E, k, k, C, C)
+  dense = jnp.moveaxis(dense, 0, 3).reshape(k, k, width, count * width)
+  return lax.conv_general_dilated(
+      x, dense.astype(x.dtype), window_strides=(stride, stride),
+      padding=((padding, padding), (padding, padding)), rhs_dilation=(dilation, dilation),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=count)
+
+
 def _chain_layers(primitive: str):
   """(depthwise, 1x1, BatchNorm part names, kernel size, padding, dilation, strided)
   per ReLU -> depthwise -> 1x1 -> BatchNorm layer of a conv op (ops.SepConv,
@@ -327,12 +349,11 @@ def _conv_chains(stage: _Stage, variables: EdgeVariables,
     convolved, pointwise_kernels, norms = [], [], []
     for p, users in active:
       dw, pw, bn, k, padding, dilation, strided = _chain_layers(p)[layer]
-      kernel = variables.kernels(users, p, dw, (k, k, 1, width))
-      kernel = jnp.moveaxis(kernel, 0, 3).reshape(k, k, 1, -1).astype(x[p].dtype)
       # The first layer's ReLU is the shared one; the second's is inside the
       # depthwise form, as in ops.SepConv.
-      convolved.append(ops.depthwise(x[p], kernel, stage.stride if strided else 1, padding,
-                                     dilation, depthwise_impl, relu_input=layer > 0))
+      convolved.append(edge_depthwise(x[p], variables.kernels(users, p, dw, (k, k, 1, width)),
+                                      stage.stride if strided else 1, padding, dilation,
+                                      depthwise_impl, relu_input=layer > 0))
       pointwise_kernels.append(variables.kernels(users, p, pw, (1, 1, width, width)))
       norms.append((users, p, bn))
     y = edge_pointwise(jnp.concatenate(convolved, axis=-1),

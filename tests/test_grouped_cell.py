@@ -246,6 +246,40 @@ def test_each_op_runs_once_per_stage(pruned):
     assert dots == 1 + 2 + 2 + 3 + 3 * steps * 2 + 2 * 2 * 2
 
 
+def test_dense_depthwise_stays_per_edge():
+  """depthwise_impl='dense' (the digits configs' CPU form): the same cell as
+  the scan's, with each edge's dense diagonal kernel its own conv group (a
+  kernel across all the edges' channels would cost E times the FLOPs)."""
+  cells = {impl: supernet.SearchCell(8, True, False, steps=3, multiplier=3, partial_channels=2,
+                                     depthwise_impl='dense', edge_impl=impl)
+           for impl in ('scan', 'grouped')}
+  rng = np.random.RandomState(4)
+  s0, s1 = (jnp.asarray(rng.randn(2, 8, 8, 12), jnp.float32) for _ in range(2))
+  weights = jax.nn.softmax(jnp.asarray(rng.randn(9, 8), jnp.float32))
+  betas = jnp.asarray(rng.rand(9), jnp.float32)
+  variables = cells['scan'].init(jax.random.PRNGKey(0), s0, s1, weights, betas, train=False)
+  apply = {impl: (lambda v, c=cell: c.apply(v, s0, s1, weights, betas, train=True,
+                                            mutable=['batch_stats']))
+           for impl, cell in cells.items()}
+  out = {impl: jax.jit(f)(variables) for impl, f in apply.items()}
+  _close(out['grouped'], out['scan'], 1e-5)
+  jaxpr = jax.make_jaxpr(apply['grouped'])(variables).jaxpr
+  widths = set()
+
+  def conv_input_widths(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'conv_general_dilated':
+        widths.add(eqn.invars[1].aval.shape[2])  # HWIO: input channels per group
+      for value in eqn.params.values():
+        if isinstance(value, jax.extend.core.ClosedJaxpr):
+          conv_input_widths(value.jaxpr)
+        elif isinstance(value, jax.extend.core.Jaxpr):
+          conv_input_widths(value)
+
+  conv_input_widths(jaxpr)
+  assert widths == {8 // 2}  # one edge's C/K channels
+
+
 def test_checkpoint_moves_between_layouts(k4_pair, tmp_path):
   """A state written under one layout restores (checkpoint.Checkpoints, shapes
   from the other layout's model) and continues under the other as under its own."""
