@@ -15,10 +15,12 @@ once for all the edges that use it:
   averages still get their own update, so they evolve as in the scan).
 * The conv chains (SepConv, DilConv) and the stride-2 skip (FactorizedReduce)
   have per-edge weights. Their edges are laid side by side on the channel axis
-  (edge-major, as in batched_ops): the depthwise convs and BatchNorms act per
-  channel unchanged, each 1x1 conv is one matmul batched over the edges (no
-  block-diagonal matrix), and FactorizedReduce's 1x1 convs read the shared slice
-  once per source with the edges' kernels side by side (one dense matmul).
+  (edge-major, as in batched_ops): a depthwise conv acts per channel unchanged
+  (one per op: kernel sizes and dilations differ); the 1x1 convs of one layer
+  of every chain op are one matmul batched over (op, edge) (no block-diagonal
+  matrix) and their BatchNorms one normalization with per-edge statistics;
+  FactorizedReduce's 1x1 convs read the shared slice once per source with the
+  edges' kernels side by side (one dense matmul).
 * The mixing sums go straight into per-node accumulators (op part and bypass
   part apart, in float32 also for bfloat16 activations) in the scan's edge
   order, and a node is channel-shuffled once, when it completes: the shuffle is
