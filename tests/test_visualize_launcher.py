@@ -45,7 +45,9 @@ def test_published_and_json_genotypes_are_drawn(tmp_path):
   path.write_text(json.dumps(genotypes.to_dict(searched)))
   run = _run(str(path), f'--out={out}')
   assert run.returncode == 0, run.stderr
-  for name, genotype in (('PC_DARTS_image', genotypes.PC_DARTS_image), ('genotype', searched)):
+  # A run's genotype.json is named after its workdir (here the test's tmp_path).
+  for name, genotype in (('PC_DARTS_image', genotypes.PC_DARTS_image),
+                         (tmp_path.name, searched)):
     for kind in ('normal', 'reduce'):
       prefix = out / f'{name}_{kind}'
       for ext in ('png', 'svg', 'gv'):
