@@ -122,6 +122,23 @@ def np_channel_shuffle(x, groups):
   return x.reshape(*lead, c)
 
 
+def _workdir_files(root):
+  """Every file under `root` with its bytes and modification time."""
+  files = {}
+  for directory, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(directory, name)
+      with open(path, 'rb') as f:
+        files[os.path.relpath(path, root)] = (f.read(), os.stat(path).st_mtime_ns)
+  return files
+
+
+@pytest.fixture(scope='session')
+def snapshot():
+  """`snapshot(root)`: what a run that must change nothing on disk is compared by."""
+  return _workdir_files
+
+
 @pytest.fixture(scope='session')
 def ref():
   return types.SimpleNamespace(

@@ -227,30 +227,19 @@ def test_tensorboard_pictures_and_summary(reference):
   assert summary['nonfinite_steps_skipped'] == 0 and summary['resumed_from_steps'] == []
 
 
-def _snapshot(root):
-  """Every file under `root` with its bytes and modification time."""
-  files = {}
-  for directory, _, names in os.walk(root):
-    for name in names:
-      path = os.path.join(directory, name)
-      with open(path, 'rb') as f:
-        files[os.path.relpath(path, root)] = (f.read(), os.stat(path).st_mtime_ns)
-  return files
-
-
 def _records(workdir):
   with open(os.path.join(workdir, 'genotypes.jsonl')) as f:
     return [json.loads(line) for line in f]
 
 
-def test_rerunning_a_finished_search_changes_nothing(env, reference, tmp_path):
+def test_rerunning_a_finished_search_changes_nothing(env, reference, tmp_path, snapshot):
   workdir = str(tmp_path / 'run')
   shutil.copytree(reference, workdir)
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   result = _run(env, workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'is already complete (3 epochs, checkpoint 33); nothing was changed' in result.stdout
-  assert _snapshot(workdir) == before  # summary.json keeps its figures, no new events file.
+  assert snapshot(workdir) == before  # summary.json keeps its figures, no new events file.
 
 
 def test_readme_override_then_a_resume_with_one_more_epoch(env, reference, tmp_path):
@@ -330,16 +319,16 @@ def test_sigint_while_compiling_exits_at_once_and_binds_no_config(env, tmp_path)
                          'search', loop.EXTENDABLE)
 
 
-def test_evaluate_refuses_a_search_workdir_and_changes_nothing(reference, tmp_path):
+def test_evaluate_refuses_a_search_workdir_and_changes_nothing(reference, tmp_path, snapshot):
   workdir = str(tmp_path / 'run')
   shutil.copytree(reference, workdir)
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   with pytest.raises(config_validation.ConfigError) as info:
     trainer.evaluate_checkpoint(digits_train.get_config(), workdir=workdir)
   message = str(info.value)
   assert 'holds an architecture search (genotypes.jsonl), not a launch.train run' in message
   assert f'--config.genotype={workdir}' in message and '\n' not in message
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 def test_resume_false_refuses_a_non_empty_workdir(env, reference, tmp_path):

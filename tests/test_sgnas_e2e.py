@@ -85,25 +85,14 @@ def test_generate_launcher(searched, tmp_path):
   assert missing.returncode == 2 and 'generator.msgpack' in missing.stderr
 
 
-def _snapshot(root):
-  """Every file under `root` with its bytes and modification time."""
-  files = {}
-  for directory, _, names in os.walk(root):
-    for name in names:
-      path = os.path.join(directory, name)
-      with open(path, 'rb') as f:
-        files[os.path.relpath(path, root)] = (f.read(), os.stat(path).st_mtime_ns)
-  return files
-
-
-def test_a_finished_search_run_again_changes_nothing(searched):
+def test_a_finished_search_run_again_changes_nothing(searched, snapshot):
   workdir, _ = searched
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   result = _run('launch.search', f'--config={CONFIG}', f'--workdir={workdir}', *SHORT)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'is already complete (4 supernet and 5 generator epochs)' in result.stdout
   assert 'supernet epoch' not in result.stdout  # nothing retrained
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
   changed = _run('launch.search', f'--config={CONFIG}', f'--workdir={workdir}', *SHORT,
                  '--config.search.learning_rate=0.5')
   assert changed.returncode == 2 and 'search.learning_rate' in changed.stderr
