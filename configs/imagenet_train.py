@@ -19,7 +19,7 @@ def get_config():
   config = cifar10_train.get_config()
   config.genotype = 'PC_DARTS_image'
 
-  config.data.name = 'imagenet2012'     # streamed by pcdarts_jax.input_pipeline
+  config.data.name = 'imagenet2012'     # streamed by pcdarts_jax.data.pipeline
   config.data.crop_padding = 0          # the pipeline does random-resized crops
   config.data.manual_dir = config_dict.placeholder(str)  # ILSVRC2012 tars (docs/data.md)
   config.data.image_size = 224          # random-resized-crop size (test: resize 256, crop 224)

@@ -16,7 +16,7 @@ Hyperparameters are NOT from the SGNAS reference summary; they are the usual
 MobileNet-style recipe: 300 epochs of batch 1024, SGD momentum 0.9 (no
 Nesterov), lr 0.4 (0.1 per 256) with 5 linear warm-up epochs then cosine to 0,
 weight decay 4e-5, label smoothing 0.1, dropout 0.2; random-resized crops and
-flips from pcdarts_jax.input_pipeline.
+flips from pcdarts_jax.data.pipeline.
 """
 
 from ml_collections import config_dict
@@ -26,7 +26,7 @@ from configs import sgnas_cifar100_train
 
 def get_config():
   config = sgnas_cifar100_train.get_config()
-  config.data.name = 'imagenet2012'     # streamed by pcdarts_jax.input_pipeline
+  config.data.name = 'imagenet2012'     # streamed by pcdarts_jax.data.pipeline
   config.data.crop_padding = 0          # the pipeline does random-resized crops
   config.data.manual_dir = config_dict.placeholder(str)  # ILSVRC2012 tars (docs/data.md)
   config.data.image_size = 224          # random-resized-crop size (test: resize 256, crop 224)

@@ -24,10 +24,10 @@ from absl import logging
 from ml_collections import config_flags
 
 from launch import common
-from pcdarts_jax import benchmark
-from pcdarts_jax import config_validation
-from pcdarts_jax import program
-from pcdarts_jax import trainer
+from pcdarts_jax.bench import benchmark
+from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.bench import program
+from pcdarts_jax.train import train as trainer
 
 _CONFIG = common.define_config_flag('Search or training')
 _MEASURE = flags.DEFINE_list('measure', list(benchmark.MEASUREMENTS),

@@ -301,8 +301,8 @@ def run_config(workdir: str):
   raise the epochs). A new search shortened below its file's arch warm-up keeps
   the warm-up's share (config_validation.fit_arch_warmup). Call inside `run`."""
   # pylint: disable=g-import-not-at-top  (JAX only inside `run`)
-  from pcdarts_jax import config_validation
-  from pcdarts_jax import rundir
+  from pcdarts_jax.search import validation as config_validation
+  from pcdarts_jax.run import rundir
   flag = flags.FLAGS['config']
   given = config_flags.get_override_values(flag)
   config = rundir.resumed_config(flag.value, workdir, given)
@@ -317,10 +317,10 @@ def run(job: Callable[[], object], interrupted: Type[Exception]):
   maps its errors to the exit statuses above."""
   # pylint: disable=g-import-not-at-top  (JAX only here: see the module docstring)
   import jax
-  from pcdarts_jax import config_validation
-  from pcdarts_jax import data
-  from pcdarts_jax import loop
-  from pcdarts_jax import parallel
+  from pcdarts_jax.search import validation as config_validation
+  from pcdarts_jax.data import datasets as data
+  from pcdarts_jax.search import search as loop
+  from pcdarts_jax.run import parallel
   f = flags.FLAGS
   if not f['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.

@@ -23,11 +23,11 @@ from absl import flags
 from absl import logging
 
 from launch import common
-from pcdarts_jax import config_validation
-from pcdarts_jax import data
-from pcdarts_jax import rundir
-from pcdarts_jax import torch_import
-from pcdarts_jax import trainer
+from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.data import datasets as data
+from pcdarts_jax.run import rundir
+from pcdarts_jax.train import torch_import
+from pcdarts_jax.train import train as trainer
 
 _CONFIG = common.define_config_flag('Training')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A launch.train workdir.')

@@ -17,7 +17,7 @@ hosts: run the same command on each with --coordinator_address=HOST0:PORT
 """
 
 from launch import common
-from pcdarts_jax import loop
+from pcdarts_jax.search import search as loop
 
 _CONFIG, _WORKDIR = common.define_run_flags('Search')
 

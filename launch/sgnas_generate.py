@@ -18,8 +18,8 @@ from absl import flags
 from absl import logging
 
 from launch import common
-from pcdarts_jax import config_validation
-from pcdarts_jax import rundir
+from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.run import rundir
 from pcdarts_jax.sgnas import layout as layout_lib
 from pcdarts_jax.sgnas import search
 

@@ -12,7 +12,7 @@ as for launch/search.py (--coordinator_address, --num_processes, --process_id).
 """
 
 from launch import common
-from pcdarts_jax import trainer
+from pcdarts_jax.train import train as trainer
 
 _CONFIG, _WORKDIR = common.define_run_flags('Train')
 

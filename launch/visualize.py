@@ -19,8 +19,8 @@ import sys
 from absl import flags
 
 from launch import common
-from pcdarts_jax import network
-from pcdarts_jax import visualize
+from pcdarts_jax.spaces.darts import network
+from pcdarts_jax.spaces.darts import visualize
 
 _OUT = flags.DEFINE_string('out', None, 'Output directory.')
 _NAME = flags.DEFINE_string('name', None, 'Prefix of the file names (default: named after '

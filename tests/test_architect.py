@@ -9,12 +9,12 @@ import optax
 import pytest
 
 from configs import digits_search
-from pcdarts_jax import architect
-from pcdarts_jax import data
-from pcdarts_jax import initializers
-from pcdarts_jax import loop
-from pcdarts_jax import optim
-from pcdarts_jax import supernet
+from pcdarts_jax.search import architect
+from pcdarts_jax.data import datasets as data
+from pcdarts_jax.nn import initializers
+from pcdarts_jax.search import search as loop
+from pcdarts_jax.search import optim
+from pcdarts_jax.spaces.darts import supernet
 
 BATCH = 8
 STEP = 1  # lr_fn(1) with 1 step per epoch: the second epoch's cosine lr, not the initial lr.

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pcdarts_jax import fused_ops
+from pcdarts_jax.nn import fused_ops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = {
@@ -121,7 +121,7 @@ def test_benchmark_rejects_an_unknown_measurement():
 
 @pytest.mark.skipif(not os.path.exists('/proc/self/clear_refs'), reason='Linux peak-RSS reset')
 def test_stepping_peak_rss_excludes_what_came_before_the_reset():
-  from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
+  from pcdarts_jax.bench import benchmark  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   big = np.ones(256 * 2 ** 18, np.float32)  # 256 MiB, touched.
   before = benchmark.peak_rss_since_reset()
@@ -138,7 +138,7 @@ def test_stepping_peak_rss_excludes_what_came_before_the_reset():
 
 def _flops_and_xla(fn, *args):
   import jax  # pylint: disable=import-outside-toplevel
-  from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
+  from pcdarts_jax.bench import benchmark  # pylint: disable=import-outside-toplevel
   traced = jax.jit(fn).trace(*args)
   return (benchmark.jaxpr_flops(traced.jaxpr.jaxpr),
           traced.lower().compile().cost_analysis()['flops'])
@@ -197,7 +197,7 @@ def test_flop_count_of_scans_without_num_consts_params():
   same, phase switches included, with those params or without them."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
+  from pcdarts_jax.bench import benchmark  # pylint: disable=import-outside-toplevel
   m = jnp.ones((16, 16))
   cheap, costly = lambda c: c + 1.0, lambda c: c @ c
 
@@ -215,7 +215,7 @@ def test_flop_count_of_scans_without_num_consts_params():
 
 def benchmark_flops(fn, *args):
   import jax  # pylint: disable=import-outside-toplevel
-  from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
+  from pcdarts_jax.bench import benchmark  # pylint: disable=import-outside-toplevel
   return benchmark.jaxpr_flops(jax.jit(fn).trace(*args).jaxpr.jaxpr)
 
 
@@ -240,7 +240,7 @@ def test_trace_dir_holds_a_profile_of_each_traced_measurement(tmp_path):
 
 def test_iter_run_yields_each_result_before_a_later_failure(monkeypatch):
   from configs import digits_search  # pylint: disable=import-outside-toplevel
-  from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
+  from pcdarts_jax.bench import benchmark  # pylint: disable=import-outside-toplevel
   config = digits_search.get_config()
   config.model.init_channels, config.model.layers = 4, 2
 
@@ -257,7 +257,7 @@ def test_iter_run_yields_each_result_before_a_later_failure(monkeypatch):
 
 def test_projected_search_time():
   from configs import cifar10_search  # pylint: disable=import-outside-toplevel
-  from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
+  from pcdarts_jax.bench import benchmark  # pylint: disable=import-outside-toplevel
   config = cifar10_search.get_config()  # 50 epochs, arch steps from epoch 15
   # 25,000 weight images at batch 256: 97 steps an epoch.
   both = benchmark.project_search(config, 25000, 256, bilevel_ms=300.0, weight_ms=100.0)
@@ -285,7 +285,7 @@ def _lock_is_free(path) -> bool:
 
 def test_device_lock_is_held_through_warm_up_and_timed_steps_only(tmp_path):
   import jax  # pylint: disable=import-outside-toplevel
-  from pcdarts_jax import benchmark  # pylint: disable=import-outside-toplevel
+  from pcdarts_jax.bench import benchmark  # pylint: disable=import-outside-toplevel
   lock = tmp_path / 'gpu.lock'
   seen = []
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pcdarts_jax import checkpoint
+from pcdarts_jax.run import checkpoint
 
 
 def _state(width=4, leaves=3):

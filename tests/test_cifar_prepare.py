@@ -23,9 +23,9 @@ import pytest
 from configs import cifar10_search
 from configs import cifar10_train
 from configs import digits_search
-from pcdarts_jax import config_validation
-from pcdarts_jax import data
-from pcdarts_jax import input_pipeline
+from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.data import datasets as data
+from pcdarts_jax.data import pipeline as input_pipeline
 
 # Records per file of the small archives.
 CIFAR10_FILES = {f'data_batch_{i}.bin': 3 for i in range(1, 6)} | {'test_batch.bin': 4}
@@ -162,7 +162,7 @@ def test_archive_is_prepared_by_tfds_and_loaded_by_the_library(offline_tfds, arc
       np.concatenate([weights.labels] + [b['label'][b['mask'] > 0] for b in arch]),
       train_images, train_labels)
 
-  from pcdarts_jax import trainer  # pylint: disable=g-import-not-at-top
+  from pcdarts_jax.train import train as trainer  # pylint: disable=g-import-not-at-top
   train = cifar10_train.get_config()
   train.data.update(data_dir=search.data.data_dir, archive=path, download=False)
   train.train.update(batch_size=3, eval_batch_size=4)
@@ -277,7 +277,7 @@ def test_archive_validation_refuses_before_anything_runs(archives, tmp_path):
     config_validation.validate_search_config(digits)
 
   config_validation.validate_search_config(_search_config(archive=archives['cifar10'][0]))
-  from pcdarts_jax import trainer  # pylint: disable=g-import-not-at-top
+  from pcdarts_jax.train import train as trainer  # pylint: disable=g-import-not-at-top
   train = cifar10_train.get_config()
   train.data.archive = missing
   with pytest.raises(config_validation.ConfigError, match=r'^data\.archive='):

@@ -15,8 +15,9 @@ from configs import cifar100_search
 from configs import cifar10_search
 from configs import digits_search
 from configs import imagenet_search
-from pcdarts_jax import config_validation
-from pcdarts_jax.config_validation import ConfigError
+from pcdarts_jax.data import pipeline as input_pipeline
+from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.search.validation import ConfigError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHIPPED = {'cifar10_search': cifar10_search, 'cifar100_search': cifar100_search,
@@ -56,7 +57,7 @@ def _one_line_error(config, field, **kwargs):
 def test_shipped_configs_validate(name):
   config = SHIPPED[name].get_config()
   config_validation.validate_search_config(config)
-  config_validation.validate_batch_fits(config, *HALVES[name])
+  input_pipeline.check_batch_fits(config, *HALVES[name])
   for field in SPEC3_FIELDS:
     section, key = field.split('.')
     assert key in config[section], f'{name} lacks {field}'
@@ -178,7 +179,7 @@ def test_second_order_exact_refuses_the_scan_unsafe_depthwise_forms(impl):
 
 
 def test_second_order_exact_builds_auto_as_conv():
-  from pcdarts_jax import supernet
+  from pcdarts_jax.spaces.darts import supernet
   config = cifar10_search.get_config()
   assert supernet.build_supernet(config).depthwise_impl == 'auto'
   config.search.architect = 'second_order_exact'
@@ -255,14 +256,14 @@ def test_batch_must_fit_the_halves():
   config = digits_search.get_config()
   config.search.batch_size = 751
   with pytest.raises(ConfigError) as info:
-    config_validation.validate_batch_fits(config, 750, 750)
+    input_pipeline.check_batch_fits(config, 750, 750)
   message = str(info.value)
   assert 'search.batch_size' in message and '751' in message
   assert '\n' not in message
   with pytest.raises(ConfigError):  # the smaller half decides
-    config_validation.validate_batch_fits(config, 1000, 700)
+    input_pipeline.check_batch_fits(config, 1000, 700)
   config.search.batch_size = 750
-  config_validation.validate_batch_fits(config, 750, 750)
+  input_pipeline.check_batch_fits(config, 750, 750)
 
 
 # ------------------------------------------------------------------ launcher
@@ -286,7 +287,7 @@ def test_launcher_refuses_before_touching_workdir(tmp_path, override, field):
 
 
 def test_search_refuses_a_used_workdir(tmp_path):
-  from pcdarts_jax import loop  # pylint: disable=g-import-not-at-top
+  from pcdarts_jax.search import search as loop  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'w'
   workdir.mkdir()
   existing = workdir / 'genotypes.jsonl'

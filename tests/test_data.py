@@ -1,4 +1,4 @@
-"""Tests for pcdarts_jax.data: loaders, splits, iterators and the on-device augment.
+"""Tests for pcdarts_jax.data.datasets: loaders, splits, iterators and the on-device augment.
 
 Nothing here compiles a model; the tfds path runs on tfds' mock data (offline).
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import digits_search
-from pcdarts_jax import data
+from pcdarts_jax.data import datasets as data
 
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.2, 0.25, 0.3)

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pcdarts_jax import fused_ops
-from pcdarts_jax import initializers
-from pcdarts_jax import ops
-from pcdarts_jax import supernet
+from pcdarts_jax.nn import fused_ops
+from pcdarts_jax.nn import initializers
+from pcdarts_jax.nn import ops
+from pcdarts_jax.spaces.darts import supernet
 from configs import cifar10_search
 
 
@@ -307,7 +307,8 @@ def test_failed_build_leaves_no_library(tmp_path, monkeypatch):
 def test_without_a_compiler_fused_falls_back_to_shifted(tmp_path):
   script = textwrap.dedent('''
       import jax, jax.numpy as jnp, numpy as np
-      from pcdarts_jax import fused_ops, ops
+      from pcdarts_jax.nn import fused_ops
+      from pcdarts_jax.nn import ops
       assert fused_ops.library_path() is None and not fused_ops.available()
       x = jnp.asarray(np.random.RandomState(0).randn(2, 8, 8, 4), jnp.float32)
       out = {}
@@ -333,7 +334,8 @@ def test_concurrent_split_calls_finish_and_are_deterministic():
   gradients bit for bit on every run (fixed parts, summed in order)."""
   script = textwrap.dedent('''
       import jax, jax.numpy as jnp, numpy as np
-      from pcdarts_jax import fused_ops, ops
+      from pcdarts_jax.nn import fused_ops
+      from pcdarts_jax.nn import ops
       assert fused_ops.available()
       rng = np.random.RandomState(0)
       xs = jnp.asarray(rng.randn(6, 7, 8, 8, 4), jnp.float32)  # 6 chains of 7 images

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pcdarts_jax import genotypes
-from pcdarts_jax.genotypes import Genotype
+from pcdarts_jax.spaces.darts import genotypes
+from pcdarts_jax.spaces.darts.genotypes import Genotype
 
 PRIMS = list(genotypes.PRIMITIVES)
 

@@ -19,12 +19,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from pcdarts_jax import checkpoint
-from pcdarts_jax import config_validation
-from pcdarts_jax import genotypes
-from pcdarts_jax import grouped_cell
-from pcdarts_jax import initializers
-from pcdarts_jax import supernet
+from pcdarts_jax.run import checkpoint
+from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.spaces.darts import genotypes
+from pcdarts_jax.spaces.darts import grouped_cell
+from pcdarts_jax.nn import initializers
+from pcdarts_jax.spaces.darts import supernet
+from pcdarts_jax.spaces.darts import cell_parts
 
 BATCH = 3
 LABELS = jnp.array([1, 4, 7])
@@ -394,7 +395,7 @@ def test_cell_edges_stage_layout():
   assert [(e.index, e.position) for e in stages[2]] == [(8, 2), (12, 4)]
   assert [(e.index, e.position) for e in stages[3]] == [(13, 5)]
   for e in edges:
-    assert supernet.edge_slot(e.index) == (e.scope, e.position)
+    assert cell_parts.edge_slot(e.index) == (e.scope, e.position)
   masked = grouped_cell.cell_edges(4, 1, genotypes.PRIMITIVES,
                                    np.eye(14, len(genotypes.PRIMITIVES), dtype=int))
   assert masked[3].scope == 'edge_3' and masked[3].position is None

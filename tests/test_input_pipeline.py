@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from configs import imagenet_search
-from pcdarts_jax import data
-from pcdarts_jax import input_pipeline
-from pcdarts_jax import loop
-from pcdarts_jax import supernet
+from pcdarts_jax.data import datasets as data
+from pcdarts_jax.data import pipeline as input_pipeline
+from pcdarts_jax.search import search as loop
+from pcdarts_jax.spaces.darts import supernet
 
 
 def _labels():

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from launch import common
-from pcdarts_jax import genotypes
-from pcdarts_jax import monitor
-from pcdarts_jax import visualize
+from pcdarts_jax.spaces.darts import genotypes
+from pcdarts_jax.run import monitor
+from pcdarts_jax.spaces.darts import visualize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHERS = ('search', 'train', 'evaluate', 'benchmark', 'visualize', 'sgnas_generate',

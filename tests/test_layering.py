@@ -94,6 +94,13 @@ def test_no_module_uses_another_modules_private_names():
   assert not offenders, 'private names used across modules:\n' + '\n'.join(offenders)
 
 
+def _owner(tmp_path) -> pathlib.Path:
+  """A made-up module `pcdarts_jax.loop` with one public and one private name."""
+  owner = tmp_path / 'loop.py'
+  owner.write_text('def search():\n  pass\n\n\ndef _host():\n  pass\n')
+  return owner
+
+
 @pytest.mark.parametrize('snippet, expected', [
     ('from pcdarts_jax.loop import _host', 'from pcdarts_jax.loop import _host'),
     ('from pcdarts_jax import loop\nx = loop._host', 'loop._host'),
@@ -104,7 +111,7 @@ def test_no_module_uses_another_modules_private_names():
 def test_the_check_finds_each_form_of_private_use(tmp_path, snippet, expected):
   user = tmp_path / 'user.py'
   user.write_text(snippet + '\n')
-  sources = {'pcdarts_jax.loop': ROOT / 'pcdarts_jax' / 'loop.py', 'pcdarts_jax.user': user}
+  sources = {'pcdarts_jax.loop': _owner(tmp_path), 'pcdarts_jax.user': user}
   offenders = private_imports(sources)
   assert len(offenders) == 1 and offenders[0].endswith(expected), offenders
 
@@ -113,5 +120,5 @@ def test_the_check_allows_own_and_public_and_dunder_names(tmp_path):
   user = tmp_path / 'user.py'
   user.write_text('from pcdarts_jax import loop\n_mine = 1\nx = loop.search, loop.__name__\n'
                   'import os\ny = os._exit\n')
-  sources = {'pcdarts_jax.loop': ROOT / 'pcdarts_jax' / 'loop.py', 'pcdarts_jax.user': user}
+  sources = {'pcdarts_jax.loop': _owner(tmp_path), 'pcdarts_jax.user': user}
   assert private_imports(sources) == []

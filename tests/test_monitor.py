@@ -7,9 +7,10 @@ import struct
 import numpy as np
 import pytest
 
-from pcdarts_jax import genotypes
-from pcdarts_jax import monitor
-from pcdarts_jax import visualize
+from pcdarts_jax.spaces.darts import genotypes
+from pcdarts_jax.run import monitor
+from pcdarts_jax.spaces.darts import space as darts_space
+from pcdarts_jax.spaces.darts import visualize
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -46,7 +47,7 @@ def test_arch_scalars():
   rng = np.random.default_rng(1)
   arch = _arch(rng)
   arch['alphas_normal'][:] = 0.0  # uniform: entropy log(8)
-  values = monitor.arch_scalars(arch, genotypes.PRIMITIVES, 4)
+  values = darts_space.edge_scalars(arch, genotypes.PRIMITIVES, 4)
   assert values['arch/normal/entropy'] == pytest.approx(np.log(8))
   assert values['arch/reduce/entropy'] < np.log(8)
   labels = visualize.edge_labels(4)
@@ -57,7 +58,7 @@ def test_arch_scalars():
   for node, (start, end) in enumerate(genotypes.node_edge_ranges(4)):
     total = sum(values[f'beta_normal/edge_{labels[e]}'] for e in range(start, end))
     assert total == pytest.approx(1.0)
-  without = monitor.arch_scalars(_arch(rng, False), genotypes.PRIMITIVES, 4)
+  without = darts_space.edge_scalars(_arch(rng, False), genotypes.PRIMITIVES, 4)
   assert not any(k.startswith('beta') for k in without)
 
 

@@ -18,14 +18,14 @@ from configs import nb201_darts_autodl_search
 from configs import nb201_cifar100_search
 from configs import nb201_digits_search
 from configs import nb201_imagenet16_search
-from pcdarts_jax import config_validation
-from pcdarts_jax import data
-from pcdarts_jax import initializers
-from pcdarts_jax import loop
-from pcdarts_jax import relaxation
+from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.data import datasets as data
+from pcdarts_jax.nn import initializers
+from pcdarts_jax.search import search as loop
+from pcdarts_jax.spaces import relaxation
 from pcdarts_jax import spaces
-from pcdarts_jax.spaces import nb201
-from pcdarts_jax.spaces import nb201_table
+from pcdarts_jax.spaces.nb201 import space as nb201
+from pcdarts_jax.spaces.nb201 import table as nb201_table
 
 PRIMS = nb201.PRIMITIVES
 BEST = '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|'

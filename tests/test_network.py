@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pcdarts_jax import genotypes
-from pcdarts_jax import initializers
-from pcdarts_jax import network
+from pcdarts_jax.spaces.darts import genotypes
+from pcdarts_jax.nn import initializers
+from pcdarts_jax.spaces.darts import network
 
 
 def _net(cls, name, c, layers, classes, auxiliary=True):

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
-from pcdarts_jax import fused_ops
-from pcdarts_jax import genotypes
-from pcdarts_jax import ops
-from pcdarts_jax import supernet
+from pcdarts_jax.nn import fused_ops
+from pcdarts_jax.spaces.darts import genotypes
+from pcdarts_jax.nn import functional
+from pcdarts_jax.nn import ops
+from pcdarts_jax.spaces.darts import supernet
 
 ALL_OPS = tuple(genotypes.PRIMITIVES) + ('sep_conv_7x7', 'conv_7x1_1x7')
 BN_OPS = tuple(p for p in ALL_OPS if p != 'none')  # Each ends in a BN when search=True.
@@ -309,7 +310,7 @@ def test_shifted_depthwise_second_order_and_chunked_kernel_gradient(monkeypatch)
       lambda k_: jnp.sum(ops.depthwise(x, k_, 2, 1, 1, 'shifted') * cot))(kernel)
   whole = kernel_grad()
   image_bytes = 4 * 3 * 3 * 4  # one image of the (4, 4, 3, 3) float32 output
-  monkeypatch.setattr(ops, 'KERNEL_GRADIENT_CHUNK_BYTES', 2 * image_bytes)
+  monkeypatch.setattr(functional, 'KERNEL_GRADIENT_CHUNK_BYTES', 2 * image_bytes)
   chunked = kernel_grad()  # 2 chunks of 2 images
   np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
   assert 'scan' in str(jax.make_jaxpr(kernel_grad)())  # the chunked path ran
@@ -414,12 +415,12 @@ def test_materialize_is_identity_and_survives_compilation():
   """materialize splits XLA:CPU fusions with a conditional; if a compiler
   release folded it away, the op VJPs would silently fuse again (slower)."""
   x = jnp.asarray(_rand((2, 5, 5, 3), seed=7))
-  np.testing.assert_array_equal(ops.materialize(x), x)
+  np.testing.assert_array_equal(functional.materialize(x), x)
   cot = jnp.asarray(_rand(x.shape, seed=8))
-  np.testing.assert_array_equal(jax.grad(lambda z: jnp.sum(ops.materialize(z) * cot))(x), cot)
+  np.testing.assert_array_equal(jax.grad(lambda z: jnp.sum(functional.materialize(z) * cot))(x), cot)
   nan_first = x.at[0, 0, 0, 0].set(jnp.nan)  # the other branch: same values
-  np.testing.assert_array_equal(ops.materialize(nan_first), nan_first)
-  compiled = jax.jit(lambda z: ops.materialize(z * 2.0) + 1.0).lower(x).compile().as_text()
+  np.testing.assert_array_equal(functional.materialize(nan_first), nan_first)
+  compiled = jax.jit(lambda z: functional.materialize(z * 2.0) + 1.0).lower(x).compile().as_text()
   assert 'conditional' in compiled
 
 
@@ -442,7 +443,7 @@ def test_shifted_max_pool_gradient_goes_to_first_maximum_on_ties(stride):
 @pytest.mark.parametrize('shape', [(6, 5), (3, 4, 5), (2, 3, 4, 5)])
 def test_channel_means_average_every_axis_but_the_last(shape):
   x = _rand(shape, seed=3)
-  means = ops.channel_means(jnp.asarray(x), jnp.asarray(x ** 2))
+  means = functional.channel_means(jnp.asarray(x), jnp.asarray(x ** 2))
   axes = tuple(range(len(shape) - 1))
   np.testing.assert_allclose(means, np.stack([x.mean(axes), (x ** 2).mean(axes)]), rtol=1e-6)
 

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pcdarts_jax import data
-from pcdarts_jax import loop
-from pcdarts_jax import optim
-from pcdarts_jax import supernet
+from pcdarts_jax.data import datasets as data
+from pcdarts_jax.search import search as loop
+from pcdarts_jax.search import optim
+from pcdarts_jax.spaces.darts import supernet
 from tests.test_search import tiny_config
 
 STEPS = 60

@@ -14,11 +14,12 @@ import pytest
 from jax import lax
 
 from configs import cifar10_search
-from pcdarts_jax import benchmark
-from pcdarts_jax import fused_ops
-from pcdarts_jax import ops
-from pcdarts_jax import program
-from pcdarts_jax import supernet
+from pcdarts_jax.bench import benchmark
+from pcdarts_jax.nn import fused_ops
+from pcdarts_jax.nn import functional
+from pcdarts_jax.nn import ops
+from pcdarts_jax.bench import program
+from pcdarts_jax.spaces.darts import supernet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,7 +82,7 @@ def test_a_platform_choice_carried_through_a_loop_is_no_conditional():
 
 def test_materialize_is_a_conditional_on_cpu_only():
   x = jnp.ones((2, 5, 5, 3))
-  f = lambda z: ops.materialize(z * 2.0) + 1.0
+  f = lambda z: functional.materialize(z * 2.0) + 1.0
   assert _counts(f, x, platform='cpu').conditionals == 1
   for platform in ('cuda', 'rocm', 'tpu'):
     assert _counts(f, x, platform=platform).conditionals == 0, platform
@@ -92,7 +93,7 @@ def test_kernel_gradient_chunks_in_cpu_programs_only(monkeypatch):
   a materialized input gradient; on a GPU neither, and about the same FLOPs."""
   x = jnp.ones((4, 6, 6, 3))
   kernel = jnp.ones((3, 3, 1, 3))
-  monkeypatch.setattr(ops, 'KERNEL_GRADIENT_CHUNK_BYTES', 2 * 6 * 6 * 3 * 4)  # 2 images
+  monkeypatch.setattr(functional, 'KERNEL_GRADIENT_CHUNK_BYTES', 2 * 6 * 6 * 3 * 4)  # 2 images
   grad = jax.grad(lambda x_, k_: jnp.sum(ops.depthwise(x_, k_, 1, 1, 1, 'shifted') ** 2),
                   argnums=(0, 1))
   cpu = _counts(grad, x, kernel, platform='cpu')

@@ -6,18 +6,19 @@ import numpy as np
 import pytest
 
 from configs import drnas_digits_search
-from pcdarts_jax import initializers
-from pcdarts_jax import ops
-from pcdarts_jax import optim
-from pcdarts_jax import progressive
-from pcdarts_jax import supernet
+from pcdarts_jax.nn import initializers
+from pcdarts_jax.nn import ops
+from pcdarts_jax.search import optim
+from pcdarts_jax.search import progressive
+from pcdarts_jax.spaces.darts import space as darts_space
+from pcdarts_jax.spaces.darts import supernet
 
 
 def test_prune_keeps_exactly_the_top_ops_by_alpha():
   rng = np.random.default_rng(0)
   arch = {'alphas_normal': rng.normal(size=(14, 7)), 'alphas_reduce': rng.normal(size=(14, 7))}
   arch['alphas_normal'][0] = [0.1, 0.5, 0.5, -1, 2, 0, 0.3]  # A tie at 0.5.
-  masks = progressive.prune_masks(arch, 4)
+  masks = darts_space.prune_masks(arch, 4)
   for kind in ('normal', 'reduce'):
     a, m = arch[f'alphas_{kind}'], masks[kind]
     assert m.shape == (14, 7) and (m.sum(-1) == 4).all()
@@ -25,7 +26,7 @@ def test_prune_keeps_exactly_the_top_ops_by_alpha():
       assert a[e][m[e] == 1].min() >= a[e][m[e] == 0].max()
   np.testing.assert_array_equal(masks['normal'][0], [0, 1, 1, 0, 1, 0, 1])
   # A later stage prunes among the ops still kept.
-  again = progressive.prune_masks(arch, 2, previous=masks)
+  again = darts_space.prune_masks(arch, 2, previous=masks)
   assert ((again['normal'] <= masks['normal']).all() and (again['normal'].sum(-1) == 2).all())
 
 
@@ -41,7 +42,7 @@ def test_masked_ops_get_zero_weight_and_are_not_built():
   params = initializers.init_variables(model, jax.random.PRNGKey(0), x)['params']
   assert set(params['cell_0']['edge_5']) == {'dil_conv_3x3'}
   assert set(params['cell_0']['edge_0']) == {'sep_conv_3x3'}  # Pools have no params.
-  from pcdarts_jax import relaxation  # pylint: disable=g-import-not-at-top
+  from pcdarts_jax.spaces import relaxation  # pylint: disable=g-import-not-at-top
   w = relaxation.mixing_weights('dirichlet', jnp.zeros((14, 7)), jax.random.PRNGKey(1),
                                 mask=jnp.asarray(masks['normal'], jnp.float32))
   assert float(jnp.abs(w * (1 - masks['normal'])).max()) == 0.0
@@ -73,7 +74,7 @@ def test_transfer_widens_weights_statistics_and_momentum_consistently():
   first = supernet.build_supernet(config)
   variables = initializers.init_variables(first, jax.random.PRNGKey(0), x)
   arch = {k: np.asarray(v) for k, v in variables['arch'].items()}
-  masks = progressive.prune_masks(arch, 4)
+  masks = darts_space.prune_masks(arch, 4)
   second = supernet.build_supernet(config, partial_channels=2, op_masks=masks)
   target = initializers.init_variables(second, jax.random.PRNGKey(0), x)
   tx = optim.weight_optimizer(config, 10)
@@ -98,7 +99,7 @@ def test_transfer_widens_weights_statistics_and_momentum_consistently():
 
 
 def test_stage_fields_are_validated():
-  from pcdarts_jax import config_validation  # pylint: disable=g-import-not-at-top
+  from pcdarts_jax.search import validation as config_validation  # pylint: disable=g-import-not-at-top
   config = drnas_digits_search.get_config()
   config_validation.validate_search_config(config)
   config.search.stage_partial_channels = (2, 4)

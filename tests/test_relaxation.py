@@ -13,8 +13,8 @@ from scipy import stats
 from configs import cifar10_search
 from configs import nb201_cifar10_search
 from configs import nb201_digits_search
-from pcdarts_jax import config_validation
-from pcdarts_jax import relaxation
+from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.spaces import relaxation
 
 
 def test_dirichlet_pathwise_gradient_matches_the_analytic_mean():

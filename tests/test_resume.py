@@ -20,15 +20,15 @@ import pytest
 
 from configs import digits_search
 from configs import digits_train
-from pcdarts_jax import checkpoint
-from pcdarts_jax import config_validation
-from pcdarts_jax import data
-from pcdarts_jax import genotypes
-from pcdarts_jax import loop
-from pcdarts_jax import monitor
-from pcdarts_jax import rundir
-from pcdarts_jax import trainer
-from pcdarts_jax import visualize
+from pcdarts_jax.run import checkpoint
+from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.data import datasets as data
+from pcdarts_jax.spaces.darts import genotypes
+from pcdarts_jax.search import search as loop
+from pcdarts_jax.run import monitor
+from pcdarts_jax.run import rundir
+from pcdarts_jax.train import train as trainer
+from pcdarts_jax.spaces.darts import visualize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS_PER_EPOCH = 11  # 750 weight images / batch 64.
@@ -395,7 +395,8 @@ def test_nan_in_a_batch_stops_the_run_and_keeps_the_checkpoint(tmp_path, monkeyp
   assert steps == [3]
   assert not os.path.exists(os.path.join(workdir, 'genotype.json'))
 
-  from pcdarts_jax import optim, supernet  # pylint: disable=g-import-not-at-top
+  from pcdarts_jax.search import optim
+  from pcdarts_jax.spaces.darts import supernet  # pylint: disable=g-import-not-at-top
   train_set, _ = data.search_splits(config.data)
   model = supernet.build_supernet(config)
   state = loop.create_search_state(

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from configs import digits_search
-from pcdarts_jax import config_validation
-from pcdarts_jax import loop
-from pcdarts_jax import rundir
+from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.search import search as loop
+from pcdarts_jax.run import rundir
 
 
 def _workdir(tmp_path, config, checkpoint=True):

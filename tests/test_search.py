@@ -20,11 +20,11 @@ from configs import drnas_nb201_nonprogressive_search
 from configs import drnas_nb201_search
 from configs import imagenet_search
 from configs import nb201_cifar10_search
-from pcdarts_jax import data
-from pcdarts_jax import genotypes
-from pcdarts_jax import loop
-from pcdarts_jax import optim
-from pcdarts_jax import supernet
+from pcdarts_jax.data import datasets as data
+from pcdarts_jax.spaces.darts import genotypes
+from pcdarts_jax.search import search as loop
+from pcdarts_jax.search import optim
+from pcdarts_jax.spaces.darts import supernet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pcdarts_jax import torch_import
+from pcdarts_jax.train import torch_import
 from pcdarts_jax.sgnas import generator as generator_lib
 from pcdarts_jax.sgnas import layout as layout_lib
 

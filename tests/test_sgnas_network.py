@@ -18,10 +18,10 @@ from configs import sgnas_cifar100_train
 from configs import sgnas_cifar10_train
 from configs import sgnas_digits_train
 from configs import sgnas_imagenet_train
-from pcdarts_jax import config_validation
-from pcdarts_jax import initializers
-from pcdarts_jax import network
-from pcdarts_jax import trainer
+from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.nn import initializers
+from pcdarts_jax.spaces.darts import network
+from pcdarts_jax.train import train as trainer
 from pcdarts_jax.sgnas import flops as flops_lib
 from pcdarts_jax.sgnas import layout as layout_lib
 from pcdarts_jax.sgnas import network as sgnas_network

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from configs import digits_search
-from pcdarts_jax import genotypes
+from pcdarts_jax.spaces.darts import genotypes
 from pcdarts_jax import spaces
-from pcdarts_jax import supernet
+from pcdarts_jax.spaces.darts import supernet
 
 
 def test_registry_and_interface():

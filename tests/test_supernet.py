@@ -10,10 +10,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from pcdarts_jax import genotypes
-from pcdarts_jax import initializers
-from pcdarts_jax import ops
-from pcdarts_jax import supernet
+from pcdarts_jax.spaces.darts import genotypes
+from pcdarts_jax.nn import initializers
+from pcdarts_jax.nn import ops
+from pcdarts_jax.spaces.darts import supernet
+from pcdarts_jax.spaces.darts import cell_parts
 
 PRIMS = genotypes.PRIMITIVES
 # Hand-set, non-uniform op mixing weights (deliberately not a softmax).
@@ -29,12 +30,12 @@ def _rand(shape, seed=0, scale=1.0):
 
 def test_channel_shuffle_arange():
   x = jnp.arange(8, dtype=jnp.float32).reshape(1, 1, 1, 8)
-  out = np.asarray(supernet.channel_shuffle(x, 4)).ravel()
+  out = np.asarray(cell_parts.channel_shuffle(x, 4)).ravel()
   np.testing.assert_array_equal(out, [0, 2, 4, 6, 1, 3, 5, 7])
-  out2 = np.asarray(supernet.channel_shuffle(x, 2)).ravel()
+  out2 = np.asarray(cell_parts.channel_shuffle(x, 2)).ravel()
   np.testing.assert_array_equal(out2, [0, 4, 1, 5, 2, 6, 3, 7])
   # Shuffling with groups K then C/K restores the order.
-  back = supernet.channel_shuffle(supernet.channel_shuffle(x, 4), 2)
+  back = cell_parts.channel_shuffle(cell_parts.channel_shuffle(x, 4), 2)
   np.testing.assert_array_equal(np.asarray(back).ravel(), np.arange(8))
 
 
@@ -222,7 +223,7 @@ def test_search_cell_matches_numpy(reduction, ref):
   params = flax.core.unfreeze(variables['params'])
 
   def edge_params(e):  # Stacked per-edge FactorizedReduce kernels, per edge_slot.
-    group, pos = supernet.edge_slot(e)
+    group, pos = cell_parts.edge_slot(e)
     assert group == 'input_edges'
     fr = params[group]['skip_connect']
     return fr['conv_1']['kernel'][pos], fr['conv_2']['kernel'][pos]
@@ -239,15 +240,15 @@ def test_search_cell_matches_numpy(reduction, ref):
 
 
 def test_edge_groups_and_slots():
-  groups = dict(supernet.edge_groups(4))
+  groups = dict(cell_parts.edge_groups(4))
   assert [e for e, _, _ in groups['input_edges']] == [0, 1, 2, 3, 5, 6, 9, 10]
   assert [e for e, _, _ in groups['node_edges']] == [4, 7, 8, 11, 12, 13]
-  assert supernet.edge_slot(0) == ('input_edges', 0)
-  assert supernet.edge_slot(9) == ('input_edges', 6)
-  assert supernet.edge_slot(7) == ('node_edges', 1)
-  assert supernet.edge_slot(13) == ('node_edges', 5)
+  assert cell_parts.edge_slot(0) == ('input_edges', 0)
+  assert cell_parts.edge_slot(9) == ('input_edges', 6)
+  assert cell_parts.edge_slot(7) == ('node_edges', 1)
+  assert cell_parts.edge_slot(13) == ('node_edges', 5)
   with pytest.raises(ValueError):
-    supernet.edge_slot(14)
+    cell_parts.edge_slot(14)
 
 
 # ------------------------------------------------------------------- the network
@@ -477,4 +478,4 @@ def test_stacked_edge_kernels_get_per_edge_fan_in(tiny):
 def test_max_pool_2x2_matches_flax():
   for shape in ((2, 6, 8, 3), (1, 7, 5, 2)):
     x = jnp.asarray(_rand(shape, seed=12))
-    np.testing.assert_array_equal(supernet.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
+    np.testing.assert_array_equal(cell_parts.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))

@@ -1,4 +1,4 @@
-"""Tests for pcdarts_jax.torch_import on a tiny supernet.
+"""Tests for pcdarts_jax.train.torch_import on a tiny supernet.
 
 The PyTorch-layout state_dict is synthesised here from the reference network's
 module structure (PC-DARTS `model_search.Network`), independently of the importer's own
@@ -13,8 +13,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from pcdarts_jax import supernet
-from pcdarts_jax import torch_import
+from pcdarts_jax.spaces.darts import supernet
+from pcdarts_jax.spaces.darts import cell_parts
+from pcdarts_jax.train import torch_import
 
 PRIMITIVES = ('none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect',
               'sep_conv_3x3', 'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5')
@@ -129,7 +130,7 @@ def test_layouts(converted):
   params, stats = variables['params'], variables['batch_stats']
 
   # Depthwise (C, 1, k, k) -> stacked (pos, k, k, 1, C).
-  group, pos = supernet.edge_slot(0)
+  group, pos = cell_parts.edge_slot(0)
   w = sd['cells.1._ops.0._ops.4.op.1.weight']
   dw = np.asarray(params['cell_1'][group]['sep_conv_3x3']['dw1']['kernel'][pos])
   assert dw.shape == (3, 3, 1, w.shape[0])
@@ -137,7 +138,7 @@ def test_layouts(converted):
   np.testing.assert_array_equal(dw, w.transpose(2, 3, 1, 0))
 
   # A node edge (edge 13 reads node 3): pointwise (O, I, 1, 1) -> (1, 1, I, O).
-  group, pos = supernet.edge_slot(13)
+  group, pos = cell_parts.edge_slot(13)
   assert group == 'node_edges'
   w = sd['cells.0._ops.13._ops.7.op.2.weight']
   pw = np.asarray(params['cell_0'][group]['dil_conv_5x5']['pw']['kernel'][pos])
@@ -151,7 +152,7 @@ def test_layouts(converted):
       sd['cells.0._ops.13._ops.2.1.running_mean'])
 
   # Stride-2 skip (FactorizedReduce) on edge 1 of reduction cell 1.
-  group, pos = supernet.edge_slot(1)
+  group, pos = cell_parts.edge_slot(1)
   np.testing.assert_array_equal(
       params['cell_1'][group]['skip_connect']['conv_2']['kernel'][pos],
       sd['cells.1._ops.1._ops.3.conv_2.weight'].transpose(2, 3, 1, 0))

@@ -11,10 +11,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from pcdarts_jax import genotypes
-from pcdarts_jax import initializers
-from pcdarts_jax import network
-from pcdarts_jax import torch_import
+from pcdarts_jax.spaces.darts import genotypes
+from pcdarts_jax.nn import initializers
+from pcdarts_jax.spaces.darts import network
+from pcdarts_jax.train import torch_import
 
 # Every op kind that carries weights, at stride 1 and 2.
 GENOTYPE = genotypes.Genotype(

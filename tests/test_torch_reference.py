@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from configs import cifar10_search
-from pcdarts_jax import genotypes
-from pcdarts_jax import supernet
+from pcdarts_jax.spaces.darts import genotypes
+from pcdarts_jax.spaces.darts import supernet
 
 torch = pytest.importorskip('torch')
 

@@ -17,14 +17,14 @@ import pytest
 from configs import cifar10_train
 from configs import digits_train
 from configs import imagenet_train
-from pcdarts_jax import checkpoint
-from pcdarts_jax import config_validation
-from pcdarts_jax import data
-from pcdarts_jax import genotypes
-from pcdarts_jax import network
-from pcdarts_jax import torch_import
-from pcdarts_jax import trainer
-from pcdarts_jax import visualize
+from pcdarts_jax.run import checkpoint
+from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.data import datasets as data
+from pcdarts_jax.spaces.darts import genotypes
+from pcdarts_jax.spaces.darts import network
+from pcdarts_jax.train import torch_import
+from pcdarts_jax.train import train as trainer
+from pcdarts_jax.spaces.darts import visualize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_ACCURACY_BAR = 0.90  # configs/digits_train.py measured 0.976.

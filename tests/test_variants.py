@@ -16,13 +16,14 @@ import pytest
 from configs import cifar10_search
 from configs import darts_search
 from configs import digits_search
-from pcdarts_jax import config_validation
-from pcdarts_jax import data
-from pcdarts_jax import genotypes
-from pcdarts_jax import loop
-from pcdarts_jax import ops
-from pcdarts_jax import optim
-from pcdarts_jax import supernet
+from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.data import datasets as data
+from pcdarts_jax.spaces.darts import genotypes
+from pcdarts_jax.search import search as loop
+from pcdarts_jax.nn import ops
+from pcdarts_jax.search import optim
+from pcdarts_jax.spaces.darts import supernet
+from pcdarts_jax.spaces.darts import cell_parts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRIMS = genotypes.PRIMITIVES
@@ -71,7 +72,7 @@ def test_k1_without_edge_normalization_is_a_plain_darts_cell(ref):
   for start, end in genotypes.node_edge_ranges(4):
     node = 0.0
     for j in range(end - start):
-      group, pos = supernet.edge_slot(start + j)
+      group, pos = cell_parts.edge_slot(start + j)
       edge = lambda tree: jax.tree.map(lambda a: a[pos], tree.get(group, {}))
       node = node + _op_sum(states[j], op_w[start + j], edge(params), edge(stats),
                             2 if j < 2 else 1)
@@ -100,7 +101,7 @@ def test_darts_network_has_no_betas_and_full_width_ops():
 
 def _unshuffle(y, k):
   """Inverse of the K-group shuffle: shuffling again with C/K groups."""
-  return np.asarray(supernet.channel_shuffle(jnp.asarray(y), y.shape[-1] // k))
+  return np.asarray(cell_parts.channel_shuffle(jnp.asarray(y), y.shape[-1] // k))
 
 
 @pytest.mark.parametrize('stride', [1, 2])
@@ -201,9 +202,9 @@ def test_reference_random_is_the_first_channels_unpermuted():
 
 def test_channel_shift_pair():
   x = jnp.arange(6.0).reshape(1, 1, 1, 6)
-  np.testing.assert_array_equal(np.asarray(supernet.channel_shift(x, 2)).ravel(),
+  np.testing.assert_array_equal(np.asarray(cell_parts.channel_shift(x, 2)).ravel(),
                                 [2, 3, 4, 5, 0, 1])
-  np.testing.assert_array_equal(np.asarray(supernet.mix_channels(x, 'shift', 3)).ravel(),
+  np.testing.assert_array_equal(np.asarray(cell_parts.mix_channels(x, 'shift', 3)).ravel(),
                                 [2, 3, 4, 5, 0, 1])
 
 

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from pcdarts_jax import genotypes
-from pcdarts_jax import visualize
+from pcdarts_jax.spaces.darts import genotypes
+from pcdarts_jax.spaces.darts import visualize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

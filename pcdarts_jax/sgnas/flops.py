@@ -3,7 +3,7 @@ FLOPs loss and the prior pool's sampling.
 
 FLOPs are multiply-adds of the convs and the linear layer (BatchNorm,
 activations, pooling and residual additions not counted), the convention of
-`pcdarts_jax.network.count_macs` and of the published mobile-setting figures.
+`pcdarts_jax.spaces.darts.network.count_macs` and of the published mobile-setting figures.
 The table is computed from the layout's layer shapes: per layer, the cost of one
 group for each choice = its slice of the expand 1x1 conv + its depthwise conv +
 its slice of the project 1x1 conv (a skipped group costs nothing); the base is

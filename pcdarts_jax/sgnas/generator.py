@@ -13,7 +13,7 @@ ReLU after each, no biases except the tail's:
 the tail a conv to 1 channel, read as (L, 6, 4) per-group choice logits.
 Weights are He-normal by fan-out (std sqrt(2 / (k·k·out))), the tail's bias 0,
 as the reference initialises them, so its released checkpoint imports
-(`pcdarts_jax.torch_import.sgnas_generator_params`). Training relaxes the
+(`pcdarts_jax.train.torch_import.sgnas_generator_params`). Training relaxes the
 logits with a soft Gumbel-softmax per group; generation takes the argmax.
 Group 0's skip logit is masked out, so group 0 never skips (the reference
 leaves it out of the group's softmax: the same distribution).

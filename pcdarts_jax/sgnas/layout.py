@@ -93,7 +93,7 @@ def make_layout(name: str, image_size: int, image_channels: int, num_classes: in
 
 def layout_of_config(config) -> Layout:
   """The layout of a search or train config (`model.layout` on `data.name`'s images)."""
-  from pcdarts_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from pcdarts_jax.data import pipeline as input_pipeline  # pylint: disable=g-import-not-at-top
   size, _, channels = input_pipeline.image_shape(config.data)
   return make_layout(config.model.layout, size, channels, config.model.num_classes)
 

@@ -42,11 +42,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcdarts_jax import config_fields
-from pcdarts_jax import initializers
-from pcdarts_jax import network as network_lib
-from pcdarts_jax import ops
-from pcdarts_jax import parallel
+from pcdarts_jax.run import config_fields
+from pcdarts_jax.nn import initializers
+from pcdarts_jax.spaces.darts import network as network_lib
+from pcdarts_jax.nn import ops
+from pcdarts_jax.run import parallel
 from pcdarts_jax.sgnas import flops as flops_lib
 from pcdarts_jax.sgnas import layout as layout_lib
 
@@ -192,7 +192,7 @@ class SGNASNetwork(nn.Module):
 
 
 # --------------------------------------------------------------------------
-# From a train config (dispatched to by pcdarts_jax.network).
+# From a train config (dispatched to by pcdarts_jax.spaces.darts.network).
 
 
 def resolve_architecture(config, name_or_path: str) -> np.ndarray:

@@ -41,17 +41,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pcdarts_jax import checkpoint
-from pcdarts_jax import config_fields
-from pcdarts_jax import config_validation
-from pcdarts_jax import data
-from pcdarts_jax import input_pipeline
-from pcdarts_jax import loop
-from pcdarts_jax import metrics as metrics_lib
-from pcdarts_jax import monitor
-from pcdarts_jax import parallel
-from pcdarts_jax import rundir
-from pcdarts_jax import trainer
+from pcdarts_jax.run import checkpoint
+from pcdarts_jax.run import config_fields
+from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.data import datasets as data
+from pcdarts_jax.data import pipeline as input_pipeline
+from pcdarts_jax.search import search as loop
+from pcdarts_jax.run import metrics as metrics_lib
+from pcdarts_jax.run import monitor
+from pcdarts_jax.run import parallel
+from pcdarts_jax.run import rundir
+from pcdarts_jax.train import train as trainer
 from pcdarts_jax.sgnas import flops as flops_lib
 from pcdarts_jax.sgnas import generator as generator_lib
 from pcdarts_jax.sgnas import layout as layout_lib

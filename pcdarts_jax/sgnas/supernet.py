@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pcdarts_jax import initializers
-from pcdarts_jax import ops
+from pcdarts_jax.nn import initializers
+from pcdarts_jax.nn import ops
 from pcdarts_jax.sgnas import layout as layout_lib
 
 GROUPS = layout_lib.GROUPS

@@ -27,7 +27,7 @@ A new space is one new module in this package plus its name in SPACES.
 import importlib
 from types import ModuleType
 
-from pcdarts_jax import config_fields
+from pcdarts_jax.run import config_fields
 
 SPACES = ('darts', 'nb201')
 FUNCTIONS = ('build_supernet', 'derive', 'genotype_to_dict', 'genotype_from_dict',
@@ -38,7 +38,7 @@ def get(name: str) -> ModuleType:
   """The module of search space `name` (the value of `model.space`)."""
   if name not in SPACES:
     raise ValueError(f'model.space={name!r} is not one of {SPACES}.')
-  return importlib.import_module(f'{__name__}.{name}')
+  return importlib.import_module(f'{__name__}.{name}.space')
 
 
 def of_config(config) -> ModuleType:

@@ -18,12 +18,12 @@ import jax
 import numpy as np
 
 from configs import digits_search
-from pcdarts_jax import data
-from pcdarts_jax import genotypes
-from pcdarts_jax import loop
-from pcdarts_jax import optim
-from pcdarts_jax import parallel
-from pcdarts_jax import supernet
+from pcdarts_jax.data import datasets as data
+from pcdarts_jax.spaces.darts import genotypes
+from pcdarts_jax.search import search as loop
+from pcdarts_jax.search import optim
+from pcdarts_jax.run import parallel
+from pcdarts_jax.spaces.darts import supernet
 
 
 def tiny_config(architect: str):

@@ -16,8 +16,8 @@ import numpy as np
 import optax
 
 from configs import sgnas_digits_search
-from pcdarts_jax import data
-from pcdarts_jax import parallel
+from pcdarts_jax.data import datasets as data
+from pcdarts_jax.run import parallel
 from pcdarts_jax.sgnas import flops as flops_lib
 from pcdarts_jax.sgnas import generator as generator_lib
 from pcdarts_jax.sgnas import layout as layout_lib

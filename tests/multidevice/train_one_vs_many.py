@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import digits_train
-from pcdarts_jax import data
-from pcdarts_jax import network
-from pcdarts_jax import parallel
-from pcdarts_jax import trainer
+from pcdarts_jax.data import datasets as data
+from pcdarts_jax.spaces.darts import network
+from pcdarts_jax.run import parallel
+from pcdarts_jax.train import train as trainer
 
 
 def tiny_config():

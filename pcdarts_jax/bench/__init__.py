@@ -1,0 +1,1 @@
+"""Benchmarks: step timing, memory, FLOPs and program measurements."""

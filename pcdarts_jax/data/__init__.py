@@ -1,0 +1,1 @@
+"""Data sets, augmentation and the input pipelines of search and training."""

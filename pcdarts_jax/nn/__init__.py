@@ -1,0 +1,1 @@
+"""Neural-network primitives of the DARTS operation set and their CPU kernels."""

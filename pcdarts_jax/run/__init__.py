@@ -1,0 +1,1 @@
+"""Run machinery shared by every method: the epoch driver, checkpoints, run directories, monitoring, devices."""

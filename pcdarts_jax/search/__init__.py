@@ -1,0 +1,1 @@
+"""Gradient-based architecture search (DARTS, PC-DARTS, DrNAS): steps, architects, the search."""

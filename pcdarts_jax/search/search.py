@@ -1,0 +1,768 @@
+"""The one search loop: state, the jitted bilevel step, evaluation, and `search`.
+
+Steps are pure functions of (state, batches, rng). Side effects (logs, files)
+happen only here in the loop.
+"""
+
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pcdarts_jax.search import architect
+from pcdarts_jax.run import checkpoint
+from pcdarts_jax.run import config_fields
+from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.data import datasets as data
+from pcdarts_jax.spaces.darts import genotypes
+from pcdarts_jax.nn import initializers
+from pcdarts_jax.data import pipeline as input_pipeline
+from pcdarts_jax.run import metrics as metrics_lib
+from pcdarts_jax.run import monitor
+from pcdarts_jax.search import optim
+from pcdarts_jax.run import rundir
+from pcdarts_jax import spaces
+from pcdarts_jax.spaces.nb201 import table as nb201_table
+from pcdarts_jax.run import parallel
+from pcdarts_jax.search import progressive
+from pcdarts_jax.spaces import relaxation
+from pcdarts_jax.spaces.darts import supernet
+
+
+@flax.struct.dataclass
+class SearchState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  arch: Any
+  weight_opt_state: Any
+  arch_opt_state: Any
+  # Non-finite guard (see `guard_nonfinite`): steps whose update was not applied,
+  # the first such step (-1: none) and its (train, arch) losses.
+  nonfinite_steps: jax.Array = None
+  first_nonfinite_step: jax.Array = None
+  first_nonfinite_losses: jax.Array = None
+
+
+def create_search_state(model, config, rng, sample_images, weight_tx, arch_tx) -> SearchState:
+  variables = initializers.init_variables(model, rng, sample_images)
+  return SearchState(
+      step=jnp.zeros((), jnp.int32),
+      params=variables['params'],
+      batch_stats=variables['batch_stats'],
+      arch=variables['arch'],
+      weight_opt_state=weight_tx.init(variables['params']),
+      arch_opt_state=arch_tx.init(variables['arch']),
+      nonfinite_steps=jnp.zeros((), jnp.int32),
+      first_nonfinite_step=jnp.full((), -1, jnp.int32),
+      first_nonfinite_losses=jnp.zeros((2,), jnp.float32))
+
+
+def _all_finite(tree) -> jax.Array:
+  # One flat vector, one reduction: thousands of per-leaf reductions (per-edge
+  # supernets of progressive learning) make XLA:CPU's compile crawl.
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  if not leaves:
+    return jnp.bool_(True)
+  flat = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
+  return jnp.all(jnp.isfinite(flat))
+
+
+def guard_nonfinite(step_fn: Callable, skip: bool) -> Callable:
+  """Wraps a step so that a non-finite loss or update never reaches the state.
+
+  A step is bad when its train or arch loss, or any updated weight, BatchNorm
+  statistic or arch value, is not finite. Its update is dropped and it is
+  recorded in the state (`nonfinite_steps`, `first_nonfinite_step`, losses).
+  skip=True: the run goes on (the step counter still advances, the batch is
+  consumed). skip=False: the state freezes at the last good values, so that the
+  host, which reads the summed `nonfinite` metric only at its log, checkpoint
+  and epoch points, stops with the state exactly as it was before the bad step.
+  Adds a `nonfinite` metric (0/1).
+  """
+  def guarded(state: SearchState, *args):
+    new_state, metrics = step_fn(state, *args)
+    losses = jnp.stack([metrics['train_loss_sum'] / jnp.maximum(metrics['train_count'], 1),
+                        metrics['arch_loss_sum'] / jnp.maximum(metrics['arch_count'], 1)])
+    finite = jnp.all(jnp.isfinite(losses)) & _all_finite(
+        (new_state.params, new_state.batch_stats, new_state.arch))
+    halted = jnp.bool_(False) if skip else state.nonfinite_steps > 0
+    apply = finite & ~halted
+    bad = ~finite & ~halted
+    first = state.first_nonfinite_step < 0
+    # One conditional instead of a select per leaf (same reason as _all_finite).
+    out = jax.lax.cond(apply, lambda: new_state, lambda: state)
+    out = out.replace(
+        step=jnp.where(apply | (skip & bad), state.step + 1, state.step),
+        nonfinite_steps=state.nonfinite_steps + bad.astype(jnp.int32),
+        first_nonfinite_step=jnp.where(bad & first, state.step, state.first_nonfinite_step),
+        first_nonfinite_losses=jnp.where(bad & first, losses, state.first_nonfinite_losses))
+    metrics = {k: jnp.where(apply, v, jnp.zeros_like(v)) for k, v in metrics.items()}
+    metrics['nonfinite'] = bad.astype(jnp.float32)
+    return out, metrics
+
+  return guarded
+
+
+def _metrics(loss, logits, labels) -> Dict[str, jax.Array]:
+  """Sums over the batch, so that metrics accumulate exactly across steps."""
+  n = labels.shape[0]
+  correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+  return {'loss_sum': loss * n, 'correct': correct.astype(jnp.float32),
+          'count': jnp.asarray(n, jnp.float32)}
+
+
+def _rngs(rng):
+  """The supernet's rng streams from one key: random channel sampling and the
+  stochastic relaxations (each model ignores the streams it does not use)."""
+  if rng is None:
+    return None
+  return {supernet.CHANNEL_RNG: rng,
+          relaxation.RELAX_RNG: jax.random.fold_in(rng, 0x7e1a)}
+
+
+def make_loss_fn(model, temperature=None):
+  """loss_fn(params, arch, batch_stats, images, labels, rng=None) -> (loss,
+  (batch_stats, logits)), train mode. `rng` feeds the random channel sampling
+  and the Dirichlet/Gumbel samples; the default supernet ignores it.
+  `temperature`: the Gumbel-softmax tau (gumbel relaxation only; may be traced)."""
+  extra = {} if temperature is None else {'temperature': temperature}
+
+  def loss_fn(params, arch, batch_stats, images, labels, rng=None):
+    logits, new_state = model.apply(
+        {'params': params, 'arch': arch, 'batch_stats': batch_stats},
+        images, train=True, mutable=['batch_stats'], rngs=_rngs(rng), **extra)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, (new_state['batch_stats'], logits)
+  return loss_fn
+
+
+def _zero_metrics() -> Dict[str, jax.Array]:
+  zero = jnp.zeros((), jnp.float32)
+  return {'loss_sum': zero, 'correct': zero, 'count': zero}
+
+
+def augment_examples(augment: Callable, rng: jax.Array, images: jax.Array,
+                     axis_name: Optional[str] = None) -> jax.Array:
+  """`augment` per example with the key fold_in(rng, position in the global
+  batch): the crops and flips do not depend on how the batch is split over
+  devices."""
+  index = parallel.global_index(images.shape[0], axis_name)
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, index)
+  return jax.vmap(lambda key, image: augment(key, image[None])[0])(keys, images)
+
+
+def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
+                      axis_name: Optional[str] = None,
+                      arch_start_step: Optional[int] = None) -> Callable:
+  """One search step: an arch step on the arch batch (from `arch_start_epoch` on),
+  then a weight step on the train batch, both in train mode.
+
+  Under pmap, `axis_name` is the device axis (the model's BatchNorm modules must
+  carry the same name): each device holds a slice of the global batch, every
+  gradient is averaged over the axis and the metric sums are added over it, so
+  the step computes what one device computes with the whole batch.
+
+  The arch gradient comes from the `search.architect` strategy (architect.py);
+  second-order strategies also see the train batch, the weight lr and the
+  momentum buffer. With `search.single_level` there is one forward/backward on
+  the train batch for weights and architecture together (arch batch unused).
+  `search.bilevel_phases`: `sequence` runs the arch phase, then the weight phase;
+  `loop` runs them as the two iterations of one loop (less memory, slower; see
+  below). The warm-up switch is a traced comparison on `state.step`, so the step compiles
+  once; `lax.cond` skips the arch pass's compute during warm-up. `arch_start_step`
+  overrides `search.arch_start_epoch * steps_per_epoch` (a later stage of
+  progressive learning warms up again).
+  """
+  d, s = config.data, config.search
+  lr_fn = optim.weight_learning_rate(config, steps_per_epoch)
+  gumbel = config.model.get('relaxation', 'softmax') in relaxation.TEMPERED
+  penalty = lambda arch: relaxation.arch_penalty(config, arch)
+
+  def functions(state):
+    """The loss and arch-gradient functions of this step: the Gumbel temperature
+    follows the (traced) epoch, so they are built inside the step."""
+    temperature = (relaxation.gumbel_temperature(s, state.step // steps_per_epoch)
+                   if gumbel else None)
+    loss_fn = make_loss_fn(model, temperature)
+    return loss_fn, architect.make_architect(s.architect, config, loss_fn, lr_fn, axis_name,
+                                             penalty)
+
+  single_level = bool(s.get('single_level', False))
+  bilevel_phases = config_fields.bilevel_phases(s)
+  if bilevel_phases not in config_validation.BILEVEL_PHASES:
+    raise ValueError(f'search.bilevel_phases={bilevel_phases!r} is not one of '
+                     f'{config_validation.BILEVEL_PHASES}.')
+  if arch_start_step is None:
+    arch_start_step = s.arch_start_epoch * steps_per_epoch
+  train_augment = data.train_augment(d)
+  augment = lambda rng, images: augment_examples(train_augment, rng, images, axis_name)
+
+  def apply_arch_grads(state, grads):
+    updates, arch_opt_state = arch_tx.update(grads, state.arch_opt_state, state.arch)
+    return state.replace(arch=optax.apply_updates(state.arch, updates),
+                         arch_opt_state=arch_opt_state)
+
+  def apply_weight_grads(state, grads, batch_stats):
+    updates, weight_opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
+    return state.replace(step=state.step + 1,
+                         params=optax.apply_updates(state.params, updates),
+                         batch_stats=batch_stats, weight_opt_state=weight_opt_state)
+
+  def bilevel(state, images, labels, arch_batch, arch_rng, train_channels, arch_channels):
+    loss_fn, arch_grad_fn = functions(state)
+
+    def arch_update(state):
+      arch_images = augment(arch_rng, arch_batch['image'])
+      grads, batch_stats, loss, logits = arch_grad_fn(
+          state, arch_images, arch_batch['label'], images, labels, arch_channels)
+      state = apply_arch_grads(state, grads).replace(batch_stats=batch_stats)
+      return state, _metrics(loss, logits, arch_batch['label'])
+
+    def arch_phase(carry):
+      state, _, train_metrics = carry
+      state, arch_metrics = jax.lax.cond(state.step >= arch_start_step, arch_update,
+                                         lambda st: (st, _zero_metrics()), state)
+      return state, arch_metrics, train_metrics
+
+    def weight_phase(carry):
+      state, arch_metrics, _ = carry
+      (loss, (batch_stats, logits)), grads = parallel.value_and_grad(
+          loss_fn, axis_name, has_aux=True)(
+              state.params, state.arch, state.batch_stats, images, labels, train_channels)
+      return (apply_weight_grads(state, grads, batch_stats), arch_metrics,
+              _metrics(loss, logits, labels))
+
+    carry = (state, _zero_metrics(), _zero_metrics())
+    if bilevel_phases == 'sequence':
+      state, arch_metrics, train_metrics = weight_phase(arch_phase(carry))
+    else:
+      # `loop`: the two phases are the two iterations of one loop. XLA:CPU
+      # reuses memory between the branches of a loop body, but not between two
+      # loops in sequence (each phase runs the supernet's edge scans); it also
+      # overlaps less work in them: slower, in less memory (docs/benchmarks.md).
+      phases = lambda carry, phase: (jax.lax.switch(phase, [arch_phase, weight_phase], carry),
+                                     None)
+      (state, arch_metrics, train_metrics), _ = jax.lax.scan(phases, carry, jnp.arange(2))
+    return state, train_metrics, arch_metrics
+
+  def single(state, images, labels, train_channels):
+    """Single-level (Single-DARTS): both gradients from one train-batch pass (the
+    arch regulariser, if any, added; it does not depend on the weights)."""
+    loss_fn = architect.with_penalty(functions(state)[0], penalty)
+    (loss, (batch_stats, logits)), (grads, arch_grads) = parallel.value_and_grad(
+        loss_fn, axis_name, argnums=(0, 1), has_aux=True)(
+            state.params, state.arch, state.batch_stats, images, labels, train_channels)
+    arch_on = state.step >= arch_start_step
+    state = jax.lax.cond(arch_on, apply_arch_grads, lambda st, _: st, state, arch_grads)
+    # The arch metrics are those of the shared pass while the arch moves.
+    train_metrics = _metrics(loss, logits, labels)
+    arch_metrics = jax.tree.map(lambda m: m * arch_on, train_metrics)
+    return apply_weight_grads(state, grads, batch_stats), train_metrics, arch_metrics
+
+  def step(state: SearchState, train_batch, arch_batch, rng) -> Tuple[SearchState, Dict]:
+    train_rng, arch_rng = jax.random.split(rng)
+    # Keys of the random channel sampling (unused with model.channel_sampling=first).
+    train_channels, arch_channels = jax.random.split(jax.random.fold_in(rng, 1))
+    images = augment(train_rng, train_batch['image'])
+    labels = train_batch['label']
+    if single_level:
+      state, train_metrics, arch_metrics = single(state, images, labels, train_channels)
+    else:
+      state, train_metrics, arch_metrics = bilevel(state, images, labels, arch_batch,
+                                                   arch_rng, train_channels, arch_channels)
+    metrics = {'train_' + k: v for k, v in train_metrics.items()}
+    metrics.update({'arch_' + k: v for k, v in arch_metrics.items()})
+    return state, parallel.psum(metrics, axis_name)
+
+  return step
+
+
+def make_eval_step(model, config, axis_name: Optional[str] = None,
+                   steps_per_epoch: Optional[int] = None) -> Callable:
+  """Masked loss/accuracy sums with BatchNorm running statistics (eval mode),
+  added over the device axis `axis_name`. `rng` draws the Dirichlet/Gumbel
+  mixing weights (DrNAS samples on every forward pass, validation included).
+  Gumbel/GDAS with `steps_per_epoch`: the temperature of the epoch that ended at
+  `state.step` (DrNAS validates before lowering tau); without it, tau 1."""
+  d = config.data
+  tempered = config.model.get('relaxation', 'softmax') in relaxation.TEMPERED
+
+  def eval_step(state: SearchState, batch, rng) -> Dict[str, jax.Array]:
+    images = data.normalize(batch['image'], d.mean, d.std)
+    extra = {}
+    if tempered and steps_per_epoch:
+      epoch = jnp.maximum(state.step - 1, 0) // steps_per_epoch
+      extra['temperature'] = relaxation.gumbel_temperature(config.search, epoch)
+    logits = model.apply({'params': state.params, 'arch': state.arch,
+                          'batch_stats': state.batch_stats}, images, train=False,
+                         rngs=_rngs(rng), **extra)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
+    mask = batch['mask']
+    correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
+    return parallel.psum({'loss_sum': jnp.sum(losses * mask),
+                          'correct': jnp.sum(correct * mask), 'count': jnp.sum(mask)},
+                         axis_name)
+
+  return eval_step
+
+
+def _accumulate(totals, metrics):
+  """Adds metric sums on device (no host sync)."""
+  return metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+
+
+def run_epoch_steps(epoch: int, first: int, steps_per_epoch: int, step_fn: Callable, *,
+                    stop, every_steps: int, log_every_steps: int, progress,
+                    host_sums: Callable, check_finite: Callable, save: Callable,
+                    interrupted: type, checkpoint_dir: str, step_name: str = 'step',
+                    loss_keys=('loss_sum', 'count'), accumulate: Callable = _accumulate,
+                    sums=None):
+  """Steps `first`..`steps_per_epoch`-1 of `epoch`, the bookkeeping every run
+  loop shares (search, training, the SGNAS phases). `step_fn(step_number)` runs
+  one step and returns its metric sums, which are added on the device. Host sums
+  (`host_sums(sums)`) are fetched only to log (every `log_every_steps`) or to
+  checkpoint (every `every_steps`, or when a stop signal arrived; never at the
+  epoch's last step, where the epoch-end checkpoint serves), and checked
+  (`check_finite(host, step)`) before `save(step, host)`; after a signal's
+  checkpoint the exception class `interrupted` is raised, saying how to resume.
+  Returns the epoch's host sums, checked."""
+  loss_sum, count = loss_keys
+  for i in range(first, steps_per_epoch):
+    done = epoch * steps_per_epoch + i + 1
+    sums = accumulate(sums, step_fn(done - 1))
+    stop.stepped()  # Compiled and dispatched: a stop signal now gets its checkpoint.
+    saving = i + 1 < steps_per_epoch and (stop.received is not None or
+                                          bool(every_steps and done % every_steps == 0))
+    logging_now = log_every_steps and done % log_every_steps == 0
+    fetched = None
+    if saving or logging_now:
+      fetched = host_sums(sums)
+      check_finite(fetched, done)
+    progress.update(fetched and {'loss': fetched[loss_sum] / max(fetched[count], 1.0)})
+    if saving:
+      save(done, fetched)
+      if stop.received is not None:
+        progress.close()
+        raise interrupted(
+            f'stopped by {signal.Signals(stop.received).name} after {step_name} {done}; '
+            f'checkpoint {done} written to {checkpoint_dir}. Run the same command again '
+            f'to resume.')
+  progress.close()
+  fetched = host_sums(sums)
+  check_finite(fetched, (epoch + 1) * steps_per_epoch)
+  return fetched
+
+
+def evaluate(eval_step, state, batches, rng, feed: Callable = lambda batch: batch
+             ) -> Dict[str, float]:
+  """Loss/accuracy over masked `batches`; `feed` turns a host batch into the
+  step's input (the pmapped loop shards it over the devices)."""
+  totals = None
+  for i, batch in enumerate(batches):
+    totals = _accumulate(totals, eval_step(state, feed(batch), jax.random.fold_in(rng, i)))
+  return _summarise(metrics_lib.host_sums(totals))
+
+
+def _summarise(sums: Dict[str, Any], prefix: str = '') -> Dict[str, float]:
+  count = float(sums[prefix + 'count'])
+  if count == 0:
+    return {}
+  return {'loss': float(sums[prefix + 'loss_sum']) / count,
+          'accuracy': float(sums[prefix + 'correct']) / count}
+
+
+def arch_numpy(state: SearchState) -> Dict[str, np.ndarray]:
+  return {k: np.asarray(v) for k, v in jax.device_get(state.arch).items()}
+
+
+class SearchInterrupted(Exception):
+  """SIGTERM/SIGINT: a checkpoint was written; running the same command resumes."""
+
+
+class NonFiniteError(RuntimeError):
+  """A step produced a non-finite loss or update (and search.skip_nonfinite is off)."""
+
+
+# Fields that may differ between a run and its resumption: they do not change
+# what is computed, only where data lives and how progress is reported.
+RESUMABLE_CHANGES = ('checkpoint.', 'monitor.', 'search.log_every_steps', 'data.data_dir',
+                     'data.download', 'data.manual_dir', 'data.subset_dir', 'data.cache_dir',
+                     'data.archive')
+
+
+LOG_NAME = 'genotypes.jsonl'  # the per-epoch JSON-lines log in the workdir
+
+
+def _check_layout(state, shapes):
+  got = jax.tree.map(lambda x: tuple(np.shape(x)), (state.params, state.batch_stats))
+  want = jax.tree.map(lambda x: tuple(x.shape), (shapes.params, shapes.batch_stats))
+  if got != want:
+    raise RuntimeError('progressive learning: the widened weights do not match the next '
+                       "stage's supernet.")
+
+
+# Fields a resumed run may raise (the run goes on to the new end).
+EXTENDABLE = ('search.epochs',)
+
+
+def _check_workdir(workdir: rundir.Workdir, config):
+  """Refuses, before anything is written, a workdir this run must not touch."""
+  rundir.check_resumable(workdir, config, RESUMABLE_CHANGES, 'search', EXTENDABLE)
+
+
+def _complete(workdir: rundir.Workdir) -> bool:
+  """Whether a finished search wrote its final outputs (a rerun leaves them be)."""
+  return all(os.path.exists(p) for p in (workdir.genotype, workdir.arch, workdir.summary))
+
+
+def _epoch_pictures(workdir: rundir.Workdir, epoch: int, arch_values, genotype, model, writer,
+                    space):
+  """Cells (graphviz) and the arch heat-map of this epoch, under plots/."""
+  prefix = os.path.join(workdir.plots, f'epoch_{epoch + 1:03d}')
+  heatmap = space.heatmap(arch_values, model, prefix + '_arch.png', title=f'epoch {epoch + 1}')
+  if heatmap:
+    writer.image_png(epoch + 1, 'arch/heatmap', heatmap)
+  for path in space.draw(genotype, prefix + '_cell'):
+    if path.endswith('.png'):
+      kind = next((k for k in ('normal', 'reduce') if f'_{k}.' in path), 'cell')
+      writer.image_png(epoch + 1, f'cells/{kind}', path)
+
+
+def _summary(workdir: rundir.Workdir, genotype, state, meta, n_params: int, ckpt_figures,
+             space) -> Dict[str, Any]:
+  records = []
+  if os.path.exists(workdir.jsonl):
+    with open(workdir.jsonl) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+  with_valid = [r for r in records if r.get('valid')]
+  best = max(with_valid, key=lambda r: r['valid']['accuracy']) if with_valid else None
+  last = records[-1] if records else None
+  return {
+      'genotype': space.genotype_to_dict(genotype),
+      'genotype_str': space.genotype_str(genotype),
+      'best': best and {'epoch': best['epoch'], 'valid': best['valid'], 'train': best['train'],
+                        'arch': best['arch']},
+      'last': last and {k: last[k] for k in ('epoch', 'step', 'lr', 'train', 'arch', 'valid')},
+      'epochs': len(records),
+      'steps': int(state.step),
+      'nonfinite_steps_skipped': int(state.nonfinite_steps),
+      'wall_seconds': meta['wall_seconds'],
+      'steps_per_second': (meta['steps_run'] / meta['step_seconds']
+                           if meta['step_seconds'] > 0 else None),
+      'supernet_weights': n_params,
+      'resumed_from_steps': meta['resumed_from'],
+      'checkpoint': ckpt_figures,
+  }
+
+
+def search(config, workdir: str) -> genotypes.Genotype:
+  """Runs (or resumes) the architecture search described by `config`.
+
+  Returns the final genotype. Writes, under `workdir`: genotypes.jsonl (one line
+  per epoch), genotype.json, arch.npz, summary.json, config.json, checkpoints/,
+  tensorboard/ and plots/. An existing workdir is resumed from its newest good
+  checkpoint. Raises SearchInterrupted on SIGTERM/SIGINT (after checkpointing)
+  and NonFiniteError when a step goes non-finite.
+  """
+  if config.model.get('space') == 'sgnas':  # Its own two phases (supernet, generator).
+    from pcdarts_jax.sgnas import search as sgnas_search  # pylint: disable=g-import-not-at-top
+    return sgnas_search.search(config, workdir)
+  num_devices = parallel.device_count()
+  config_validation.validate_search_config(config, num_devices=num_devices)
+  space = spaces.of_config(config)
+  # An optional NAS-Bench-201 results table, looked up for each epoch's genotype.
+  table = nb201_table.from_config(config) if config.model.get('space') == 'nb201' else None
+  paths = rundir.Workdir(workdir, LOG_NAME)
+  _check_workdir(paths, config)  # Before the data (which may take long) and any write.
+  inputs = input_pipeline.search_inputs(config)
+
+  s = config.search
+  # On the devices two steps ahead, sharded (positions stay exact for checkpoints).
+  train_iter = input_pipeline.DevicePrefetch(inputs.train)
+  arch_iter = input_pipeline.DevicePrefetch(inputs.arch)
+  # An epoch is a pass over the weight subset; the arch iterator cycles on its own.
+  steps_per_epoch = train_iter.steps_per_epoch
+
+  main = parallel.is_main_process()  # Only process 0 writes files.
+  weight_tx = optim.weight_optimizer(config, steps_per_epoch)
+  arch_tx = optim.arch_optimizer(config)
+  init_rng, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  eval_key = jax.random.fold_in(step_key, -1 % (2 ** 31))
+  sample = data.normalize(inputs.sample_image, config.data.mean, config.data.std)
+
+  def stage_model(stage, masks, axis_name=None):
+    """The supernet of a progressive-learning stage (one stage: the config's)."""
+    return space.build_supernet(config, axis_name, partial_channels=stage.partial_channels,
+                                   op_masks=masks)
+
+  def stage_abstract_state(meta):
+    """The state's shapes at a checkpoint: its stage's layout (meta's op masks)."""
+    masks = meta.get('op_masks')
+    if masks is None:  # The first stage: the initial state's layout.
+      return jax.eval_shape(lambda: state)
+    stage = progressive.stages(config)[meta.get('stage', 0)]
+    shapes_model = stage_model(stage, masks and {k: np.asarray(v) for k, v in masks.items()})
+    fresh = create_search_state(shapes_model, config, init_rng, sample, weight_tx, arch_tx)
+    return jax.eval_shape(lambda: fresh)
+
+  stage = progressive.stages(config)[0]
+  masks = None
+  model = stage_model(stage, masks)
+  state = create_search_state(model, config, init_rng, sample, weight_tx, arch_tx)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+
+  if main:
+    os.makedirs(paths.root, exist_ok=True)
+  checkpoints = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
+  meta = {'train_iter': train_iter.state(), 'arch_iter': arch_iter.state(), 'sums': None,
+          'wall_seconds': 0.0, 'resumed_from': [], 'stage': 0, 'op_masks': None}
+  total_steps = s.epochs * steps_per_epoch
+  restored = checkpoints.restore_latest(stage_abstract_state)
+  if restored is None:
+    if os.path.exists(paths.jsonl):  # Every checkpoint was unreadable.
+      raise config_validation.ConfigError(
+          f'--workdir={workdir!r} holds a search but none of its checkpoints could be '
+          f'restored (see the warnings above); choose a new workdir.')
+  else:
+    step_done, state, meta = restored
+    meta.setdefault('stage', 0)
+    meta.setdefault('op_masks', None)
+    if meta['op_masks'] is not None:
+      stage = progressive.stages(config)[meta['stage']]
+      masks = {k: np.asarray(v) for k, v in meta['op_masks'].items()}
+      model = stage_model(stage, masks)
+    if step_done >= total_steps and _complete(paths):
+      checkpoints.close()
+      print(f'the search in {workdir} is already complete ({s.epochs} epochs, checkpoint '
+            f'{step_done}); nothing was changed. Raise --config.search.epochs to search '
+            f'longer.', flush=True)
+      return space.derive(arch_numpy(state), model)
+    train_iter.restore(meta['train_iter'])
+    arch_iter.restore(meta['arch_iter'])
+    meta['resumed_from'] = meta['resumed_from'] + [step_done]
+    if step_done >= total_steps:  # Stopped after its last checkpoint, before its outputs.
+      where = 'the search had finished; writing its final outputs'
+    else:
+      where = (f'epoch {step_done // steps_per_epoch + 1}, step '
+               f'{step_done % steps_per_epoch} of {steps_per_epoch}')
+    print(f'resuming from checkpoint {step_done} ({where}) in {paths.checkpoints}', flush=True)
+  start_step = int(state.step)
+  start_epoch = start_step // steps_per_epoch
+  # Epoch lines written after the restored checkpoint are rewritten by this run
+  # (records number epochs from 1, as the console does).
+  if main and os.path.exists(paths.jsonl):
+    with open(paths.jsonl) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)['epoch'] <= start_epoch]
+    rundir.write_atomic(paths.jsonl, ''.join(kept))
+
+  logging.info('supernet: %d weights; %d steps per epoch', n_params, steps_per_epoch)
+  print(f'supernet: {n_params:,} weights, {steps_per_epoch} steps/epoch, '
+        f'{s.epochs} epochs, arch steps from epoch {s.arch_start_epoch + 1}; '
+        f'{num_devices} device(s) in {jax.process_count()} process(es), '
+        f'{s.batch_size // num_devices} images per device', flush=True)
+
+  def stage_steps(stage, masks):
+    """The pmapped steps of a stage (compiled once per stage). One code path for
+    any device count: the state is replicated over the local devices, and this
+    process's slice of each global batch is sharded over them. BatchNorm
+    statistics over the global batch."""
+    step_model = stage_model(stage, masks, parallel.AXIS)
+    arch_start = (stage.start_epoch + s.arch_start_epoch) * steps_per_epoch
+    bilevel = parallel.pmap_step(
+        guard_nonfinite(make_bilevel_step(step_model, config, steps_per_epoch, weight_tx,
+                                          arch_tx, parallel.AXIS, arch_start),
+                        skip=s.skip_nonfinite),
+        in_axes=(0, 0, 0, None))
+    evaluate_step = parallel.pmap_step(
+        make_eval_step(step_model, config, parallel.AXIS, steps_per_epoch),
+        in_axes=(0, 0, None), donate_state=False)
+    which = f' of stage {stage.index + 1}' if len(progressive.stages(config)) > 1 else ''
+    return (monitor.announce_compile(bilevel, f'the search step{which}'),
+            monitor.announce_compile(evaluate_step, f'the eval step{which}'))
+
+  def next_stage(state, model, stage, masks):
+    """Prunes and widens at a stage boundary (outside jit); returns the new
+    (state, model, masks) with the state replicated."""
+    host = jax.device_get(parallel.unreplicate(state))
+    masks = space.prune_masks(arch_numpy(host), stage.ops_kept, masks)
+    new_model = stage_model(stage, masks)
+    shapes = create_search_state(new_model, config, init_rng, sample, weight_tx, arch_tx)
+    rng, index = np.random.default_rng([config.seed, stage.index]), {}
+    move = lambda tree, like: progressive.transfer(tree, like, model, new_model, rng, index,
+                                                   space)
+    host = host.replace(
+        params=move(host.params, shapes.params),
+        batch_stats=move(host.batch_stats, shapes.batch_stats),
+        weight_opt_state=progressive.transfer_opt_state(
+            host.weight_opt_state, lambda t: move(t, shapes.params)))
+    _check_layout(host, shapes)
+    meta.update(stage=stage.index, op_masks={k: v.tolist() for k, v in masks.items()})
+    kept = max(int(np.asarray(v).sum(-1).max()) for v in masks.values())
+    print(f'stage {stage.index + 1}: ops pruned to {kept} per edge, partial '
+          f'channels k={stage.partial_channels}; arch steps from epoch '
+          f'{stage.start_epoch + s.arch_start_epoch + 1}', flush=True)
+    return parallel.replicate(host), new_model, masks
+
+  bilevel_step, eval_step = stage_steps(stage, masks)
+  feed = parallel.shard  # Batches are already this process's slice.
+  # Padded and masked anyway: rounded up to split evenly over the devices.
+  eval_batch_size = -(-s.eval_batch_size // num_devices) * num_devices
+  host_state = state
+  state = parallel.replicate(state)
+  lr_fn = optim.weight_learning_rate(config, steps_per_epoch)
+  writer = monitor.SummaryWriter(paths.tensorboard,
+                                 enabled=config.monitor.tensorboard and main)
+  interactive = {'auto': None, 'bar': True, 'lines': False}[config.monitor.progress]
+  every = config.checkpoint.every_steps
+  # Figures of the newest save; a checkpoint's meta holds those of the save before it.
+  ckpt_figures = dict(meta.get('checkpoint') or {'save_seconds': None, 'size_bytes': None})
+  meta.setdefault('steps_run', 0)
+  meta.setdefault('step_seconds', 0.0)
+
+  def last_good_checkpoint():
+    step = checkpoints.latest_step()
+    return (f'checkpoint {step} in {paths.checkpoints}' if step is not None
+            else 'none was written yet')
+
+  def check_finite(host_sums):
+    """Stops the run if a step went non-finite. The check reads metric sums that
+    are fetched anyway (log lines, checkpoints, epoch ends), so it adds no host
+    sync; the guarded step has frozen the state at the last good values since."""
+    if s.skip_nonfinite or not host_sums or not host_sums['nonfinite']:
+      return
+    record = parallel.unreplicate(state)
+    bad_step = int(record.first_nonfinite_step)
+    train_loss, arch_loss = (float(x) for x in record.first_nonfinite_losses)
+    raise NonFiniteError(
+        f'non-finite values at step {bad_step} (epoch {bad_step // steps_per_epoch + 1}): '
+        f'train loss {train_loss}, arch loss {arch_loss} (0 during the arch warm-up), or '
+        f'a non-finite weight/arch update; the update was not applied and the run stopped. '
+        f'Last good checkpoint: {last_good_checkpoint()}. Lower the learning rates, check '
+        f'the data, or set search.skip_nonfinite=True to skip such steps.')
+
+  def save(step: int, host_sums):
+    if main and not config_written[0]:
+      # Written with the run's first checkpoint: a workdir stopped before it holds
+      # no run, and a rerun there may use another config.
+      rundir.write_atomic(paths.config, json.dumps(rundir.config_json(config), indent=2) + '\n')
+      config_written[0] = True
+    meta.update(train_iter=train_iter.state(), arch_iter=arch_iter.state(),
+                sums=host_sums, checkpoint=dict(ckpt_figures),
+                wall_seconds=meta['wall_seconds'] + (time.time() - clock[0]))
+    clock[0] = time.time()
+    # Host copies: every process passes the same values; orbax writes them once.
+    ckpt_figures['save_seconds'] = checkpoints.save(
+        step, jax.device_get(parallel.unreplicate(state)), meta)
+    ckpt_figures['size_bytes'] = checkpoint.directory_size(
+        os.path.join(paths.checkpoints, str(step)))
+
+  config_written = [False]
+
+  clock = [time.time()]
+  derive = lambda arch: space.derive(arch, model)
+  genotype = derive(arch_numpy(host_state))
+  with rundir.StopSignals() as stop:
+    for epoch in range(start_epoch, s.epochs):
+      epoch_start = time.time()
+      if progressive.stage_of_epoch(config, epoch).index != meta['stage']:
+        stage = progressive.stage_of_epoch(config, epoch)
+        state, model, masks = next_stage(state, model, stage, masks)
+        bilevel_step, eval_step = stage_steps(stage, masks)
+      first = start_step - epoch * steps_per_epoch if epoch == start_epoch else 0
+      # Resumed mid-epoch: the sums of the steps before the checkpoint, added on the host.
+      carried = meta['sums'] if first and meta['sums'] is not None else {}
+      epoch_sums = lambda sums: {k: v + carried.get(k, 0.0)
+                                 for k, v in metrics_lib.host_sums(sums).items()}
+      progress = monitor.Progress(epoch, s.epochs, steps_per_epoch, s.batch_size,
+                                  s.log_every_steps, interactive, initial=first)
+      loop_start = time.time()
+
+      def one_step(step_number):
+        nonlocal state
+        # The step's rng depends only on (seed, step): resumed runs draw the same.
+        state, metrics = bilevel_step(state, next(train_iter), next(arch_iter),
+                                      jax.random.fold_in(step_key, step_number))
+        return metrics
+
+      sums = run_epoch_steps(
+          epoch, first, steps_per_epoch, one_step, stop=stop, every_steps=every,
+          log_every_steps=s.log_every_steps, progress=progress,
+          host_sums=epoch_sums,
+          check_finite=lambda host, _: check_finite(host), save=save,
+          interrupted=SearchInterrupted, checkpoint_dir=paths.checkpoints,
+          loss_keys=('train_loss_sum', 'train_count'))
+      # The step rate over every session of the run (saved with the epoch's checkpoint).
+      meta['steps_run'] += steps_per_epoch - first
+      meta['step_seconds'] += time.time() - loop_start
+
+      train = _summarise(sums, 'train_')
+      arch = _summarise(sums, 'arch_')
+      valid = evaluate(eval_step, state, inputs.eval_batches(eval_batch_size),
+                       jax.random.fold_in(eval_key, epoch), feed)
+      host_state = jax.device_get(parallel.unreplicate(state))
+      arch_values = arch_numpy(host_state)
+      genotype = derive(arch_values)
+      lr = float(lr_fn(epoch * steps_per_epoch))
+      record = {
+          'epoch': epoch + 1, 'step': int(host_state.step), 'lr': lr,
+          'train': train, 'arch': arch, 'valid': valid,
+          'nonfinite_skipped': float(sums['nonfinite']),
+          'seconds': time.time() - epoch_start,
+          'genotype': space.genotype_to_dict(genotype),
+      }
+      bench_text = ''
+      if table is not None:  # The benchmark's accuracy of this epoch's cell.
+        record['benchmark_accuracy'] = nb201_table.lookup(
+            table, space.genotype_str(genotype), config.data.name)
+        bench_text = f"\n  NAS-Bench-201 accuracy: {record['benchmark_accuracy']}"
+      if main:
+        with open(paths.jsonl, 'a') as f:
+          f.write(json.dumps(record) + '\n')
+      scalars = {'lr': lr, 'epoch_seconds': record['seconds'],
+                 'images_per_second': (steps_per_epoch - first) * s.batch_size /
+                                      max(time.time() - loop_start, 1e-9)}
+      for name, values in (('train', train), ('arch', arch), ('valid', valid)):
+        scalars.update({f'{name}/{k}': v for k, v in values.items()})
+      scalars.update(space.arch_scalars(arch_values, model))
+      writer.scalars(epoch + 1, scalars)
+      if config.monitor.pictures and main:
+        _epoch_pictures(paths, epoch, arch_values, genotype, model, writer, space)
+      writer.flush()
+      arch_text = (f" arch_loss {arch['loss']:.4f} arch_acc {arch['accuracy']:.4f}"
+                   if arch else ' (arch warm-up)')
+      log = print if main else (lambda *args, **kwargs: None)
+      log(f"epoch {epoch + 1}/{s.epochs} lr {lr:.5f} train_loss "
+            f"{train['loss']:.4f} train_acc {train['accuracy']:.4f}{arch_text} valid_loss "
+            f"{valid['loss']:.4f} valid_acc {valid['accuracy']:.4f} "
+            f"({record['seconds']:.1f}s)\n  genotype = {space.genotype_str(genotype)}"
+            f"{bench_text}", flush=True)
+      save((epoch + 1) * steps_per_epoch, None)
+      if stop.received is not None:
+        raise SearchInterrupted(
+            f'stopped by {signal.Signals(stop.received).name} after epoch {epoch + 1}; '
+            f'checkpoint written to {paths.checkpoints}. Run the same command again to '
+            f'resume.')
+
+  meta['wall_seconds'] += time.time() - clock[0]
+  writer.close()
+  checkpoints.close()
+  host_state = jax.device_get(parallel.unreplicate(state))
+  if not main:
+    return genotype
+  rundir.write_atomic(paths.genotype, json.dumps(space.genotype_to_dict(genotype)) + '\n')
+  np.savez(paths.arch + '.tmp.npz', **arch_numpy(host_state))
+  os.replace(paths.arch + '.tmp.npz', paths.arch)
+  summary = _summary(paths, genotype, host_state, meta, n_params, ckpt_figures, space)
+  rundir.write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
+  print(f'search done ({summary["wall_seconds"]:.1f}s of search in total); genotype written '
+        f'to {paths.genotype}', flush=True)
+  return genotype

@@ -1,0 +1,1 @@
+"""The DARTS / PC-DARTS cell search space: supernet, genotypes, evaluation networks."""

@@ -1,0 +1,1 @@
+"""The NAS-Bench-201 search space and its benchmark table."""

@@ -1,0 +1,739 @@
+"""The one trainer of evaluation networks (CIFAR and ImageNet), and their evaluation.
+
+The network is `networks.build_network(config)`: a DARTS evaluation network of
+`config.genotype`, or (model.network='sgnas') the stand-alone network of an
+SGNAS architecture (pcdarts_jax.sgnas.network).
+
+Steps are pure functions run under `parallel.pmap_step` over the local devices
+(one device takes the same path): `train_step(state, batch, rng, drop_path_prob)`
+and `eval_step(state, batch)`. BatchNorm statistics, gradients and metric sums
+are reduced over the device axis on device; the host reads the metric sums only
+at log, checkpoint and epoch points. Per-example randomness (crop, flip, cutout,
+drop-path, SGNAS dropout) is keyed by the example's global position, so it does
+not depend on the device count.
+
+Data access is behind `_datasets(config)`: CIFAR and digits are read into host
+memory; ImageNet is streamed by `pcdarts_jax.data.pipeline`. Either way the
+host sends uint8 images, flipped (and pad-cropped on CIFAR), cut out and
+normalised on device.
+"""
+
+import itertools
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Dict, Iterator, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pcdarts_jax.run import checkpoint
+from pcdarts_jax.run import config_fields
+from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.data import datasets as data
+from pcdarts_jax.nn import initializers
+from pcdarts_jax.data import pipeline as input_pipeline
+from pcdarts_jax.search import search as loop
+from pcdarts_jax.run import metrics as metrics_lib
+from pcdarts_jax.run import monitor
+from pcdarts_jax.spaces.darts import network
+from pcdarts_jax.train import networks
+from pcdarts_jax.nn import ops
+from pcdarts_jax.run import parallel
+from pcdarts_jax.run import rundir
+from pcdarts_jax.spaces.darts import visualize
+from pcdarts_jax.sgnas import layout as sgnas_layout
+from pcdarts_jax.sgnas import network as sgnas_network
+
+IMAGENET = input_pipeline.IMAGENET
+DATASETS = input_pipeline.dataset_names()
+LR_SCHEDULES = ('cosine', 'linear')
+# The reference's linear decay reaches lr/(epochs - 5) five epochs before the end
+# and then slows down, so the lr does not drop to a relatively large step at 0.
+LINEAR_TAIL_EPOCHS = 5
+# Fields a resumed run may raise (the run goes on to the new end).
+EXTENDABLE = ('train.epochs',)
+# Fields that may differ between a run and its resumption.
+RESUMABLE_CHANGES = ('checkpoint.', 'monitor.', 'train.log_every_steps', 'data.data_dir',
+                     'data.manual_dir',
+                     'data.download', 'data.archive')
+ConfigError = config_fields.ConfigError
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+class TrainingInterrupted(Exception):
+  """SIGTERM/SIGINT: a checkpoint was written; running the same command resumes."""
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _number(value, field: str, low: float, high: float = math.inf,
+            low_open: bool = False, high_open: bool = True):
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+      (value > low if low_open else value >= low) and
+      (value < high if high_open else value <= high))
+  lo, hi = '(' if low_open else '[', ')' if high_open else ']'
+  config_fields.require(ok, f'{field}={value!r} must be a number in {lo}{low}, {high}{hi}.')
+
+
+def _integer(value, field: str, low: int):
+  config_fields.require(
+      config_fields.is_int(value) and value >= low,
+      f'{field}={value!r} must be an integer >= {low}.')
+
+
+def validate_train_config(config, num_devices: int = 1):
+  """Raises ConfigError (one line naming the field and the allowed values)."""
+  d, m, t = config.data, config.model, config.train
+  config_fields.require(m.network in networks.NETWORKS,
+                        f'model.network={m.network!r} is not one of {networks.NETWORKS}.')
+  sgnas = m.network == networks.SGNAS
+  if not sgnas:  # The DARTS genotype first: it names the run.
+    try:
+      genotype = network.resolve_genotype(config.genotype)
+      network.check_genotype(genotype, f'genotype={config.genotype!r}')
+    except ValueError as e:
+      raise ConfigError(f'genotype={config.genotype!r}: {e}') from None
+  config_fields.require(d.name in DATASETS, f'data.name={d.name!r} is not one of {DATASETS}.')
+  config_validation.validate_archive(d)
+  size, _, channels = input_pipeline.image_shape(d)
+  config_fields.require(len(d.mean) == channels and len(d.std) == channels,
+                        f'data.mean / data.std need {channels} values for {d.name}, got '
+                        f'{len(d.mean)} / {len(d.std)}.')
+  _integer(d.crop_padding, 'data.crop_padding', 0)
+  config_fields.require_bool(d.random_flip, 'data.random_flip')
+
+  classes = input_pipeline.num_classes(d.name)
+  config_fields.require(m.num_classes == classes,
+                        f'model.num_classes={m.num_classes!r} but {d.name} has {classes} classes.')
+  if sgnas:
+    _validate_sgnas_model(config)
+  else:
+    _validate_darts_model(config, size)
+  config_fields.require(
+      m.depthwise_impl in ops.DEPTHWISE_IMPLS,
+      f'model.depthwise_impl={m.depthwise_impl!r} is not one of {ops.DEPTHWISE_IMPLS}.')
+  config_fields.require(m.dtype in network.DTYPES,
+                        f'model.dtype={m.dtype!r} is not one of {network.DTYPES}.')
+
+  for field in ('epochs', 'batch_size', 'eval_batch_size', 'eval_every_epochs'):
+    _integer(t[field], f'train.{field}', 1)
+  for field in ('warmup_epochs', 'cutout_length', 'log_every_steps'):
+    _integer(t[field], f'train.{field}', 0)
+  _number(t.learning_rate, 'train.learning_rate', 0.0, low_open=True)
+  _number(t.learning_rate_min, 'train.learning_rate_min', 0.0, t.learning_rate,
+          high_open=False)
+  config_fields.require(t.lr_schedule in LR_SCHEDULES,
+                        f'train.lr_schedule={t.lr_schedule!r} is not one of {LR_SCHEDULES}.')
+  config_fields.require(
+      t.lr_schedule != 'linear' or t.epochs > LINEAR_TAIL_EPOCHS,
+      f"train.epochs={t.epochs} must be > {LINEAR_TAIL_EPOCHS} for train.lr_schedule="
+      f"'linear' (its last {LINEAR_TAIL_EPOCHS} epochs decay more slowly).")
+  config_fields.require(t.warmup_epochs < t.epochs,
+                        f'train.warmup_epochs={t.warmup_epochs} must be < train.epochs={t.epochs}.')
+  _number(t.momentum, 'train.momentum', 0.0, 1.0)
+  _number(t.weight_decay, 'train.weight_decay', 0.0)
+  _number(t.grad_clip, 'train.grad_clip', 0.0)
+  _number(t.label_smoothing, 'train.label_smoothing', 0.0, 1.0)
+  if not sgnas:
+    _number(t.aux_weight, 'train.aux_weight', 0.0)
+  # Test batches are padded and masked, so only the train batch must split evenly.
+  config_fields.require(
+      t.batch_size % num_devices == 0,
+      f'train.batch_size={t.batch_size} is not divisible by the {num_devices} devices '
+      f'(allowed: multiples of {num_devices}).')
+  _integer(config.seed, 'seed', 0)
+  c = config.checkpoint
+  _integer(c.every_steps, 'checkpoint.every_steps', 0)
+  _integer(c.keep, 'checkpoint.keep', 1)
+  config_fields.require_bool(c.resume, 'checkpoint.resume')
+  config_fields.require(config.monitor.progress in config_validation.PROGRESS_MODES,
+                        f'monitor.progress={config.monitor.progress!r} is not one of '
+                        f'{config_validation.PROGRESS_MODES}.')
+  for field in ('tensorboard', 'pictures'):
+    config_fields.require_bool(config.monitor[field], f'monitor.{field}')
+
+
+def _validate_darts_model(config, size: int):
+  """The fields of the DARTS evaluation networks (cifar, imagenet)."""
+  d, m = config.data, config.model
+  _integer(m.init_channels, 'model.init_channels', 1)
+  _integer(m.layers, 'model.layers', 1)
+  config_fields.require(m.network != 'imagenet' or m.init_channels % 2 == 0,
+                        f'model.init_channels={m.init_channels} must be even for model.network='
+                        f"'imagenet' (its stem halves it and cell 0 factor-reduces to it).")
+  halvings = 2 + (3 if m.network == 'imagenet' else 0)
+  config_fields.require(
+      size % 2 ** halvings == 0,
+      f'{d.name} images are {size}x{size}; model.network={m.network!r} halves them '
+      f'{halvings} times and needs a size divisible by {2 ** halvings}.')
+  config_fields.require_bool(m.auxiliary, 'model.auxiliary')
+  aux_size = size // 2 ** halvings if m.network == 'imagenet' else size // 4
+  config_fields.require(not m.auxiliary or aux_size >= 5,
+                        f'model.auxiliary=True needs 5x5 maps at cell 2*layers//3, but {d.name} '
+                        f'({size}x{size}) gives {aux_size}x{aux_size}; allowed: False.')
+  _number(m.drop_path_prob, 'model.drop_path_prob', 0.0, 1.0)
+
+
+def _validate_sgnas_model(config):
+  """The fields of the SGNAS stand-alone network and its architecture (config.genotype)."""
+  m = config.model
+  config_fields.require(
+      isinstance(m.get('layout'), str) and m.layout in sgnas_layout.PRESETS,
+      f"model.layout={m.get('layout')!r} is not one of {tuple(sgnas_layout.PRESETS)}.")
+  try:
+    networks.resolve_architecture(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  config_fields.require_bool(m.get('se', False), 'model.se')
+  config_fields.require(m.get('activation', 'relu6') in sgnas_network.ACTIVATIONS,
+                        f"model.activation={m.get('activation')!r} is not one of "
+                        f'{sgnas_network.ACTIVATIONS}.')
+  _number(m.get('dropout', 0.0), 'model.dropout', 0.0, 1.0)
+  config_fields.require(_drop_path_prob(config) == 0,
+                        f'model.drop_path_prob={_drop_path_prob(config)!r}: model.network='
+                        f"'sgnas' has no drop-path; allowed: 0 (regularise with model.dropout).")
+
+
+def _drop_path_prob(config) -> float:
+  """The final drop-path probability; 0 where the network has none (SGNAS configs)."""
+  return config.model.get('drop_path_prob', 0.0)
+
+
+# ------------------------------------------------------------------------ data
+
+
+DataSource = input_pipeline.DataSource
+
+
+def _in_memory(config, need_train: bool) -> DataSource:
+  t = config.train
+  test = data.load_split(config.data, 'test')
+  steps_per_epoch, batches = 0, None
+  if need_train:
+    train_set = data.load_split(config.data, 'train')
+    config_fields.require(t.batch_size <= len(train_set),
+                          f'train.batch_size={t.batch_size} is larger than the {len(train_set)} '
+                          f'{config.data.name} train images; allowed: 1..{len(train_set)}.')
+    steps_per_epoch = len(train_set) // t.batch_size
+
+    def batches(start_step: int):
+      it = data.EpochIterator(train_set, t.batch_size, seed=config.seed)
+      # Batches are drawn in a fixed order, so the position follows from the step.
+      it.restore({'epoch': start_step // steps_per_epoch,
+                  'position': start_step % steps_per_epoch})
+      return (parallel.host_slice(b) for b in it)
+
+  # Rounded up to split over the devices; the padding is masked out.
+  devices = parallel.device_count()
+  eval_size = -(-t.eval_batch_size // devices) * devices
+  return DataSource(
+      steps_per_epoch, batches,
+      lambda: (parallel.host_slice(b) for b in data.eval_batches(test, eval_size)),
+      len(test))
+
+
+def _datasets(config, need_train: bool = True) -> DataSource:
+  """The train and test data of `config.data` (the only data access of the trainer)."""
+  if config.data.name != IMAGENET:
+    return _in_memory(config, need_train)
+  return input_pipeline.train_data_source(config, need_train)
+
+
+# ----------------------------------------------------------------------- steps
+
+
+def learning_rate_fn(config, steps_per_epoch: int) -> Callable:
+  """lr per step, constant within an epoch e (as the reference steps it):
+  cosine: lr_min + (lr - lr_min)(1 + cos(pi e / epochs)) / 2;
+  linear: lr (E - 5 - e)/(E - 5), in the last 5 epochs lr (E - e)/(5 (E - 5));
+  during `warmup_epochs`: lr (e + 1) / warmup_epochs."""
+  t = config.train
+  epochs, lr = float(t.epochs), float(t.learning_rate)
+
+  def schedule(count):
+    e = (jnp.asarray(count) // steps_per_epoch).astype(jnp.float32)
+    if t.lr_schedule == 'cosine':
+      value = t.learning_rate_min + 0.5 * (lr - t.learning_rate_min) * (
+          1.0 + jnp.cos(jnp.pi * e / epochs))
+    else:
+      tail = LINEAR_TAIL_EPOCHS
+      value = jnp.where(epochs - e > tail, lr * (epochs - tail - e) / (epochs - tail),
+                        lr * (epochs - e) / ((epochs - tail) * tail))
+    if t.warmup_epochs:
+      value = jnp.where(e < t.warmup_epochs, lr * (e + 1.0) / t.warmup_epochs, value)
+    return value
+  return schedule
+
+
+def optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """PyTorch order: clip the raw gradient, add L2 weight decay, SGD momentum."""
+  t = config.train
+  return optax.chain(
+      optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
+      optax.add_decayed_weights(t.weight_decay),
+      optax.sgd(learning_rate_fn(config, steps_per_epoch), momentum=t.momentum))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
+  """Per-example cross entropy against (1 - s) one_hot + s / num_classes."""
+  num_classes = logits.shape[-1]
+  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  if smoothing:
+    targets = (1.0 - smoothing) * targets + smoothing / num_classes
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def _accuracy_sums(logits, labels, mask) -> Dict[str, jax.Array]:
+  k = min(5, logits.shape[-1])
+  top = jax.lax.top_k(logits, k)[1]
+  hit = top == labels[:, None]
+  return {'correct': jnp.sum(hit[:, 0] * mask), 'correct5': jnp.sum(jnp.any(hit, -1) * mask)}
+
+
+def make_train_step(model, config, tx: optax.GradientTransformation,
+                    axis_name: Optional[str] = None) -> Callable:
+  """(state, batch, rng, drop_path_prob) -> (state, metric sums over the global batch).
+
+  drop_path_prob is a traced scalar (one compile for every epoch); it is ignored
+  when config.model.drop_path_prob is 0. Loss = CE + aux_weight CE_aux, both with
+  label smoothing.
+  """
+  d, t = config.data, config.train
+  augment = data.train_augment(d)
+  use_drop_path = _drop_path_prob(config) > 0
+
+  def step(state: TrainState, batch, rng, drop_path_prob):
+    aug_rng, cut_rng, path_rng = jax.random.split(rng, 3)
+    images, labels = batch['image'], batch['label']
+    n = labels.shape[0]
+    # Per-example keys from global positions: independent of the device count.
+    images = loop.augment_examples(augment, aug_rng, images, axis_name)
+    if t.cutout_length:
+      images = loop.augment_examples(lambda k, x: data.cutout(k, x, t.cutout_length),
+                                     cut_rng, images, axis_name)
+
+    def loss_fn(params):
+      (logits, logits_aux), new_vars = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
+          drop_path_prob=drop_path_prob if use_drop_path else None,
+          rngs={network.DROP_PATH_RNG: path_rng}, mutable=['batch_stats'])
+      loss = cross_entropy(logits, labels, t.label_smoothing).mean()
+      if logits_aux is not None:
+        loss += t.aux_weight * cross_entropy(logits_aux, labels, t.label_smoothing).mean()
+      return loss, (new_vars['batch_stats'], logits)
+
+    (loss, (batch_stats, logits)), grads = parallel.value_and_grad(
+        loss_fn, axis_name, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    state = state.replace(step=state.step + 1,
+                          params=optax.apply_updates(state.params, updates),
+                          batch_stats=batch_stats, opt_state=opt_state)
+    ones = jnp.ones((n,), jnp.float32)
+    metrics = {'loss_sum': loss * n, 'count': jnp.sum(ones),
+               **_accuracy_sums(logits, labels, ones)}
+    return state, parallel.psum(metrics, axis_name)
+
+  return step
+
+
+def make_eval_step(model, config, axis_name: Optional[str] = None) -> Callable:
+  """(state, masked batch) -> loss, top-1 and top-5 sums (BN running statistics)."""
+  d = config.data
+
+  def eval_step(state: TrainState, batch) -> Dict[str, jax.Array]:
+    images = data.normalize(batch['image'], d.mean, d.std)
+    logits, _ = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                            images, train=False)
+    mask = batch['mask']
+    sums = {'loss_sum': jnp.sum(cross_entropy(logits, batch['label']) * mask),
+            'count': jnp.sum(mask), **_accuracy_sums(logits, batch['label'], mask)}
+    return parallel.psum(sums, axis_name)
+
+  return eval_step
+
+
+_add = jax.pmap(lambda a, b: jax.tree.map(jnp.add, a, b), axis_name=parallel.AXIS)
+
+
+def _accumulate(totals, metrics):
+  """Adds replicated metric sums device-side (no host sync)."""
+  return metrics if totals is None else _add(totals, metrics)
+
+
+
+
+def _summarise(sums: Optional[Dict[str, float]], top5: bool = False) -> Dict[str, float]:
+  if not sums or not sums['count']:
+    return {}
+  count = sums['count']
+  out = {'loss': sums['loss_sum'] / count, 'accuracy': sums['correct'] / count}
+  if top5:
+    out['top5_accuracy'] = sums['correct5'] / count
+  return out
+
+
+def _device_batches(batches: Iterator, size: int = 2) -> Iterator:
+  """Host-local batches sharded onto the local devices, `size` steps ahead."""
+  return parallel.prefetch_to_device(batches, size)
+
+
+def evaluate(p_eval_step, state, source: DataSource) -> Dict[str, float]:
+  """Loss, top-1 and top-5 accuracy over the whole test split (`state` replicated)."""
+  totals = None
+  for batch in _device_batches(source.test_batches()):
+    totals = _accumulate(totals, p_eval_step(state, batch))
+  return _summarise(metrics_lib.host_sums(totals), top5=True)
+
+
+# --------------------------------------------------------------------- the run
+
+
+def create_train_state(model, config, rng, steps_per_epoch: int) -> TrainState:
+  tx = optimizer(config, steps_per_epoch)
+  sample = jnp.zeros(network.input_shape(config), jnp.float32)
+  variables = initializers.init_variables(model, rng, sample)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                    batch_stats=variables['batch_stats'],
+                    opt_state=tx.init(variables['params']))
+
+
+LOG_NAME = 'train_log.jsonl'  # the per-epoch JSON-lines log in the workdir
+
+
+def _check_workdir(paths: rundir.Workdir, config, genotype):
+  """Refuses, before anything is written, a workdir this run must not touch."""
+  rundir.check_resumable(paths, config, RESUMABLE_CHANGES, 'training run', EXTENDABLE)
+  if os.path.exists(paths.genotype) and rundir.has_checkpoints(paths.checkpoints):
+    try:
+      trained = networks.resolve_architecture(config, paths.genotype)
+    except ValueError as e:
+      raise ConfigError(f'--workdir={paths.root!r}: its {paths.genotype} does not load for '
+                        f'this config ({e}); use a new workdir.') from None
+    if (networks.architecture_dict(config, trained) !=
+        networks.architecture_dict(config, genotype)):
+      raise ConfigError(
+          f'--workdir={paths.root!r} trains the genotype in {paths.genotype}, but '
+          f'genotype={config.genotype!r} now gives a different one; use a new workdir.')
+
+
+def _check_finite(sums: Dict[str, float], step: int, last_good: str):
+  if sums and not math.isfinite(sums['loss_sum']):
+    raise loop.NonFiniteError(
+        f'non-finite train loss by step {step}; the state was not checkpointed. Last '
+        f'good checkpoint: {last_good}. Lower train.learning_rate or check the data.')
+
+
+def train(config, workdir: str) -> Dict[str, Any]:
+  """Trains (or resumes) the network of `config` on its data; returns the summary.
+
+  Writes, under `workdir` (process 0 only): config.json, genotype.json,
+  train_log.jsonl (one line per epoch), summary.json, checkpoints/,
+  tensorboard/ and plots/ (the DARTS cells; none for SGNAS). genotype.json holds
+  the architecture: the DARTS genotype, or the SGNAS architecture record with its
+  lookup-table MACs (it loads back as `config.genotype`). Raises TrainingInterrupted on
+  SIGTERM/SIGINT (after checkpointing) and loop.NonFiniteError on a non-finite
+  loss.
+  """
+  validate_train_config(config, parallel.device_count())
+  genotype = networks.resolve_architecture(config)  # SGNAS: the (L, 6) choices.
+  source = _datasets(config)
+  paths = rundir.Workdir(workdir, LOG_NAME)
+  main = parallel.is_main_process()
+  _check_workdir(paths, config, genotype)  # After every check; before any write.
+
+  t, spe = config.train, source.steps_per_epoch
+  model = networks.build_network(config, parallel.AXIS, genotype)
+  tx = optimizer(config, spe)
+  init_rng, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  state = create_train_state(model, config, init_rng, spe)
+  n_params = network.count_params(model, network.input_shape(config))
+  # SGNAS: multiply-adds of the network as built (SE included); the lookup table's
+  # figure of the architecture is in genotype.json.
+  macs = (network.count_macs(model, network.input_shape(config))
+          if networks.is_sgnas(config) else None)
+
+  if main:
+    os.makedirs(paths.root, exist_ok=True)
+  checkpoints = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
+  meta = {'sums': None, 'wall_seconds': 0.0, 'resumed_from': []}
+  restored = checkpoints.restore_latest(jax.eval_shape(lambda: state))
+  if restored is None:
+    if os.path.exists(paths.jsonl):
+      raise ConfigError(f'--workdir={workdir!r} holds a training run but none of its '
+                        f'checkpoints could be restored (see above); choose a new workdir.')
+    if main and config.monitor.pictures and not networks.is_sgnas(config):  # No DARTS cells.
+      visualize.draw_genotype(genotype, os.path.join(paths.plots, 'cell'))
+  else:
+    step_done, state, meta = restored
+    if step_done >= t.epochs * spe and os.path.exists(paths.summary):
+      checkpoints.close()
+      print(f'the training run in {workdir} is already complete ({t.epochs} epochs, '
+            f'checkpoint {step_done}); nothing was changed. Raise --config.train.epochs to '
+            f'train longer.', flush=True)
+      with open(paths.summary) as f:
+        return json.load(f)
+    meta['resumed_from'] = meta['resumed_from'] + [step_done]
+    where = ('the run had finished; evaluating and writing its summary'
+             if step_done >= t.epochs * spe else
+             f'epoch {step_done // spe + 1}, step {step_done % spe} of {spe}')
+    print(f'resuming from checkpoint {step_done} ({where}) in {paths.checkpoints}',
+          flush=True)
+  start_step = int(state.step)
+  start_epoch = start_step // spe
+  if main and os.path.exists(paths.jsonl):  # Epochs after the checkpoint are redone.
+    with open(paths.jsonl) as f:  # (records number epochs from 1, as the console does)
+      kept = [line for line in f if line.strip() and json.loads(line)['epoch'] <= start_epoch]
+    rundir.write_atomic(paths.jsonl, ''.join(kept))
+
+  size_text = (f'{n_params:,} parameters, {macs / 1e6:.6g} MFLOPs' if macs is not None else
+               f'{n_params:,} parameters (auxiliary head excluded)')
+  print(f'{type(model).__name__} {config.genotype}: {size_text}, {spe} steps/epoch, '
+        f'{t.epochs} epochs, {parallel.device_count()} device(s)', flush=True)
+  p_train = monitor.announce_compile(
+      parallel.pmap_step(make_train_step(model, config, tx, parallel.AXIS),
+                         in_axes=(0, 0, None, None)), 'the train step')
+  p_eval = monitor.announce_compile(
+      parallel.pmap_step(make_eval_step(model, config, parallel.AXIS), in_axes=(0, 0),
+                         donate_state=False), 'the eval step')
+  lr_fn = learning_rate_fn(config, spe)
+  writer = monitor.SummaryWriter(paths.tensorboard,
+                                 enabled=config.monitor.tensorboard and main)
+  interactive = {'auto': None, 'bar': True, 'lines': False}[config.monitor.progress]
+  every = config.checkpoint.every_steps
+  replicated = parallel.replicate(state)
+  del state  # Donated to the first step; only `replicated` stays current.
+  clock = [time.time()]
+
+  def last_good() -> str:
+    step = checkpoints.latest_step()
+    return f'checkpoint {step} in {paths.checkpoints}' if step is not None else 'none yet'
+
+  def save(step: int, host_sums):
+    if main and not config_written[0]:
+      # Written with the run's first checkpoint: a workdir stopped before it holds
+      # no run, and a rerun there may use another config or genotype.
+      rundir.write_atomic(paths.config, json.dumps(rundir.config_json(config), indent=2) + '\n')
+      rundir.write_atomic(paths.genotype, networks.architecture_json(config, genotype) + '\n')
+      config_written[0] = True
+    meta.update(sums=host_sums, wall_seconds=meta['wall_seconds'] + time.time() - clock[0])
+    clock[0] = time.time()
+    checkpoints.save(step, jax.device_get(parallel.unreplicate(replicated)), meta)
+
+  config_written = [False]
+  batches = source.train_batches(start_step)
+  test = {}
+  meta.setdefault('steps_run', 0)
+  meta.setdefault('step_seconds', 0.0)
+  with rundir.StopSignals() as stop:
+    for epoch in range(start_epoch, t.epochs):
+      epoch_start = time.time()
+      first = start_step - epoch * spe if epoch == start_epoch else 0
+      sums = None
+      if first and meta['sums'] is not None:  # Resumed mid-epoch.
+        sums = parallel.replicate({k: jnp.asarray(v, jnp.float32)
+                                   for k, v in meta['sums'].items()})
+      drop_prob = jnp.float32(_drop_path_prob(config) * epoch / t.epochs)
+      progress = monitor.Progress(epoch, t.epochs, spe, t.batch_size, t.log_every_steps,
+                                  interactive, initial=first)
+      loop_start = time.time()
+      device_batches = _device_batches(itertools.islice(batches, spe - first))
+
+      def one_step(step_number):
+        nonlocal replicated
+        replicated, metrics = p_train(replicated, next(device_batches),
+                                      jax.random.fold_in(step_key, step_number), drop_prob)
+        return metrics
+
+      host_sums = loop.run_epoch_steps(
+          epoch, first, spe, one_step, stop=stop, every_steps=every,
+          log_every_steps=t.log_every_steps, progress=progress, host_sums=metrics_lib.host_sums,
+          check_finite=lambda host, step: _check_finite(host, step, last_good()), save=save,
+          interrupted=TrainingInterrupted, checkpoint_dir=paths.checkpoints,
+          accumulate=_accumulate, sums=sums)
+      # The step rate over every session of the run (saved with the epoch's checkpoint).
+      meta['steps_run'] += spe - first
+      meta['step_seconds'] += time.time() - loop_start
+
+      train_metrics = _summarise(host_sums, top5=True)
+      last_epoch = epoch + 1 == t.epochs
+      test = (evaluate(p_eval, replicated, source)
+              if last_epoch or (epoch + 1) % t.eval_every_epochs == 0 else {})
+      lr = float(lr_fn(epoch * spe))
+      record = {'epoch': epoch + 1, 'step': (epoch + 1) * spe, 'lr': lr,
+                'drop_path_prob': float(drop_prob), 'train': train_metrics, 'test': test,
+                'seconds': time.time() - epoch_start}
+      if main:
+        with open(paths.jsonl, 'a') as f:
+          f.write(json.dumps(record) + '\n')
+      scalars = {'lr': lr, 'drop_path_prob': float(drop_prob),
+                 'images_per_second': (spe - first) * t.batch_size /
+                                      max(time.time() - loop_start, 1e-9)}
+      for name, values in (('train', train_metrics), ('test', test)):
+        scalars.update({f'{name}/{k}': v for k, v in values.items()})
+      writer.scalars(epoch + 1, scalars)
+      writer.flush()
+      test_text = (f" test_loss {test['loss']:.4f} test_acc {test['accuracy']:.4f} "
+                   f"test_top5 {test['top5_accuracy']:.4f}" if test else '')
+      print(f"epoch {epoch + 1}/{t.epochs} lr {lr:.5f} drop_path {float(drop_prob):.3f} "
+            f"train_loss {train_metrics['loss']:.4f} train_acc "
+            f"{train_metrics['accuracy']:.4f}{test_text} ({record['seconds']:.1f}s)",
+            flush=True)
+      save((epoch + 1) * spe, None)
+      if stop.received is not None and not last_epoch:
+        raise TrainingInterrupted(
+            f'stopped by {signal.Signals(stop.received).name} after epoch {epoch + 1}; '
+            f'checkpoint written to {paths.checkpoints}. Run the same command again to '
+            f'resume.')
+
+  meta['wall_seconds'] += time.time() - clock[0]
+  writer.close()
+  checkpoints.close()
+  if not test:  # Resumed after the last epoch: evaluate the final weights again.
+    test = evaluate(p_eval, replicated, source)
+  summary = _summary(paths, config, genotype, n_params, test, meta, t.epochs * spe)
+  if macs is not None:
+    summary['macs'] = macs
+  if main:
+    rundir.write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
+  print(f"training done: test top-1 accuracy {test['accuracy']:.4f}, top-5 "
+        f"{test['top5_accuracy']:.4f} ({summary['wall_seconds']:.1f}s in total); "
+        f'summary in {paths.summary}', flush=True)
+  return summary
+
+
+def _summary(paths: rundir.Workdir, config, genotype, n_params: int, test, meta,
+             steps: int) -> Dict[str, Any]:
+  records = []
+  if os.path.exists(paths.jsonl):
+    with open(paths.jsonl) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+  tested = [r for r in records if r.get('test')]
+  best = max(tested, key=lambda r: r['test']['accuracy']) if tested else None
+  return {
+      'genotype_name': config.genotype,
+      'genotype': networks.architecture_dict(config, genotype),
+      'network': config.model.network,
+      'parameters': n_params,
+      'test': {**test, 'top1_error': 1.0 - test['accuracy'],
+               'top5_error': 1.0 - test['top5_accuracy']},
+      'best': best and {'epoch': best['epoch'], 'test': best['test']},
+      'epochs': len(records),
+      'steps': steps,
+      'wall_seconds': meta['wall_seconds'],
+      'steps_per_second': (meta['steps_run'] / meta['step_seconds']
+                           if meta['step_seconds'] > 0 else None),
+      'resumed_from_steps': meta['resumed_from'],
+  }
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+def _genotype_for(config, workdir: Optional[str]):
+  """The architecture a train workdir was trained with (its genotype.json), else the
+  config's: a DARTS Genotype, or the (L, 6) choices of an SGNAS architecture."""
+  if workdir and os.path.exists(rundir.Workdir(workdir, LOG_NAME).genotype):
+    return networks.resolve_architecture(config, rundir.Workdir(workdir, LOG_NAME).genotype)
+  return networks.resolve_architecture(config)
+
+
+def _check_train_workdir(workdir: str):
+  """Refuses a workdir that holds no launch.train run (an architecture search)."""
+  if os.path.exists(os.path.join(workdir, LOG_NAME)):
+    return
+  from pcdarts_jax.sgnas import search as sgnas_search  # pylint: disable=g-import-not-at-top
+  searches = {loop.LOG_NAME: f'--config.genotype={workdir}',
+              sgnas_search.SUPERNET_LOG: '--config.genotype=ARCHITECTURE.json (from '
+                                         'launch.sgnas_generate)'}
+  for log, genotype in searches.items():
+    if os.path.exists(os.path.join(workdir, log)):
+      raise ConfigError(
+          f'--workdir={workdir!r} holds an architecture search ({log}), not a launch.train '
+          f'run; train its architecture first (python -m launch.train --config=... '
+          f'{genotype} --workdir=NEW) and evaluate that workdir.')
+
+
+def _config_differences(config, paths: rundir.Workdir) -> str:
+  """'' or ' (the run\'s config.json differs in model.layers: 3 -> 4, ...)': the
+  model and data fields, which decide the network's arrays."""
+  if not os.path.exists(paths.config):
+    return ''
+  with open(paths.config) as f:
+    saved = rundir.flatten(json.load(f))
+  now = rundir.flatten(rundir.config_json(config))
+  changed = sorted(k for k in set(saved) | set(now)
+                   if k.startswith(('model.', 'data.name', 'genotype'))
+                   and saved.get(k) != now.get(k))
+  if not changed:
+    return ''
+  details = ', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in changed[:4])
+  return f" (the run's config.json differs in {details})"
+
+
+def evaluate_checkpoint(config, workdir: Optional[str] = None,
+                        torch_state_dict: Optional[Dict[str, Any]] = None) -> Dict[str, float]:
+  """Top-1/top-5 error on the test split of the newest checkpoint in a train
+  `workdir`, or of a reference PyTorch evaluation network's state_dict (numpy
+  arrays, see torch_import.network_variables). Exactly one of the two."""
+  if (workdir is None) == (torch_state_dict is None):
+    raise ValueError('give exactly one of a train workdir and a PyTorch state_dict.')
+  validate_train_config(config, parallel.device_count())
+  if torch_state_dict is not None and networks.is_sgnas(config):
+    raise ConfigError("a PyTorch state_dict can be read only for the DARTS evaluation "
+                      "networks (model.network 'cifar' | 'imagenet'), not 'sgnas'.")
+  if workdir is not None:
+    _check_train_workdir(workdir)
+  try:
+    genotype = _genotype_for(config, workdir)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  source = _datasets(config, need_train=False)
+  model = networks.build_network(config, parallel.AXIS, genotype)
+  if workdir is not None:
+    paths = rundir.Workdir(workdir, LOG_NAME)
+    if not rundir.has_checkpoints(paths.checkpoints):
+      raise ConfigError(f'--workdir={workdir!r} holds no checkpoint ({paths.checkpoints}).')
+    shapes = network.variable_shapes(model, network.input_shape(config))
+    abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=shapes['params'],
+                          batch_stats=shapes['batch_stats'],
+                          opt_state=jax.eval_shape(optimizer(config, 1).init, shapes['params']))
+    checkpoints = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep,
+                                         read_only=True)
+    try:
+      restored = checkpoints.restore_latest(abstract)
+    except checkpoint.CheckpointMismatch as e:
+      raise ConfigError(f'{e}{_config_differences(config, paths)}; evaluate with the '
+                        f'config the run was trained with (its {paths.config}).') from None
+    finally:
+      checkpoints.close()
+    if restored is None:
+      raise ConfigError(f'no checkpoint in {paths.checkpoints} could be restored.')
+    step, state, _ = restored
+    source_name = f'checkpoint {step} in {paths.checkpoints}'
+  else:
+    from pcdarts_jax.train import torch_import  # pylint: disable=g-import-not-at-top
+    variables = torch_import.network_variables(torch_state_dict, genotype, config)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                       batch_stats=variables['batch_stats'], opt_state=None)
+    source_name = 'PyTorch state_dict'
+  p_eval = monitor.announce_compile(
+      parallel.pmap_step(make_eval_step(model, config, parallel.AXIS), in_axes=(0, 0),
+                         donate_state=False), 'the eval step')
+  metrics = evaluate(p_eval, parallel.replicate(state), source)
+  return {'top1_error': 1.0 - metrics['accuracy'], 'top5_error': 1.0 - metrics['top5_accuracy'],
+          'top1_accuracy': metrics['accuracy'], 'top5_accuracy': metrics['top5_accuracy'],
+          'loss': metrics['loss'], 'images': source.test_size, 'source': source_name}
