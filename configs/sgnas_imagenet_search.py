@@ -8,7 +8,7 @@ both phases.
 
 The ImageNet layout (stride-2 stem, 19 searchable layers, 19x24 architecture)
 at 224x224. Per class, a seeded 80% of the train split trains the supernet and
-the disjoint other 20% the generator (streamed by pcdarts_jax/input_pipeline.py,
+the disjoint other 20% the generator (streamed by pcdarts_jax/data/pipeline.py,
 as the PC-DARTS ImageNet search). Targets range(270, 450, 5) MFLOPs. The
 supernet trains 50 epochs, then the generator 50 epochs, both with a global
 batch of 128 (split over every device of every process), the reference's
