@@ -2,7 +2,8 @@
 
   pip install torch==2.13.0        # not a dependency of pcdarts-jax
   python -m launch.torch_reference --batch_size=32 [--steps=10 --warmup=2 --threads=2]
-                                   [--device=cuda]
+                                   [--device=cuda] [--compile] [--measure=bilevel_step]
+                                   [--device_lock=FILE]
 
 The PC-DARTS CIFAR search supernet in PyTorch, written from the reference's
 definition (op order, affine-free BatchNorms, partial channels K=4, 2x2
@@ -15,6 +16,8 @@ to the next, so a ratio is only meaningful between runs taken side by side.
 Prints one JSON line per measurement.
 """
 
+import contextlib
+import fcntl
 import json
 import resource
 import sys
@@ -25,6 +28,8 @@ import numpy as np
 
 from launch import common
 
+MEASUREMENTS = ('weight_step', 'arch_step', 'bilevel_step')
+
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Batch size.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per measurement.')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps before timing.')
@@ -33,6 +38,13 @@ _CHANNELS = flags.DEFINE_integer('init_channels', 16, 'C of the supernet.')
 _LAYERS = flags.DEFINE_integer('layers', 8, 'Cells of the supernet.')
 _DEVICE = flags.DEFINE_enum('device', 'cpu', ['cpu', 'cuda'],
                             'Where to run (cuda: with cudnn.benchmark, as the reference search).')
+_COMPILE = flags.DEFINE_bool('compile', False,
+                             'Run the supernet under torch.compile (the reference runs eagerly).')
+_MEASURE = flags.DEFINE_multi_enum('measure', list(MEASUREMENTS), list(MEASUREMENTS),
+                                   'Which steps to time.')
+_DEVICE_LOCK = flags.DEFINE_string(
+    'device_lock', None, 'Lock this file (flock) while stepping, as launch.benchmark does: '
+    'benchmarks sharing one accelerator are then timed one at a time.')
 
 # Copies of genotypes.PRIMITIVES and node_edge_ranges(4) (the test checks they
 # agree): importing pcdarts_jax loads JAX, which would add to the measured RSS.
@@ -166,10 +178,27 @@ def build_supernet(torch, init_channels: int, layers: int, num_classes: int = 10
   return Network()
 
 
+@contextlib.contextmanager
+def _holding(lock_path):
+  """An exclusive flock on `lock_path` for the block (None: no lock)."""
+  if not lock_path:
+    yield
+    return
+  with open(lock_path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def measure(batch_size: int, steps: int, warmup: int, threads: int, init_channels: int,
-            layers: int, device: str = 'cpu'):
+            layers: int, device: str = 'cpu', compile_model: bool = False,
+            measurements=MEASUREMENTS, device_lock=None):
   """Yields one result dict per measurement (weight, arch, bilevel step).
-  Peak memory: the process's peak RSS on the CPU, the allocator's peak on a GPU."""
+  Peak memory: the process's peak RSS on the CPU, the allocator's peak on a GPU.
+  `compile_model`: the forward pass under torch.compile (compiled in the warm-up
+  steps, whose time is reported as `first_steps_seconds`)."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -182,6 +211,7 @@ def measure(batch_size: int, steps: int, warmup: int, threads: int, init_channel
       raise SystemExit('--device=cuda: PyTorch sees no CUDA device')
     torch.backends.cudnn.benchmark = True  # As the reference search sets it.
   net = build_supernet(torch, init_channels, layers).train().to(device)
+  forward = torch.compile(net) if compile_model else net
   weight_opt = torch.optim.SGD(net.weights(), 0.1, momentum=0.9, weight_decay=3e-4)
   arch_opt = torch.optim.Adam(net.arch(), 6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
   images = lambda: torch.randn(batch_size, 3, 32, 32, device=device)
@@ -192,31 +222,37 @@ def measure(batch_size: int, steps: int, warmup: int, threads: int, init_channel
 
   def weight_step():
     weight_opt.zero_grad()
-    loss(net(x), y).backward()
+    loss(forward(x), y).backward()
     torch.nn.utils.clip_grad_norm_(net.weights(), 5.0)
     weight_opt.step()
 
   def arch_step():
     arch_opt.zero_grad()
-    loss(net(x_arch), y_arch).backward()
+    loss(forward(x_arch), y_arch).backward()
     arch_opt.step()
 
   def bilevel_step():
     arch_step()
     weight_step()
 
-  for name, step in (('weight_step', weight_step), ('arch_step', arch_step),
-                     ('bilevel_step', bilevel_step)):
-    for _ in range(warmup):
-      step()
-    sync()
-    times = []
-    for _ in range(steps):
+  steps_by_name = {'weight_step': weight_step, 'arch_step': arch_step,
+                   'bilevel_step': bilevel_step}
+  for name in measurements:
+    step = steps_by_name[name]
+    with _holding(device_lock):
       start = time.perf_counter()
-      step()
-      sync()  # CUDA runs asynchronously: time the work, not its launch.
-      times.append((time.perf_counter() - start) * 1e3)
+      for _ in range(warmup):
+        step()
+      sync()
+      first_steps_seconds = time.perf_counter() - start
+      times = []
+      for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        sync()  # CUDA runs asynchronously: time the work, not its launch.
+        times.append((time.perf_counter() - start) * 1e3)
     yield {
+        'compiled': compile_model, 'first_steps_seconds': first_steps_seconds,
         'framework': 'torch', 'torch_version': torch.__version__, 'threads': threads,
         'measurement': name, 'architect': None if name == 'weight_step' else 'first_order',
         'batch_size': batch_size, 'init_channels': init_channels, 'layers': layers,
@@ -234,7 +270,8 @@ def measure(batch_size: int, steps: int, warmup: int, threads: int, init_channel
 def main(argv):
   common.no_arguments(argv)
   for result in measure(_BATCH.value, _STEPS.value, _WARMUP.value, _THREADS.value,
-                        _CHANNELS.value, _LAYERS.value, _DEVICE.value):
+                        _CHANNELS.value, _LAYERS.value, _DEVICE.value, _COMPILE.value,
+                        [m for m in MEASUREMENTS if m in _MEASURE.value], _DEVICE_LOCK.value):
     print(json.dumps(result, sort_keys=True), flush=True)
     print(f"{result['measurement']:14s} batch {result['batch_size']:4d}  "
           f"{result['ms_per_step_median']:8.1f} ms/step (p10 {result['ms_per_step_p10']:.1f}, "

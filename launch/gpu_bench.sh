@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# The GPU measurements of the search step, in one call of a few minutes:
+#
+#   bash launch/gpu_bench.sh steps  OUT_DIR   # JAX layouts x precisions + the PyTorch baseline
+#   bash launch/gpu_bench.sh search OUT_DIR   # the whole CIFAR-10 search on random images
+#
+# `steps`: the bilevel step (first order) of configs/cifar10_search.py at BATCH (256) for
+# edge_impl scan and grouped, in float32 and bfloat16. The four programs compile at the same
+# time (one process each) and step one at a time (--device_lock), then the reference supernet
+# in PyTorch (launch.torch_reference: eager with cudnn.benchmark, then torch.compile) under
+# the same lock. Writes OUT_DIR/<variant>.jsonl, logs, and OUT_DIR/summary.json: per variant
+# ms/step, peak memory and the speed-up over the PyTorch eager float32 step of the same run.
+# `search`: launch.search for SEARCH_EPOCHS (50) epochs of random CIFAR-shaped images
+# (data.name=arrays), compile included; OUT_DIR/search_summary.json.
+#
+# Environment: BATCH, STEPS (20), WARMUP (3), STEP_TIMEOUT (seconds per process, 420),
+# CONFIG, EXTRA_FLAGS (extra flags of each JAX step benchmark), SEARCH_EPOCHS, SEARCH_FLAGS
+# (extra --config.* flags of the search), PYTHON (python3).
+# A missing Python package can come as wheels in .whl/ (installed to /tmp/site).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:?usage: gpu_bench.sh steps|search OUT_DIR}
+OUT=${2:?usage: gpu_bench.sh steps|search OUT_DIR}
+PYTHON=${PYTHON:-python3}
+BATCH=${BATCH:-256}
+STEPS=${STEPS:-20}
+WARMUP=${WARMUP:-3}
+STEP_TIMEOUT=${STEP_TIMEOUT:-420}
+CONFIG=${CONFIG:-configs/cifar10_search.py}
+mkdir -p "$OUT"
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+# Several processes share the GPU: each takes what it needs instead of 75% up front.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
+"$PYTHON" - > "$OUT/environment.json" <<'EOF'
+import json, platform, jax
+info = {'python': platform.python_version(), 'jax': jax.__version__,
+        'devices': [str(d) for d in jax.devices()], 'backend': jax.default_backend()}
+try:
+  import torch
+  info['torch'] = torch.__version__
+  info['torch_cuda'] = torch.cuda.is_available()
+except ImportError:
+  info['torch'] = None
+print(json.dumps(info))
+EOF
+cat "$OUT/environment.json"
+
+if [ "$MODE" = steps ]; then
+  LOCK="$OUT/device.lock"
+  declare -A VARIANTS=(
+    [scan_float32]="--config.model.edge_impl=scan --config.model.dtype=float32"
+    [grouped_float32]="--config.model.edge_impl=grouped --config.model.dtype=float32"
+    [scan_bfloat16]="--config.model.edge_impl=scan --config.model.dtype=bfloat16"
+    [grouped_bfloat16]="--config.model.edge_impl=grouped --config.model.dtype=bfloat16"
+  )
+  for name in "${!VARIANTS[@]}"; do
+    # shellcheck disable=SC2086
+    timeout "$STEP_TIMEOUT" "$PYTHON" -m launch.benchmark --config="$CONFIG" \
+      --measure=bilevel_step --architects=first_order --batch_size="$BATCH" \
+      --steps="$STEPS" --warmup="$WARMUP" --device_lock="$LOCK" --out="$OUT/$name.jsonl" \
+      ${VARIANTS[$name]} ${EXTRA_FLAGS:-} > "$OUT/$name.log" 2>&1 &
+  done
+  # The baseline: PyTorch eager (as the reference runs it), then torch.compile.
+  ( timeout "$STEP_TIMEOUT" "$PYTHON" -m launch.torch_reference --device=cuda \
+      --batch_size="$BATCH" --steps="$STEPS" --warmup="$WARMUP" --measure=bilevel_step \
+      --device_lock="$LOCK" > "$OUT/torch_eager.jsonl" 2> "$OUT/torch_eager.log"
+    timeout "$STEP_TIMEOUT" "$PYTHON" -m launch.torch_reference --device=cuda --compile \
+      --batch_size="$BATCH" --steps="$STEPS" --warmup="$WARMUP" --measure=bilevel_step \
+      --device_lock="$LOCK" > "$OUT/torch_compile.jsonl" 2> "$OUT/torch_compile.log" ) &
+  wait
+  "$PYTHON" - "$OUT" <<'EOF'
+import glob, json, os, sys
+out = sys.argv[1]
+rows = {}
+for path in sorted(glob.glob(os.path.join(out, '*.jsonl'))):
+  name = os.path.basename(path)[:-len('.jsonl')]
+  lines = [json.loads(l) for l in open(path) if l.strip().startswith('{')]
+  steps = [r for r in lines if r.get('measurement') == 'bilevel_step']
+  if steps:
+    r = steps[-1]
+    rows[name] = {k: r.get(k) for k in ('ms_per_step_median', 'ms_per_step_p10',
+                                        'ms_per_step_p90', 'peak_memory_bytes',
+                                        'compile_seconds', 'first_steps_seconds',
+                                        'batch_size', 'device_kind', 'device', 'dtype',
+                                        'edge_impl', 'depthwise_impl')}
+  else:
+    log = os.path.join(out, name + '.log')
+    tail = open(log).read()[-600:] if os.path.exists(log) else ''
+    rows[name] = {'error': tail}
+baseline = rows.get('torch_eager', {}).get('ms_per_step_median')
+for name, row in rows.items():
+  ms = row.get('ms_per_step_median')
+  if ms and baseline:
+    row['speedup_over_torch_eager'] = baseline / ms
+summary = {'environment': json.load(open(os.path.join(out, 'environment.json'))),
+           'measurement': 'bilevel_step (first order)', 'variants': rows}
+json.dump(summary, open(os.path.join(out, 'summary.json'), 'w'), indent=1, sort_keys=True)
+for name, row in sorted(rows.items()):
+  print(f"{name:18s} {row.get('ms_per_step_median') or float('nan'):9.1f} ms/step  "
+        f"x{row.get('speedup_over_torch_eager') or float('nan'):5.2f} vs torch eager  "
+        f"peak {(row.get('peak_memory_bytes') or 0) / 2**30:6.2f} GiB  "
+        f"{'ERROR' if 'error' in row else ''}")
+EOF
+elif [ "$MODE" = search ]; then
+  EPOCHS=${SEARCH_EPOCHS:-50}
+  "$PYTHON" - "$OUT/random_cifar10.npz" <<'EOF'
+import sys, numpy as np
+rng = np.random.default_rng(0)
+np.savez(sys.argv[1], x_train=rng.integers(0, 256, (50000, 32, 32, 3), np.uint8),
+         y_train=rng.integers(0, 10, 50000).astype(np.int64))
+EOF
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  "$PYTHON" -m launch.search --config="$CONFIG" --workdir="$OUT/search" \
+    --config.data.name=arrays --config.data.path="$OUT/random_cifar10.npz" \
+    --config.search.epochs="$EPOCHS" --config.monitor.pictures=False ${SEARCH_FLAGS:-} \
+    2>&1 | tee "$OUT/search.log"
+  status=${PIPESTATUS[0]}
+  end=$(date +%s)
+  "$PYTHON" - "$OUT" "$((end - start))" "$status" <<'EOF'
+import json, os, sys
+out, seconds, status = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+path = os.path.join(out, 'search', 'summary.json')
+run = json.load(open(path)) if os.path.exists(path) else None
+json.dump({'wall_seconds': seconds, 'exit_status': status, 'search_summary': run,
+           'environment': json.load(open(os.path.join(out, 'environment.json')))},
+          open(os.path.join(out, 'search_summary.json'), 'w'), indent=1, sort_keys=True)
+print(f'whole search: {seconds} s wall clock (exit {status})')
+EOF
+  rm -f "$OUT/random_cifar10.npz"
+else
+  echo "unknown mode $MODE: steps or search" >&2
+  exit 2
+fi
