@@ -87,6 +87,10 @@ def get_config():
   config.search.stage_epochs = ()
   config.search.stage_partial_channels = ()
   config.search.stage_ops = ()
+  # How ops widen between stages: net2wider (one draw per edge, copies divided: the
+  # widened op computes the old output) | reference (DrNAS' code: a draw per layer,
+  # copies not divided).
+  config.search.widen = 'net2wider'
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 50    # also at every epoch end; 0 = epoch ends only

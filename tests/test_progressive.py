@@ -67,7 +67,8 @@ def test_widened_op_computes_the_widened_output(primitive, stride):
   np.testing.assert_allclose(y_wide, np.asarray(y)[..., out], atol=2e-5)
 
 
-def test_transfer_widens_weights_statistics_and_momentum_consistently():
+@pytest.mark.parametrize('rule', progressive.WIDEN_RULES)
+def test_transfer_widens_weights_statistics_and_momentum_consistently(rule):
   config = drnas_digits_search.get_config()
   config.model.layers = 2
   x = jnp.zeros((1, 8, 8, 1))
@@ -82,7 +83,8 @@ def test_transfer_widens_weights_statistics_and_momentum_consistently():
   # A recognisable momentum buffer: the weights themselves.
   opt_state = progressive.transfer_opt_state(opt_state, lambda t: variables['params'])
   rng, index = np.random.default_rng(0), {}
-  move = lambda tree, like: progressive.transfer(tree, like, first, second, rng, index)
+  move = lambda tree, like: progressive.transfer(tree, like, first, second, rng, index,
+                                                 rule=rule)
   params = move(variables['params'], target['params'])
   stats = move(variables['batch_stats'], target['batch_stats'])
   trace = move(optim.momentum_buffer(opt_state, variables['params']), target['params'])
@@ -98,6 +100,58 @@ def test_transfer_widens_weights_statistics_and_momentum_consistently():
                                 variables['params']['classifier']['kernel'])
 
 
+def _numbered(shape, start):
+  return start + np.arange(np.prod(shape), dtype=np.float64).reshape(shape)
+
+
+def test_reference_widening_draws_per_layer_and_copies_without_dividing():
+  """DrNAS's `wider`: SepConv's depthwise output draw feeds its 1x1 conv's
+  input, the 1x1 output draw its BatchNorm; the second half draws anew; no copy
+  is divided. Draws are stubbed per role so each index is known."""
+  old = 2
+  draws = {'dw1/out': [0, 1, 1, 0], 'pw1/out': [0, 1, 0, 0], 'dw2/out': [0, 1, 0, 1],
+           'pw2/out': [0, 1, 1, 1]}
+  draw = lambda role, size: np.asarray(draws[role])
+  params = {'dw1': {'kernel': _numbered((3, 3, 1, old), 0)},
+            'pw1': {'kernel': _numbered((1, 1, old, old), 100)},
+            'dw2': {'kernel': _numbered((3, 3, 1, old), 200)},
+            'pw2': {'kernel': _numbered((1, 1, old, old), 300)}}
+  stats = {'bn1': {'mean': np.array([1., 2.])}, 'bn2': {'mean': np.array([3., 4.])}}
+  wide = progressive.reference_widen_op(params, 'sep_conv_3x3', 1, draw, old)
+  wide_stats = progressive.reference_widen_op(stats, 'sep_conv_3x3', 1, draw, old)
+  take = lambda a, role, axis: np.take(a, draws[role], axis=axis)
+  np.testing.assert_array_equal(wide['dw1']['kernel'],
+                                take(params['dw1']['kernel'], 'dw1/out', -1))
+  np.testing.assert_array_equal(
+      wide['pw1']['kernel'],
+      take(take(params['pw1']['kernel'], 'dw1/out', -2), 'pw1/out', -1))  # not divided
+  np.testing.assert_array_equal(
+      wide['pw2']['kernel'],
+      take(take(params['pw2']['kernel'], 'dw2/out', -2), 'pw2/out', -1))
+  np.testing.assert_array_equal(wide_stats['bn1']['mean'], [1., 2., 1., 1.])
+  np.testing.assert_array_equal(wide_stats['bn2']['mean'], [3., 4., 4., 4.])
+
+
+def test_reference_widening_of_the_stride_2_skip():
+  """FactorizedReduce: each half-width conv draws its input and output; the
+  BatchNorm appends the two output draws' extra channels (as the reference
+  concatenates them), not the channels the convs' outputs land on."""
+  old = 4
+  draws = {'conv_1/in': [0, 1, 2, 3, 3, 0, 1, 2], 'conv_1/out': [0, 1, 1, 0],
+           'conv_2/in': [0, 1, 2, 3, 0, 0, 0, 0], 'conv_2/out': [0, 1, 0, 0]}
+  draw = lambda role, size: np.asarray(draws[role])
+  params = {'conv_1': {'kernel': _numbered((1, 1, old, old // 2), 0)},
+            'conv_2': {'kernel': _numbered((1, 1, old, old // 2), 50)}}
+  wide = progressive.reference_widen_op(params, 'skip_connect', 2, draw, old)
+  np.testing.assert_array_equal(
+      wide['conv_1']['kernel'],
+      np.take(np.take(params['conv_1']['kernel'], draws['conv_1/in'], -2),
+              draws['conv_1/out'], -1))
+  stats = progressive.reference_widen_op({'bn': {'var': np.array([5., 6., 7., 8.])}},
+                                         'skip_connect', 2, draw, old)
+  np.testing.assert_array_equal(stats['bn']['var'], [5., 6., 7., 8., 6., 5., 5., 5.])
+
+
 def test_stage_fields_are_validated():
   from pcdarts_jax.search import validation as config_validation  # pylint: disable=g-import-not-at-top
   config = drnas_digits_search.get_config()
@@ -108,6 +162,11 @@ def test_stage_fields_are_validated():
   config = drnas_digits_search.get_config()
   config.search.stage_epochs = (3, 2)
   with pytest.raises(config_validation.ConfigError, match='sum to search.epochs=6'):
+    config_validation.validate_search_config(config)
+  config = drnas_digits_search.get_config()
+  config.search.widen = 'net2wider_divided'
+  with pytest.raises(config_validation.ConfigError,
+                     match=r"search.widen='net2wider_divided' is not one of \('net2wider', "):
     config_validation.validate_search_config(config)
   stages = progressive.stages(drnas_digits_search.get_config())
   assert [(st.start_epoch, st.partial_channels, st.ops_kept) for st in stages] == [

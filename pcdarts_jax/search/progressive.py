@@ -19,6 +19,7 @@ epochs of each stage. Each stage compiles once.
 """
 
 import dataclasses
+import functools
 from typing import Dict, List, Optional, Tuple
 
 import jax
@@ -30,6 +31,10 @@ from pcdarts_jax.spaces.darts import genotypes
 from pcdarts_jax.spaces.darts import cell_parts
 from pcdarts_jax.spaces.darts import space as darts_space
 from pcdarts_jax.spaces.nb201 import space as nb201_space
+
+
+# search.widen: how ops widen at a stage boundary (see transfer).
+WIDEN_RULES = ('net2wider', 'reference')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,14 +130,62 @@ def _edge_trees(cell_tree, edge: int, steps: int):
   return jax.tree.map(lambda leaf: np.asarray(leaf)[pos], cell_tree.get(group, {}))
 
 
+def _reference_layer_indices(layer: str, primitive: str, stride: int, draw, old: int):
+  """(input index or None, output index) of one layer of an op under DrNAS's own
+  widening (`wider` in its operations.py): every layer draws its output channels
+  anew; a 1x1 conv's input follows the depthwise conv before it; a BatchNorm
+  follows the conv before it (the pools' their own draw); the stride-2 skip's
+  two half-width convs draw their input and output each, and its BatchNorm
+  appends the two output draws' extra channels, as the reference does."""
+  suffix = layer[len(layer.rstrip('0123456789')):]
+  chained = primitive.startswith(('sep_conv', 'dil_conv'))
+  if primitive == 'skip_connect' and stride == 2:
+    if layer in ('conv_1', 'conv_2'):
+      return draw(layer + '/in', old), draw(layer + '/out', old // 2)
+    extra = [draw(f'conv_{i}/out', old // 2)[old // 2:] for i in (1, 2)]
+    return None, np.concatenate([np.arange(old), *extra])
+  if layer.startswith('dw'):
+    return None, draw(f'dw{suffix}/out', old)
+  if layer.startswith('pw'):
+    return draw(f'dw{suffix}/out', old), draw(f'pw{suffix}/out', old)
+  if layer.startswith('bn'):
+    if chained:
+      return None, draw(f'pw{suffix}/out', old)
+    if 'conv' in primitive:  # ReLUConvBN ops (NAS-Bench-201's nor_conv)
+      return None, draw('conv/out', old)
+    return None, draw(f'{layer}/out', old)
+  return draw(f'{layer}/in', old), draw(f'{layer}/out', old)
+
+
+def reference_widen_op(tree, primitive: str, stride: int, draw, old: int):
+  """One op's params (or statistics, or momentum) from `old` channels wider,
+  copying channels without dividing (`search.widen='reference'`): not function
+  preserving. `draw(role, size)` returns the index of a layer role, the same
+  for every tree of one state."""
+  def widen(path, leaf):
+    layer = path[0].key
+    leaf = np.asarray(leaf)
+    in_index, out_index = _reference_layer_indices(layer, primitive, stride, draw, old)
+    if in_index is not None and leaf.ndim >= 2 and leaf.shape[-2] == old:
+      leaf = np.take(leaf, in_index, axis=-2)
+    if leaf.shape[-1] < len(out_index):  # the layer's old output channels
+      leaf = np.take(leaf, out_index, axis=-1)
+    return leaf
+  return jax.tree_util.tree_map_with_path(widen, tree)
+
+
 def transfer(old_tree, new_shapes, model_old, model_new, rng: np.random.Generator,
              channel_index: Optional[Dict[Tuple[int, int], np.ndarray]] = None,
-             space=None):
+             space=None, rule: str = 'net2wider'):
   """Maps a params / batch_stats / momentum tree of `model_old` onto the layout
   of `model_new` (a later stage): kept ops widened, pruned ops dropped, other
   weights copied. `channel_index` {(cell, edge): index} shares one widening
   draw between the trees of one state (weights, statistics, momentum). `space`
-  (default DARTS) gives each cell's channels and each edge's stride."""
+  (default DARTS) gives each cell's channels and each edge's stride. `rule`
+  (search.widen): 'net2wider', one draw per edge and copies divided (function
+  preserving), or 'reference', DrNAS's draw per layer without division."""
+  if rule not in WIDEN_RULES:
+    raise ValueError(f'search.widen={rule!r} is not one of {WIDEN_RULES}.')
   if space is None:
     space = darts_space
   channel_index = {} if channel_index is None else channel_index
@@ -153,6 +206,18 @@ def transfer(old_tree, new_shapes, model_old, model_new, rng: np.random.Generato
       edge = int(part.split('_')[1])
       stride = space.edge_stride(model_new, cell, edge)
       ops = _edge_trees(old_tree[name], edge, steps)
+      if rule == 'reference':
+        def draw(role, old, op=None, cell=cell, edge=edge, k=model_old.partial_channels,
+                 k_new=model_new.partial_channels):
+          key = (cell, edge, op, role)
+          if key not in channel_index:
+            channel_index[key] = widen_index(rng, old, old * k // k_new)
+          return channel_index[key]
+        cell_out[part] = {
+            op: reference_widen_op(ops[op], op, stride, functools.partial(draw, op=op),
+                                   old_width)
+            for op in shapes}
+        continue
       key = (cell, edge)
       if key not in channel_index:
         channel_index[key] = widen_index(rng, old_width, new_width)
@@ -177,6 +242,8 @@ def transfer_opt_state(old_state, transfer_tree):
 def validate(config, require):
   """Stage fields: equal lengths, summing to search.epochs, k and ops non-increasing."""
   s = config.search
+  widen = s.widen
+  require(widen in WIDEN_RULES, f'search.widen={widen!r} is not one of {WIDEN_RULES}.')
   epochs = tuple(s.get('stage_epochs', ()) or ())
   if not epochs:
     return
