@@ -120,7 +120,8 @@ class RNNModel(nn.Module):
     probs = None
     if self.genotype is None:
       init = lambda: 1e-3 * jax.random.normal(
-          self.make_rng('params'), (genotypes.num_edges(self.steps), len(genotypes.PRIMITIVES)))
+          self.make_rng('params'), (genotypes.num_edges(self.steps), len(genotypes.PRIMITIVES)),
+          jnp.float32)
       probs = jax.nn.softmax(self.variable('arch', ARCH_NAME, init).value, axis=-1)
     if train:
       ke, ki, ko = jax.random.split(self.make_rng('dropout'), 3)
@@ -153,5 +154,5 @@ def init_variables(model: RNNModel, rng, batch_size: int = 2, seq_len: int = 2):
   """{'params', 'arch' (search), 'batch_stats' (search)} of a fresh model."""
   tokens = jnp.zeros((batch_size, seq_len), jnp.int32)
   hidden = init_hidden(batch_size, model.nhid)
-  variables = model.init({'params': rng}, tokens, hidden, train=False)
-  return dict(variables)
+  init = jax.jit(lambda key: model.init({'params': key}, tokens, hidden, train=False))
+  return dict(init(rng))

@@ -232,12 +232,13 @@ def unrolled_arch_grad(model, params, arch, batch_stats, train_batch, valid_batc
 
 
 def make_arch_step(model, *, architect: str, weight_decay: float, clip: float,
-                   optimizer: optax.GradientTransformation) -> Callable:
+                   optimizer: optax.GradientTransformation, hvp_r: float = HVP_R) -> Callable:
   """step(arch, arch_opt, params, batch_stats, train_batch, valid_batch, rng, eta) ->
   (arch, arch_opt, batch_stats, next valid hidden, metrics). 'first_order': the
   gradient of the valid NLL at w (this forward pass also moves the BatchNorm running
   statistics, as the reference's); 'second_order': unrolled_arch_grad (the reference runs
-  it on a copy of the model, so the statistics stay). eta: the weights' current lr."""
+  it on a copy of the model, so the statistics stay). eta: the weights' current lr;
+  hvp_r: the finite difference's step r (R = r / ||v||)."""
   if architect not in ARCHITECTS:
     raise ValueError(f'search.architect={architect!r} is not one of {ARCHITECTS}.')
 
@@ -250,7 +251,7 @@ def make_arch_step(model, *, architect: str, weight_decay: float, clip: float,
     else:
       grad, val_loss, h_next = unrolled_arch_grad(
           model, params, arch, batch_stats, train_batch, valid_batch, rng, eta,
-          weight_decay=weight_decay, clip=clip)
+          weight_decay=weight_decay, clip=clip, r=hvp_r)
     updates, arch_opt = optimizer.update(grad, arch_opt, arch)
     arch = optax.apply_updates(arch, updates)
     metrics = {'arch_loss': val_loss, 'arch_grad_norm': global_norm(grad)}
