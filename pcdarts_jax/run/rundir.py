@@ -9,6 +9,12 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 from pcdarts_jax.run import config_fields
 
+# The per-epoch JSON-lines log of each kind of run; which one a workdir holds
+# tells what kind of run it is.
+SEARCH_LOG = 'genotypes.jsonl'
+TRAIN_LOG = 'train_log.jsonl'
+SUPERNET_LOG = 'supernet_log.jsonl'  # SGNAS's first phase
+
 
 class Workdir:
   """Paths of a run's outputs (docs/reliability.md); `log_name` is

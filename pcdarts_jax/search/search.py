@@ -20,6 +20,7 @@ import optax
 from pcdarts_jax.search import architect
 from pcdarts_jax.run import checkpoint
 from pcdarts_jax.run import config_fields
+from pcdarts_jax.run import driver
 from pcdarts_jax.search import validation as config_validation
 from pcdarts_jax.data import datasets as data
 from pcdarts_jax.spaces.darts import genotypes
@@ -384,12 +385,8 @@ def arch_numpy(state: SearchState) -> Dict[str, np.ndarray]:
   return {k: np.asarray(v) for k, v in jax.device_get(state.arch).items()}
 
 
-class SearchInterrupted(Exception):
-  """SIGTERM/SIGINT: a checkpoint was written; running the same command resumes."""
-
-
-class NonFiniteError(RuntimeError):
-  """A step produced a non-finite loss or update (and search.skip_nonfinite is off)."""
+SearchInterrupted = driver.Interrupted
+NonFiniteError = driver.NonFiniteError
 
 
 # Fields that may differ between a run and its resumption: they do not change

@@ -2,10 +2,10 @@
 supernet training, then generator training, and
 the generation of an architecture for a FLOPs budget.
 
-`search(config, workdir)` runs both phases (resuming either) through one epoch
-driver, `_run_phase`, that owns checkpoints, stop signals, the non-finite check,
-the per-epoch JSON lines and TensorBoard; a phase only supplies its jitted step
-and its end-of-epoch evaluation. Steps are pure functions pmapped over the local
+`search(config, workdir)` runs both phases (resuming either) through the
+library's epoch driver (pcdarts_jax.run.driver), which owns checkpoints, stop
+signals, the non-finite check, the per-epoch JSON lines and TensorBoard; a phase
+only supplies its jitted step and its end-of-epoch evaluation. Steps are pure functions pmapped over the local
 devices (gradients and BatchNorm statistics averaged over the device axis).
 
 1. Supernet: every step trains `search.num_paths` single paths drawn by
@@ -30,8 +30,6 @@ devices (gradients and BatchNorm statistics averaged over the device axis).
 import dataclasses
 import json
 import os
-import signal
-import time
 from typing import Any, Callable, Dict, List, Optional
 
 import flax
@@ -45,20 +43,20 @@ from pcdarts_jax.run import checkpoint
 from pcdarts_jax.run import config_fields
 from pcdarts_jax.search import validation as config_validation
 from pcdarts_jax.data import datasets as data
+from pcdarts_jax.data import augment as augment_lib
 from pcdarts_jax.data import pipeline as input_pipeline
-from pcdarts_jax.search import search as loop
-from pcdarts_jax.run import metrics as metrics_lib
+from pcdarts_jax.run import driver
+from pcdarts_jax.run import metrics
 from pcdarts_jax.run import monitor
 from pcdarts_jax.run import parallel
 from pcdarts_jax.run import rundir
-from pcdarts_jax.train import train as trainer
 from pcdarts_jax.sgnas import flops as flops_lib
 from pcdarts_jax.sgnas import generator as generator_lib
 from pcdarts_jax.sgnas import layout as layout_lib
 from pcdarts_jax.sgnas import sampling
 from pcdarts_jax.sgnas import supernet as supernet_lib
 
-SUPERNET_LOG = 'supernet_log.jsonl'
+SUPERNET_LOG = rundir.SUPERNET_LOG
 GENERATOR_LOG = 'generator_log.jsonl'
 GENERATOR_FILE = 'generator.msgpack'
 POOL_FILE = 'prior_pool.json'
@@ -69,10 +67,6 @@ GENERATOR_CHECKPOINTS = 'generator_checkpoints'
 RESUMABLE_CHANGES = ('checkpoint.', 'monitor.', 'search.log_every_steps', 'data.data_dir',
                      'data.manual_dir', 'data.download', 'data.archive')
 ConfigError = config_fields.ConfigError
-
-
-SearchInterrupted = loop.SearchInterrupted  # The launcher's exit handling knows these.
-NonFiniteError = loop.NonFiniteError
 
 
 @flax.struct.dataclass
@@ -197,13 +191,6 @@ def validate_config(config, num_devices: int = 1):
 # -------------------------------------------------------------------- steps
 
 
-def _metric_sums(loss, logits, labels, mask=None) -> Dict[str, jax.Array]:
-  mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask
-  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-  return {'loss_sum': loss * jnp.sum(mask), 'correct': jnp.sum(correct * mask),
-          'count': jnp.sum(mask)}
-
-
 def supernet_optimizer(config, total_steps: int) -> optax.GradientTransformation:
   """SGD, momentum, L2 decay, cosine annealing per step, as the SGNAS reference."""
   s = config.search
@@ -228,20 +215,20 @@ def make_supernet_step(model, config, tx, axis_name: Optional[str] = None) -> Ca
   smoothing = config.search.label_smoothing
 
   def step(state: SupernetState, batch, paths, rng):
-    images = loop.augment_examples(augment, rng, batch['image'], axis_name)
+    images = augment_lib.augment_examples(augment, rng, batch['image'], axis_name)
     labels = batch['label']
 
     def path_loss(params, batch_stats, path):
       logits, new = model.apply({'params': params, 'batch_stats': batch_stats}, images,
                                 path, train=True, hard=True, mutable=['batch_stats'])
-      loss = trainer.cross_entropy(logits, labels, smoothing).mean()
+      loss = metrics.cross_entropy(logits, labels, smoothing).mean()
       return loss, (new['batch_stats'], logits)
 
     def one_path(carry, path):
       grads, batch_stats = carry
       (loss, (batch_stats, logits)), path_grads = jax.value_and_grad(
           path_loss, has_aux=True)(state.params, batch_stats, path)
-      return (jax.tree.map(jnp.add, grads, path_grads), batch_stats), _metric_sums(
+      return (jax.tree.map(jnp.add, grads, path_grads), batch_stats), metrics.batch_sums(
           loss, logits, labels)
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -265,9 +252,8 @@ def make_path_eval_step(model, config, axis_name: Optional[str] = None) -> Calla
     images = data.normalize(batch['image'], d.mean, d.std)
     logits = model.apply(variables, images, arch, train=False, hard=True)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
-    sums = _metric_sums(0.0, logits, batch['label'], batch['mask'])
-    sums['loss_sum'] = jnp.sum(losses * batch['mask'])
-    return parallel.psum(sums, axis_name)
+    return parallel.psum(metrics.masked_sums(losses, logits, batch['label'], batch['mask']),
+                         axis_name)
 
   return eval_step
 
@@ -312,7 +298,7 @@ def make_generator_step(supernet, generator, config, table: flops_lib.Table, gri
       logits = generator.apply(params, prior, grid.normalised(target)[None])
       probs = generator_lib.gumbel_softmax(gumbel_rng, logits, tau)[0]
       out = supernet.apply(variables, images, probs, train=False, hard=False)
-      ce = trainer.cross_entropy(out, labels, g.label_smoothing).mean()
+      ce = metrics.cross_entropy(out, labels, g.label_smoothing).mean()
       expected = flops_lib.expected_mflops(probs, table)
       penalty = flops_lib.flops_loss(expected, target, g.flops_alpha, g.flops_lambda,
                                      g.flops_margin)
@@ -324,7 +310,7 @@ def make_generator_step(supernet, generator, config, table: flops_lib.Table, gri
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                           opt_state=opt_state)
-    sums = _metric_sums(ce, out, labels)
+    sums = metrics.batch_sums(ce, out, labels)
     n = sums['count']
     # Per-device copies of the same value: divided by the devices after the psum.
     devices = parallel.psum(jnp.ones(()), axis_name)
@@ -411,113 +397,14 @@ def generate(generator, params, grid: Targets, target_mflops) -> np.ndarray:
   return np.asarray(generator_lib.argmax_choices(logits))
 
 
-# ------------------------------------------------------------------- driver
-
-
-def _summarise(sums: Dict[str, float]) -> Dict[str, float]:
-  count = max(sums.get('count', 0.0), 1e-12)
-  out = {'loss': sums['loss_sum'] / count, 'accuracy': sums['correct'] / count}
+def _train_summary(sums: Dict[str, float]) -> Dict[str, float]:
+  """An epoch's train record: loss and accuracy, and the generator's FLOPs terms."""
+  out = metrics.summarise(sums)
   if 'steps' in sums:
     steps = max(sums['steps'], 1e-12)
     out.update(flops_loss=sums['flops_loss_sum'] / steps,
                expected_flops_error=sums['flops_error_sum'] / steps)
   return out
-
-
-@dataclasses.dataclass
-class _Phase:
-  """What differs between the two phases; `_run_phase` does the rest."""
-  name: str
-  log_path: str
-  checkpoints: checkpoint.Checkpoints
-  epochs: int
-  steps_per_epoch: int
-  batch_size: int
-  log_every_steps: int
-  iterator: Any                                  # state()/restore(), yields batches
-  run_step: Callable[[Any, Any, int], Any]        # (state, batch, step) -> (state, sums)
-  end_epoch: Callable[[int, Any, Dict[str, float], Dict[str, Any]], Dict[str, Any]]
-  describe: Callable[[Dict[str, Any]], str]       # record -> the log line's tail
-
-
-def _run_phase(phase: _Phase, state, meta: Dict[str, Any], config, writer, stop,
-               main: bool, scalar_offset: int, before_save: Callable[[], None]):
-  """Epochs of one phase from the state's step; returns (state, meta). The meta
-  holds the phase's step rate over every session (steps_run, step_seconds);
-  `before_save` runs before each checkpoint."""
-  spe = phase.steps_per_epoch
-  start_step = int(jax.device_get(parallel.unreplicate(state.step)))
-  start_epoch = start_step // spe
-  if main and os.path.exists(phase.log_path):  # Epochs after the checkpoint are redone.
-    with open(phase.log_path) as f:  # (records number epochs from 1, as the console does)
-      kept = [line for line in f if line.strip() and json.loads(line)['epoch'] <= start_epoch]
-    rundir.write_atomic(phase.log_path, ''.join(kept))
-  interactive = {'auto': None, 'bar': True, 'lines': False}[config.monitor.progress]
-  every = config.checkpoint.every_steps
-  clock = [time.time()]
-  meta.setdefault('steps_run', 0)
-  meta.setdefault('step_seconds', 0.0)
-
-  def save(step: int, host_sums):
-    before_save()
-    meta.update(iterator=phase.iterator.state(), sums=host_sums,
-                wall_seconds=meta.get('wall_seconds', 0.0) + time.time() - clock[0])
-    clock[0] = time.time()
-    phase.checkpoints.save(step, jax.device_get(parallel.unreplicate(state)), meta)
-
-  def check_finite(host_sums, step):
-    if not np.isfinite(host_sums['loss_sum']):
-      last = phase.checkpoints.latest_step()
-      raise NonFiniteError(
-          f'{phase.name} phase: non-finite loss by step {step}; the run stopped without '
-          f'saving. Last good checkpoint: '
-          f'{f"{last} in {phase.checkpoints.directory}" if last is not None else "none"}. '
-          f'Lower the learning rate or check the data.')
-
-  for epoch in range(start_epoch, phase.epochs):
-    epoch_start = time.time()
-    first = start_step - epoch * spe if epoch == start_epoch else 0
-    carried = meta.get('sums') if first and meta.get('sums') else {}
-    progress = monitor.Progress(epoch, phase.epochs, spe, phase.batch_size,
-                                phase.log_every_steps, interactive, initial=first)
-    loop_start = time.time()
-
-    def one_step(step_number):
-      nonlocal state
-      state, metrics = phase.run_step(state, next(phase.iterator), step_number)
-      return metrics
-
-    host_sums = loop.run_epoch_steps(
-        epoch, first, spe, one_step, stop=stop, every_steps=every,
-        log_every_steps=phase.log_every_steps, progress=progress,
-        host_sums=lambda device_sums: {k: v + carried.get(k, 0.0)
-                                       for k, v in metrics_lib.host_sums(device_sums).items()},
-        check_finite=check_finite, save=save, interrupted=SearchInterrupted,
-        checkpoint_dir=phase.checkpoints.directory, step_name=f'{phase.name} step')
-    meta['steps_run'] += spe - first
-    meta['step_seconds'] += time.time() - loop_start
-    record = {'epoch': epoch + 1, 'step': (epoch + 1) * spe, 'train': _summarise(host_sums)}
-    record.update(phase.end_epoch(epoch, state, record['train'], meta))
-    record['seconds'] = time.time() - epoch_start
-    if main:
-      with open(phase.log_path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
-    scalars = {f'{phase.name}/train_{k}': v for k, v in record['train'].items()}
-    scalars.update({f'{phase.name}/{k}': v for k, v in record.get('scalars', {}).items()})
-    writer.scalars(scalar_offset + epoch + 1, scalars)
-    writer.flush()
-    if main:
-      print(f"{phase.name} epoch {epoch + 1}/{phase.epochs} train_loss "
-            f"{record['train']['loss']:.4f} train_acc {record['train']['accuracy']:.4f} "
-            f"{phase.describe(record)} ({record['seconds']:.1f}s)", flush=True)
-    save((epoch + 1) * spe, None)
-    if stop.received is not None and epoch + 1 < phase.epochs:
-      raise SearchInterrupted(
-          f'stopped by {signal.Signals(stop.received).name} after {phase.name} epoch '
-          f'{epoch + 1}; checkpoint written to {phase.checkpoints.directory}. Run the same '
-          f'command again to resume.')
-  meta['wall_seconds'] = meta.get('wall_seconds', 0.0) + time.time() - clock[0]
-  return state, meta
 
 
 def reference_paths(layout: layout_lib.Layout) -> Dict[str, np.ndarray]:
@@ -697,29 +584,22 @@ def search(config, workdir: str) -> Dict[str, Any]:
                         batch_stats=variables['batch_stats'],
                         opt_state=tx.init(variables['params']))
   n_weights = sum(x.size for x in jax.tree.leaves(state.params))
-  writer = monitor.SummaryWriter(paths.tensorboard, enabled=config.monitor.tensorboard and main)
   path_eval = monitor.announce_compile(
       parallel.pmap_step(make_path_eval_step(step_model, config, parallel.AXIS),
                          in_axes=(0, 0, None), donate_state=False), 'the path eval step')
 
   def path_accuracy(variables, arch) -> Dict[str, float]:
-    totals = None
-    for batch in inputs.eval_batches(eval_size):
-      sums = path_eval(variables, parallel.shard(batch), jnp.asarray(arch))
-      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    return _summarise(metrics_lib.host_sums(totals))
+    return metrics.summarise(metrics.total(
+        path_eval(variables, parallel.shard(batch), jnp.asarray(arch))
+        for batch in inputs.eval_batches(eval_size)))
 
   # --- phase 1: the supernet.
   supernet_ckpt = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
   meta = {'wall_seconds': 0.0, 'resumed_from': []}
-  restored = supernet_ckpt.restore_latest(jax.eval_shape(lambda: state))
-  if restored is None and os.path.exists(paths.jsonl):
-    raise ConfigError(f'--workdir={workdir!r} holds a search but none of its supernet '
-                      f'checkpoints could be restored; choose a new workdir.')
+  restored = driver.restore(supernet_ckpt, jax.eval_shape(lambda: state), paths, 'SGNAS search')
   if restored is not None:
     step_done, state, meta = restored
     train_iter.restore(meta['iterator'])
-    meta['resumed_from'] = meta.get('resumed_from', []) + [step_done]
     print(f'resuming the supernet phase from checkpoint {step_done} in {paths.checkpoints}',
           flush=True)
   print(f'SGNAS supernet ({layout.name}, {layout.num_layers} layers): {n_weights:,} weights, '
@@ -731,34 +611,28 @@ def search(config, workdir: str) -> Dict[str, Any]:
                          in_axes=(0, 0, None, None)), 'the supernet step')
   refs = reference_paths(layout)
 
-  def supernet_step(state, batch, step):
+  def supernet_step(state, step):
     paths_ = sampling.sample_paths(config.seed, step, s.num_paths, layout.num_layers)
-    return p_supernet_step(state, batch, paths_, jax.random.fold_in(step_key, step))
+    return p_supernet_step(state, next(train_iter), paths_, jax.random.fold_in(step_key, step))
 
-  def supernet_epoch_end(epoch, state, train, meta_):
+  def supernet_epoch_end(epoch, state, sums) -> driver.Epoch:
     host = jax.device_get(parallel.unreplicate(state))
     variables = parallel.replicate({'params': host.params, 'batch_stats': host.batch_stats})
+    train = _train_summary(sums)
     valid = {name: path_accuracy(variables, arch) for name, arch in refs.items()}
-    return {'valid': valid, 'scalars': {f'valid_{n}_accuracy': v['accuracy']
-                                        for n, v in valid.items()}}
+    scalars = {f'valid_{n}_accuracy': v['accuracy'] for n, v in valid.items()}
+    text = ' '.join(f"{n} {v['accuracy']:.4f}" for n, v in valid.items())
+    return driver.Epoch(
+        {'train': train, 'valid': valid, 'scalars': scalars},
+        {**{f'train_{k}': v for k, v in train.items()}, **scalars},
+        f"train_loss {train['loss']:.4f} train_acc {train['accuracy']:.4f} valid_acc {text}")
 
-  describe_supernet = lambda r: 'valid_acc ' + ' '.join(
-      f"{n} {v['accuracy']:.4f}" for n, v in r['valid'].items())
-  config_written = [False]
-
-  def write_config():
-    """config.json, with the run's first checkpoint (of this session: a resume may
-    have raised the epochs): a workdir stopped before it holds no run."""
-    if main and not config_written[0]:
-      _write_json(paths.config, rundir.config_json(config))
-      config_written[0] = True
-
-  with rundir.StopSignals() as stop:
-    phase = _Phase('supernet', paths.jsonl, supernet_ckpt, s.epochs, spe, s.batch_size,
-                   s.log_every_steps, train_iter, supernet_step, supernet_epoch_end,
-                   describe_supernet)
-    state, meta = _run_phase(phase, parallel.replicate(state), meta, config, writer, stop,
-                             main, 0, write_config)
+  with driver.session(config, paths) as run:
+    phase = driver.Phase(
+        'supernet', paths.jsonl, supernet_ckpt, s.epochs, spe, s.batch_size, s.log_every_steps,
+        supernet_step, supernet_epoch_end, save_meta=lambda: {'iterator': train_iter.state()},
+        label='supernet')
+    state, meta = driver.run_phase(run, phase, parallel.replicate(state), meta)
     supernet_ckpt.close()
     host = jax.device_get(parallel.unreplicate(state))
     frozen = parallel.replicate({'params': host.params, 'batch_stats': host.batch_stats})
@@ -772,11 +646,10 @@ def search(config, workdir: str) -> Dict[str, Any]:
                                opt_state=gtx.init(gen_params))
     gen_ckpt = checkpoint.Checkpoints(generator_dir, config.checkpoint.keep)
     gen_meta = {'wall_seconds': 0.0, 'best': None, 'resumed_from': []}
-    restored = gen_ckpt.restore_latest(jax.eval_shape(lambda: gen_state))
+    restored = driver.restore(gen_ckpt, jax.eval_shape(lambda: gen_state))
     if restored is not None:
       step_done, gen_state, gen_meta = restored
       held_out_iter.restore(gen_meta['iterator'])
-      gen_meta['resumed_from'] = gen_meta.get('resumed_from', []) + [step_done]
       print(f'resuming the generator phase from checkpoint {step_done}', flush=True)
     gspe = held_out_iter.steps_per_epoch
     p_gen_step = monitor.announce_compile(parallel.pmap_step(
@@ -790,11 +663,12 @@ def search(config, workdir: str) -> Dict[str, Any]:
     selection_grid = selection_targets(config)
     middle = middle_target(config)
 
-    def generator_step(gstate, batch, step):
+    def generator_step(gstate, step):
       tau = jnp.float32(generator_lib.temperature(config, step // gspe))
-      return p_gen_step(gstate, frozen, batch, jax.random.fold_in(gen_key, step), tau)
+      return p_gen_step(gstate, frozen, next(held_out_iter), jax.random.fold_in(gen_key, step),
+                        tau)
 
-    def generator_epoch_end(epoch, gstate, train, meta_):
+    def generator_epoch_end(epoch, gstate, sums) -> driver.Epoch:
       params = jax.device_get(parallel.unreplicate(gstate)).params
       choices = generate(generator, params, grid, grid.grid)
       mflops = np.array([flops_lib.architecture_macs(c, table) for c in choices]) / 1e6
@@ -819,7 +693,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
       middle_choices = generate(generator, params, grid, [middle])[0]
       evaluation['middle_mflops'] = flops_lib.architecture_macs(middle_choices, table) / 1e6
       evaluation['middle_accuracy'] = path_accuracy(frozen, middle_choices)['accuracy']
-      kept = meta_.setdefault('kept', {})
+      kept = gen_meta.setdefault('kept', {})
       replaced = update_kept(kept, epoch + 1, evaluation, g.selection,
                              g.selection_max_flops_loss)
       if main:  # Each kept generator in its own file, written atomically.
@@ -834,30 +708,31 @@ def search(config, workdir: str) -> Dict[str, Any]:
                       {'epoch': epoch + 1, 'selected_by': selected_source(kept, g.selection),
                        **evaluation, 'layout': layout.name, 'targets': rows})
       if 'selected' in replaced:
-        meta_['best'] = {**kept[selected_source(kept, g.selection)],
-                         'selected_by': selected_source(kept, g.selection)}
-      return {'evaluation': evaluation, 'targets': rows, 'kept': replaced,
-              'selected': 'selected' in replaced,
-              'scalars': {k: v for k, v in evaluation.items()}}
-
-    def describe_generator(r):
-      e = r['evaluation']
+        gen_meta['best'] = {**kept[selected_source(kept, g.selection)],
+                            'selected_by': selected_source(kept, g.selection)}
+      train = _train_summary(sums)
+      e = evaluation
       acc = ' '.join(f"{row['target']:.4g}M:{row['valid']['accuracy']:.3f}"
-                     for row in r['targets'] if 'valid' in row)
-      kept = ','.join(name for name in r['kept'] if name != 'selected')
-      return (f"flops_loss {r['train']['flops_loss']:.4f} kendall_tau {e['kendall_tau']:.3f} "
+                     for row in rows if 'valid' in row)
+      names = ','.join(name for name in replaced if name != 'selected')
+      text = (f"train_loss {train['loss']:.4f} train_acc {train['accuracy']:.4f} "
+              f"flops_loss {train['flops_loss']:.4f} kendall_tau {e['kendall_tau']:.3f} "
               f"mean_flops_error {e['mean_flops_error']:.4g}M tau {e['tau']:.3f} "
               f"total_flops_loss {e['total_flops_loss']:.4g} middle_acc "
               f"{e['middle_accuracy']:.3f}{' valid_acc ' + acc if acc else ''}"
-              f"{' kept ' + kept if kept else ''}{' *' if r['selected'] else ''}")
+              f"{' kept ' + names if names else ''}{' *' if 'selected' in replaced else ''}")
+      return driver.Epoch(
+          {'train': train, 'evaluation': evaluation, 'targets': rows, 'kept': replaced,
+           'selected': 'selected' in replaced, 'scalars': dict(evaluation)},
+          {**{f'train_{k}': v for k, v in train.items()}, **evaluation}, text)
 
-    phase = _Phase('generator', os.path.join(paths.root, GENERATOR_LOG), gen_ckpt, g.epochs,
-                   gspe, s.batch_size, s.log_every_steps, held_out_iter, generator_step,
-                   generator_epoch_end, describe_generator)
-    gen_state, gen_meta = _run_phase(phase, parallel.replicate(gen_state), gen_meta, config,
-                                     writer, stop, main, s.epochs, write_config)
+    phase = driver.Phase(
+        'generator', os.path.join(paths.root, GENERATOR_LOG), gen_ckpt, g.epochs, gspe,
+        s.batch_size, s.log_every_steps, generator_step, generator_epoch_end,
+        save_meta=lambda: {'iterator': held_out_iter.state()}, label='generator',
+        scalar_offset=s.epochs)
+    gen_state, gen_meta = driver.run_phase(run, phase, parallel.replicate(gen_state), gen_meta)
     gen_ckpt.close()
-  writer.close()
   best = gen_meta['best']
   summary = {
       'layout': layout.name, 'supernet_weights': n_weights,

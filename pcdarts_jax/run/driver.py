@@ -1,0 +1,287 @@
+"""The one epoch driver of every run: the search (with its progressive stages),
+the trainer and SGNAS's two phases.
+
+A run describes each of its phases as a `Phase`: its step, the state the step
+carries, and its end-of-epoch work (evaluation, the epoch's record, scalars and
+console line). `run_phase` does the rest the same way for every run:
+
+- resuming: epochs from the state's step; a mid-epoch checkpoint's metric sums
+  are carried into the epoch; log lines after the checkpoint are dropped;
+- checkpoints every `checkpoint.every_steps` steps and at each epoch's end,
+  with the meta the phase adds (data positions) and config.json with the first;
+- stop signals: a checkpoint at the next step, then `Interrupted`;
+- the non-finite check on the metric sums the host fetches anyway (log lines,
+  checkpoints, epoch ends): `NonFiniteError`, naming the last good checkpoint;
+- progress lines, the per-epoch JSON lines, TensorBoard scalars, the epoch's
+  pictures, and the clock (wall seconds, step rate over every session).
+
+It knows nothing about models or spaces. Steps are pure functions; every side
+effect of a run happens here or in its phase's `end_epoch`.
+"""
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
+import jax
+import numpy as np
+
+from pcdarts_jax.run import checkpoint
+from pcdarts_jax.run import config_fields
+from pcdarts_jax.run import metrics
+from pcdarts_jax.run import monitor
+from pcdarts_jax.run import parallel
+from pcdarts_jax.run import rundir
+
+PROGRESS_BAR = {'auto': None, 'bar': True, 'lines': False}  # monitor.progress -> interactive
+
+
+class Interrupted(Exception):
+  """SIGTERM/SIGINT: a checkpoint was written; running the same command resumes."""
+
+
+class NonFiniteError(RuntimeError):
+  """A step went non-finite; the run stopped (the last good checkpoint is named)."""
+
+
+@dataclasses.dataclass
+class Epoch:
+  """What a phase reports at the end of an epoch (`Phase.end_epoch`)."""
+  record: Dict[str, Any]      # its JSON line's fields; the driver adds epoch, step, seconds
+  scalars: Dict[str, float]   # TensorBoard; the driver adds images_per_second, epoch_seconds
+  text: str                   # the console line after 'epoch e/E'; more lines after a newline
+  # Drawn (on the main process, with monitor.pictures) after the scalars: writer -> None.
+  pictures: Optional[Callable[[Any], None]] = None
+
+
+@dataclasses.dataclass
+class Phase:
+  """What differs between the phases of the library's runs; `run_phase` does the rest."""
+  name: str                   # 'search', 'train', 'supernet', ...: in non-finite messages
+  log_path: str               # the per-epoch JSON lines
+  checkpoints: checkpoint.Checkpoints
+  epochs: int
+  steps_per_epoch: int
+  batch_size: int             # global, for images per second
+  log_every_steps: int        # a progress line every N steps (0: none)
+  run_step: Callable[[Any, int], Tuple[Any, Any]]   # (state, step) -> (state, device sums)
+  end_epoch: Callable[[int, Any, Dict[str, float]], Epoch]  # (epoch, state, host sums)
+  # Before an epoch's first step: (epoch, first step within it, state) -> state.
+  begin_epoch: Optional[Callable[[int, int, Any], Any]] = None
+  save_meta: Callable[[], Dict[str, Any]] = dict  # meta stored with each checkpoint
+  # (state, host sums, step) -> what went wrong, or None; default: a non-finite loss sum.
+  nonfinite: Optional[Callable[[Any, Dict[str, float], int], Optional[str]]] = None
+  advice: str = 'Lower the learning rate or check the data.'  # after a non-finite stop
+  loss_keys: Tuple[str, str] = ('loss_sum', 'count')  # the progress line's running loss
+  label: str = ''             # a multi-phase run's prefix: 'supernet epoch', 'supernet/...'
+  scalar_offset: int = 0      # TensorBoard step of epoch e: scalar_offset + e + 1
+
+  def words(self, what: str) -> str:
+    return f'{self.label} {what}' if self.label else what
+
+
+@dataclasses.dataclass
+class Run:
+  """What the phases of one run share (`session` opens it)."""
+  stop: Any                   # rundir.StopSignals: .received, .stepped()
+  writer: Any = None          # monitor.SummaryWriter
+  main: bool = True           # process 0 prints and writes files
+  every_steps: int = 0        # checkpoint.every_steps (0: at epoch ends only)
+  progress: str = 'auto'      # monitor.progress
+  pictures: bool = False      # monitor.pictures
+  first_save: Callable[[], None] = lambda: None  # before this session's first checkpoint
+  saved: bool = False
+
+
+@contextlib.contextmanager
+def session(config, paths: rundir.Workdir,
+            first_save: Callable[[], None] = lambda: None) -> Iterator[Run]:
+  """The `Run` of `config` in `paths`: stop signals caught, a TensorBoard writer
+  (closed at the end). The main process writes config.json (and `first_save()`)
+  with the run's first checkpoint: a workdir stopped before it holds no run, and
+  a rerun there may use another config."""
+  main = parallel.is_main_process()
+
+  def write_config():
+    if main:
+      rundir.write_atomic(paths.config, json.dumps(rundir.config_json(config), indent=2) + '\n')
+      first_save()
+
+  writer = monitor.SummaryWriter(paths.tensorboard, enabled=config.monitor.tensorboard and main)
+  try:
+    with rundir.StopSignals() as stop:
+      yield Run(stop, writer, main, config.checkpoint.every_steps, config.monitor.progress,
+                config.monitor.pictures, write_config)
+  finally:
+    writer.close()
+
+
+def restore(checkpoints: checkpoint.Checkpoints, abstract_state,
+            paths: Optional[rundir.Workdir] = None, what: str = 'run'):
+  """(step, state, meta) of the newest checkpoint that restores (meta's
+  `resumed_from` extended), or None for a new run. With `paths`: a workdir whose
+  log shows a `what` but none of whose checkpoints restores is refused."""
+  restored = checkpoints.restore_latest(abstract_state)
+  if restored is None:
+    if paths is not None and os.path.exists(paths.jsonl):
+      raise config_fields.ConfigError(
+          f'--workdir={paths.root!r} holds a {what} but none of its checkpoints could be '
+          f'restored (see the warnings above); choose a new workdir.')
+    return None
+  step, state, meta = restored
+  meta['resumed_from'] = meta.get('resumed_from', []) + [step]
+  return step, state, meta
+
+
+def position(step: int, steps_per_epoch: int) -> str:
+  """'epoch E, step S of N' of a global step (epochs counted from 1)."""
+  return (f'epoch {step // steps_per_epoch + 1}, step {step % steps_per_epoch} of '
+          f'{steps_per_epoch}')
+
+
+def keep_epochs(log_path: str, epochs: int):
+  """Drops the JSON lines of epochs after the first `epochs` (a resumed run
+  redoes them; records number epochs from 1, as the console does)."""
+  if not os.path.exists(log_path):
+    return
+  with open(log_path) as f:
+    kept = [line for line in f if line.strip() and json.loads(line)['epoch'] <= epochs]
+  rundir.write_atomic(log_path, ''.join(kept))
+
+
+def last_good(checkpoints: checkpoint.Checkpoints) -> str:
+  step = checkpoints.latest_step()
+  return (f'checkpoint {step} in {checkpoints.directory}' if step is not None
+          else 'none was written yet')
+
+
+def _check_finite(phase: Phase, state, sums: Dict[str, float], step: int):
+  if phase.nonfinite is not None:
+    what = phase.nonfinite(state, sums, step)
+  elif not math.isfinite(sums[phase.loss_keys[0]]):
+    what = f'non-finite {phase.name} loss by step {step}; the state was not checkpointed.'
+  else:
+    what = None
+  if what:
+    raise NonFiniteError(f'{what} Last good checkpoint: {last_good(phase.checkpoints)}. '
+                         f'{phase.advice}')
+
+
+def run_steps(run: Run, phase: Phase, state, epoch: int, first: int, sums, progress,
+              save: Callable[[int, Any, Dict[str, float]], None]):
+  """Steps `first`.. of `epoch`; returns (state, the epoch's host sums, checked).
+
+  Sums are added on the device, starting from `sums` (those carried from a
+  mid-epoch checkpoint, or None). The host fetches them only to log (every
+  `log_every_steps`) or to checkpoint (every `run.every_steps`, or when a stop
+  signal arrived; never at the epoch's last step, where the epoch-end checkpoint
+  serves), and checks them before `save(step, state, host sums)`; after a
+  signal's checkpoint it raises Interrupted, saying how to resume."""
+  spe = phase.steps_per_epoch
+  loss_sum, count = phase.loss_keys
+  for i in range(first, spe):
+    done = epoch * spe + i + 1
+    state, step_sums = phase.run_step(state, done - 1)
+    sums = metrics.accumulate(sums, step_sums)
+    run.stop.stepped()  # Compiled and dispatched: a stop signal now gets its checkpoint.
+    saving = i + 1 < spe and (run.stop.received is not None or
+                              bool(run.every_steps and done % run.every_steps == 0))
+    logging_now = phase.log_every_steps and done % phase.log_every_steps == 0
+    fetched = None
+    if saving or logging_now:
+      fetched = metrics.host_sums(sums)
+      _check_finite(phase, state, fetched, done)
+    progress.update(fetched and {'loss': fetched[loss_sum] / max(fetched[count], 1.0)})
+    if saving:
+      save(done, state, fetched)
+      if run.stop.received is not None:
+        progress.close()
+        raise Interrupted(
+            f'stopped by {signal.Signals(run.stop.received).name} after '
+            f'{phase.words("step")} {done}; checkpoint {done} written to '
+            f'{phase.checkpoints.directory}. Run the same command again to resume.')
+  progress.close()
+  fetched = metrics.host_sums(sums)
+  _check_finite(phase, state, fetched, (epoch + 1) * spe)
+  return state, fetched
+
+
+def run_phase(run: Run, phase: Phase, state, meta: Dict[str, Any]):
+  """The epochs of `phase` from the state's step to `phase.epochs`; returns
+  (state, meta). `state` is replicated over the local devices and has a `step`;
+  `meta` is what the next checkpoint stores besides it (restored or new). The
+  driver keeps in it: the carried metric sums, the wall seconds and the step
+  rate over every session (steps_run, step_seconds), and `checkpoint` (seconds
+  and bytes of the newest save; a checkpoint holds those of the save before it)."""
+  spe = phase.steps_per_epoch
+  start_step = int(jax.device_get(parallel.unreplicate(state.step)))
+  start_epoch = start_step // spe
+  if run.main:
+    keep_epochs(phase.log_path, start_epoch)
+  for key, zero in (('steps_run', 0), ('step_seconds', 0.0), ('wall_seconds', 0.0)):
+    meta.setdefault(key, zero)
+  meta['checkpoint'] = dict(meta.get('checkpoint') or {'save_seconds': None, 'size_bytes': None})
+  clock = [time.time()]
+
+  def save(step: int, state, host_sums):
+    if run.main and not run.saved:
+      run.first_save()
+    run.saved = True
+    now = time.time()
+    meta.update(phase.save_meta(), sums=host_sums,
+                wall_seconds=meta['wall_seconds'] + now - clock[0])
+    clock[0] = now
+    # Host copies: every process passes the same values; orbax writes them once.
+    seconds = phase.checkpoints.save(step, jax.device_get(parallel.unreplicate(state)), meta)
+    meta['checkpoint'] = {'save_seconds': seconds, 'size_bytes': checkpoint.directory_size(
+        os.path.join(phase.checkpoints.directory, str(step)))}
+
+  for epoch in range(start_epoch, phase.epochs):
+    epoch_start = time.time()
+    first = start_step - epoch * spe if epoch == start_epoch else 0
+    if phase.begin_epoch is not None:
+      state = phase.begin_epoch(epoch, first, state)
+    # Resumed mid-epoch: the sums of the steps before the checkpoint, added on the
+    # device in float32 as the uninterrupted run adds them.
+    carried = ({k: np.float32(v) for k, v in meta['sums'].items()}
+               if first and meta.get('sums') else None)
+    progress = monitor.Progress(epoch, phase.epochs, spe, phase.batch_size,
+                                phase.log_every_steps, PROGRESS_BAR[run.progress],
+                                initial=first)
+    loop_start = time.time()
+    state, sums = run_steps(run, phase, state, epoch, first, carried, progress, save)
+    step_seconds = time.time() - loop_start
+    meta['steps_run'] += spe - first
+    meta['step_seconds'] += step_seconds
+    result = phase.end_epoch(epoch, state, sums)
+    seconds = time.time() - epoch_start
+    record = {'epoch': epoch + 1, 'step': (epoch + 1) * spe, **result.record,
+              'seconds': seconds}
+    if run.main:
+      with open(phase.log_path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+    scalars = {**result.scalars, 'epoch_seconds': seconds,
+               'images_per_second': (spe - first) * phase.batch_size / max(step_seconds, 1e-9)}
+    prefix = f'{phase.label}/' if phase.label else ''
+    run.writer.scalars(phase.scalar_offset + epoch + 1,
+                       {prefix + k: v for k, v in scalars.items()})
+    if result.pictures is not None and run.pictures and run.main:
+      result.pictures(run.writer)
+    run.writer.flush()
+    if run.main:
+      line, newline, more = result.text.partition('\n')
+      print(f'{phase.words("epoch")} {epoch + 1}/{phase.epochs} {line} ({seconds:.1f}s)'
+            f'{newline}{more}', flush=True)
+    save((epoch + 1) * spe, state, None)
+    if run.stop.received is not None and epoch + 1 < phase.epochs:
+      raise Interrupted(
+          f'stopped by {signal.Signals(run.stop.received).name} after '
+          f'{phase.words("epoch")} {epoch + 1}; checkpoint written to '
+          f'{phase.checkpoints.directory}. Run the same command again to resume.')
+  meta['wall_seconds'] += time.time() - clock[0]
+  return state, meta
