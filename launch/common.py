@@ -22,7 +22,7 @@ import os
 import re
 import sys
 import textwrap
-from typing import Any, Callable, List, NamedTuple, Sequence, Tuple, Type
+from typing import Any, Callable, List, NamedTuple, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -312,14 +312,14 @@ def run_config(workdir: str):
   return config
 
 
-def run(job: Callable[[], object], interrupted: Type[Exception]):
+def run(job: Callable[[], object]):
   """Sets up logging, the compilation cache and jax.distributed, runs `job` and
   maps its errors to the exit statuses above."""
   # pylint: disable=g-import-not-at-top  (JAX only here: see the module docstring)
   import jax
   from pcdarts_jax.search import validation as config_validation
   from pcdarts_jax.data import datasets as data
-  from pcdarts_jax.search import search as loop
+  from pcdarts_jax.run import driver
   from pcdarts_jax.run import parallel
   f = flags.FLAGS
   if not f['verbosity'].present:
@@ -333,10 +333,10 @@ def run(job: Callable[[], object], interrupted: Type[Exception]):
   except (config_validation.ConfigError, data.DataError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  except loop.NonFiniteError as e:
+  except driver.NonFiniteError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  except interrupted as e:
+  except driver.Interrupted as e:
     print(str(e), flush=True)
     sys.exit(0)
   except KeyboardInterrupt:  # SIGINT outside the step loop (loading data, writing outputs).

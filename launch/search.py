@@ -25,8 +25,7 @@ _CONFIG, _WORKDIR = common.define_run_flags('Search')
 def main(argv):
   common.no_arguments(argv)
   common.check_output_workdir(_WORKDIR.value)
-  common.run(lambda: loop.search(common.run_config(_WORKDIR.value), _WORKDIR.value),
-             loop.SearchInterrupted)
+  common.run(lambda: loop.search(common.run_config(_WORKDIR.value), _WORKDIR.value))
 
 
 if __name__ == '__main__':

@@ -20,8 +20,7 @@ _CONFIG, _WORKDIR = common.define_run_flags('Train')
 def main(argv):
   common.no_arguments(argv)
   common.check_output_workdir(_WORKDIR.value)
-  common.run(lambda: trainer.train(common.run_config(_WORKDIR.value), _WORKDIR.value),
-             trainer.TrainingInterrupted)
+  common.run(lambda: trainer.train(common.run_config(_WORKDIR.value), _WORKDIR.value))
 
 
 if __name__ == '__main__':

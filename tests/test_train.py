@@ -18,6 +18,7 @@ from configs import cifar10_train
 from configs import digits_train
 from configs import imagenet_train
 from pcdarts_jax.run import checkpoint
+from pcdarts_jax.run import metrics as metrics_lib
 from pcdarts_jax.search import validation as config_validation
 from pcdarts_jax.data import datasets as data
 from pcdarts_jax.spaces.darts import genotypes
@@ -72,9 +73,9 @@ def test_label_smoothing_by_hand():
   targets = np.full(k, s / k)
   targets[1] += 1 - s
   expected = -(targets * log_p).sum()
-  got = trainer.cross_entropy(logits, jnp.array([1]), s)
+  got = metrics_lib.cross_entropy(logits, jnp.array([1]), s)
   np.testing.assert_allclose(got, [expected], rtol=1e-6)
-  np.testing.assert_allclose(trainer.cross_entropy(logits, jnp.array([1])), [-log_p[1]],
+  np.testing.assert_allclose(metrics_lib.cross_entropy(logits, jnp.array([1])), [-log_p[1]],
                              rtol=1e-6)
 
 
@@ -135,8 +136,8 @@ def test_train_step_loss_aux_and_one_compile_for_every_drop_probability():
   forward = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))
   (logits, aux), _ = forward({'params': state.params, 'batch_stats': state.batch_stats},
                              images)
-  expected = (trainer.cross_entropy(logits, batch['label']).mean() +
-              0.4 * trainer.cross_entropy(aux, batch['label']).mean())
+  expected = (metrics_lib.cross_entropy(logits, batch['label']).mean() +
+              0.4 * metrics_lib.cross_entropy(aux, batch['label']).mean())
   new, metrics = step(state, batch, jax.random.PRNGKey(1), jnp.float32(0.0))
   np.testing.assert_allclose(metrics['loss_sum'] / metrics['count'], expected, rtol=1e-5)
   assert float(metrics['count']) == 4

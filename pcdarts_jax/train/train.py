@@ -22,9 +22,7 @@ import itertools
 import json
 import math
 import os
-import signal
-import time
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Optional
 
 import flax
 import jax
@@ -37,9 +35,10 @@ from pcdarts_jax.run import config_fields
 from pcdarts_jax.search import validation as config_validation
 from pcdarts_jax.data import datasets as data
 from pcdarts_jax.nn import initializers
+from pcdarts_jax.data import augment as augment_lib
 from pcdarts_jax.data import pipeline as input_pipeline
-from pcdarts_jax.search import search as loop
-from pcdarts_jax.run import metrics as metrics_lib
+from pcdarts_jax.run import driver
+from pcdarts_jax.run import metrics
 from pcdarts_jax.run import monitor
 from pcdarts_jax.spaces.darts import network
 from pcdarts_jax.train import networks
@@ -71,10 +70,6 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
-
-
-class TrainingInterrupted(Exception):
-  """SIGTERM/SIGINT: a checkpoint was written; running the same command resumes."""
 
 
 # ------------------------------------------------------------------ validation
@@ -288,22 +283,6 @@ def optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
       optax.sgd(learning_rate_fn(config, steps_per_epoch), momentum=t.momentum))
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
-  """Per-example cross entropy against (1 - s) one_hot + s / num_classes."""
-  num_classes = logits.shape[-1]
-  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-  if smoothing:
-    targets = (1.0 - smoothing) * targets + smoothing / num_classes
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-
-
-def _accuracy_sums(logits, labels, mask) -> Dict[str, jax.Array]:
-  k = min(5, logits.shape[-1])
-  top = jax.lax.top_k(logits, k)[1]
-  hit = top == labels[:, None]
-  return {'correct': jnp.sum(hit[:, 0] * mask), 'correct5': jnp.sum(jnp.any(hit, -1) * mask)}
-
-
 def make_train_step(model, config, tx: optax.GradientTransformation,
                     axis_name: Optional[str] = None) -> Callable:
   """(state, batch, rng, drop_path_prob) -> (state, metric sums over the global batch).
@@ -321,19 +300,20 @@ def make_train_step(model, config, tx: optax.GradientTransformation,
     images, labels = batch['image'], batch['label']
     n = labels.shape[0]
     # Per-example keys from global positions: independent of the device count.
-    images = loop.augment_examples(augment, aug_rng, images, axis_name)
+    images = augment_lib.augment_examples(augment, aug_rng, images, axis_name)
     if t.cutout_length:
-      images = loop.augment_examples(lambda k, x: data.cutout(k, x, t.cutout_length),
-                                     cut_rng, images, axis_name)
+      images = augment_lib.augment_examples(lambda k, x: data.cutout(k, x, t.cutout_length),
+                                            cut_rng, images, axis_name)
 
     def loss_fn(params):
       (logits, logits_aux), new_vars = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
           drop_path_prob=drop_path_prob if use_drop_path else None,
           rngs={network.DROP_PATH_RNG: path_rng}, mutable=['batch_stats'])
-      loss = cross_entropy(logits, labels, t.label_smoothing).mean()
+      loss = metrics.cross_entropy(logits, labels, t.label_smoothing).mean()
       if logits_aux is not None:
-        loss += t.aux_weight * cross_entropy(logits_aux, labels, t.label_smoothing).mean()
+        loss += t.aux_weight * metrics.cross_entropy(logits_aux, labels,
+                                                     t.label_smoothing).mean()
       return loss, (new_vars['batch_stats'], logits)
 
     (loss, (batch_stats, logits)), grads = parallel.value_and_grad(
@@ -343,9 +323,8 @@ def make_train_step(model, config, tx: optax.GradientTransformation,
                           params=optax.apply_updates(state.params, updates),
                           batch_stats=batch_stats, opt_state=opt_state)
     ones = jnp.ones((n,), jnp.float32)
-    metrics = {'loss_sum': loss * n, 'count': jnp.sum(ones),
-               **_accuracy_sums(logits, labels, ones)}
-    return state, parallel.psum(metrics, axis_name)
+    sums = {'loss_sum': loss * n, 'count': jnp.sum(ones), **metrics.top5_sums(logits, labels, ones)}
+    return state, parallel.psum(sums, axis_name)
 
   return step
 
@@ -359,44 +338,18 @@ def make_eval_step(model, config, axis_name: Optional[str] = None) -> Callable:
     logits, _ = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
                             images, train=False)
     mask = batch['mask']
-    sums = {'loss_sum': jnp.sum(cross_entropy(logits, batch['label']) * mask),
-            'count': jnp.sum(mask), **_accuracy_sums(logits, batch['label'], mask)}
+    sums = {'loss_sum': jnp.sum(metrics.cross_entropy(logits, batch['label']) * mask),
+            'count': jnp.sum(mask), **metrics.top5_sums(logits, batch['label'], mask)}
     return parallel.psum(sums, axis_name)
 
   return eval_step
 
 
-_add = jax.pmap(lambda a, b: jax.tree.map(jnp.add, a, b), axis_name=parallel.AXIS)
-
-
-def _accumulate(totals, metrics):
-  """Adds replicated metric sums device-side (no host sync)."""
-  return metrics if totals is None else _add(totals, metrics)
-
-
-
-
-def _summarise(sums: Optional[Dict[str, float]], top5: bool = False) -> Dict[str, float]:
-  if not sums or not sums['count']:
-    return {}
-  count = sums['count']
-  out = {'loss': sums['loss_sum'] / count, 'accuracy': sums['correct'] / count}
-  if top5:
-    out['top5_accuracy'] = sums['correct5'] / count
-  return out
-
-
-def _device_batches(batches: Iterator, size: int = 2) -> Iterator:
-  """Host-local batches sharded onto the local devices, `size` steps ahead."""
-  return parallel.prefetch_to_device(batches, size)
-
-
 def evaluate(p_eval_step, state, source: DataSource) -> Dict[str, float]:
   """Loss, top-1 and top-5 accuracy over the whole test split (`state` replicated)."""
-  totals = None
-  for batch in _device_batches(source.test_batches()):
-    totals = _accumulate(totals, p_eval_step(state, batch))
-  return _summarise(metrics_lib.host_sums(totals), top5=True)
+  return metrics.summarise(metrics.total(
+      p_eval_step(state, batch)
+      for batch in parallel.prefetch_to_device(source.test_batches())), top5=True)
 
 
 # --------------------------------------------------------------------- the run
@@ -411,7 +364,7 @@ def create_train_state(model, config, rng, steps_per_epoch: int) -> TrainState:
                     opt_state=tx.init(variables['params']))
 
 
-LOG_NAME = 'train_log.jsonl'  # the per-epoch JSON-lines log in the workdir
+LOG_NAME = rundir.TRAIN_LOG  # the per-epoch JSON-lines log in the workdir
 
 
 def _check_workdir(paths: rundir.Workdir, config, genotype):
@@ -430,13 +383,6 @@ def _check_workdir(paths: rundir.Workdir, config, genotype):
           f'genotype={config.genotype!r} now gives a different one; use a new workdir.')
 
 
-def _check_finite(sums: Dict[str, float], step: int, last_good: str):
-  if sums and not math.isfinite(sums['loss_sum']):
-    raise loop.NonFiniteError(
-        f'non-finite train loss by step {step}; the state was not checkpointed. Last '
-        f'good checkpoint: {last_good}. Lower train.learning_rate or check the data.')
-
-
 def train(config, workdir: str) -> Dict[str, Any]:
   """Trains (or resumes) the network of `config` on its data; returns the summary.
 
@@ -444,8 +390,8 @@ def train(config, workdir: str) -> Dict[str, Any]:
   train_log.jsonl (one line per epoch), summary.json, checkpoints/,
   tensorboard/ and plots/ (the DARTS cells; none for SGNAS). genotype.json holds
   the architecture: the DARTS genotype, or the SGNAS architecture record with its
-  lookup-table MACs (it loads back as `config.genotype`). Raises TrainingInterrupted on
-  SIGTERM/SIGINT (after checkpointing) and loop.NonFiniteError on a non-finite
+  lookup-table MACs (it loads back as `config.genotype`). Raises driver.Interrupted
+  on SIGTERM/SIGINT (after checkpointing) and driver.NonFiniteError on a non-finite
   loss.
   """
   validate_train_config(config, parallel.device_count())
@@ -470,11 +416,8 @@ def train(config, workdir: str) -> Dict[str, Any]:
     os.makedirs(paths.root, exist_ok=True)
   checkpoints = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
   meta = {'sums': None, 'wall_seconds': 0.0, 'resumed_from': []}
-  restored = checkpoints.restore_latest(jax.eval_shape(lambda: state))
+  restored = driver.restore(checkpoints, jax.eval_shape(lambda: state), paths, 'training run')
   if restored is None:
-    if os.path.exists(paths.jsonl):
-      raise ConfigError(f'--workdir={workdir!r} holds a training run but none of its '
-                        f'checkpoints could be restored (see above); choose a new workdir.')
     if main and config.monitor.pictures and not networks.is_sgnas(config):  # No DARTS cells.
       visualize.draw_genotype(genotype, os.path.join(paths.plots, 'cell'))
   else:
@@ -486,18 +429,11 @@ def train(config, workdir: str) -> Dict[str, Any]:
             f'train longer.', flush=True)
       with open(paths.summary) as f:
         return json.load(f)
-    meta['resumed_from'] = meta['resumed_from'] + [step_done]
     where = ('the run had finished; evaluating and writing its summary'
-             if step_done >= t.epochs * spe else
-             f'epoch {step_done // spe + 1}, step {step_done % spe} of {spe}')
+             if step_done >= t.epochs * spe else driver.position(step_done, spe))
     print(f'resuming from checkpoint {step_done} ({where}) in {paths.checkpoints}',
           flush=True)
   start_step = int(state.step)
-  start_epoch = start_step // spe
-  if main and os.path.exists(paths.jsonl):  # Epochs after the checkpoint are redone.
-    with open(paths.jsonl) as f:  # (records number epochs from 1, as the console does)
-      kept = [line for line in f if line.strip() and json.loads(line)['epoch'] <= start_epoch]
-    rundir.write_atomic(paths.jsonl, ''.join(kept))
 
   size_text = (f'{n_params:,} parameters, {macs / 1e6:.6g} MFLOPs' if macs is not None else
                f'{n_params:,} parameters (auxiliary head excluded)')
@@ -510,97 +446,46 @@ def train(config, workdir: str) -> Dict[str, Any]:
       parallel.pmap_step(make_eval_step(model, config, parallel.AXIS), in_axes=(0, 0),
                          donate_state=False), 'the eval step')
   lr_fn = learning_rate_fn(config, spe)
-  writer = monitor.SummaryWriter(paths.tensorboard,
-                                 enabled=config.monitor.tensorboard and main)
-  interactive = {'auto': None, 'bar': True, 'lines': False}[config.monitor.progress]
-  every = config.checkpoint.every_steps
-  replicated = parallel.replicate(state)
-  del state  # Donated to the first step; only `replicated` stays current.
-  clock = [time.time()]
-
-  def last_good() -> str:
-    step = checkpoints.latest_step()
-    return f'checkpoint {step} in {paths.checkpoints}' if step is not None else 'none yet'
-
-  def save(step: int, host_sums):
-    if main and not config_written[0]:
-      # Written with the run's first checkpoint: a workdir stopped before it holds
-      # no run, and a rerun there may use another config or genotype.
-      rundir.write_atomic(paths.config, json.dumps(rundir.config_json(config), indent=2) + '\n')
-      rundir.write_atomic(paths.genotype, networks.architecture_json(config, genotype) + '\n')
-      config_written[0] = True
-    meta.update(sums=host_sums, wall_seconds=meta['wall_seconds'] + time.time() - clock[0])
-    clock[0] = time.time()
-    checkpoints.save(step, jax.device_get(parallel.unreplicate(replicated)), meta)
-
-  config_written = [False]
   batches = source.train_batches(start_step)
+  device_batches = None  # This epoch's, on the devices two steps ahead.
+  drop_prob = None
   test = {}
-  meta.setdefault('steps_run', 0)
-  meta.setdefault('step_seconds', 0.0)
-  with rundir.StopSignals() as stop:
-    for epoch in range(start_epoch, t.epochs):
-      epoch_start = time.time()
-      first = start_step - epoch * spe if epoch == start_epoch else 0
-      sums = None
-      if first and meta['sums'] is not None:  # Resumed mid-epoch.
-        sums = parallel.replicate({k: jnp.asarray(v, jnp.float32)
-                                   for k, v in meta['sums'].items()})
-      drop_prob = jnp.float32(_drop_path_prob(config) * epoch / t.epochs)
-      progress = monitor.Progress(epoch, t.epochs, spe, t.batch_size, t.log_every_steps,
-                                  interactive, initial=first)
-      loop_start = time.time()
-      device_batches = _device_batches(itertools.islice(batches, spe - first))
 
-      def one_step(step_number):
-        nonlocal replicated
-        replicated, metrics = p_train(replicated, next(device_batches),
-                                      jax.random.fold_in(step_key, step_number), drop_prob)
-        return metrics
+  def begin_epoch(epoch, first, state):
+    nonlocal device_batches, drop_prob
+    drop_prob = jnp.float32(_drop_path_prob(config) * epoch / t.epochs)
+    device_batches = parallel.prefetch_to_device(itertools.islice(batches, spe - first))
+    return state
 
-      host_sums = loop.run_epoch_steps(
-          epoch, first, spe, one_step, stop=stop, every_steps=every,
-          log_every_steps=t.log_every_steps, progress=progress, host_sums=metrics_lib.host_sums,
-          check_finite=lambda host, step: _check_finite(host, step, last_good()), save=save,
-          interrupted=TrainingInterrupted, checkpoint_dir=paths.checkpoints,
-          accumulate=_accumulate, sums=sums)
-      # The step rate over every session of the run (saved with the epoch's checkpoint).
-      meta['steps_run'] += spe - first
-      meta['step_seconds'] += time.time() - loop_start
+  def train_step(state, step):
+    return p_train(state, next(device_batches), jax.random.fold_in(step_key, step), drop_prob)
 
-      train_metrics = _summarise(host_sums, top5=True)
-      last_epoch = epoch + 1 == t.epochs
-      test = (evaluate(p_eval, replicated, source)
-              if last_epoch or (epoch + 1) % t.eval_every_epochs == 0 else {})
-      lr = float(lr_fn(epoch * spe))
-      record = {'epoch': epoch + 1, 'step': (epoch + 1) * spe, 'lr': lr,
-                'drop_path_prob': float(drop_prob), 'train': train_metrics, 'test': test,
-                'seconds': time.time() - epoch_start}
-      if main:
-        with open(paths.jsonl, 'a') as f:
-          f.write(json.dumps(record) + '\n')
-      scalars = {'lr': lr, 'drop_path_prob': float(drop_prob),
-                 'images_per_second': (spe - first) * t.batch_size /
-                                      max(time.time() - loop_start, 1e-9)}
-      for name, values in (('train', train_metrics), ('test', test)):
-        scalars.update({f'{name}/{k}': v for k, v in values.items()})
-      writer.scalars(epoch + 1, scalars)
-      writer.flush()
-      test_text = (f" test_loss {test['loss']:.4f} test_acc {test['accuracy']:.4f} "
-                   f"test_top5 {test['top5_accuracy']:.4f}" if test else '')
-      print(f"epoch {epoch + 1}/{t.epochs} lr {lr:.5f} drop_path {float(drop_prob):.3f} "
-            f"train_loss {train_metrics['loss']:.4f} train_acc "
-            f"{train_metrics['accuracy']:.4f}{test_text} ({record['seconds']:.1f}s)",
-            flush=True)
-      save((epoch + 1) * spe, None)
-      if stop.received is not None and not last_epoch:
-        raise TrainingInterrupted(
-            f'stopped by {signal.Signals(stop.received).name} after epoch {epoch + 1}; '
-            f'checkpoint written to {paths.checkpoints}. Run the same command again to '
-            f'resume.')
+  def end_epoch(epoch, state, sums) -> driver.Epoch:
+    nonlocal test
+    train_metrics = metrics.summarise(sums, top5=True)
+    test = (evaluate(p_eval, state, source)
+            if epoch + 1 == t.epochs or (epoch + 1) % t.eval_every_epochs == 0 else {})
+    lr = float(lr_fn(epoch * spe))
+    scalars = {'lr': lr, 'drop_path_prob': float(drop_prob)}
+    for name, values in (('train', train_metrics), ('test', test)):
+      scalars.update({f'{name}/{k}': v for k, v in values.items()})
+    test_text = (f" test_loss {test['loss']:.4f} test_acc {test['accuracy']:.4f} "
+                 f"test_top5 {test['top5_accuracy']:.4f}" if test else '')
+    return driver.Epoch(
+        {'lr': lr, 'drop_path_prob': float(drop_prob), 'train': train_metrics, 'test': test},
+        scalars,
+        f"lr {lr:.5f} drop_path {float(drop_prob):.3f} train_loss {train_metrics['loss']:.4f} "
+        f"train_acc {train_metrics['accuracy']:.4f}{test_text}")
 
-  meta['wall_seconds'] += time.time() - clock[0]
-  writer.close()
+  # genotype.json goes with config.json: a rerun there may use another genotype.
+  write_genotype = lambda: rundir.write_atomic(
+      paths.genotype, networks.architecture_json(config, genotype) + '\n')
+  with driver.session(config, paths, write_genotype) as run:
+    phase = driver.Phase(
+        'train', paths.jsonl, checkpoints, t.epochs, spe, t.batch_size, t.log_every_steps,
+        train_step, end_epoch, begin_epoch=begin_epoch,
+        advice='Lower train.learning_rate or check the data.')
+    replicated, meta = driver.run_phase(run, phase, parallel.replicate(state), meta)
   checkpoints.close()
   if not test:  # Resumed after the last epoch: evaluate the final weights again.
     test = evaluate(p_eval, replicated, source)
@@ -655,10 +540,9 @@ def _check_train_workdir(workdir: str):
   """Refuses a workdir that holds no launch.train run (an architecture search)."""
   if os.path.exists(os.path.join(workdir, LOG_NAME)):
     return
-  from pcdarts_jax.sgnas import search as sgnas_search  # pylint: disable=g-import-not-at-top
-  searches = {loop.LOG_NAME: f'--config.genotype={workdir}',
-              sgnas_search.SUPERNET_LOG: '--config.genotype=ARCHITECTURE.json (from '
-                                         'launch.sgnas_generate)'}
+  searches = {rundir.SEARCH_LOG: f'--config.genotype={workdir}',
+              rundir.SUPERNET_LOG: '--config.genotype=ARCHITECTURE.json (from '
+                                   'launch.sgnas_generate)'}
   for log, genotype in searches.items():
     if os.path.exists(os.path.join(workdir, log)):
       raise ConfigError(
