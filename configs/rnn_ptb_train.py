@@ -30,7 +30,7 @@ def get_config():
   config.model.space = 'rnn'
   config.model.emsize = 850             # embedding size = nhid (tied decoder)
   config.model.nhid = 850
-  config.model.steps = 8                # must match the genotype's node count
+  config.model.steps = 8                # search cell only; a genotype brings its own
   config.model.init_range = 0.04        # every weight ~ U(-0.04, 0.04)
   config.model.dropout = 0.75           # cell output (locked)
   config.model.dropouth = 0.25          # h_{t-1} and node inputs (variational)
