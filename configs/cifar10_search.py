@@ -77,6 +77,10 @@ def get_config():
   config.search.eval_batch_size = 500   # validation on the arch half each epoch
   config.search.log_every_steps = 50
   config.search.skip_nonfinite = False  # True: drop non-finite steps and go on (counted)
+  # N independent searches (seeds seed..seed+N-1) as one vmapped program; WORKDIR/seed_<i>/
+  # per seed, WORKDIR/genotype.json the best by final validation accuracy, seeds.json.
+  config.search.num_seeds = 1
+  config.search.seed_data = 'shared'    # shared: one batch stream for all seeds | per_seed
   config.search.arch_regularizer = 'l2'  # l2 (Adam weight decay) | kl (DrNAS, dirichlet only)
   config.search.arch_regularizer_scale = 1e-3  # kl: scale of sum_e KL(Dir(a_e) || Dir(1))
   config.search.gumbel_tau_max = 10.0   # gumbel, gdas: tau decays from this (first epoch)...

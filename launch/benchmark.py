@@ -8,6 +8,10 @@ r"""Step-throughput benchmark of a search config or a training config.
   python -m launch.benchmark --config=configs/cifar10_train.py [--measure=train_step,eval_step]
   python -m launch.benchmark --config=configs/cifar10_search.py --measure=program \
       --platform=cuda [--batch_size=256] [--config.model.edge_impl=scan ...]
+  python -m launch.benchmark --config=configs/cifar10_search.py --num_seeds=4 --batch_size=32
+
+`--num_seeds=N` measures the step of N searches vmapped in one program
+(search.num_seeds) and reports ms_per_search_step (its time / N).
 
 `--measure=program` lowers the search step for --platform (cpu, cuda, rocm,
 tpu; default: this machine's) without compiling or running it, and counts what
@@ -41,6 +45,10 @@ _BATCH = flags.DEFINE_integer('batch_size', None, 'Batch size (default: the conf
 _SWEEP = flags.DEFINE_bool('sweep', False, 'Run every batch size of --sweep_batch_sizes.')
 _SWEEP_SIZES = flags.DEFINE_list('sweep_batch_sizes', ['32', '64', '128', '256'],
                                  'Batch sizes of --sweep.')
+_NUM_SEEDS = flags.DEFINE_integer(
+    'num_seeds', None, 'Search configs: N searches stepped by one vmapped step (sets '
+    'search.num_seeds; default: the config\'s); measures bilevel_step unless --measure names '
+    f'others of {benchmark.SEED_MEASUREMENTS}. Reports ms_per_search_step.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per measurement.')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
 _OUT = flags.DEFINE_string('out', None, 'Append the JSON lines to this file.')
@@ -66,9 +74,16 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   training = benchmark.is_train_config(config)
-  # A training config measures its own steps unless --measure names them.
+  if _NUM_SEEDS.value is not None:
+    if training:
+      common.fail('--num_seeds applies to search configs (a training config has no seeds)')
+    with config.unlocked():
+      config.search.num_seeds = _NUM_SEEDS.value
+  many = not training and config.search.get('num_seeds', 1) != 1
+  # A training config measures its own steps unless --measure names them; N seeds the
+  # vmapped bilevel step.
   measure = (_MEASURE.value if flags.FLAGS['measure'].present
-             else list(benchmark.measurements_of(config)))
+             else ['bilevel_step'] if many else list(benchmark.measurements_of(config)))
   try:
     benchmark.check_measurements(config, measure)
   except ValueError as e:

@@ -35,6 +35,7 @@ from pcdarts_jax.search import search as loop
 from pcdarts_jax.train import networks
 from pcdarts_jax.nn import ops
 from pcdarts_jax.search import optim
+from pcdarts_jax.search import seeds
 from pcdarts_jax.bench import program
 from pcdarts_jax.spaces.darts import supernet
 from pcdarts_jax.train import train as trainer
@@ -43,6 +44,8 @@ MEASUREMENTS = ('weight_step', 'arch_step', 'bilevel_step', 'pipeline', 'fed_ste
 # Of a search config, on request: the bilevel step lowered for a platform, not run.
 PROGRAM_MEASUREMENTS = ('program',)
 TRAIN_MEASUREMENTS = ('train_step', 'eval_step')  # of a training config (launch.train)
+# With search.num_seeds > 1: the steps the vmapped N-seed search runs.
+SEED_MEASUREMENTS = ('bilevel_step', 'fed_step', 'program')
 
 
 def is_train_config(config) -> bool:
@@ -62,6 +65,11 @@ def check_measurements(config, names: Sequence[str]) -> None:
     kind = 'training' if is_train_config(config) else 'search'
     raise ValueError(f'--measure={",".join(unknown)} is not one of {allowed} '
                      f'(a {kind} config)')
+  n = 1 if is_train_config(config) else seeds.num_seeds(config)
+  single = [name for name in names if name not in SEED_MEASUREMENTS]
+  if n > 1 and single:
+    raise ValueError(f'--measure={",".join(single)} measures one search; with '
+                     f'search.num_seeds={n} allowed: {SEED_MEASUREMENTS}')
 
 
 def config_digest(config) -> str:
@@ -433,12 +441,19 @@ def trace_search_step(config, batch_size: int):
   # Initialised for real (its initializers leave JAX), then only its shapes are used.
   state = jax.eval_shape(lambda s: s, loop.create_search_state(
       model, config, jax.random.PRNGKey(0), sample, weight_tx, arch_tx))
-  batch = {'image': jax.ShapeDtypeStruct((batch_size,) + shape, jnp.uint8),
-           'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+  n, rng = seeds.num_seeds(config), jax.random.PRNGKey(1)
+  per_seed = n > 1 and seeds.seed_data(config) == 'per_seed'
+  lead = (n,) if per_seed else ()
+  batch = {'image': jax.ShapeDtypeStruct(lead + (batch_size,) + shape, jnp.uint8),
+           'label': jax.ShapeDtypeStruct(lead + (batch_size,), jnp.int32)}
   step = loop.guard_nonfinite(
       loop.make_bilevel_step(model, config, steps_per_epoch, weight_tx, arch_tx),
       skip=config.search.skip_nonfinite)
-  return jax.jit(step, donate_argnums=0).trace(state, batch, batch, jax.random.PRNGKey(1))
+  if n > 1:  # The N-seed search's step: the seed axis on all but the step.
+    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct((n,) + x.shape, x.dtype),
+                         state.replace(step=None)).replace(step=state.step)
+    step, rng = seeds.vmap_step(step, seeds.seed_data(config)), jax.random.split(rng, n)
+  return jax.jit(step, donate_argnums=0).trace(state, batch, batch, rng)
 
 
 def measure_program(config, batch_size: int, platform: str,
@@ -472,12 +487,19 @@ class SearchBench:
     self.weight_tx = optim.weight_optimizer(config, self.steps_per_epoch)
     self.arch_tx = optim.arch_optimizer(config)
     sample = data.normalize(self.train_set.images[:1], config.data.mean, config.data.std)
-    self.state = loop.create_search_state(self.model, config, jax.random.PRNGKey(0), sample,
-                                          self.weight_tx, self.arch_tx)
-    take = lambda s: {'image': jax.device_put(s.images[:batch_size]),
-                      'label': jax.device_put(s.labels[:batch_size])}
+    create = lambda rng: loop.create_search_state(self.model, config, rng, sample,
+                                                  self.weight_tx, self.arch_tx)
+    # search.num_seeds = N > 1: N searches stepped by one vmapped step (search/seeds.py).
+    self.num_seeds = seeds.num_seeds(config)
+    self.per_seed = self.num_seeds > 1 and seeds.seed_data(config) == 'per_seed'
+    if self.num_seeds == 1:
+      self.state, self.rng = create(jax.random.PRNGKey(0)), jax.random.PRNGKey(1)
+    else:
+      self.state = seeds.create_states(create, seeds.seed_keys(config)[0])
+      self.rng = jax.random.split(jax.random.PRNGKey(1), self.num_seeds)
+    take = lambda s: jax.device_put(self._seed_batch(
+        [{'image': s.images[:batch_size], 'label': s.labels[:batch_size]}] * self.num_seeds))
     self.train_batch, self.arch_batch = take(self.train_set), take(self.arch_set)
-    self.rng = jax.random.PRNGKey(1)
     self.trace_dir = None  # Set by iter_run: trace the timed steps there.
     self.device_lock = None  # Set by iter_run: held while stepping.
     self._compiled = {}
@@ -486,6 +508,11 @@ class SearchBench:
   def _state(self):
     # A fresh copy each time: the steps donate their state argument.
     return jax.tree.map(jnp.copy, self.state)
+
+  def _seed_batch(self, batches):
+    """One batch per seed -> the step's input: one batch shared by the seeds,
+    or a seed axis (search.seed_data='per_seed')."""
+    return seeds.stack_batches(batches) if self.per_seed else batches[0]
 
   def model_for(self, architect_name: str):
     """The supernet an architect runs (see supernet.search_depthwise_impl)."""
@@ -500,9 +527,11 @@ class SearchBench:
     if architect_name not in self._compiled:
       config = with_architect(self.config, architect_name)
       config.search.arch_start_epoch = 0
-      step = jax.jit(loop.make_bilevel_step(self.model_for(architect_name), config,
-                                            self.steps_per_epoch,
-                                            self.weight_tx, self.arch_tx), donate_argnums=0)
+      step = loop.make_bilevel_step(self.model_for(architect_name), config,
+                                    self.steps_per_epoch, self.weight_tx, self.arch_tx)
+      if self.num_seeds > 1:
+        step = seeds.vmap_step(step, seeds.seed_data(config))
+      step = jax.jit(step, donate_argnums=0)
       self._compiled[architect_name] = compile_timed(
           step, (self._state(), self.train_batch, self.arch_batch, self.rng))
     return self._compiled[architect_name]
@@ -582,18 +611,21 @@ class SearchBench:
     """The bilevel step fed by the pipeline, as the search loop runs it (next
     batches prepared while the device computes)."""
     compiled, compile_seconds, flops = self._bilevel(architect_name)
-    train_iter = data.EpochIterator(self.train_set, self.batch_size, seed=0)
-    arch_iter = data.EpochIterator(self.arch_set, self.batch_size, seed=1)
+    streams = self.num_seeds if self.per_seed else 1  # One input stream per seed, or one.
+    iterators = lambda split, seed: [data.EpochIterator(split, self.batch_size, seed=seed + 2 * i)
+                                     for i in range(streams)]
+    train_iters, arch_iters = iterators(self.train_set, 0), iterators(self.arch_set, 1)
+    feed = lambda its: self._seed_batch([next(it) for it in its])
     state = self._state()
     stepping_rss = stepping_rss_meter()
     with holding(self.device_lock):
       for _ in range(warmup):
-        state, _ = compiled(state, next(train_iter), next(arch_iter), self.rng)
+        state, _ = compiled(state, feed(train_iters), feed(arch_iters), self.rng)
       jax.block_until_ready(state)
       with profiled(self.trace_dir):
         start = time.perf_counter()
         for _ in range(steps):  # Asynchronous dispatch: host work overlaps the step.
-          state, _ = compiled(state, next(train_iter), next(arch_iter), self.rng)
+          state, _ = compiled(state, feed(train_iters), feed(arch_iters), self.rng)
         jax.block_until_ready(state)
         per_step = (time.perf_counter() - start) / steps
     return {'compile_seconds': compile_seconds, 'flops_per_step': flops,
@@ -703,7 +735,9 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
           'steps': steps, 'warmup': warmup, **edges,
           'depthwise_impl': ops.resolve_depthwise_impl(  # what ran, `auto` resolved
               m.get('depthwise_impl', 'auto'), m.get('dtype', 'float32')),
-          'dtype': m.get('dtype', 'float32'), **environment()}
+          'dtype': m.get('dtype', 'float32'),
+          'num_seeds': None if is_train_config(config) else seeds.num_seeds(config),
+          **environment()}
   weight_ms = None
   for name in measurements:
     per_architect = name in ('arch_step', 'bilevel_step', 'fed_step', 'program')
@@ -733,6 +767,12 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
                 'images_per_second': batch_size / (ms / 1e3) if ms else None,
                 'flops_per_second': flops / (ms / 1e3) if flops and ms else None,
                 **peak_memory()}
+      if base['num_seeds'] and name in ('bilevel_step', 'fed_step'):
+        # Per search: the step steps every seed once (search_images_per_second: the
+        # images of all searches together; equal to images_per_second for one seed).
+        n = base['num_seeds']
+        result['ms_per_search_step'] = ms / n if ms else None
+        result['search_images_per_second'] = n * batch_size / (ms / 1e3) if ms else None
       if name == 'weight_step':
         weight_ms = ms
       if name in ('bilevel_step', 'fed_step'):
@@ -790,6 +830,12 @@ def format_table(results: Sequence[Dict]) -> str:
         f'{fmt(r["step_memory_bytes"] and r["step_memory_bytes"] / 2 ** 20, ".0f"):>8} '
         f'{fmt(r["stepping_peak_rss_bytes"] and r["stepping_peak_rss_bytes"] / 2 ** 20, ".0f"):>8} '
         f'{r["peak_memory_bytes"] / 2 ** 20:>8.0f}')
+  for r in results:
+    if (r.get('num_seeds') or 1) > 1 and r.get('ms_per_search_step'):
+      lines.append(f'{r["measurement"]} at batch {r["batch_size"]}: {r["num_seeds"]} searches '
+                   f'in {r["ms_per_step_median"]:.1f} ms/step, {r["ms_per_search_step"]:.1f} ms '
+                   f'per search step ({r["search_images_per_second"]:.1f} img/s over the '
+                   f'searches)')
   for r in results:
     for what in ('search', 'train'):
       if r.get(f'projected_{what}_minutes'):

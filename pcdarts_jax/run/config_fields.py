@@ -43,6 +43,8 @@ DEFAULT_SPACE = 'darts'
 DEFAULT_PARTIAL_CHANNELS = 1  # K = 1: every channel goes through the ops (DARTS).
 DEFAULT_BILEVEL_PHASES = 'sequence'
 DEFAULT_ARCH_REGULARIZER = 'l2'
+DEFAULT_NUM_SEEDS = 1  # One search per run.
+DEFAULT_SEED_DATA = 'shared'
 
 
 def space(model) -> str:
@@ -63,3 +65,13 @@ def bilevel_phases(search) -> str:
 def arch_regularizer(search) -> str:
   """`search.arch_regularizer`: `l2` (Adam weight decay) or `kl` (DrNAS' loss term)."""
   return field(search, 'arch_regularizer', DEFAULT_ARCH_REGULARIZER)
+
+
+def num_seeds(search) -> int:
+  """`search.num_seeds`: independent searches run as one vmapped program."""
+  return field(search, 'num_seeds', DEFAULT_NUM_SEEDS)
+
+
+def seed_data(search) -> str:
+  """`search.seed_data`: `shared` batches for every seed, or `per_seed` streams."""
+  return field(search, 'seed_data', DEFAULT_SEED_DATA)

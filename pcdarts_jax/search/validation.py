@@ -14,6 +14,7 @@ from pcdarts_jax.data import pipeline as input_pipeline
 from pcdarts_jax.nn import ops
 from pcdarts_jax.search import optim
 from pcdarts_jax.search import progressive
+from pcdarts_jax.search import seeds
 from pcdarts_jax.spaces import relaxation
 from pcdarts_jax import spaces
 from pcdarts_jax.spaces.darts import supernet
@@ -115,6 +116,7 @@ def validate_search_config(config, num_devices: int = 1):
              f'search.gumbel_tau_min={s.gumbel_tau_min} exceeds search.gumbel_tau_max='
              f'{s.gumbel_tau_max}.')
   progressive.validate(config, _require)
+  seeds.validate(config, _require)
   sampling = m.get('channel_sampling', 'first')
   _require(sampling in supernet.CHANNEL_SAMPLINGS,
            f'model.channel_sampling={sampling!r} is not one of {supernet.CHANNEL_SAMPLINGS}.')

@@ -21,6 +21,10 @@ A space is a module providing:
 - `build_network(genotype, config, axis_name=None) -> nn.Module`: the
   stand-alone network of a derived genotype.
 
+Optional: `genotype_edges(genotype) -> {cell type: [(node, input, op)]}`, the
+kept edges, from which a many-seed search (search/seeds.py) counts per edge how
+many seeds agree; a space without it reports no agreement.
+
 A new space is one new module in this package plus its name in SPACES.
 """
 

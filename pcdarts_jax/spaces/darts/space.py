@@ -50,6 +50,13 @@ def genotype_str(genotype: Genotype) -> str:
   return str(genotype)
 
 
+def genotype_edges(genotype: Genotype) -> Dict[str, list]:
+  """{cell type: [(node, input, op)]}: the kept edges, two per node; nodes are
+  numbered after the cell's two inputs (2, 3, ...), as the inputs count them."""
+  return {kind: [(2 + k // 2, int(j), op) for k, (op, j) in enumerate(getattr(genotype, kind))]
+          for kind in ('normal', 'reduce')}
+
+
 def arch_scalars(arch, model):
   return edge_scalars(arch, model.primitives, model.steps)
 

@@ -407,6 +407,12 @@ def parse(text: str) -> Genotype:
   return tuple(nodes)
 
 
+def genotype_edges(genotype: Genotype) -> Dict[str, list]:
+  """{'cell': [(node, input, op)]}: every edge of the one cell type, nodes 1..3."""
+  return {'cell': [(i, int(j), op) for i, node in enumerate(genotype, start=1)
+                   for op, j in node]}
+
+
 def genotype_to_dict(genotype: Genotype) -> dict:
   return {'arch_str': genotype_str(genotype),
           'nodes': [[[op, int(j)] for op, j in node] for node in genotype]}
