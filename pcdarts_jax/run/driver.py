@@ -80,9 +80,35 @@ class Phase:
   loss_keys: Tuple[str, str] = ('loss_sum', 'count')  # the progress line's running loss
   label: str = ''             # a multi-phase run's prefix: 'supernet epoch', 'supernet/...'
   scalar_offset: int = 0      # TensorBoard step of epoch e: scalar_offset + e + 1
+  # Epochs of differing lengths (a language model's windows of sampled lengths):
+  # epoch -> its steps, a pure function of the epoch; None: steps_per_epoch each.
+  # Global steps count on over the epochs either way.
+  epoch_steps: Optional[Callable[[int], int]] = None
+  _starts: list = dataclasses.field(default_factory=lambda: [0], repr=False)
 
   def words(self, what: str) -> str:
     return f'{self.label} {what}' if self.label else what
+
+  def steps_in(self, epoch: int) -> int:
+    """The steps of `epoch` (from 0)."""
+    return self.steps_per_epoch if self.epoch_steps is None else self.epoch_steps(epoch)
+
+  def first_step(self, epoch: int) -> int:
+    """The global step before `epoch`'s first step (the sum of the earlier epochs')."""
+    if self.epoch_steps is None:
+      return epoch * self.steps_per_epoch
+    while len(self._starts) <= epoch:
+      self._starts.append(self._starts[-1] + self.steps_in(len(self._starts) - 1))
+    return self._starts[epoch]
+
+  def epoch_of(self, step: int) -> int:
+    """The epoch whose steps follow global step `step` (`epochs` once all are done)."""
+    if self.epoch_steps is None:
+      return step // self.steps_per_epoch
+    epoch = 0
+    while epoch < self.epochs and self.first_step(epoch + 1) <= step:
+      epoch += 1
+    return epoch
 
 
 @dataclasses.dataclass
@@ -182,10 +208,10 @@ def run_steps(run: Run, phase: Phase, state, epoch: int, first: int, sums, progr
   signal arrived; never at the epoch's last step, where the epoch-end checkpoint
   serves), and checks them before `save(step, state, host sums)`; after a
   signal's checkpoint it raises Interrupted, saying how to resume."""
-  spe = phase.steps_per_epoch
+  spe, before = phase.steps_in(epoch), phase.first_step(epoch)
   loss_sum, count = phase.loss_keys
   for i in range(first, spe):
-    done = epoch * spe + i + 1
+    done = before + i + 1
     state, step_sums = phase.run_step(state, done - 1)
     sums = metrics.accumulate(sums, step_sums)
     run.stop.stepped()  # Compiled and dispatched: a stop signal now gets its checkpoint.
@@ -207,7 +233,7 @@ def run_steps(run: Run, phase: Phase, state, epoch: int, first: int, sums, progr
             f'{phase.checkpoints.directory}. Run the same command again to resume.')
   progress.close()
   fetched = metrics.host_sums(sums)
-  _check_finite(phase, state, fetched, (epoch + 1) * spe)
+  _check_finite(phase, state, fetched, before + spe)
   return state, fetched
 
 
@@ -218,9 +244,8 @@ def run_phase(run: Run, phase: Phase, state, meta: Dict[str, Any]):
   driver keeps in it: the carried metric sums, the wall seconds and the step
   rate over every session (steps_run, step_seconds), and `checkpoint` (seconds
   and bytes of the newest save; a checkpoint holds those of the save before it)."""
-  spe = phase.steps_per_epoch
   start_step = int(jax.device_get(parallel.unreplicate(state.step)))
-  start_epoch = start_step // spe
+  start_epoch = phase.epoch_of(start_step)
   if run.main:
     keep_epochs(phase.log_path, start_epoch)
   for key, zero in (('steps_run', 0), ('step_seconds', 0.0), ('wall_seconds', 0.0)):
@@ -243,7 +268,8 @@ def run_phase(run: Run, phase: Phase, state, meta: Dict[str, Any]):
 
   for epoch in range(start_epoch, phase.epochs):
     epoch_start = time.time()
-    first = start_step - epoch * spe if epoch == start_epoch else 0
+    spe, end = phase.steps_in(epoch), phase.first_step(epoch + 1)
+    first = start_step - phase.first_step(epoch) if epoch == start_epoch else 0
     if phase.begin_epoch is not None:
       state = phase.begin_epoch(epoch, first, state)
     # Resumed mid-epoch: the sums of the steps before the checkpoint, added on the
@@ -260,7 +286,7 @@ def run_phase(run: Run, phase: Phase, state, meta: Dict[str, Any]):
     meta['step_seconds'] += step_seconds
     result = phase.end_epoch(epoch, state, sums)
     seconds = time.time() - epoch_start
-    record = {'epoch': epoch + 1, 'step': (epoch + 1) * spe, **result.record,
+    record = {'epoch': epoch + 1, 'step': end, **result.record,
               'seconds': seconds}
     if run.main:
       with open(phase.log_path, 'a') as f:
@@ -277,7 +303,7 @@ def run_phase(run: Run, phase: Phase, state, meta: Dict[str, Any]):
       line, newline, more = result.text.partition('\n')
       print(f'{phase.words("epoch")} {epoch + 1}/{phase.epochs} {line} ({seconds:.1f}s)'
             f'{newline}{more}', flush=True)
-    save((epoch + 1) * spe, state, None)
+    save(end, state, None)
     if run.stop.received is not None and epoch + 1 < phase.epochs:
       raise Interrupted(
           f'stopped by {signal.Signals(run.stop.received).name} after '
