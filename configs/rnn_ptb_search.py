@@ -47,6 +47,10 @@ def get_config():
   # train.py (commented out there); True: the jitter, capped at bptt + max_seq_len_delta.
   config.search.seq_len_jitter = False
   config.search.max_seq_len_delta = 20
+  # Windows are padded up to a multiple of this many steps (at most the longest
+  # window; the padding is masked): one compiled program for every window length
+  # here. 0: exact lengths, one program per length (the tail windows add many).
+  config.search.seq_len_bucket = 35
   config.search.learning_rate = 20.0    # SGD, no momentum; scaled by seq_len / bptt
   config.search.weight_decay = 5e-7
   config.search.grad_clip = 0.25        # global norm

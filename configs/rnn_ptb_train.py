@@ -46,6 +46,9 @@ def get_config():
   config.train.bptt = 35
   config.train.seq_len_jitter = True    # N(bptt or bptt / 2, 5), at least 5 ...
   config.train.max_seq_len_delta = 20   # ... at most bptt + this
+  # Windows are padded up to a multiple of this many steps (at most bptt + delta; the
+  # padding is masked): 7 programs for the ~50 sampled lengths. 0: exact lengths.
+  config.train.seq_len_bucket = 8
   config.train.learning_rate = 20.0     # SGD / ASGD, scaled by seq_len / bptt
   config.train.weight_decay = 8e-7
   config.train.grad_clip = 0.25         # global norm

@@ -14,7 +14,8 @@ def test_registry_and_interface():
     space = spaces.get(name)
     missing = [f for f in spaces.FUNCTIONS if not callable(getattr(space, f, None))]
     assert not missing, (name, missing)
-  with pytest.raises(ValueError, match=r"model.space='nope' is not one of \('darts', 'nb201'\)"):
+  with pytest.raises(ValueError,
+                     match=r"model.space='nope' is not one of \('darts', 'nb201', 'rnn'\)"):
     spaces.get('nope')
 
 

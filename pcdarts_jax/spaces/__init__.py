@@ -33,7 +33,7 @@ from types import ModuleType
 
 from pcdarts_jax.run import config_fields
 
-SPACES = ('darts', 'nb201')
+SPACES = ('darts', 'nb201', 'rnn')
 FUNCTIONS = ('build_supernet', 'derive', 'genotype_to_dict', 'genotype_from_dict',
              'genotype_str', 'arch_scalars', 'draw', 'heatmap', 'build_network')
 

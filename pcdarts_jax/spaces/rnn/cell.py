@@ -48,17 +48,20 @@ def init_state(x, h_prev, w0, x_mask=None, h_mask=None):
   return highway(h_prev, xh @ w0, 'tanh')
 
 
-def batch_norm(s, stats, train: bool, momentum: float = BN_MOMENTUM, eps: float = BN_EPS):
+def batch_norm(s, stats, train: bool, momentum: float = BN_MOMENTUM, eps: float = BN_EPS,
+               axis_name: Optional[str] = None):
   """BatchNorm1d(affine=False) over the batch axis of s [B, nhid]. Training normalises
   with the batch mean and biased variance and moves the running (mean, var) towards the
   batch mean and unbiased variance (torch's rule); evaluation uses the running ones.
-  Returns (normalised s, new stats)."""
+  axis_name: the batch is split over that device axis (equal rows per device); the
+  statistics are those of the whole batch. Returns (normalised s, new stats)."""
   mean, var = stats
   if not train:
     return (s - mean) / jnp.sqrt(var + eps), stats
-  n = s.shape[0]
-  batch_mean = s.mean(axis=0)
-  batch_var = jnp.mean(jnp.square(s - batch_mean), axis=0)
+  pmean = (lambda v: v) if axis_name is None else (lambda v: jax.lax.pmean(v, axis_name))
+  n = s.shape[0] * (1 if axis_name is None else jax.lax.axis_size(axis_name))
+  batch_mean = pmean(s.mean(axis=0))
+  batch_var = pmean(jnp.mean(jnp.square(s - batch_mean), axis=0))
   out = (s - batch_mean) / jnp.sqrt(batch_var + eps)
   unbiased = batch_var * (n / max(n - 1, 1))
   stats = ((1 - momentum) * mean + momentum * batch_mean,
@@ -68,17 +71,18 @@ def batch_norm(s, stats, train: bool, momentum: float = BN_MOMENTUM, eps: float 
 
 def search_step(x, h_prev, w0, ws, probs, x_mask=None, h_mask=None,
                 bn_stats: Optional[Tuple] = None, train: bool = True,
-                bn_momentum: float = BN_MOMENTUM):
+                bn_momentum: float = BN_MOMENTUM, axis_name: Optional[str] = None):
   """One step of the search cell. ws: [steps, nhid, 2 nhid]; probs: [edges, ops], the
   softmax of the arch values, edges ordered node by node (node 1: s0; node 2: s0, s1; ...).
-  bn_stats: (running mean, running var), or None for no BatchNorm.
+  bn_stats: (running mean, running var), or None for no BatchNorm; axis_name: the
+  device axis the batch is split over (BatchNorm statistics of the whole batch).
   Returns (h_t, new bn_stats)."""
   steps = ws.shape[0]
   if probs.shape != (genotypes.num_edges(steps), len(genotypes.PRIMITIVES)):
     raise ValueError(f'arch probs have shape {probs.shape}; a {steps}-node cell needs '
                      f'({genotypes.num_edges(steps)}, {len(genotypes.PRIMITIVES)}).')
   bn = (lambda s, st: (s, st)) if bn_stats is None else (
-      lambda s, st: batch_norm(s, st, train, bn_momentum))
+      lambda s, st: batch_norm(s, st, train, bn_momentum, axis_name=axis_name))
   s0, bn_stats = bn(init_state(x, h_prev, w0, x_mask, h_mask), bn_stats)
   states, offset = [s0], 0
   for i in range(steps):

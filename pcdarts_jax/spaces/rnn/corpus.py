@@ -14,9 +14,12 @@ from typing import Dict, Iterable, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
+from pcdarts_jax.run import config_fields
+
 EOS = '<eos>'
 UNK = '<unk>'
 SPLITS = ('train', 'valid', 'test')
+NAMES = ('pydoc', 'ptb', 'wikitext2')  # data.name: the offline corpus, or a PTB-layout one
 
 
 class Corpus(NamedTuple):
@@ -122,6 +125,29 @@ def load_corpus(data_config) -> Corpus:
                        '{train,valid,test}.txt from it.')
     return read_corpus(data_config.data_dir)
   raise ValueError(f"data.name={name!r} is not one of ('pydoc', 'ptb', 'wikitext2').")
+
+
+def validate_data(d):
+  """The `data` section of an RNN config; ConfigError (one line naming the field and
+  what is allowed). A PTB-layout corpus must be on disk."""
+  require = config_fields.require
+  require(d.name in NAMES, f'data.name={d.name!r} is not one of {NAMES}.')
+  if d.name == 'pydoc':
+    require(config_fields.is_int(d.pydoc_min_count) and d.pydoc_min_count >= 1,
+            f'data.pydoc_min_count={d.pydoc_min_count!r} must be an integer >= 1.')
+    portions = tuple(d.pydoc_portions)
+    require(len(portions) == 2 and all(isinstance(p, (int, float)) and p > 0 for p in portions)
+            and sum(portions) < 1,
+            f'data.pydoc_portions={portions!r} must be (train, valid) shares > 0 summing to '
+            f'less than 1 (the rest is test).')
+    return
+  require(isinstance(d.data_dir, str) and d.data_dir,
+          f'data.data_dir={d.data_dir!r}: data.name={d.name!r} reads train.txt, valid.txt and '
+          f'test.txt from it (or use data.name=pydoc, offline).')
+  missing = [f'{split}.txt' for split in SPLITS
+             if not os.path.isfile(os.path.join(os.path.expanduser(d.data_dir), f'{split}.txt'))]
+  require(not missing, f'data.data_dir={d.data_dir!r} lacks {", ".join(missing)} (expected '
+                       f'train.txt, valid.txt, test.txt as in PTB / WikiText-2).')
 
 
 def batchify(ids: np.ndarray, batch_size: int) -> np.ndarray:

@@ -7,6 +7,14 @@ reference's nhidlast = emsize = nhid case). Variables: `params` (embedding,
 decoder_bias, cell W0 and Ws), `arch` (the search model's `alphas` [36, 5]) and, in
 the search model, `batch_stats` (the cell's BatchNorm running mean and variance).
 Dropout masks come from the `dropout` rng and are drawn only when `train`.
+
+Two options serve the run loop: `length` (a traced scalar) marks the first `length`
+steps of a padded window as real: later steps leave the hidden state and the
+BatchNorm statistics as they were, so one compiled program serves windows of any
+length up to the padded one. `axis_name`: the batch is split over that pmap axis
+(equal rows per device); BatchNorm uses the statistics of the whole batch and each
+device's dropout masks are its rows of the masks of the whole batch, so N devices
+compute what one device computes with the whole batch.
 """
 
 from typing import NamedTuple, Optional
@@ -15,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pcdarts_jax.run import config_fields
 from pcdarts_jax.spaces.rnn import cell as cell_lib
 from pcdarts_jax.spaces.rnn import genotypes
 
@@ -44,6 +53,25 @@ def _keep_mask(key, p, shape, dtype):
   return jax.random.bernoulli(key, 1.0 - p, shape).astype(dtype) / (1.0 - p)
 
 
+def _rows_mask(key, p, shape, dtype, axis_name: Optional[str]):
+  """A keep mask whose leading axis is the batch: this device's rows of the mask of
+  the whole batch (the same key on every device), so masks do not depend on how the
+  batch is split."""
+  if axis_name is None:
+    return _keep_mask(key, p, shape, dtype)
+  rows = shape[0]
+  full = _keep_mask(key, p, (rows * jax.lax.axis_size(axis_name),) + tuple(shape[1:]), dtype)
+  return jax.lax.dynamic_slice_in_dim(full, jax.lax.axis_index(axis_name) * rows, rows, 0)
+
+
+def step_mask(length, seq_len: int):
+  """[1, seq_len] float mask of the real steps of a window padded to seq_len (None:
+  all real)."""
+  if length is None:
+    return None
+  return (jnp.arange(seq_len) < length)[None, :].astype(jnp.float32)
+
+
 class DARTSCell(nn.Module):
   """The recurrent cell over a whole sequence. genotype None: the search cell (arch
   probabilities passed in, BatchNorm on the nodes); else the cell of that genotype."""
@@ -55,10 +83,12 @@ class DARTSCell(nn.Module):
   dropoutx: float = 0.0
   init_range: float = INIT_RANGE
   bn_momentum: float = cell_lib.BN_MOMENTUM
+  axis_name: Optional[str] = None
 
   @nn.compact
-  def __call__(self, inputs, hidden, probs=None, train: bool = True):
-    """inputs [B, T, ninp], hidden [B, nhid] -> (outputs [B, T, nhid], last hidden)."""
+  def __call__(self, inputs, hidden, probs=None, train: bool = True, length=None):
+    """inputs [B, T, ninp], hidden [B, nhid] -> (outputs [B, T, nhid], last hidden).
+    length: steps from `length` on are padding (state and statistics unchanged)."""
     steps = self.steps if self.genotype is None else len(self.genotype.recurrent)
     w0 = self.param('W0', _uniform(self.init_range), (self.ninp + self.nhid, 2 * self.nhid))
     ws = self.param('Ws', _uniform(self.init_range), (steps, self.nhid, 2 * self.nhid))
@@ -67,30 +97,36 @@ class DARTSCell(nn.Module):
     if train:
       kx, kh = jax.random.split(self.make_rng('dropout'))
       if self.dropoutx:
-        x_mask = _keep_mask(kx, self.dropoutx, (batch, self.ninp), inputs.dtype)
+        x_mask = _rows_mask(kx, self.dropoutx, (batch, self.ninp), inputs.dtype,
+                            self.axis_name)
       if self.dropouth:
-        h_mask = _keep_mask(kh, self.dropouth, (batch, self.nhid), inputs.dtype)
+        h_mask = _rows_mask(kh, self.dropouth, (batch, self.nhid), inputs.dtype,
+                            self.axis_name)
+    times = jnp.arange(inputs.shape[1])
+    keep = lambda t, new, old: new if length is None else jax.tree_util.tree_map(
+        lambda a, b: jnp.where(t < length, a, b), new, old)
 
     if self.genotype is None:
       mean = self.variable('batch_stats', 'mean', jnp.zeros, (self.nhid,), inputs.dtype)
       var = self.variable('batch_stats', 'var', jnp.ones, (self.nhid,), inputs.dtype)
 
-      def step(carry, x_t):
-        h, stats = carry
-        h, stats = cell_lib.search_step(x_t, h, w0, ws, probs, x_mask, h_mask, stats, train,
-                                        self.bn_momentum)
-        return (h, stats), h
+      def step(carry, xt):
+        x_t, t = xt
+        h_new, stats = cell_lib.search_step(x_t, carry[0], w0, ws, probs, x_mask, h_mask,
+                                            carry[1], train, self.bn_momentum, self.axis_name)
+        return keep(t, (h_new, stats), carry), h_new
 
       (last, stats), outs = jax.lax.scan(step, (hidden, (mean.value, var.value)),
-                                         jnp.swapaxes(inputs, 0, 1))
+                                         (jnp.swapaxes(inputs, 0, 1), times))
       if train and self.is_mutable_collection('batch_stats') and not self.is_initializing():
         mean.value, var.value = stats
     else:
-      def step(h, x_t):
-        h = cell_lib.genotype_step(x_t, h, w0, ws, self.genotype, x_mask, h_mask)
-        return h, h
+      def step(h, xt):
+        x_t, t = xt
+        h_new = cell_lib.genotype_step(x_t, h, w0, ws, self.genotype, x_mask, h_mask)
+        return keep(t, h_new, h), h_new
 
-      last, outs = jax.lax.scan(step, hidden, jnp.swapaxes(inputs, 0, 1))
+      last, outs = jax.lax.scan(step, hidden, (jnp.swapaxes(inputs, 0, 1), times))
     return jnp.swapaxes(outs, 0, 1), last
 
 
@@ -109,9 +145,11 @@ class RNNModel(nn.Module):
   dropouti: float = 0.0    # on the embedded input (locked)
   dropoute: float = 0.0    # whole words of the embedding matrix
   init_range: float = INIT_RANGE
+  axis_name: Optional[str] = None  # the pmap axis the batch is split over
 
   @nn.compact
-  def __call__(self, tokens, hidden, train: bool = True) -> LMOutput:
+  def __call__(self, tokens, hidden, train: bool = True, length=None) -> LMOutput:
+    """length: the real steps of a padded window (None: all; see the module doc)."""
     if self.emsize != self.nhid:
       raise ValueError(f'model.emsize ({self.emsize}) must equal model.nhid ({self.nhid}): '
                        'the decoder is tied to the embedding.')
@@ -131,23 +169,48 @@ class RNNModel(nn.Module):
       emb = emb * _keep_mask(ke, self.dropoute, (self.ntoken, 1), emb.dtype)[tokens]
     batch = tokens.shape[0]
     if train and self.dropouti:
-      emb = emb * _keep_mask(ki, self.dropouti, (batch, 1, self.emsize), emb.dtype)
+      emb = emb * _rows_mask(ki, self.dropouti, (batch, 1, self.emsize), emb.dtype,
+                             self.axis_name)
     raw, last = DARTSCell(self.emsize, self.nhid, self.steps, self.genotype, self.dropouth,
-                          self.dropoutx, self.init_range, name='cell')(emb, hidden, probs, train)
+                          self.dropoutx, self.init_range, axis_name=self.axis_name,
+                          name='cell')(emb, hidden, probs, train, length)
     out = raw
     if train and self.dropout:
-      out = out * _keep_mask(ko, self.dropout, (batch, 1, self.nhid), out.dtype)
+      out = out * _rows_mask(ko, self.dropout, (batch, 1, self.nhid), out.dtype, self.axis_name)
     logits = out @ embedding.T + decoder_bias
     return LMOutput(jax.nn.log_softmax(logits, axis=-1), last, raw, out)
 
 
-def build_model(ntoken: int, model_config, genotype: Optional[genotypes.Genotype] = None):
-  """The RNNModel of a config's `model` section (the search model when genotype is None)."""
+DROPOUTS = ('dropout', 'dropouth', 'dropoutx', 'dropouti', 'dropoute')
+
+
+def validate_model(m, search: bool = True):
+  """The `model` section of an RNN config (search: the node count of the search cell);
+  ConfigError (one line naming the field and what is allowed)."""
+  require = config_fields.require
+  for name in ('emsize', 'nhid') + (('steps',) if search else ()):
+    value = m[name]
+    require(config_fields.is_int(value) and value >= 1,
+            f'model.{name}={value!r} must be an integer >= 1.')
+  require(m.emsize == m.nhid, f'model.emsize={m.emsize} must equal model.nhid={m.nhid}: the '
+                              f'decoder is tied to the embedding.')
+  require(isinstance(m.init_range, (int, float)) and m.init_range > 0,
+          f'model.init_range={m.init_range!r} must be a number > 0.')
+  for name in DROPOUTS:
+    value = m[name]
+    require(isinstance(value, (int, float)) and 0 <= value < 1,
+            f'model.{name}={value!r} must be a number in [0, 1).')
+
+
+def build_model(ntoken: int, model_config, genotype: Optional[genotypes.Genotype] = None,
+                axis_name: Optional[str] = None):
+  """The RNNModel of a config's `model` section (the search model when genotype is None);
+  axis_name: the pmap axis the batch is split over (None: one device)."""
   m = model_config
   return RNNModel(ntoken=ntoken, emsize=m.emsize, nhid=m.nhid, steps=m.steps,
                   genotype=genotype, dropout=m.dropout, dropouth=m.dropouth,
                   dropoutx=m.dropoutx, dropouti=m.dropouti, dropoute=m.dropoute,
-                  init_range=m.init_range)
+                  init_range=m.init_range, axis_name=axis_name)
 
 
 def init_variables(model: RNNModel, rng, batch_size: int = 2, seq_len: int = 2):

@@ -12,6 +12,13 @@ The loop per epoch (as the reference): zero hidden states; for each window of
 `epoch_windows` take the train batch at column i (and, in the search, the arch
 batch of the valid stream at column i % (N_valid - 1), length bptt); step with
 lr * seq_len / bptt; carry the hidden states (gradients stop at the window).
+
+For the run loop the steps also take `length` arguments (the real steps of a window
+padded to a fixed length, so that one program serves many lengths; losses and
+regularisers count only the real steps) and an `axis_name` (the batch split over a
+pmap axis: gradients averaged over it, BatchNorm statistics and dropout masks of the
+whole batch; the state's hidden rows [B, nhid] stay whole on every device, each
+device steps its own rows and the new rows are gathered).
 """
 
 import math
@@ -22,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from pcdarts_jax.run import parallel
 from pcdarts_jax.spaces.rnn import corpus as corpus_lib
 from pcdarts_jax.spaces.rnn import model as model_lib
 
@@ -32,42 +40,58 @@ ARCHITECTS = ('first_order', 'second_order')
 # ------------------------------------------------------------------ losses
 
 
-def nll(log_probs, targets):
-  """Mean negative log-likelihood of targets [B, T] under log_probs [B, T, V]."""
+def _masked_mean(values, mask):
+  """Mean of values [B, T, ...] over the steps where mask [1 or B, T] is 1 (None: all)."""
+  if mask is None:
+    return jnp.mean(values)
+  mask = jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (values.ndim - 2)), values.shape)
+  return jnp.sum(values * mask) / jnp.sum(mask)
+
+
+def nll(log_probs, targets, mask=None):
+  """Mean negative log-likelihood of targets [B, T] under log_probs [B, T, V] (over the
+  real steps of `mask`, model.step_mask)."""
   picked = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-  return -jnp.mean(picked)
+  return -_masked_mean(picked, mask)
 
 
-def activation_regularization(out: model_lib.LMOutput, alpha: float, beta: float):
-  """AR alpha * mean(dropped_output^2) + TAR beta * mean((raw_h[t+1] - raw_h[t])^2)."""
+def activation_regularization(out: model_lib.LMOutput, alpha: float, beta: float, mask=None):
+  """AR alpha * mean(dropped_output^2) + TAR beta * mean((raw_h[t+1] - raw_h[t])^2), over
+  the real steps (pairs of real steps for TAR) of `mask`."""
   reg = 0.0
   if alpha:
-    reg = reg + alpha * jnp.mean(jnp.square(out.dropped_output))
+    reg = reg + alpha * _masked_mean(jnp.square(out.dropped_output), mask)
   if beta:
-    reg = reg + beta * jnp.mean(jnp.square(out.raw_output[:, 1:] - out.raw_output[:, :-1]))
+    reg = reg + beta * _masked_mean(jnp.square(out.raw_output[:, 1:] - out.raw_output[:, :-1]),
+                                    None if mask is None else mask[:, 1:])
   return reg
 
 
-def apply_model(model, params, arch, batch_stats, tokens, hidden, rng, train: bool):
-  """(LMOutput, new batch_stats). arch None: the genotype model; batch_stats {} if none."""
+def apply_model(model, params, arch, batch_stats, tokens, hidden, rng, train: bool,
+                length=None):
+  """(LMOutput, new batch_stats). arch None: the genotype model; batch_stats {} if none;
+  length: the real steps of a padded window (None: all)."""
   variables = {'params': params}
   if arch is not None:
     variables['arch'] = arch
   if batch_stats:
     variables['batch_stats'] = batch_stats
   if not train:
-    return model.apply(variables, tokens, hidden, train=False), batch_stats
-  out, updates = model.apply(variables, tokens, hidden, train=True, rngs={'dropout': rng},
-                             mutable=['batch_stats'])
+    return model.apply(variables, tokens, hidden, train=False, length=length), batch_stats
+  out, updates = model.apply(variables, tokens, hidden, train=True, length=length,
+                             rngs={'dropout': rng}, mutable=['batch_stats'])
   return out, updates.get('batch_stats', batch_stats)
 
 
 def lm_loss(model, params, arch, batch_stats, tokens, targets, hidden, rng, train: bool,
-            alpha: float = 0.0, beta: float = 0.0):
-  """(NLL + AR + TAR, (NLL, next hidden, new batch_stats)): differentiable in params, arch."""
-  out, batch_stats = apply_model(model, params, arch, batch_stats, tokens, hidden, rng, train)
-  raw = nll(out.log_probs, targets)
-  return raw + activation_regularization(out, alpha, beta), (raw, out.hidden, batch_stats)
+            alpha: float = 0.0, beta: float = 0.0, length=None):
+  """(NLL + AR + TAR, (NLL, next hidden, new batch_stats)): differentiable in params, arch.
+  length: the real steps of a window padded to tokens.shape[1] (None: all)."""
+  out, batch_stats = apply_model(model, params, arch, batch_stats, tokens, hidden, rng, train,
+                                 length)
+  mask = model_lib.step_mask(length, tokens.shape[1])
+  raw = nll(out.log_probs, targets, mask)
+  return raw + activation_regularization(out, alpha, beta, mask), (raw, out.hidden, batch_stats)
 
 
 # ------------------------------------------------------------- optimisation
@@ -163,17 +187,20 @@ def epoch_windows(n: int, bptt: int, rng: np.random.Generator, max_seq_len_delta
 
 
 def make_weight_step(model, *, alpha: float, beta: float, clip: float, weight_decay: float,
-                     optimizer: str = 'sgd') -> Callable:
-  """step(params, opt_state, arch, batch_stats, hidden, tokens, targets, rng, lr) ->
-  (params, opt_state, batch_stats, hidden, metrics): NLL + AR + TAR, the gradient
-  clipped to `clip`, then SGD ('sgd', opt_state {}) or ASGD ('asgd') with wd."""
+                     optimizer: str = 'sgd', axis_name: Optional[str] = None) -> Callable:
+  """step(params, opt_state, arch, batch_stats, hidden, tokens, targets, rng, lr,
+  length=None) -> (params, opt_state, batch_stats, hidden, metrics): NLL + AR + TAR,
+  the gradient (averaged over `axis_name`) clipped to `clip`, then SGD ('sgd',
+  opt_state passed through) or ASGD ('asgd') with wd."""
   if optimizer not in ('sgd', 'asgd'):
     raise ValueError(f"optimizer={optimizer!r} is not one of ('sgd', 'asgd').")
 
-  def step(params, opt_state, arch, batch_stats, hidden, tokens, targets, rng, lr):
-    grad_fn = jax.value_and_grad(lm_loss, argnums=1, has_aux=True)
+  def step(params, opt_state, arch, batch_stats, hidden, tokens, targets, rng, lr,
+           length=None):
+    grad_fn = parallel.value_and_grad(lm_loss, axis_name, argnums=1, has_aux=True)
     (loss, (raw, hidden, batch_stats)), grads = grad_fn(
-        model, params, arch, batch_stats, tokens, targets, hidden, rng, True, alpha, beta)
+        model, params, arch, batch_stats, tokens, targets, hidden, rng, True, alpha, beta,
+        length)
     grads, norm = clip_grads(grads, clip)
     if optimizer == 'sgd':
       params = sgd_update(params, grads, lr, weight_decay)
@@ -198,7 +225,9 @@ def hessian_vector_fd(arch_grad_fn: Callable, params, vector, r: float = HVP_R):
 
 
 def unrolled_arch_grad(model, params, arch, batch_stats, train_batch, valid_batch, rng, eta,
-                       *, weight_decay: float, clip: float, r: float = HVP_R):
+                       *, weight_decay: float, clip: float, r: float = HVP_R,
+                       train_length=None, valid_length=None,
+                       axis_name: Optional[str] = None):
   """The second-order arch gradient of rnn/architect.py _backward_step_unrolled:
 
     w' = w - eta (clip(dL_train/dw) + wd w)
@@ -207,34 +236,39 @@ def unrolled_arch_grad(model, params, arch, batch_stats, train_batch, valid_batc
 
   (the reference takes the Hessian term at w', with the train batch). The losses are
   the plain NLL in training mode (dropout, BatchNorm on batch statistics). batches:
-  (hidden, tokens, targets). Returns (grad, valid loss, next valid hidden)."""
+  (hidden, tokens, targets); lengths: their real steps (None: all); every gradient is
+  averaged over `axis_name`. Returns (grad, valid loss, next valid hidden)."""
   h_t, x_t, y_t = train_batch
   h_v, x_v, y_v = valid_batch
   k_train, k_valid, k_hvp = jax.random.split(rng, 3)
 
-  def loss(p, a, batch, key):
+  def loss(p, a, batch, key, length):
     h, x, y = batch
-    return lm_loss(model, p, a, batch_stats, x, y, h, key, True)
+    return lm_loss(model, p, a, batch_stats, x, y, h, key, True, length=length)
 
-  g_w = jax.grad(lambda p: loss(p, arch, (h_t, x_t, y_t), k_train)[0])(params)
+  g_w = parallel.grad(lambda p: loss(p, arch, (h_t, x_t, y_t), k_train, train_length)[0],
+                      axis_name)(params)
   g_w, _ = clip_grads(g_w, clip)
   unrolled = jax.tree_util.tree_map(lambda p, g: p - eta * (g + weight_decay * p), params, g_w)
-  (val_loss, (_, h_next, _)), (d_w, d_a) = jax.value_and_grad(
-      lambda p, a: loss(p, a, (h_v, x_v, y_v), k_valid), argnums=(0, 1), has_aux=True)(
-          unrolled, arch)
+  (val_loss, (_, h_next, _)), (d_w, d_a) = parallel.value_and_grad(
+      lambda p, a: loss(p, a, (h_v, x_v, y_v), k_valid, valid_length), axis_name,
+      argnums=(0, 1), has_aux=True)(unrolled, arch)
   d_w, _ = clip_grads(d_w, clip)
   vector = jax.tree_util.tree_map(lambda g, p: g + weight_decay * p, d_w, unrolled)
   # One dropout draw for both shifted points (the reference draws a fresh one per pass).
-  arch_grad = lambda p: jax.grad(lambda a: loss(p, a, (h_t, x_t, y_t), k_hvp)[0])(arch)
+  arch_grad = lambda p: parallel.grad(
+      lambda a: loss(p, a, (h_t, x_t, y_t), k_hvp, train_length)[0], axis_name)(arch)
   implicit = hessian_vector_fd(arch_grad, unrolled, vector, r)
   grad = jax.tree_util.tree_map(lambda g, h: g - eta * h, d_a, implicit)
   return grad, val_loss, h_next
 
 
 def make_arch_step(model, *, architect: str, weight_decay: float, clip: float,
-                   optimizer: optax.GradientTransformation, hvp_r: float = HVP_R) -> Callable:
-  """step(arch, arch_opt, params, batch_stats, train_batch, valid_batch, rng, eta) ->
-  (arch, arch_opt, batch_stats, next valid hidden, metrics). 'first_order': the
+                   optimizer: optax.GradientTransformation, hvp_r: float = HVP_R,
+                   axis_name: Optional[str] = None) -> Callable:
+  """step(arch, arch_opt, params, batch_stats, train_batch, valid_batch, rng, eta,
+  train_length=None, valid_length=None) -> (arch, arch_opt, batch_stats, next valid
+  hidden, metrics); gradients averaged over `axis_name`. 'first_order': the
   gradient of the valid NLL at w (this forward pass also moves the BatchNorm running
   statistics, as the reference's); 'second_order': unrolled_arch_grad (the reference runs
   it on a copy of the model, so the statistics stay). eta: the weights' current lr;
@@ -242,16 +276,18 @@ def make_arch_step(model, *, architect: str, weight_decay: float, clip: float,
   if architect not in ARCHITECTS:
     raise ValueError(f'search.architect={architect!r} is not one of {ARCHITECTS}.')
 
-  def step(arch, arch_opt, params, batch_stats, train_batch, valid_batch, rng, eta):
+  def step(arch, arch_opt, params, batch_stats, train_batch, valid_batch, rng, eta,
+           train_length=None, valid_length=None):
     if architect == 'first_order':
       h_v, x_v, y_v = valid_batch
-      (val_loss, (_, h_next, batch_stats)), grad = jax.value_and_grad(
-          lm_loss, argnums=2, has_aux=True)(model, params, arch, batch_stats, x_v, y_v, h_v,
-                                            rng, True)
+      (val_loss, (_, h_next, batch_stats)), grad = parallel.value_and_grad(
+          lm_loss, axis_name, argnums=2, has_aux=True)(
+              model, params, arch, batch_stats, x_v, y_v, h_v, rng, True, length=valid_length)
     else:
       grad, val_loss, h_next = unrolled_arch_grad(
           model, params, arch, batch_stats, train_batch, valid_batch, rng, eta,
-          weight_decay=weight_decay, clip=clip, r=hvp_r)
+          weight_decay=weight_decay, clip=clip, r=hvp_r, train_length=train_length,
+          valid_length=valid_length, axis_name=axis_name)
     updates, arch_opt = optimizer.update(grad, arch_opt, arch)
     arch = optax.apply_updates(arch, updates)
     metrics = {'arch_loss': val_loss, 'arch_grad_norm': global_norm(grad)}
@@ -286,42 +322,64 @@ def reset_hidden(state: Dict) -> Dict:
   return {k: (zero(v) if k in ('hidden', 'hidden_valid') else v) for k, v in state.items()}
 
 
-def make_search_step(model, *, architect: str, alpha: float, beta: float, clip: float,
-                     weight_decay: float, arch_opt: optax.GradientTransformation) -> Callable:
-  """step(state, train_xy, valid_xy, rng, lr) -> (state, metrics): train_search.py's
-  batch: the arch step (valid batch; eta = lr), then the weight step (train batch, same
-  incoming hidden). lr: the window's scaled lr."""
-  arch_step = make_arch_step(model, architect=architect, weight_decay=weight_decay, clip=clip,
-                             optimizer=arch_opt)
-  weight_step = make_weight_step(model, alpha=alpha, beta=beta, clip=clip,
-                                 weight_decay=weight_decay, optimizer='sgd')
+def own_rows(hidden, rows: int, axis_name: Optional[str]):
+  """This device's rows of the whole batch's hidden state [B, nhid] (all: one device)."""
+  if axis_name is None:
+    return hidden
+  return jax.lax.dynamic_slice_in_dim(hidden, jax.lax.axis_index(axis_name) * rows, rows, 0)
 
-  def step(state, train_xy, valid_xy, rng, lr):
+
+def all_rows(hidden, axis_name: Optional[str]):
+  """The whole batch's hidden state from each device's rows (the inverse of own_rows)."""
+  return hidden if axis_name is None else jax.lax.all_gather(hidden, axis_name, tiled=True)
+
+
+def make_search_step(model, *, architect: str, alpha: float, beta: float, clip: float,
+                     weight_decay: float, arch_opt: optax.GradientTransformation,
+                     axis_name: Optional[str] = None) -> Callable:
+  """step(state, train_xy, valid_xy, rng, lr, train_length=None, valid_length=None) ->
+  (state, metrics): train_search.py's batch: the arch step (valid batch; eta = lr),
+  then the weight step (train batch, same incoming hidden). lr: the window's scaled lr;
+  lengths: the real steps of padded windows. Under `axis_name` the batches are this
+  device's rows and the state's hidden states those of the whole batch."""
+  arch_step = make_arch_step(model, architect=architect, weight_decay=weight_decay, clip=clip,
+                             optimizer=arch_opt, axis_name=axis_name)
+  weight_step = make_weight_step(model, alpha=alpha, beta=beta, clip=clip,
+                                 weight_decay=weight_decay, optimizer='sgd',
+                                 axis_name=axis_name)
+
+  def step(state, train_xy, valid_xy, rng, lr, train_length=None, valid_length=None):
     k_arch, k_weights = jax.random.split(rng)
-    train_batch = (state['hidden'],) + tuple(train_xy)
-    valid_batch = (state['hidden_valid'],) + tuple(valid_xy)
+    hidden = own_rows(state['hidden'], train_xy[0].shape[0], axis_name)
+    hidden_valid = own_rows(state['hidden_valid'], valid_xy[0].shape[0], axis_name)
+    train_batch = (hidden,) + tuple(train_xy)
+    valid_batch = (hidden_valid,) + tuple(valid_xy)
     arch, arch_state, batch_stats, hidden_valid, m_arch = arch_step(
         state['arch'], state['arch_opt'], state['params'], state['batch_stats'], train_batch,
-        valid_batch, k_arch, lr)
+        valid_batch, k_arch, lr, train_length, valid_length)
     params, _, batch_stats, hidden, m_w = weight_step(
-        state['params'], {}, arch, batch_stats, state['hidden'], *train_xy, k_weights, lr)
+        state['params'], {}, arch, batch_stats, hidden, *train_xy, k_weights, lr, train_length)
     state = {'params': params, 'arch': arch, 'arch_opt': arch_state,
-             'batch_stats': batch_stats, 'hidden': hidden, 'hidden_valid': hidden_valid}
+             'batch_stats': batch_stats, 'hidden': all_rows(hidden, axis_name),
+             'hidden_valid': all_rows(hidden_valid, axis_name)}
     return state, {**m_w, **m_arch}
 
   return step
 
 
 def make_train_step(model, *, alpha: float, beta: float, clip: float, weight_decay: float,
-                    optimizer: str) -> Callable:
-  """step(state, xy, rng, lr) -> (state, metrics): train.py's batch (SGD or ASGD)."""
+                    optimizer: str, axis_name: Optional[str] = None) -> Callable:
+  """step(state, xy, rng, lr, length=None) -> (state, metrics): train.py's batch (SGD or
+  ASGD); `axis_name` and `length` as for make_search_step."""
   weight_step = make_weight_step(model, alpha=alpha, beta=beta, clip=clip,
-                                 weight_decay=weight_decay, optimizer=optimizer)
+                                 weight_decay=weight_decay, optimizer=optimizer,
+                                 axis_name=axis_name)
 
-  def step(state, xy, rng, lr):
+  def step(state, xy, rng, lr, length=None):
+    hidden = own_rows(state['hidden'], xy[0].shape[0], axis_name)
     params, opt, _, hidden, metrics = weight_step(state['params'], state['opt'], None, {},
-                                                  state['hidden'], *xy, rng, lr)
-    return {'params': params, 'opt': opt, 'hidden': hidden}, metrics
+                                                  hidden, *xy, rng, lr, length)
+    return {'params': params, 'opt': opt, 'hidden': all_rows(hidden, axis_name)}, metrics
 
   return step
 
@@ -341,13 +399,15 @@ def eval_params(state: Dict):
 
 
 def make_eval_step(model) -> Callable:
-  """step(params, arch, batch_stats, hidden, tokens, targets) -> (summed NLL, hidden):
-  evaluation mode (no dropout, BatchNorm on running statistics)."""
+  """step(params, arch, batch_stats, hidden, tokens, targets, length=None) -> (summed
+  NLL, hidden): evaluation mode (no dropout, BatchNorm on running statistics); length:
+  the real steps of a padded window (the padding is not summed)."""
 
-  def step(params, arch, batch_stats, hidden, tokens, targets):
-    out, _ = apply_model(model, params, arch, batch_stats, tokens, hidden, None, False)
+  def step(params, arch, batch_stats, hidden, tokens, targets, length=None):
+    out, _ = apply_model(model, params, arch, batch_stats, tokens, hidden, None, False, length)
     picked = jnp.take_along_axis(out.log_probs, targets[..., None], axis=-1)[..., 0]
-    return -jnp.sum(picked), out.hidden
+    mask = model_lib.step_mask(length, tokens.shape[1])
+    return -jnp.sum(picked if mask is None else picked * mask), out.hidden
 
   return step
 
