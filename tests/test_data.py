@@ -155,7 +155,7 @@ def test_tfds_read_keeps_tensorflow_out_of_the_process(tmp_path):
   """A tfds data set is read in a child process: the searching process never
   loads TensorFlow (~0.8 GB), and a failed read is still a DataError here."""
   pytest.importorskip('tensorflow')
-  code = ('import sys, ml_collections; from pcdarts_jax import data; '
+  code = ('import sys, ml_collections; from pcdarts_jax.data import datasets as data; '
           "cfg = ml_collections.ConfigDict({'name': 'cifar10', 'data_dir': sys.argv[1], "
           "'download': False})\n"
           'try:\n  data.load_split(cfg, "train")\n'

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +55,35 @@ class ArraySet:
 
   def subset(self, start, stop) -> 'ArraySet':
     return ArraySet(self.images[start:stop], self.labels[start:stop])
+
+
+def _round_half_up(x: np.ndarray) -> np.ndarray:
+  return np.floor(np.asarray(x, np.float64) + 0.5).astype(np.int64)
+
+
+def select_subsets(labels: np.ndarray, fractions: Sequence[float],
+                   seed: int) -> Tuple[np.ndarray, ...]:
+  """Per class, a seeded random `fractions[i]` of the examples, the subsets
+  disjoint. Returns one sorted index array per fraction.
+
+  Counts are cumulative and rounded half up per class (class with n examples:
+  subset i gets round((f_0 + .. + f_i) n) - round((f_0 + .. + f_{i-1}) n)), so
+  every subset is proportional to the class sizes. The choice depends only on
+  (labels, fractions, seed): the order in which classes or hosts are visited
+  does not matter.
+  """
+  labels = np.asarray(labels)
+  if sum(fractions) > 1.0 + 1e-9 or min(fractions) < 0:
+    raise ValueError(f'subset fractions {tuple(fractions)} must be >= 0 and sum to <= 1.')
+  chosen = [[] for _ in fractions]
+  bounds = np.concatenate([[0.0], np.cumsum(fractions)])
+  for cls in np.unique(labels):
+    members = np.flatnonzero(labels == cls)
+    order = members[np.random.default_rng([seed, int(cls)]).permutation(len(members))]
+    cuts = _round_half_up(bounds * len(members))
+    for i in range(len(fractions)):
+      chosen[i].append(order[cuts[i]:cuts[i + 1]])
+  return tuple(np.sort(np.concatenate(c)) if c else np.zeros(0, np.int64) for c in chosen)
 
 
 def _load_digits(split: str) -> ArraySet:
@@ -138,18 +167,19 @@ def _load_tfds(name: str, split: str, data_dir: Optional[str], download: bool,
   return run_isolated('_read_tfds', name, split, data_dir, download, archive)
 
 
-def run_isolated(function: str, *args) -> ArraySet:
-  """`data.<function>(*args)`, an ArraySet, computed in a fresh Python process
-  (its messages go to this one's stderr); the arrays come back as .npy files. A
-  DataError raised there is raised here with its message."""
-  package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def run_isolated(function: str, *args, module: str = __name__):
+  """`<module>.<function>(*args)` computed in a fresh Python process (its messages
+  go to this one's stderr): an ArraySet, whose arrays come back as .npy files, or
+  a JSON-able dict. A DataError raised there is raised here with its message."""
+  package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   # The child is the same interpreter: its own site-packages are on its path.
   path = os.pathsep.join([package_root] + [p for p in [os.environ.get('PYTHONPATH')] if p])
-  code = ('import sys, json; from pcdarts_jax import data; '
-          'data._write_isolated(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))')
+  code = ('import sys, json; from pcdarts_jax.data import datasets; '
+          'datasets.write_isolated(sys.argv[1], sys.argv[2], sys.argv[3], '
+          'json.loads(sys.argv[4]))')
   with tempfile.TemporaryDirectory(prefix='pcdarts_jax_data_') as out:
     done = subprocess.run(
-        [sys.executable, '-c', code, out, function, json.dumps(list(args))],
+        [sys.executable, '-c', code, out, module, function, json.dumps(list(args))],
         env=dict(os.environ, PYTHONPATH=path, JAX_PLATFORMS='cpu'), check=False)
     error = os.path.join(out, 'error.txt')
     if os.path.exists(error):
@@ -158,18 +188,27 @@ def run_isolated(function: str, *args) -> ArraySet:
     if done.returncode != 0:
       raise DataError(f'data.{function}{tuple(args)} failed in its child process '
                       f'(exit {done.returncode}); its messages are above.')
+    if os.path.exists(os.path.join(out, 'result.json')):
+      with open(os.path.join(out, 'result.json')) as f:
+        return json.load(f)
     return ArraySet(np.load(os.path.join(out, 'images.npy')),
                     np.load(os.path.join(out, 'labels.npy')))
 
 
-def _write_isolated(out: str, function: str, args) -> None:
-  """run_isolated's child: the result as .npy files, or a DataError's message."""
+def write_isolated(out: str, module: str, function: str, args) -> None:
+  """run_isolated's child: the result as .npy files (an ArraySet) or result.json
+  (a dict), or a DataError's message in error.txt."""
+  import importlib  # pylint: disable=g-import-not-at-top
   try:
-    result = globals()[function](*args)
+    result = getattr(importlib.import_module(module), function)(*args)
   except DataError as e:
     with open(os.path.join(out, 'error.txt'), 'w') as f:
       f.write(str(e))
     sys.exit(3)
+  if isinstance(result, dict):
+    with open(os.path.join(out, 'result.json'), 'w') as f:
+      json.dump(result, f)
+    return
   np.save(os.path.join(out, 'images.npy'), result.images)
   np.save(os.path.join(out, 'labels.npy'), result.labels)
 

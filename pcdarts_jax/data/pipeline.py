@@ -19,12 +19,13 @@ import collections
 import dataclasses
 import hashlib
 import os
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import jax
 import numpy as np
 
 from pcdarts_jax.data import datasets as data
+from pcdarts_jax.data import sources
 from pcdarts_jax.run import config_fields
 from pcdarts_jax.run import parallel
 
@@ -44,52 +45,54 @@ IMAGENET_PREPARE = (
     '--config.data.manual_dir={manual_dir}.')
 
 
-def num_classes(name: str) -> int:
+def num_classes(data_config) -> int:
+  """The class count of a data config (or of a built-in data set's name; own
+  data (`sources`) need their config: the count comes from the data)."""
+  name = data_config if isinstance(data_config, str) else data_config.name
+  if sources.is_own(name):
+    if isinstance(data_config, str):
+      raise sources.SourceError(f'data.name={name!r}: its class count comes from the data; '
+                                f'pass the data config.')
+    return sources.num_classes(data_config)
   return STREAMING[name]['classes'] if name == IMAGENET else data.NUM_CLASSES[name]
 
 
 def image_shape(data_config) -> Tuple[int, int, int]:
+  """(H, W, C) of the images the network sees."""
   if data_config.name == IMAGENET:
     size = data_config.image_size
     return (size, size, 3)
+  if sources.is_own(data_config.name):
+    return sources.image_shape(data_config)
   return data.IMAGE_SHAPES[data_config.name]
 
 
+class DatasetNames(tuple):
+  """The data.name values: the built-in data sets, 'folder', 'arrays' and the
+  pattern 'tfds:NAME[:VERSION]', which `in` matches for every NAME."""
+
+  def __contains__(self, name) -> bool:
+    return sources.is_own(name) or tuple.__contains__(self, name)
+
+
 def dataset_names() -> Tuple[str, ...]:
-  return data.DATASETS + (IMAGENET,)
+  return DatasetNames(data.DATASETS + (IMAGENET,) + sources.NAMES)
+
+
+def streams(data_config) -> bool:
+  """Whether a run streams `data_config` with tf.data (else it is in memory)."""
+  if sources.is_own(data_config.name):
+    return not sources.in_memory(data_config)
+  return data_config.name == IMAGENET or not data_config.get('in_memory', True)
 
 
 # --------------------------------------------------------------------------
 # Subset selection (pure NumPy; the expensive label pass is separate).
 
 
-def _round_half_up(x: np.ndarray) -> np.ndarray:
-  return np.floor(np.asarray(x, np.float64) + 0.5).astype(np.int64)
-
-
-def select_subsets(labels: np.ndarray, fractions: Sequence[float],
-                   seed: int) -> Tuple[np.ndarray, ...]:
-  """Per class, a seeded random `fractions[i]` of the examples, the subsets
-  disjoint. Returns one sorted index array per fraction.
-
-  Counts are cumulative and rounded half up per class (class with n examples:
-  subset i gets round((f_0 + .. + f_i) n) - round((f_0 + .. + f_{i-1}) n)), so
-  every subset is proportional to the class sizes. The choice depends only on
-  (labels, fractions, seed): the order in which classes or hosts are visited
-  does not matter.
-  """
-  labels = np.asarray(labels)
-  if sum(fractions) > 1.0 + 1e-9 or min(fractions) < 0:
-    raise ValueError(f'subset fractions {tuple(fractions)} must be >= 0 and sum to <= 1.')
-  chosen = [[] for _ in fractions]
-  bounds = np.concatenate([[0.0], np.cumsum(fractions)])
-  for cls in np.unique(labels):
-    members = np.flatnonzero(labels == cls)
-    order = members[np.random.default_rng([seed, int(cls)]).permutation(len(members))]
-    cuts = _round_half_up(bounds * len(members))
-    for i in range(len(fractions)):
-      chosen[i].append(order[cuts[i]:cuts[i + 1]])
-  return tuple(np.sort(np.concatenate(c)) if c else np.zeros(0, np.int64) for c in chosen)
+# Per class, seeded disjoint subsets (defined with the data sets, which split
+# their own train sets the same way).
+select_subsets = data.select_subsets
 
 
 # --------------------------------------------------------------------------
@@ -204,10 +207,19 @@ def check_batch_fits(config, train_size: int, arch_size: int):
 
 def search_inputs(config) -> SearchInputs:
   """The weight / architecture inputs of a search, in memory or streamed."""
-  d, s = config.data, config.search
-  if d.name == IMAGENET or not d.get('in_memory', True):
+  d = config.data
+  if sources.is_own(d.name):
+    if streams(d):
+      return _own_streaming_search_inputs(config)
+    return _memory_search_inputs(config, *sources.search_sets(d))
+  if streams(d):
     return _streaming_search_inputs(config)
-  train_set, arch_set = data.search_splits(d)
+  return _memory_search_inputs(config, *data.search_splits(d))
+
+
+def _memory_search_inputs(config, train_set: data.ArraySet,
+                          arch_set: data.ArraySet) -> SearchInputs:
+  s = config.search
   # Checked here, before an iterator refuses a too-large batch less helpfully.
   check_batch_fits(config, len(train_set), len(arch_set))
   return SearchInputs(
@@ -495,6 +507,60 @@ def _streaming_search_inputs(config) -> SearchInputs:
                       train_size=train_size, arch_size=arch_size)
 
 
+def _host_share(index: np.ndarray) -> np.ndarray:
+  """This process's contiguous share of the positions `index`."""
+  start, stop = host_range(len(index))
+  return index[start:stop]
+
+
+def _own_epochs(d, stream: sources.Stream, share: np.ndarray, local_batch: int, steps: int,
+                seed: int, tf) -> Callable:
+  """`make_epoch(epoch, skip_batches)` over this process's records `share`. A
+  folder's records are paths, in class order: each epoch a seeded permutation
+  of all of them (exact epochs; repeated where a share is a little short). tfds
+  records are encoded images, shuffled when tfds prepared them: a shuffle buffer."""
+  if stream.labels is None:
+    return _batches(stream.records(share), stream.decode, local_batch, steps, seed,
+                    int(d.get('shuffle_buffer', 10_000)), tf)
+
+  def make_epoch(epoch, skip_batches):
+    order = share[np.random.default_rng([seed, epoch]).permutation(len(share))]
+    ds = stream.records(order).repeat().take(steps * local_batch)
+    ds = ds.skip(skip_batches * local_batch).map(
+        lambda ex: {'image': stream.decode(ex['image']), 'label': ex['label']},
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(local_batch, drop_remainder=True).prefetch(2).as_numpy_iterator()
+  return make_epoch
+
+
+def _own_streaming_search_inputs(config) -> SearchInputs:
+  """Own data streamed (sources.stream): the weight / architecture positions of
+  the train split chosen as in memory (sources.search_split); each process
+  reads its contiguous share of each, decodes and fits the images."""
+  d, s = config.data, config.search
+  tf = _tf(d.name)
+  train = sources.stream(d, 'train', tf)
+  weights, arch = sources.search_split(d, train.labels, train.size)
+  check_batch_fits(config, len(weights), len(arch))
+  local_batch = s.batch_size // jax.process_count()
+  local_eval = _local_eval_size(s.eval_batch_size)
+  shape = image_shape(d)
+
+  def train_iterator(index, seed):
+    steps = len(index) // s.batch_size
+    make_epoch = _own_epochs(d, train, _host_share(index), local_batch, steps, seed, tf)
+    return StreamIterator(make_epoch, steps)
+
+  shares = [host_range(len(arch), p, jax.process_count()) for p in range(jax.process_count())]
+  eval_steps = max(-(-(stop - start) // local_eval) for start, stop in shares)
+  eval_batches = lambda global_size: _masked_batches(
+      train.records(_host_share(arch)), train.decode, local_eval, eval_steps, shape, tf)
+  return SearchInputs(train=train_iterator(weights, config.seed),
+                      arch=train_iterator(arch, config.seed + 1), eval_batches=eval_batches,
+                      sample_image=np.zeros((1,) + shape, np.uint8),
+                      train_size=len(weights), arch_size=len(arch))
+
+
 @dataclasses.dataclass
 class DataSource:
   """What the trainer reads: endless train batches from a global step on, and
@@ -507,10 +573,73 @@ class DataSource:
   test_size: int
 
 
+def memory_source(config, train_set: Optional[data.ArraySet],
+                  test_set: data.ArraySet) -> DataSource:
+  """The trainer's data from arrays in memory (train_set None: evaluation only)."""
+  t = config.train
+  steps_per_epoch, batches = 0, None
+  if train_set is not None:
+    config_fields.require(t.batch_size <= len(train_set),
+                          f'train.batch_size={t.batch_size} is larger than the '
+                          f'{len(train_set)} {config.data.name} train images; allowed: '
+                          f'1..{len(train_set)}.')
+    steps_per_epoch = len(train_set) // t.batch_size
+
+    def batches(start_step: int):
+      it = data.EpochIterator(train_set, t.batch_size, seed=config.seed)
+      # Batches are drawn in a fixed order, so the position follows from the step.
+      it.restore({'epoch': start_step // steps_per_epoch,
+                  'position': start_step % steps_per_epoch})
+      return (parallel.host_slice(b) for b in it)
+
+  # Rounded up to split over the devices; the padding is masked out.
+  devices = parallel.device_count()
+  eval_size = -(-t.eval_batch_size // devices) * devices
+  return DataSource(
+      steps_per_epoch, batches,
+      lambda: (parallel.host_slice(b) for b in data.eval_batches(test_set, eval_size)),
+      len(test_set))
+
+
+def _own_train_source(config, need_train: bool) -> DataSource:
+  """Own data for the trainer: the train and test splits, in memory or streamed
+  (each process its contiguous share, reshuffled every epoch)."""
+  d, t = config.data, config.train
+  if not streams(d):
+    return memory_source(config, sources.load_split(d, 'train') if need_train else None,
+                         sources.load_split(d, 'test'))
+  tf = _tf(d.name)
+  shape = image_shape(d)
+  steps, train_batches = 0, None
+  if need_train:
+    train = sources.stream(d, 'train', tf)
+    steps = train.size // t.batch_size
+    config_fields.require(steps > 0, f'train.batch_size={t.batch_size} is larger than the '
+                                     f'{train.size} {d.name} train images; allowed: '
+                                     f'1..{train.size}.')
+    make_epoch = _own_epochs(d, train, _host_share(np.arange(train.size)),
+                             t.batch_size // jax.process_count(), steps, config.seed, tf)
+
+    def train_batches(start_step: int):
+      iterator = StreamIterator(make_epoch, steps)
+      iterator.restore({'epoch': start_step // steps, 'position': start_step % steps})
+      return iterator
+
+  test = sources.stream(d, 'test', tf)
+  local_eval = _local_eval_size(t.eval_batch_size)
+  eval_steps = max(-(-(b - a) // local_eval) for a, b in
+                   (host_range(test.size, p) for p in range(jax.process_count())))
+  test_batches = lambda: _masked_batches(test.records(_host_share(np.arange(test.size))),
+                                         test.decode, local_eval, eval_steps, shape, tf)
+  return DataSource(steps, train_batches, test_batches, test.size)
+
+
 def train_data_source(config, need_train: bool = True) -> DataSource:
-  """ImageNet for the trainer: the whole train split streamed (each process its
-  share, random-resized crops), the validation split as the test set (resize
-  256, centre crop 224)."""
+  """The trainer's data for ImageNet and own data (`sources`). ImageNet: the
+  whole train split streamed (each process its share, random-resized crops),
+  the validation split as the test set (resize 256, centre crop 224)."""
+  if sources.is_own(config.data.name):
+    return _own_train_source(config, need_train)
   tf = _tf(config.data.name)
   d, t = config.data, config.train
   shape = image_shape(d)

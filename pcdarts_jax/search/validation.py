@@ -11,6 +11,7 @@ from pcdarts_jax.run import config_fields
 from pcdarts_jax.data import datasets as data
 from pcdarts_jax.spaces.darts import genotypes
 from pcdarts_jax.data import pipeline as input_pipeline
+from pcdarts_jax.data import sources
 from pcdarts_jax.nn import ops
 from pcdarts_jax.search import optim
 from pcdarts_jax.search import progressive
@@ -46,6 +47,42 @@ def validate_archive(data_config):
   _require(problem is None, problem)
 
 
+def validate_data(config):
+  """data.* and model.num_classes against the data: own data's fields
+  (sources.check_fields; bad files are named by sources.describe), the
+  normalisation's length, the class count. Shared by the search, the trainer
+  and SGNAS."""
+  d, m = config.data, config.model
+  if sources.is_own(d.name):
+    sources.check_fields(d)
+  channels = input_pipeline.image_shape(d)[-1]
+  for field in ('mean', 'std'):
+    _require(d.get(field) is not None,
+             f'data.{field}=None: the statistics of the train split fill it in when a run '
+             f'starts (sources.resolve_config); give {channels} value(s) to set it.')
+  _require(len(d.mean) == channels and len(d.std) == channels,
+           f'data.mean / data.std need {channels} values for {d.name}, got '
+           f'{len(d.mean)} / {len(d.std)}.')
+  classes = input_pipeline.num_classes(d)
+  _require(m.num_classes == classes,
+           f'model.num_classes={m.num_classes!r} but {d.name} has {classes} classes.')
+
+
+def require_image_size(d, halvings: int, what: str):
+  """The image size a network that halves it `halvings` times accepts (a
+  multiple of 2**halvings: every reduction needs an even input); the error
+  suggests the nearest sizes."""
+  size = input_pipeline.image_shape(d)[0]
+  multiple = 2 ** halvings
+  if size % multiple == 0:
+    return
+  needs = f'{what} halves the images {halvings} times and needs a size divisible by {multiple}'
+  if d.name == input_pipeline.IMAGENET or sources.is_own(d.name):
+    nearest = ' or '.join(str(n) for n in sources.nearest_sizes(size, multiple))
+    raise ConfigError(f'data.image_size={size}: {needs}; nearest: {nearest}.')
+  raise ConfigError(f'{d.name} images are {size}x{size}; {needs}.')
+
+
 def validate_search_config(config, num_devices: int = 1):
   d, m, s = config.data, config.model, config.search
   names = input_pipeline.dataset_names()
@@ -64,18 +101,13 @@ def validate_search_config(config, num_devices: int = 1):
   else:
     _require(0.0 < d.train_portion < 1.0,
              f'data.train_portion={d.train_portion!r} must be in (0, 1).')
-    in_memory = d.get('in_memory', True)
-    _require_bool(in_memory, 'data.in_memory')
-    _require(in_memory or d.name in input_pipeline.STREAMING,
-             f'data.in_memory=False streams from tfds, which {d.name!r} is not in; '
-             f'allowed for {tuple(input_pipeline.STREAMING)}.')
-  channels = input_pipeline.image_shape(d)[-1]
-  _require(len(d.mean) == channels and len(d.std) == channels,
-           f'data.mean / data.std need {channels} values for {d.name}, got '
-           f'{len(d.mean)} / {len(d.std)}.')
-  classes = input_pipeline.num_classes(d.name)
-  _require(m.num_classes == classes,
-           f'model.num_classes={m.num_classes!r} but {d.name} has {classes} classes.')
+    if not sources.is_own(d.name):  # Own data: sources.check_fields (validate_data).
+      in_memory = d.get('in_memory', True)
+      _require_bool(in_memory, 'data.in_memory')
+      _require(in_memory or d.name in input_pipeline.STREAMING,
+               f'data.in_memory=False streams from tfds, which {d.name!r} is not in; '
+               f'allowed for {tuple(input_pipeline.STREAMING)}.')
+  validate_data(config)
 
   for field in ('init_channels', 'layers', 'partial_channels', 'steps', 'multiplier',
                 'stem_multiplier'):
@@ -132,11 +164,8 @@ def validate_search_config(config, num_devices: int = 1):
            "model.channel_mixing='shift' has no effect with model.channel_sampling="
            "'reference_random', which (as the reference's model_search_random.py) permutes "
            "no channel after the concat; leave channel_mixing at 'shuffle'.")
-  size = input_pipeline.image_shape(d)[0]
   reductions = 2 + (3 if m.stem == 'imagenet' else 0)
-  _require(size % (2 ** reductions) == 0,
-           f'{d.name} images are {size}x{size}; model.stem={m.stem!r} with two reduction '
-           f'cells needs a size divisible by {2 ** reductions}.')
+  require_image_size(d, reductions, f'model.stem={m.stem!r} with two reduction cells')
 
   for field in ('learning_rate', 'arch_learning_rate', 'batch_size', 'epochs',
                 'eval_batch_size', 'grad_clip'):

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from pcdarts_jax.run import config_fields
 from pcdarts_jax.data import datasets as data
 from pcdarts_jax.data import pipeline as input_pipeline
+from pcdarts_jax.data import sources
 from pcdarts_jax.spaces.darts import genotypes
 from pcdarts_jax.nn import initializers
 from pcdarts_jax.nn import ops
@@ -267,7 +268,8 @@ def input_shape(config) -> Tuple[int, int, int, int]:
   """(1, H, W, C) of one image of `config.data.name`; without data fields, the
   network's reference input (CIFAR 32x32, ImageNet 224x224)."""
   name = config.data.name if hasattr(config, 'data') else None
-  if name in IMAGE_SHAPES and (name != 'imagenet2012' or 'image_size' in config.data):
+  if sources.is_own(name) or (
+      name in IMAGE_SHAPES and (name != 'imagenet2012' or 'image_size' in config.data)):
     return (1,) + input_pipeline.image_shape(config.data)
   if name not in IMAGE_SHAPES:
     imagenet = config_fields.field(config.model, 'network', 'cifar') == 'imagenet'
