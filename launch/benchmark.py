@@ -9,6 +9,8 @@ r"""Step-throughput benchmark of a search config or a training config.
   python -m launch.benchmark --config=configs/cifar10_search.py --measure=program \
       --platform=cuda [--batch_size=256] [--config.model.edge_impl=scan ...]
   python -m launch.benchmark --config=configs/cifar10_search.py --num_seeds=4 --batch_size=32
+  python -m launch.benchmark --config=configs/rnn_pydoc_search.py \
+      [--architects=first_order,second_order]     # the RNN search step: ms/step, tokens/s
 
 `--num_seeds=N` measures the step of N searches vmapped in one program
 (search.num_seeds) and reports ms_per_search_step (its time / N).
@@ -31,6 +33,9 @@ from launch import common
 from pcdarts_jax.bench import benchmark
 from pcdarts_jax.search import validation as config_validation
 from pcdarts_jax.bench import program
+from pcdarts_jax.rnn import search as rnn_search
+from pcdarts_jax.rnn import train as rnn_train
+from pcdarts_jax.spaces.rnn import steps as rnn_steps
 from pcdarts_jax.train import train as trainer
 
 _CONFIG = common.define_config_flag('Search or training')
@@ -94,10 +99,11 @@ def main(argv):
   if _PLATFORM.value is not None and not set(measure) & set(benchmark.PROGRAM_MEASUREMENTS):
     common.fail(f'--platform applies to --measure={",".join(benchmark.PROGRAM_MEASUREMENTS)} '
                 f'only (measuring {",".join(measure)})')
+  rnn = benchmark.is_rnn_config(config)
+  architects = rnn_steps.ARCHITECTS if rnn else config_validation.ARCHITECTS
   for name in _ARCHITECTS.value:
-    if name not in config_validation.ARCHITECTS:
-      print(f'error: --architects={name!r} is not one of {config_validation.ARCHITECTS}',
-            file=sys.stderr)
+    if name not in architects:
+      print(f'error: --architects={name!r} is not one of {architects}', file=sys.stderr)
       sys.exit(2)
   section = config.train if training else config.search
   sizes = ([int(b) for b in _SWEEP_SIZES.value] if _SWEEP.value
@@ -107,7 +113,10 @@ def main(argv):
       with config.unlocked():
         section.batch_size = b
         section.eval_batch_size = b
-      if training:
+      if rnn:
+        (rnn_train.validate_train_config if training
+         else rnn_search.validate_search_config)(config)
+      elif training:
         trainer.validate_train_config(config)
       else:
         config_validation.validate_search_config(config)

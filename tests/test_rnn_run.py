@@ -364,3 +364,21 @@ def test_one_device_equals_two(env):
   for key, value in diffs.items():
     if key.startswith(('search_', 'train_')) and key != 'search_arch_moved':
       assert value < (1e-4 if key.endswith('sums') else 1e-5), (key, value)
+
+
+def test_benchmark_measures_the_rnn_search_step(env):
+  base = [sys.executable, '-m', 'launch.benchmark', '--config=configs/rnn_pydoc_search.py',
+          '--config.model.steps=2', '--config.model.emsize=8', '--config.model.nhid=8']
+  result = subprocess.run(base + ['--steps=2', '--warmup=0', '--batch_size=8'], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  (r,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{')]
+  assert r['measurement'] == 'bilevel_step' and r['architect'] == 'first_order'
+  assert r['data'] == 'pydoc' and r['bptt'] == 20 and r['batch_size'] == 8
+  assert r['tokens_per_second'] == pytest.approx(8 * 20 / (r['ms_per_step_median'] / 1e3))
+  assert r['projected_search_minutes'] > 0 and 'tokens/s' in result.stderr
+  refused = subprocess.run(base + ['--measure=weight_step'], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+  assert refused.returncode == 2
+  assert "is not one of ('bilevel_step',) (a search config of model.space='rnn')" in (
+      refused.stderr)

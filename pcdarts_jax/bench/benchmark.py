@@ -37,7 +37,13 @@ from pcdarts_jax.nn import ops
 from pcdarts_jax.search import optim
 from pcdarts_jax.search import seeds
 from pcdarts_jax.bench import program
+from pcdarts_jax.rnn import lm as rnn_lm
+from pcdarts_jax.rnn import search as rnn_search
+from pcdarts_jax.rnn import train as rnn_train
 from pcdarts_jax.spaces.darts import supernet
+from pcdarts_jax.spaces.rnn import corpus as rnn_corpus
+from pcdarts_jax.spaces.rnn import model as rnn_model
+from pcdarts_jax.spaces.rnn import steps as rnn_steps
 from pcdarts_jax.train import train as trainer
 
 MEASUREMENTS = ('weight_step', 'arch_step', 'bilevel_step', 'pipeline', 'fed_step')
@@ -46,6 +52,12 @@ PROGRAM_MEASUREMENTS = ('program',)
 TRAIN_MEASUREMENTS = ('train_step', 'eval_step')  # of a training config (launch.train)
 # With search.num_seeds > 1: the steps the vmapped N-seed search runs.
 SEED_MEASUREMENTS = ('bilevel_step', 'fed_step', 'program')
+# model.space='rnn': the recurrent cell search's step (arch and weight step on one
+# window each) and the training step of a recurrent genotype.
+RNN_MEASUREMENTS = ('bilevel_step',)
+RNN_TRAIN_MEASUREMENTS = ('train_step',)
+# Vocabulary sizes of the corpora an RNN config names when the files are not here.
+RNN_VOCABULARY = {'ptb': 10000, 'wikitext2': 33278}
 
 
 def is_train_config(config) -> bool:
@@ -53,19 +65,27 @@ def is_train_config(config) -> bool:
   return 'train' in config and 'search' not in config
 
 
+def is_rnn_config(config) -> bool:
+  return config_fields.space(config.model) == 'rnn'
+
+
 def measurements_of(config) -> tuple:
+  if is_rnn_config(config):
+    return RNN_TRAIN_MEASUREMENTS if is_train_config(config) else RNN_MEASUREMENTS
   return TRAIN_MEASUREMENTS if is_train_config(config) else MEASUREMENTS
 
 
 def check_measurements(config, names: Sequence[str]) -> None:
   """ValueError naming every measurement the config's kind does not have."""
-  allowed = measurements_of(config) + (() if is_train_config(config) else PROGRAM_MEASUREMENTS)
+  allowed = measurements_of(config) + (
+      () if is_train_config(config) or is_rnn_config(config) else PROGRAM_MEASUREMENTS)
   unknown = [name for name in names if name not in allowed]
   if unknown:
     kind = 'training' if is_train_config(config) else 'search'
+    rnn = " of model.space='rnn'" if is_rnn_config(config) else ''
     raise ValueError(f'--measure={",".join(unknown)} is not one of {allowed} '
-                     f'(a {kind} config)')
-  n = 1 if is_train_config(config) else seeds.num_seeds(config)
+                     f'(a {kind} config{rnn})')
+  n = 1 if is_train_config(config) or is_rnn_config(config) else seeds.num_seeds(config)
   single = [name for name in names if name not in SEED_MEASUREMENTS]
   if n > 1 and single:
     raise ValueError(f'--measure={",".join(single)} measures one search; with '
@@ -677,6 +697,79 @@ class TrainBench:
                        device_lock=self.device_lock)
 
 
+class RNNBench:
+  """The steps of a model.space='rnn' config at one batch size, on one device: the
+  search's bilevel step (an arch step on a window of the arch stream, then a weight
+  step on a train window) or the training step of its genotype, on windows of bptt
+  steps. The corpus of config.data when it is here, else random words of the
+  corpus' vocabulary size (a step's cost does not depend on which words)."""
+
+  def __init__(self, config, batch_size: int):
+    self.config = config
+    self.batch_size = batch_size
+    self.training = is_train_config(config)
+    self.section = config.train if self.training else config.search
+    bptt = self.section.bptt
+    try:
+      corpus = rnn_corpus.load_corpus(config.data)
+      ntokens, stream = corpus.ntokens, corpus.train
+      self.data_source, self.train_tokens = config.data.name, len(corpus.train)
+    except (OSError, ValueError):
+      ntokens = RNN_VOCABULARY.get(config.data.name, 10000)
+      stream = np.random.default_rng(0).integers(0, ntokens, 4 * batch_size * (bptt + 1))
+      self.data_source, self.train_tokens = f'synthetic {config.data.name}-sized', None
+    self.weight_images = None  # Not images: see tokens_per_second.
+    rows = rnn_corpus.batchify(np.resize(stream, max(len(stream), 2 * batch_size * (bptt + 1))),
+                               batch_size)
+    x, y, length = rnn_lm.window(rows, 0, bptt)
+    self.window = (jax.device_put(x), jax.device_put(y), np.int32(length))
+    self.ntokens = ntokens
+    self.genotype = rnn_train.resolve_genotype(config.genotype) if self.training else None
+    self.rng = jax.random.PRNGKey(1)
+    self.trace_dir = None  # Set by iter_run: trace the timed steps there.
+    self.device_lock = None  # Set by iter_run: held while stepping.
+
+  def tokens_per_step(self) -> int:
+    return self.batch_size * self.section.bptt
+
+  def bilevel_step(self, steps, warmup, architect_name='first_order'):
+    """rnn/search.py's step: the arch step (first or second order) and the weight step."""
+    config = with_architect(self.config, architect_name)
+    model = rnn_model.build_model(self.ntokens, config.model)
+    opt = rnn_search.arch_optimizer(config)
+    state = rnn_lm.LMState(step=jnp.zeros((), jnp.int32), core=rnn_steps.init_search_state(
+        model, jax.random.PRNGKey(0), self.batch_size, opt))
+    step = jax.jit(rnn_search.make_step(model, config, opt), donate_argnums=0)
+    x, y, length = self.window
+    lr = np.float32(config.search.learning_rate)
+    return time_jitted(step, (state, x, y, x, y, length, length, np.bool_(False), self.rng,
+                              lr), steps, warmup, carry_state=True, trace_dir=self.trace_dir,
+                       device_lock=self.device_lock)
+
+  def train_step(self, steps, warmup, **_):
+    """rnn/train.py's SGD step of the config's genotype."""
+    model = rnn_model.build_model(self.ntokens, self.config.model, self.genotype)
+    state = rnn_train.init_state(model, self.config, jax.random.PRNGKey(0))
+    step = jax.jit(rnn_train.make_step(model, self.config, 'sgd'), donate_argnums=0)
+    x, y, length = self.window
+    return time_jitted(step, (state, x, y, length, np.bool_(False), self.rng,
+                              np.float32(self.config.train.learning_rate)), steps, warmup,
+                       carry_state=True, trace_dir=self.trace_dir, device_lock=self.device_lock)
+
+  def project(self, ms: float) -> Dict[str, Any]:
+    """Minutes of the whole run at this step time, steps alone (windows of ~0.975 bptt:
+    bptt w.p. 0.95, else half)."""
+    what = 'train' if self.training else 'search'
+    if not self.train_tokens or not ms:
+      return {f'projected_{what}_minutes': None, 'projection': None}
+    s = self.section
+    windows = int(self.train_tokens // self.batch_size / (0.975 * s.bptt))
+    return {f'projected_{what}_minutes': s.epochs * windows * ms / 6e4,
+            'projection': f'{s.epochs} epochs x ~{windows} windows of {self.batch_size} x '
+                          f'~{0.975 * s.bptt:.1f} tokens ({self.train_tokens} train tokens); '
+                          f'steps only'}
+
+
 def project_training(config, train_images: Optional[int], batch_size: int,
                      train_ms: float) -> Dict[str, Any]:
   """Minutes of the config's whole training at this step time, steps alone."""
@@ -720,7 +813,11 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
   m = config.model
   timed = [name for name in measurements if name not in PROGRAM_MEASUREMENTS]
   bench = None  # Data, state and steps: only for what runs.
-  if is_train_config(config):
+  rnn = is_rnn_config(config)
+  if rnn:
+    bench = RNNBench(config, batch_size)
+    edges = {'edge_impl': None, 'unroll_edges': None, 'bilevel_phases': None}
+  elif is_train_config(config):
     bench = TrainBench(config, batch_size)
     edges = {'edge_impl': None, 'unroll_edges': None, 'bilevel_phases': None}
   else:
@@ -733,10 +830,11 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
   base = {'config': config_name, 'config_digest': config_digest(config),
           'batch_size': batch_size, 'data': bench.data_source if bench else None,
           'steps': steps, 'warmup': warmup, **edges,
-          'depthwise_impl': ops.resolve_depthwise_impl(  # what ran, `auto` resolved
+          'depthwise_impl': None if rnn else ops.resolve_depthwise_impl(  # `auto` resolved
               m.get('depthwise_impl', 'auto'), m.get('dtype', 'float32')),
           'dtype': m.get('dtype', 'float32'),
-          'num_seeds': None if is_train_config(config) else seeds.num_seeds(config),
+          'num_seeds': (None if is_train_config(config) or rnn
+                        else seeds.num_seeds(config)),
           **environment()}
   weight_ms = None
   for name in measurements:
@@ -758,7 +856,10 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
       ms = figures['ms_per_step_median']
       flops = figures['flops_per_step']
       ran = {}
-      if arch_name and not is_train_config(config):  # what this architect's net ran
+      if rnn:  # Sequences (rows of bptt tokens) rather than images.
+        ran['tokens_per_second'] = bench.tokens_per_step() / (ms / 1e3) if ms else None
+        ran['bptt'] = bench.section.bptt
+      elif arch_name and not is_train_config(config):  # what this architect's net ran
         ran['depthwise_impl'] = ops.resolve_depthwise_impl(
             supernet.search_depthwise_impl(with_architect(config, arch_name)),
             m.get('dtype', 'float32'))
@@ -775,9 +876,11 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
         result['search_images_per_second'] = n * batch_size / (ms / 1e3) if ms else None
       if name == 'weight_step':
         weight_ms = ms
-      if name in ('bilevel_step', 'fed_step'):
+      if rnn:
+        result.update(bench.project(ms))
+      elif name in ('bilevel_step', 'fed_step'):
         result.update(project_search(config, bench.weight_images, batch_size, ms, weight_ms))
-      if name == 'train_step':
+      elif name == 'train_step':
         result.update(project_training(config, bench.weight_images, batch_size, ms))
       yield result
 
@@ -836,6 +939,10 @@ def format_table(results: Sequence[Dict]) -> str:
                    f'in {r["ms_per_step_median"]:.1f} ms/step, {r["ms_per_search_step"]:.1f} ms '
                    f'per search step ({r["search_images_per_second"]:.1f} img/s over the '
                    f'searches)')
+  for r in results:
+    if r.get('tokens_per_second'):
+      lines.append(f'{r["measurement"]} at batch {r["batch_size"]} (RNN, windows of '
+                   f'{r["bptt"]} tokens): {r["tokens_per_second"]:.0f} tokens/s')
   for r in results:
     for what in ('search', 'train'):
       if r.get(f'projected_{what}_minutes'):

@@ -302,11 +302,12 @@ def make_arch_step(model, *, architect: str, weight_decay: float, clip: float,
 def init_search_state(model, rng, batch_size: int, optimizer: optax.GradientTransformation):
   """The search state of a fresh search model, zero hidden states."""
   variables = model_lib.init_variables(model, rng)
-  hidden = model_lib.init_hidden(batch_size, model.nhid)
+  # Two arrays (not one twice): a step may donate the state's buffers.
   return {'params': variables['params'], 'arch': variables['arch'],
           'arch_opt': optimizer.init(variables['arch']),
-          'batch_stats': variables.get('batch_stats', {}), 'hidden': hidden,
-          'hidden_valid': hidden}
+          'batch_stats': variables.get('batch_stats', {}),
+          'hidden': model_lib.init_hidden(batch_size, model.nhid),
+          'hidden_valid': model_lib.init_hidden(batch_size, model.nhid)}
 
 
 def init_train_state(model, rng, batch_size: int):
