@@ -16,16 +16,33 @@ hosts: run the same command on each with --coordinator_address=HOST0:PORT
 --num_processes=N --process_id=I.
 """
 
+from typing import Callable
+
 from launch import common
-from pcdarts_jax.search import search as loop
+from pcdarts_jax.run import config_fields
+from pcdarts_jax.search import search as gradient_search
+from pcdarts_jax.sgnas import search as sgnas_search
+
+# The search of each method with its own, by model.space; every other space
+# (darts, nb201) runs the gradient-based search.
+SEARCHES = {'sgnas': sgnas_search.search}
 
 _CONFIG, _WORKDIR = common.define_run_flags('Search')
+
+
+def search_of(config) -> Callable:
+  """search(config, workdir) of the config's method."""
+  return SEARCHES.get(config_fields.space(config.model), gradient_search.search)
 
 
 def main(argv):
   common.no_arguments(argv)
   common.check_output_workdir(_WORKDIR.value)
-  common.run(lambda: loop.search(common.run_config(_WORKDIR.value), _WORKDIR.value))
+
+  def job():
+    config = common.run_config(_WORKDIR.value)
+    return search_of(config)(config, _WORKDIR.value)
+  common.run(job)
 
 
 if __name__ == '__main__':

@@ -7,7 +7,7 @@ import pytest
 from configs import imagenet_search
 from pcdarts_jax.data import datasets as data
 from pcdarts_jax.data import pipeline as input_pipeline
-from pcdarts_jax.search import search as loop
+from pcdarts_jax.data import augment as augment_lib
 from pcdarts_jax.spaces.darts import supernet
 
 
@@ -93,7 +93,7 @@ def test_device_normalisation_uses_imagenet_statistics():
   config = imagenet_search.get_config()
   augment = data.train_augment(config.data)
   image = np.full((2, 8, 8, 3), 255, np.uint8)
-  out = np.asarray(loop.augment_examples(augment, np.zeros(2, np.uint32), image))
+  out = np.asarray(augment_lib.augment_examples(augment, np.zeros(2, np.uint32), image))
   expected = (1.0 - np.array(config.data.mean)) / np.array(config.data.std)
   np.testing.assert_allclose(out[0, 0, 0], expected, rtol=1e-6)
 

@@ -21,6 +21,7 @@ import pytest
 from configs import digits_search
 from configs import digits_train
 from pcdarts_jax.run import checkpoint
+from pcdarts_jax.run import driver
 from pcdarts_jax.search import validation as config_validation
 from pcdarts_jax.data import datasets as data
 from pcdarts_jax.spaces.darts import genotypes
@@ -384,7 +385,7 @@ def test_nan_in_a_batch_stops_the_run_and_keeps_the_checkpoint(tmp_path, monkeyp
   _NaNAtBatch.train_seed, _NaNAtBatch.calls = config.seed, 0
   monkeypatch.setattr(data, 'EpochIterator', _NaNAtBatch)
   workdir = str(tmp_path / 'run')
-  with pytest.raises(loop.NonFiniteError) as info:
+  with pytest.raises(driver.NonFiniteError) as info:
     loop.search(config, workdir)
   message = str(info.value)
   assert 'step 4 ' in message and 'train loss nan' in message, message
@@ -436,6 +437,10 @@ class _Stop:
     pass
 
 
+class _Checkpoints:
+  directory = '/ckpt'
+
+
 class _Progress:
   def __init__(self):
     self.losses, self.closed = [], False
@@ -456,13 +461,13 @@ def _epoch_steps(stop, every_steps, log_every_steps, first=0, stop_after=None):
       stop.received = signal.SIGTERM
     return {'loss_sum': np.float32(2.0), 'count': np.float32(1.0)}
 
-  sums = loop.run_epoch_steps(
-      2, first, 7, step_fn, stop=stop, every_steps=every_steps,
-      log_every_steps=log_every_steps, progress=progress,
-      host_sums=lambda s: {k: float(v) for k, v in s.items()},
-      check_finite=lambda host, step: checked.append(step),
-      save=lambda step, host: saved.append((step, host['count'])),
-      interrupted=loop.SearchInterrupted, checkpoint_dir='/ckpt')
+  phase = driver.Phase(
+      'search', '', _Checkpoints(), 3, 7, 1, log_every_steps,
+      lambda state, step: (state, step_fn(step)), None,
+      nonfinite=lambda state, host, step: checked.append(step))
+  _, sums = driver.run_steps(
+      driver.Run(stop, every_steps=every_steps), phase, None, 2, first, None, progress,
+      save=lambda step, state, host: saved.append((step, host['count'])))
   return sums, saved, checked, progress
 
 
@@ -484,7 +489,7 @@ def test_epoch_steps_checkpoint_and_log_only_when_due():
 
 def test_epoch_steps_stop_signal_checkpoints_then_raises():
   stop = _Stop()
-  with pytest.raises(loop.SearchInterrupted,
+  with pytest.raises(driver.Interrupted,
                      match=r'SIGTERM after step 16; checkpoint 16 written to /ckpt\. Run the '
                            r'same command again'):
     _epoch_steps(stop, every_steps=0, log_every_steps=0, stop_after=16)

@@ -1,13 +1,14 @@
-"""The one search loop: state, the jitted bilevel step, evaluation, and `search`.
+"""The gradient-based search (DARTS, PC-DARTS, DrNAS and their variants, on the
+darts and nb201 spaces): its state, the jitted bilevel and eval steps, and
+`search(config, workdir)`.
 
-Steps are pure functions of (state, batches, rng). Side effects (logs, files)
-happen only here in the loop.
+Steps are pure functions of (state, batches, rng). The epochs run on the run
+driver (pcdarts_jax.run.driver); `search` supplies the step, the progressive
+stage changes and the end-of-epoch work (evaluation, genotype, record).
 """
 
 import json
 import os
-import signal
-import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from absl import logging
@@ -22,8 +23,8 @@ from pcdarts_jax.run import checkpoint
 from pcdarts_jax.run import config_fields
 from pcdarts_jax.run import driver
 from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.data import augment as augment_lib
 from pcdarts_jax.data import datasets as data
-from pcdarts_jax.spaces.darts import genotypes
 from pcdarts_jax.nn import initializers
 from pcdarts_jax.data import pipeline as input_pipeline
 from pcdarts_jax.run import metrics as metrics_lib
@@ -113,14 +114,6 @@ def guard_nonfinite(step_fn: Callable, skip: bool) -> Callable:
   return guarded
 
 
-def _metrics(loss, logits, labels) -> Dict[str, jax.Array]:
-  """Sums over the batch, so that metrics accumulate exactly across steps."""
-  n = labels.shape[0]
-  correct = jnp.sum(jnp.argmax(logits, -1) == labels)
-  return {'loss_sum': loss * n, 'correct': correct.astype(jnp.float32),
-          'count': jnp.asarray(n, jnp.float32)}
-
-
 def _rngs(rng):
   """The supernet's rng streams from one key: random channel sampling and the
   stochastic relaxations (each model ignores the streams it does not use)."""
@@ -144,21 +137,6 @@ def make_loss_fn(model, temperature=None):
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, (new_state['batch_stats'], logits)
   return loss_fn
-
-
-def _zero_metrics() -> Dict[str, jax.Array]:
-  zero = jnp.zeros((), jnp.float32)
-  return {'loss_sum': zero, 'correct': zero, 'count': zero}
-
-
-def augment_examples(augment: Callable, rng: jax.Array, images: jax.Array,
-                     axis_name: Optional[str] = None) -> jax.Array:
-  """`augment` per example with the key fold_in(rng, position in the global
-  batch): the crops and flips do not depend on how the batch is split over
-  devices."""
-  index = parallel.global_index(images.shape[0], axis_name)
-  keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, index)
-  return jax.vmap(lambda key, image: augment(key, image[None])[0])(keys, images)
 
 
 def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
@@ -205,7 +183,8 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
   if arch_start_step is None:
     arch_start_step = s.arch_start_epoch * steps_per_epoch
   train_augment = data.train_augment(d)
-  augment = lambda rng, images: augment_examples(train_augment, rng, images, axis_name)
+  augment = lambda rng, images: augment_lib.augment_examples(train_augment, rng, images,
+                                                             axis_name)
 
   def apply_arch_grads(state, grads):
     updates, arch_opt_state = arch_tx.update(grads, state.arch_opt_state, state.arch)
@@ -226,12 +205,12 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
       grads, batch_stats, loss, logits = arch_grad_fn(
           state, arch_images, arch_batch['label'], images, labels, arch_channels)
       state = apply_arch_grads(state, grads).replace(batch_stats=batch_stats)
-      return state, _metrics(loss, logits, arch_batch['label'])
+      return state, metrics_lib.batch_sums(loss, logits, arch_batch['label'])
 
     def arch_phase(carry):
       state, _, train_metrics = carry
       state, arch_metrics = jax.lax.cond(state.step >= arch_start_step, arch_update,
-                                         lambda st: (st, _zero_metrics()), state)
+                                         lambda st: (st, metrics_lib.zero_sums()), state)
       return state, arch_metrics, train_metrics
 
     def weight_phase(carry):
@@ -240,9 +219,9 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
           loss_fn, axis_name, has_aux=True)(
               state.params, state.arch, state.batch_stats, images, labels, train_channels)
       return (apply_weight_grads(state, grads, batch_stats), arch_metrics,
-              _metrics(loss, logits, labels))
+              metrics_lib.batch_sums(loss, logits, labels))
 
-    carry = (state, _zero_metrics(), _zero_metrics())
+    carry = (state, metrics_lib.zero_sums(), metrics_lib.zero_sums())
     if bilevel_phases == 'sequence':
       state, arch_metrics, train_metrics = weight_phase(arch_phase(carry))
     else:
@@ -265,7 +244,7 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
     arch_on = state.step >= arch_start_step
     state = jax.lax.cond(arch_on, apply_arch_grads, lambda st, _: st, state, arch_grads)
     # The arch metrics are those of the shared pass while the arch moves.
-    train_metrics = _metrics(loss, logits, labels)
+    train_metrics = metrics_lib.batch_sums(loss, logits, labels)
     arch_metrics = jax.tree.map(lambda m: m * arch_on, train_metrics)
     return apply_weight_grads(state, grads, batch_stats), train_metrics, arch_metrics
 
@@ -307,86 +286,14 @@ def make_eval_step(model, config, axis_name: Optional[str] = None,
                           'batch_stats': state.batch_stats}, images, train=False,
                          rngs=_rngs(rng), **extra)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
-    mask = batch['mask']
-    correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
-    return parallel.psum({'loss_sum': jnp.sum(losses * mask),
-                          'correct': jnp.sum(correct * mask), 'count': jnp.sum(mask)},
+    return parallel.psum(metrics_lib.masked_sums(losses, logits, batch['label'], batch['mask']),
                          axis_name)
 
   return eval_step
 
 
-def _accumulate(totals, metrics):
-  """Adds metric sums on device (no host sync)."""
-  return metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
-
-
-def run_epoch_steps(epoch: int, first: int, steps_per_epoch: int, step_fn: Callable, *,
-                    stop, every_steps: int, log_every_steps: int, progress,
-                    host_sums: Callable, check_finite: Callable, save: Callable,
-                    interrupted: type, checkpoint_dir: str, step_name: str = 'step',
-                    loss_keys=('loss_sum', 'count'), accumulate: Callable = _accumulate,
-                    sums=None):
-  """Steps `first`..`steps_per_epoch`-1 of `epoch`, the bookkeeping every run
-  loop shares (search, training, the SGNAS phases). `step_fn(step_number)` runs
-  one step and returns its metric sums, which are added on the device. Host sums
-  (`host_sums(sums)`) are fetched only to log (every `log_every_steps`) or to
-  checkpoint (every `every_steps`, or when a stop signal arrived; never at the
-  epoch's last step, where the epoch-end checkpoint serves), and checked
-  (`check_finite(host, step)`) before `save(step, host)`; after a signal's
-  checkpoint the exception class `interrupted` is raised, saying how to resume.
-  Returns the epoch's host sums, checked."""
-  loss_sum, count = loss_keys
-  for i in range(first, steps_per_epoch):
-    done = epoch * steps_per_epoch + i + 1
-    sums = accumulate(sums, step_fn(done - 1))
-    stop.stepped()  # Compiled and dispatched: a stop signal now gets its checkpoint.
-    saving = i + 1 < steps_per_epoch and (stop.received is not None or
-                                          bool(every_steps and done % every_steps == 0))
-    logging_now = log_every_steps and done % log_every_steps == 0
-    fetched = None
-    if saving or logging_now:
-      fetched = host_sums(sums)
-      check_finite(fetched, done)
-    progress.update(fetched and {'loss': fetched[loss_sum] / max(fetched[count], 1.0)})
-    if saving:
-      save(done, fetched)
-      if stop.received is not None:
-        progress.close()
-        raise interrupted(
-            f'stopped by {signal.Signals(stop.received).name} after {step_name} {done}; '
-            f'checkpoint {done} written to {checkpoint_dir}. Run the same command again '
-            f'to resume.')
-  progress.close()
-  fetched = host_sums(sums)
-  check_finite(fetched, (epoch + 1) * steps_per_epoch)
-  return fetched
-
-
-def evaluate(eval_step, state, batches, rng, feed: Callable = lambda batch: batch
-             ) -> Dict[str, float]:
-  """Loss/accuracy over masked `batches`; `feed` turns a host batch into the
-  step's input (the pmapped loop shards it over the devices)."""
-  totals = None
-  for i, batch in enumerate(batches):
-    totals = _accumulate(totals, eval_step(state, feed(batch), jax.random.fold_in(rng, i)))
-  return _summarise(metrics_lib.host_sums(totals))
-
-
-def _summarise(sums: Dict[str, Any], prefix: str = '') -> Dict[str, float]:
-  count = float(sums[prefix + 'count'])
-  if count == 0:
-    return {}
-  return {'loss': float(sums[prefix + 'loss_sum']) / count,
-          'accuracy': float(sums[prefix + 'correct']) / count}
-
-
 def arch_numpy(state: SearchState) -> Dict[str, np.ndarray]:
   return {k: np.asarray(v) for k, v in jax.device_get(state.arch).items()}
-
-
-SearchInterrupted = driver.Interrupted
-NonFiniteError = driver.NonFiniteError
 
 
 # Fields that may differ between a run and its resumption: they do not change
@@ -396,7 +303,7 @@ RESUMABLE_CHANGES = ('checkpoint.', 'monitor.', 'search.log_every_steps', 'data.
                      'data.archive')
 
 
-LOG_NAME = 'genotypes.jsonl'  # the per-epoch JSON-lines log in the workdir
+LOG_NAME = rundir.SEARCH_LOG  # the per-epoch JSON-lines log in the workdir
 
 
 def _check_layout(state, shapes):
@@ -461,18 +368,16 @@ def _summary(workdir: rundir.Workdir, genotype, state, meta, n_params: int, ckpt
   }
 
 
-def search(config, workdir: str) -> genotypes.Genotype:
-  """Runs (or resumes) the architecture search described by `config`.
+def search(config, workdir: str):
+  """Runs (or resumes) the gradient-based search described by `config` (spaces
+  darts and nb201; DARTS, PC-DARTS, DrNAS and their variants).
 
   Returns the final genotype. Writes, under `workdir`: genotypes.jsonl (one line
   per epoch), genotype.json, arch.npz, summary.json, config.json, checkpoints/,
   tensorboard/ and plots/. An existing workdir is resumed from its newest good
-  checkpoint. Raises SearchInterrupted on SIGTERM/SIGINT (after checkpointing)
-  and NonFiniteError when a step goes non-finite.
+  checkpoint. Raises driver.Interrupted on SIGTERM/SIGINT (after checkpointing)
+  and driver.NonFiniteError when a step goes non-finite.
   """
-  if config.model.get('space') == 'sgnas':  # Its own two phases (supernet, generator).
-    from pcdarts_jax.sgnas import search as sgnas_search  # pylint: disable=g-import-not-at-top
-    return sgnas_search.search(config, workdir)
   num_devices = parallel.device_count()
   config_validation.validate_search_config(config, num_devices=num_devices)
   space = spaces.of_config(config)
@@ -488,53 +393,51 @@ def search(config, workdir: str) -> genotypes.Genotype:
   arch_iter = input_pipeline.DevicePrefetch(inputs.arch)
   # An epoch is a pass over the weight subset; the arch iterator cycles on its own.
   steps_per_epoch = train_iter.steps_per_epoch
-
   main = parallel.is_main_process()  # Only process 0 writes files.
   weight_tx = optim.weight_optimizer(config, steps_per_epoch)
   arch_tx = optim.arch_optimizer(config)
+  lr_fn = optim.weight_learning_rate(config, steps_per_epoch)
   init_rng, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
   eval_key = jax.random.fold_in(step_key, -1 % (2 ** 31))
   sample = data.normalize(inputs.sample_image, config.data.mean, config.data.std)
+  stages = progressive.stages(config)  # One stage, the config's, without progressive learning.
 
   def stage_model(stage, masks, axis_name=None):
-    """The supernet of a progressive-learning stage (one stage: the config's)."""
+    """The supernet of a stage: its K and, after pruning, its op masks."""
     return space.build_supernet(config, axis_name, partial_channels=stage.partial_channels,
-                                   op_masks=masks)
+                                op_masks=masks)
 
-  def stage_abstract_state(meta):
+  def new_state(model) -> SearchState:
+    return create_search_state(model, config, init_rng, sample, weight_tx, arch_tx)
+
+  def abstract_state(meta):
     """The state's shapes at a checkpoint: its stage's layout (meta's op masks)."""
     masks = meta.get('op_masks')
     if masks is None:  # The first stage: the initial state's layout.
       return jax.eval_shape(lambda: state)
-    stage = progressive.stages(config)[meta.get('stage', 0)]
-    shapes_model = stage_model(stage, masks and {k: np.asarray(v) for k, v in masks.items()})
-    fresh = create_search_state(shapes_model, config, init_rng, sample, weight_tx, arch_tx)
+    model = stage_model(stages[meta.get('stage', 0)],
+                        {k: np.asarray(v) for k, v in masks.items()})
+    fresh = new_state(model)  # Initialised for real: its initializers leave JAX.
     return jax.eval_shape(lambda: fresh)
 
-  stage = progressive.stages(config)[0]
-  masks = None
+  stage, masks = stages[0], None
   model = stage_model(stage, masks)
-  state = create_search_state(model, config, init_rng, sample, weight_tx, arch_tx)
+  state = new_state(model)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
 
+  # --- resume.
   if main:
     os.makedirs(paths.root, exist_ok=True)
   checkpoints = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
-  meta = {'train_iter': train_iter.state(), 'arch_iter': arch_iter.state(), 'sums': None,
-          'wall_seconds': 0.0, 'resumed_from': [], 'stage': 0, 'op_masks': None}
+  meta = {'sums': None, 'resumed_from': [], 'stage': 0, 'op_masks': None}
   total_steps = s.epochs * steps_per_epoch
-  restored = checkpoints.restore_latest(stage_abstract_state)
-  if restored is None:
-    if os.path.exists(paths.jsonl):  # Every checkpoint was unreadable.
-      raise config_validation.ConfigError(
-          f'--workdir={workdir!r} holds a search but none of its checkpoints could be '
-          f'restored (see the warnings above); choose a new workdir.')
-  else:
+  restored = driver.restore(checkpoints, abstract_state, paths, 'search')
+  if restored is not None:
     step_done, state, meta = restored
     meta.setdefault('stage', 0)
     meta.setdefault('op_masks', None)
     if meta['op_masks'] is not None:
-      stage = progressive.stages(config)[meta['stage']]
+      stage = stages[meta['stage']]
       masks = {k: np.asarray(v) for k, v in meta['op_masks'].items()}
       model = stage_model(stage, masks)
     if step_done >= total_steps and _complete(paths):
@@ -545,21 +448,9 @@ def search(config, workdir: str) -> genotypes.Genotype:
       return space.derive(arch_numpy(state), model)
     train_iter.restore(meta['train_iter'])
     arch_iter.restore(meta['arch_iter'])
-    meta['resumed_from'] = meta['resumed_from'] + [step_done]
-    if step_done >= total_steps:  # Stopped after its last checkpoint, before its outputs.
-      where = 'the search had finished; writing its final outputs'
-    else:
-      where = (f'epoch {step_done // steps_per_epoch + 1}, step '
-               f'{step_done % steps_per_epoch} of {steps_per_epoch}')
+    where = ('the search had finished; writing its final outputs' if step_done >= total_steps
+             else driver.position(step_done, steps_per_epoch))
     print(f'resuming from checkpoint {step_done} ({where}) in {paths.checkpoints}', flush=True)
-  start_step = int(state.step)
-  start_epoch = start_step // steps_per_epoch
-  # Epoch lines written after the restored checkpoint are rewritten by this run
-  # (records number epochs from 1, as the console does).
-  if main and os.path.exists(paths.jsonl):
-    with open(paths.jsonl) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)['epoch'] <= start_epoch]
-    rundir.write_atomic(paths.jsonl, ''.join(kept))
 
   logging.info('supernet: %d weights; %d steps per epoch', n_params, steps_per_epoch)
   print(f'supernet: {n_params:,} weights, {steps_per_epoch} steps/epoch, '
@@ -567,6 +458,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
         f'{num_devices} device(s) in {jax.process_count()} process(es), '
         f'{s.batch_size // num_devices} images per device', flush=True)
 
+  # --- the steps of a stage, and the move to the next one.
   def stage_steps(stage, masks):
     """The pmapped steps of a stage (compiled once per stage). One code path for
     any device count: the state is replicated over the local devices, and this
@@ -582,7 +474,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
     evaluate_step = parallel.pmap_step(
         make_eval_step(step_model, config, parallel.AXIS, steps_per_epoch),
         in_axes=(0, 0, None), donate_state=False)
-    which = f' of stage {stage.index + 1}' if len(progressive.stages(config)) > 1 else ''
+    which = f' of stage {stage.index + 1}' if len(stages) > 1 else ''
     return (monitor.announce_compile(bilevel, f'the search step{which}'),
             monitor.announce_compile(evaluate_step, f'the eval step{which}'))
 
@@ -592,7 +484,7 @@ def search(config, workdir: str) -> genotypes.Genotype:
     host = jax.device_get(parallel.unreplicate(state))
     masks = space.prune_masks(arch_numpy(host), stage.ops_kept, masks)
     new_model = stage_model(stage, masks)
-    shapes = create_search_state(new_model, config, init_rng, sample, weight_tx, arch_tx)
+    shapes = new_state(new_model)
     rng, index = np.random.default_rng([config.seed, stage.index]), {}
     move = lambda tree, like: progressive.transfer(tree, like, model, new_model, rng, index,
                                                    space)
@@ -610,155 +502,85 @@ def search(config, workdir: str) -> genotypes.Genotype:
     return parallel.replicate(host), new_model, masks
 
   bilevel_step, eval_step = stage_steps(stage, masks)
-  feed = parallel.shard  # Batches are already this process's slice.
   # Padded and masked anyway: rounded up to split evenly over the devices.
   eval_batch_size = -(-s.eval_batch_size // num_devices) * num_devices
-  host_state = state
-  state = parallel.replicate(state)
-  lr_fn = optim.weight_learning_rate(config, steps_per_epoch)
-  writer = monitor.SummaryWriter(paths.tensorboard,
-                                 enabled=config.monitor.tensorboard and main)
-  interactive = {'auto': None, 'bar': True, 'lines': False}[config.monitor.progress]
-  every = config.checkpoint.every_steps
-  # Figures of the newest save; a checkpoint's meta holds those of the save before it.
-  ckpt_figures = dict(meta.get('checkpoint') or {'save_seconds': None, 'size_bytes': None})
-  meta.setdefault('steps_run', 0)
-  meta.setdefault('step_seconds', 0.0)
+  genotype = space.derive(arch_numpy(state), model)
 
-  def last_good_checkpoint():
-    step = checkpoints.latest_step()
-    return (f'checkpoint {step} in {paths.checkpoints}' if step is not None
-            else 'none was written yet')
+  # --- what the driver runs.
+  def begin_epoch(epoch, first, state):
+    nonlocal stage, model, masks, bilevel_step, eval_step
+    if progressive.stage_of_epoch(config, epoch).index != meta['stage']:
+      stage = progressive.stage_of_epoch(config, epoch)
+      state, model, masks = next_stage(state, model, stage, masks)
+      bilevel_step, eval_step = stage_steps(stage, masks)
+    return state
 
-  def check_finite(host_sums):
-    """Stops the run if a step went non-finite. The check reads metric sums that
-    are fetched anyway (log lines, checkpoints, epoch ends), so it adds no host
-    sync; the guarded step has frozen the state at the last good values since."""
-    if s.skip_nonfinite or not host_sums or not host_sums['nonfinite']:
-      return
+  def search_step(state, step):
+    # The step's rng depends only on (seed, step): resumed runs draw the same.
+    return bilevel_step(state, next(train_iter), next(arch_iter),
+                        jax.random.fold_in(step_key, step))
+
+  def nonfinite(state, sums, step):
+    """The guarded step froze the state at the last good values (see guard_nonfinite)."""
+    if s.skip_nonfinite or not sums['nonfinite']:
+      return None
     record = parallel.unreplicate(state)
-    bad_step = int(record.first_nonfinite_step)
+    bad = int(record.first_nonfinite_step)
     train_loss, arch_loss = (float(x) for x in record.first_nonfinite_losses)
-    raise NonFiniteError(
-        f'non-finite values at step {bad_step} (epoch {bad_step // steps_per_epoch + 1}): '
-        f'train loss {train_loss}, arch loss {arch_loss} (0 during the arch warm-up), or '
-        f'a non-finite weight/arch update; the update was not applied and the run stopped. '
-        f'Last good checkpoint: {last_good_checkpoint()}. Lower the learning rates, check '
-        f'the data, or set search.skip_nonfinite=True to skip such steps.')
+    return (f'non-finite values at step {bad} (epoch {bad // steps_per_epoch + 1}): train '
+            f'loss {train_loss}, arch loss {arch_loss} (0 during the arch warm-up), or a '
+            f'non-finite weight/arch update; the update was not applied and the run stopped.')
 
-  def save(step: int, host_sums):
-    if main and not config_written[0]:
-      # Written with the run's first checkpoint: a workdir stopped before it holds
-      # no run, and a rerun there may use another config.
-      rundir.write_atomic(paths.config, json.dumps(rundir.config_json(config), indent=2) + '\n')
-      config_written[0] = True
-    meta.update(train_iter=train_iter.state(), arch_iter=arch_iter.state(),
-                sums=host_sums, checkpoint=dict(ckpt_figures),
-                wall_seconds=meta['wall_seconds'] + (time.time() - clock[0]))
-    clock[0] = time.time()
-    # Host copies: every process passes the same values; orbax writes them once.
-    ckpt_figures['save_seconds'] = checkpoints.save(
-        step, jax.device_get(parallel.unreplicate(state)), meta)
-    ckpt_figures['size_bytes'] = checkpoint.directory_size(
-        os.path.join(paths.checkpoints, str(step)))
+  def end_epoch(epoch, state, sums) -> driver.Epoch:
+    nonlocal genotype
+    train = metrics_lib.summarise(sums, 'train_')
+    arch = metrics_lib.summarise(sums, 'arch_')
+    rng = jax.random.fold_in(eval_key, epoch)
+    valid = metrics_lib.summarise(metrics_lib.total(
+        eval_step(state, parallel.shard(batch), jax.random.fold_in(rng, i))
+        for i, batch in enumerate(inputs.eval_batches(eval_batch_size))))
+    arch_values = arch_numpy(parallel.unreplicate(state))
+    genotype = epoch_genotype = space.derive(arch_values, model)
+    lr = float(lr_fn(epoch * steps_per_epoch))
+    record = {'lr': lr, 'train': train, 'arch': arch, 'valid': valid,
+              'nonfinite_skipped': float(sums['nonfinite']),
+              'genotype': space.genotype_to_dict(genotype)}
+    scalars = {'lr': lr}
+    for name, values in (('train', train), ('arch', arch), ('valid', valid)):
+      scalars.update({f'{name}/{k}': v for k, v in values.items()})
+    scalars.update(space.arch_scalars(arch_values, model))
+    arch_text = (f" arch_loss {arch['loss']:.4f} arch_acc {arch['accuracy']:.4f}"
+                 if arch else ' (arch warm-up)')
+    text = (f"lr {lr:.5f} train_loss {train['loss']:.4f} train_acc {train['accuracy']:.4f}"
+            f"{arch_text} valid_loss {valid['loss']:.4f} valid_acc {valid['accuracy']:.4f}\n"
+            f"  genotype = {space.genotype_str(genotype)}")
+    if table is not None:  # The benchmark's accuracy of this epoch's cell.
+      record['benchmark_accuracy'] = nb201_table.lookup(
+          table, space.genotype_str(genotype), config.data.name)
+      text += f"\n  NAS-Bench-201 accuracy: {record['benchmark_accuracy']}"
+    pictures = lambda writer, model=model: _epoch_pictures(
+        paths, epoch, arch_values, epoch_genotype, model, writer, space)
+    return driver.Epoch(record, scalars, text, pictures)
 
-  config_written = [False]
-
-  clock = [time.time()]
-  derive = lambda arch: space.derive(arch, model)
-  genotype = derive(arch_numpy(host_state))
-  with rundir.StopSignals() as stop:
-    for epoch in range(start_epoch, s.epochs):
-      epoch_start = time.time()
-      if progressive.stage_of_epoch(config, epoch).index != meta['stage']:
-        stage = progressive.stage_of_epoch(config, epoch)
-        state, model, masks = next_stage(state, model, stage, masks)
-        bilevel_step, eval_step = stage_steps(stage, masks)
-      first = start_step - epoch * steps_per_epoch if epoch == start_epoch else 0
-      # Resumed mid-epoch: the sums of the steps before the checkpoint, added on the host.
-      carried = meta['sums'] if first and meta['sums'] is not None else {}
-      epoch_sums = lambda sums: {k: v + carried.get(k, 0.0)
-                                 for k, v in metrics_lib.host_sums(sums).items()}
-      progress = monitor.Progress(epoch, s.epochs, steps_per_epoch, s.batch_size,
-                                  s.log_every_steps, interactive, initial=first)
-      loop_start = time.time()
-
-      def one_step(step_number):
-        nonlocal state
-        # The step's rng depends only on (seed, step): resumed runs draw the same.
-        state, metrics = bilevel_step(state, next(train_iter), next(arch_iter),
-                                      jax.random.fold_in(step_key, step_number))
-        return metrics
-
-      sums = run_epoch_steps(
-          epoch, first, steps_per_epoch, one_step, stop=stop, every_steps=every,
-          log_every_steps=s.log_every_steps, progress=progress,
-          host_sums=epoch_sums,
-          check_finite=lambda host, _: check_finite(host), save=save,
-          interrupted=SearchInterrupted, checkpoint_dir=paths.checkpoints,
-          loss_keys=('train_loss_sum', 'train_count'))
-      # The step rate over every session of the run (saved with the epoch's checkpoint).
-      meta['steps_run'] += steps_per_epoch - first
-      meta['step_seconds'] += time.time() - loop_start
-
-      train = _summarise(sums, 'train_')
-      arch = _summarise(sums, 'arch_')
-      valid = evaluate(eval_step, state, inputs.eval_batches(eval_batch_size),
-                       jax.random.fold_in(eval_key, epoch), feed)
-      host_state = jax.device_get(parallel.unreplicate(state))
-      arch_values = arch_numpy(host_state)
-      genotype = derive(arch_values)
-      lr = float(lr_fn(epoch * steps_per_epoch))
-      record = {
-          'epoch': epoch + 1, 'step': int(host_state.step), 'lr': lr,
-          'train': train, 'arch': arch, 'valid': valid,
-          'nonfinite_skipped': float(sums['nonfinite']),
-          'seconds': time.time() - epoch_start,
-          'genotype': space.genotype_to_dict(genotype),
-      }
-      bench_text = ''
-      if table is not None:  # The benchmark's accuracy of this epoch's cell.
-        record['benchmark_accuracy'] = nb201_table.lookup(
-            table, space.genotype_str(genotype), config.data.name)
-        bench_text = f"\n  NAS-Bench-201 accuracy: {record['benchmark_accuracy']}"
-      if main:
-        with open(paths.jsonl, 'a') as f:
-          f.write(json.dumps(record) + '\n')
-      scalars = {'lr': lr, 'epoch_seconds': record['seconds'],
-                 'images_per_second': (steps_per_epoch - first) * s.batch_size /
-                                      max(time.time() - loop_start, 1e-9)}
-      for name, values in (('train', train), ('arch', arch), ('valid', valid)):
-        scalars.update({f'{name}/{k}': v for k, v in values.items()})
-      scalars.update(space.arch_scalars(arch_values, model))
-      writer.scalars(epoch + 1, scalars)
-      if config.monitor.pictures and main:
-        _epoch_pictures(paths, epoch, arch_values, genotype, model, writer, space)
-      writer.flush()
-      arch_text = (f" arch_loss {arch['loss']:.4f} arch_acc {arch['accuracy']:.4f}"
-                   if arch else ' (arch warm-up)')
-      log = print if main else (lambda *args, **kwargs: None)
-      log(f"epoch {epoch + 1}/{s.epochs} lr {lr:.5f} train_loss "
-            f"{train['loss']:.4f} train_acc {train['accuracy']:.4f}{arch_text} valid_loss "
-            f"{valid['loss']:.4f} valid_acc {valid['accuracy']:.4f} "
-            f"({record['seconds']:.1f}s)\n  genotype = {space.genotype_str(genotype)}"
-            f"{bench_text}", flush=True)
-      save((epoch + 1) * steps_per_epoch, None)
-      if stop.received is not None:
-        raise SearchInterrupted(
-            f'stopped by {signal.Signals(stop.received).name} after epoch {epoch + 1}; '
-            f'checkpoint written to {paths.checkpoints}. Run the same command again to '
-            f'resume.')
-
-  meta['wall_seconds'] += time.time() - clock[0]
-  writer.close()
+  with driver.session(config, paths) as run:
+    phase = driver.Phase(
+        'search', paths.jsonl, checkpoints, s.epochs, steps_per_epoch, s.batch_size,
+        s.log_every_steps, search_step, end_epoch, begin_epoch=begin_epoch,
+        save_meta=lambda: {'train_iter': train_iter.state(), 'arch_iter': arch_iter.state()},
+        nonfinite=nonfinite, loss_keys=('train_loss_sum', 'train_count'),
+        advice='Lower the learning rates, check the data, or set search.skip_nonfinite=True '
+               'to skip such steps.')
+    state, meta = driver.run_phase(run, phase, parallel.replicate(state), meta)
   checkpoints.close()
+
+  # --- the final outputs.
   host_state = jax.device_get(parallel.unreplicate(state))
   if not main:
     return genotype
   rundir.write_atomic(paths.genotype, json.dumps(space.genotype_to_dict(genotype)) + '\n')
   np.savez(paths.arch + '.tmp.npz', **arch_numpy(host_state))
   os.replace(paths.arch + '.tmp.npz', paths.arch)
-  summary = _summary(paths, genotype, host_state, meta, n_params, ckpt_figures, space)
+  summary = _summary(paths, genotype, host_state, meta, n_params, meta['checkpoint'], space)
   rundir.write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
   print(f'search done ({summary["wall_seconds"]:.1f}s of search in total); genotype written '
         f'to {paths.genotype}', flush=True)

@@ -5,8 +5,9 @@ the generation of an architecture for a FLOPs budget.
 `search(config, workdir)` runs both phases (resuming either) through the
 library's epoch driver (pcdarts_jax.run.driver), which owns checkpoints, stop
 signals, the non-finite check, the per-epoch JSON lines and TensorBoard; a phase
-only supplies its jitted step and its end-of-epoch evaluation. Steps are pure functions pmapped over the local
-devices (gradients and BatchNorm statistics averaged over the device axis).
+only supplies its jitted step and its end-of-epoch evaluation. Steps are pure
+functions pmapped over the local devices (gradients and BatchNorm statistics
+averaged over the device axis).
 
 1. Supernet: every step trains `search.num_paths` single paths drawn by
    `sampling.sample_paths` on one batch, accumulating their gradients inside the
