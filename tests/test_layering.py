@@ -3,6 +3,10 @@
 A module's `_private` names are its own: another module that reaches for one
 (`from pcdarts_jax.loop import _host`, `loop._host`) ties itself to details the
 owner may change. Shared helpers are public names of the module that owns them.
+
+Imports go one way, down the layers (run, nn, data < spaces < search, sgnas <
+train < bench < launch): no import circle inside pcdarts_jax/, not even through
+an import inside a function.
 """
 
 import ast
@@ -122,3 +126,87 @@ def test_the_check_allows_own_and_public_and_dunder_names(tmp_path):
                   'import os\ny = os._exit\n')
   sources = {'pcdarts_jax.loop': _owner(tmp_path), 'pcdarts_jax.user': user}
   assert private_imports(sources) == []
+
+
+def import_graph(sources) -> dict:
+  """module -> the internal modules it imports, at any depth of its code (an
+  import inside a function counts: it closes a circle as soon as it runs).
+  `import a.b` and `from a import b` name module a.b; the packages above it,
+  which Python initialises first, are not counted as imported."""
+  graph = {}
+  for module, path in sources.items():
+    tree = ast.parse(path.read_text(), filename=str(path))
+    is_package = path.name == '__init__.py'
+    imported = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        imported.update(alias.name for alias in node.names if alias.name in sources)
+      elif isinstance(node, ast.ImportFrom):
+        source = _absolute(module, node, is_package)
+        for alias in node.names:
+          full = f'{source}.{alias.name}'
+          if full in sources:
+            imported.add(full)
+          elif source in sources:
+            imported.add(source)
+    graph[module] = imported - {module}
+  return graph
+
+
+def import_cycles(sources) -> list:
+  """The import circles among `sources`: each strongly connected set of two or
+  more modules of the import graph, sorted (Tarjan's algorithm)."""
+  graph = import_graph(sources)
+  index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+  def visit(module):
+    index[module] = low[module] = len(index)
+    stack.append(module)
+    on_stack.add(module)
+    for other in sorted(graph[module]):
+      if other not in index:
+        visit(other)
+        low[module] = min(low[module], low[other])
+      elif other in on_stack:
+        low[module] = min(low[module], index[other])
+    if low[module] == index[module]:
+      component = []
+      while True:
+        other = stack.pop()
+        on_stack.discard(other)
+        component.append(other)
+        if other == module:
+          break
+      if len(component) > 1:
+        found.append(sorted(component))
+
+  for module in sorted(graph):
+    if module not in index:
+      visit(module)
+  return sorted(found)
+
+
+def test_no_import_cycles_inside_the_package():
+  sources = {m: p for m, p in _sources().items() if m.split('.')[0] == 'pcdarts_jax'}
+  circles = import_cycles(sources)
+  graph = import_graph(sources)
+  detail = [' <-> '.join(c) + ': ' + '; '.join(
+      f'{m} -> {", ".join(sorted(graph[m] & set(c)))}' for m in c) for c in circles]
+  assert not circles, 'import circles inside pcdarts_jax:\n' + '\n'.join(detail)
+
+
+def test_the_cycle_check_finds_a_made_up_circle(tmp_path):
+  """a -> b at module level, b -> c inside a function, c -> a by a relative
+  import: one circle; d imports into it from outside and is not part of it."""
+  files = {'a': 'from pcdarts_jax import b\n',
+           'b': 'def f():\n  import pcdarts_jax.c\n  return pcdarts_jax.c\n',
+           'c': 'from . import a\n',
+           'd': 'from pcdarts_jax.a import something\nimport os\n'}
+  sources = {}
+  for name, text in files.items():
+    path = tmp_path / f'{name}.py'
+    path.write_text(text)
+    sources[f'pcdarts_jax.{name}'] = path
+  assert import_cycles(sources) == [['pcdarts_jax.a', 'pcdarts_jax.b', 'pcdarts_jax.c']]
+  del sources['pcdarts_jax.c']
+  assert import_cycles(sources) == []
