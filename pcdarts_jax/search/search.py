@@ -27,6 +27,7 @@ from pcdarts_jax.data import augment as augment_lib
 from pcdarts_jax.data import datasets as data
 from pcdarts_jax.nn import initializers
 from pcdarts_jax.data import pipeline as input_pipeline
+from pcdarts_jax.data import sources
 from pcdarts_jax.run import metrics as metrics_lib
 from pcdarts_jax.run import monitor
 from pcdarts_jax.search import optim
@@ -379,6 +380,7 @@ def search(config, workdir: str):
   and driver.NonFiniteError when a step goes non-finite.
   """
   num_devices = parallel.device_count()
+  config = sources.resolve_config(config, workdir)  # Own data: classes, mean / std.
   config_validation.validate_search_config(config, num_devices=num_devices)
   space = spaces.of_config(config)
   # An optional NAS-Bench-201 results table, looked up for each epoch's genotype.
@@ -428,6 +430,7 @@ def search(config, workdir: str):
   # --- resume.
   if main:
     os.makedirs(paths.root, exist_ok=True)
+    sources.write_run_files(config, paths.root)  # classes.json, data_stats.json
   checkpoints = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
   meta = {'sums': None, 'resumed_from': [], 'stage': 0, 'op_masks': None}
   total_steps = s.epochs * steps_per_epoch
@@ -487,7 +490,7 @@ def search(config, workdir: str):
     shapes = new_state(new_model)
     rng, index = np.random.default_rng([config.seed, stage.index]), {}
     move = lambda tree, like: progressive.transfer(tree, like, model, new_model, rng, index,
-                                                   space)
+                                                   space, rule=s.widen)
     host = host.replace(
         params=move(host.params, shapes.params),
         batch_stats=move(host.batch_stats, shapes.batch_stats),
