@@ -456,16 +456,6 @@ def test_a_streamed_folder_gives_the_in_memory_images(tmp_path):
 
 # ------------------------------------------------------------------ runs
 
-# search(), train() and evaluate_checkpoint() read own data once they call
-# sources.resolve_config (model.num_classes, data.mean / data.std) and
-# sources.write_run_files (classes.json, data_stats.json); until the run code
-# does (issue 37's wiring), they refuse the unresolved config. Remove this mark
-# with the wiring: strict, it fails as soon as the runs pass.
-NEEDS_RUN_HOOKS = pytest.mark.xfail(
-    strict=True, raises=(config_validation.ConfigError, TypeError),
-    reason='the run code does not call sources.resolve_config / write_run_files yet')
-
-
 def _tiny_search(d):
   config = folder_search.get_config()
   config.data = d
@@ -509,7 +499,6 @@ def _own_source(tmp_path, source):
   return arrays_config(_grey_npz(tmp_path)), 1, ['low', 'mid', 'high']
 
 
-@NEEDS_RUN_HOOKS
 @pytest.mark.parametrize('source', ['folder', 'arrays'])
 def test_a_search_on_own_data_records_its_classes_and_statistics(tmp_path, source):
   from pcdarts_jax.search import search as search_lib  # pylint: disable=g-import-not-at-top
@@ -525,7 +514,6 @@ def test_a_search_on_own_data_records_its_classes_and_statistics(tmp_path, sourc
     assert json.load(f)['mean'] == recorded['data']['mean']
 
 
-@NEEDS_RUN_HOOKS
 @pytest.mark.parametrize('source', ['folder', 'arrays'])
 def test_training_and_evaluation_on_own_data(tmp_path, source):
   from pcdarts_jax.train import train as train_lib  # pylint: disable=g-import-not-at-top
@@ -551,7 +539,6 @@ def test_a_bad_folder_stops_a_search_before_anything_is_written(tmp_path):
   assert not os.path.exists(workdir)
 
 
-@NEEDS_RUN_HOOKS
 @pytest.mark.slow  # About 100 s of CPU: two compiles of each phase.
 def test_nb201_and_sgnas_searches_take_own_data(tmp_path):
   """The other search paths read own data the same way: an NB-201 search on the

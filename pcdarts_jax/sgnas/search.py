@@ -46,6 +46,7 @@ from pcdarts_jax.search import validation as config_validation
 from pcdarts_jax.data import datasets as data
 from pcdarts_jax.data import augment as augment_lib
 from pcdarts_jax.data import pipeline as input_pipeline
+from pcdarts_jax.data import sources
 from pcdarts_jax.run import driver
 from pcdarts_jax.run import metrics
 from pcdarts_jax.run import monitor
@@ -121,7 +122,7 @@ def validate_config(config, num_devices: int = 1):
   config_validation.validate_archive(d)
   config_fields.require(m.layout in layout_lib.PRESETS,
                         f'model.layout={m.layout!r} is not one of {tuple(layout_lib.PRESETS)}.')
-  classes = input_pipeline.num_classes(d.name)
+  classes = input_pipeline.num_classes(d)
   config_fields.require(m.num_classes == classes,
                         f'model.num_classes={m.num_classes!r} but {d.name} has {classes} classes.')
   config_fields.require(
@@ -538,6 +539,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
   architectures.json (its architectures on the target grid), summary.json,
   tensorboard/."""
   num_devices = parallel.device_count()
+  config = sources.resolve_config(config, workdir)  # Own data: classes, mean / std.
   validate_config(config, num_devices)
   paths = rundir.Workdir(workdir, SUPERNET_LOG)
   generator_dir = os.path.join(paths.root, GENERATOR_CHECKPOINTS)
@@ -558,6 +560,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
       return json.load(f)
   if main:
     os.makedirs(paths.root, exist_ok=True)
+    sources.write_run_files(config, paths.root)  # classes.json, data_stats.json
     low, high = flops_lib.macs_range(table)
     _write_json(os.path.join(paths.root, TABLE_FILE),
                 {'layout': layout.name, 'unit': 'multiply-adds', 'base': table.base,

@@ -37,6 +37,7 @@ from pcdarts_jax.data import datasets as data
 from pcdarts_jax.nn import initializers
 from pcdarts_jax.data import augment as augment_lib
 from pcdarts_jax.data import pipeline as input_pipeline
+from pcdarts_jax.data import sources
 from pcdarts_jax.run import driver
 from pcdarts_jax.run import metrics
 from pcdarts_jax.run import monitor
@@ -104,6 +105,7 @@ def validate_train_config(config, num_devices: int = 1):
       raise ConfigError(f'genotype={config.genotype!r}: {e}') from None
   config_fields.require(d.name in DATASETS, f'data.name={d.name!r} is not one of {DATASETS}.')
   config_validation.validate_archive(d)
+  config_validation.validate_data(config)
   size, _, channels = input_pipeline.image_shape(d)
   config_fields.require(len(d.mean) == channels and len(d.std) == channels,
                         f'data.mean / data.std need {channels} values for {d.name}, got '
@@ -111,7 +113,7 @@ def validate_train_config(config, num_devices: int = 1):
   _integer(d.crop_padding, 'data.crop_padding', 0)
   config_fields.require_bool(d.random_flip, 'data.random_flip')
 
-  classes = input_pipeline.num_classes(d.name)
+  classes = input_pipeline.num_classes(d)
   config_fields.require(m.num_classes == classes,
                         f'model.num_classes={m.num_classes!r} but {d.name} has {classes} classes.')
   if sgnas:
@@ -243,7 +245,7 @@ def _in_memory(config, need_train: bool) -> DataSource:
 
 def _datasets(config, need_train: bool = True) -> DataSource:
   """The train and test data of `config.data` (the only data access of the trainer)."""
-  if config.data.name != IMAGENET:
+  if config.data.name != IMAGENET and not sources.is_own(config.data.name):
     return _in_memory(config, need_train)
   return input_pipeline.train_data_source(config, need_train)
 
@@ -394,6 +396,7 @@ def train(config, workdir: str) -> Dict[str, Any]:
   on SIGTERM/SIGINT (after checkpointing) and driver.NonFiniteError on a non-finite
   loss.
   """
+  config = sources.resolve_config(config, workdir)  # Own data: classes, mean / std.
   validate_train_config(config, parallel.device_count())
   genotype = networks.resolve_architecture(config)  # SGNAS: the (L, 6) choices.
   source = _datasets(config)
@@ -414,6 +417,7 @@ def train(config, workdir: str) -> Dict[str, Any]:
 
   if main:
     os.makedirs(paths.root, exist_ok=True)
+    sources.write_run_files(config, paths.root)  # classes.json, data_stats.json
   checkpoints = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
   meta = {'sums': None, 'wall_seconds': 0.0, 'resumed_from': []}
   restored = driver.restore(checkpoints, jax.eval_shape(lambda: state), paths, 'training run')
@@ -575,6 +579,7 @@ def evaluate_checkpoint(config, workdir: Optional[str] = None,
   arrays, see torch_import.network_variables). Exactly one of the two."""
   if (workdir is None) == (torch_state_dict is None):
     raise ValueError('give exactly one of a train workdir and a PyTorch state_dict.')
+  config = sources.resolve_config(config, workdir)  # The run's classes, mean / std.
   validate_train_config(config, parallel.device_count())
   if torch_state_dict is not None and networks.is_sgnas(config):
     raise ConfigError("a PyTorch state_dict can be read only for the DARTS evaluation "
@@ -618,6 +623,10 @@ def evaluate_checkpoint(config, workdir: Optional[str] = None,
       parallel.pmap_step(make_eval_step(model, config, parallel.AXIS), in_axes=(0, 0),
                          donate_state=False), 'the eval step')
   metrics = evaluate(p_eval, parallel.replicate(state), source)
-  return {'top1_error': 1.0 - metrics['accuracy'], 'top5_error': 1.0 - metrics['top5_accuracy'],
-          'top1_accuracy': metrics['accuracy'], 'top5_accuracy': metrics['top5_accuracy'],
-          'loss': metrics['loss'], 'images': source.test_size, 'source': source_name}
+  result = {'top1_error': 1.0 - metrics['accuracy'], 'top5_error': 1.0 - metrics['top5_accuracy'],
+            'top1_accuracy': metrics['accuracy'], 'top5_accuracy': metrics['top5_accuracy'],
+            'loss': metrics['loss'], 'images': source.test_size, 'source': source_name}
+  classes = sources.read_classes(workdir)  # Own data: the run's class names (label order).
+  if classes is not None:
+    result['classes'] = classes
+  return result
