@@ -31,6 +31,7 @@ from ml_collections import config_flags
 
 from launch import common
 from pcdarts_jax.bench import benchmark
+from pcdarts_jax.data import sources
 from pcdarts_jax.search import validation as config_validation
 from pcdarts_jax.bench import program
 from pcdarts_jax.rnn import search as rnn_search
@@ -109,6 +110,7 @@ def main(argv):
   sizes = ([int(b) for b in _SWEEP_SIZES.value] if _SWEEP.value
            else [_BATCH.value or section.batch_size])
   try:
+    config = sources.resolve_config(config)  # Own data: classes, mean / std.
     for b in sizes:
       with config.unlocked():
         section.batch_size = b
