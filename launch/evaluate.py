@@ -5,6 +5,11 @@ r"""Top-1/top-5 error on the test split of a trained network; one JSON line on s
       --workdir=/tmp/sgnas_train
   python -m launch.evaluate --config=configs/cifar10_train.py --config.genotype=PCDARTS \
       --torch_checkpoint=weights.pt
+  python -m launch.evaluate --config=configs/rnn_ptb_train.py --workdir=/tmp/rnn_train \
+      --config.data.data_dir=~/data/penn   # a recurrent cell: perplexity
+
+A recurrent cell's run (model.space='rnn') reports validation and test loss and
+perplexity of its best validation epoch's weights (best_checkpoint/) instead.
 
 --workdir: the newest checkpoint of a launch.train run (its genotype.json names
 the DARTS cells or the SGNAS architecture; --config.genotype is refused with
@@ -23,6 +28,8 @@ from absl import flags
 from absl import logging
 
 from launch import common
+from pcdarts_jax.rnn import train as rnn_train
+from pcdarts_jax.run import config_fields
 from pcdarts_jax.search import validation as config_validation
 from pcdarts_jax.data import datasets as data
 from pcdarts_jax.run import rundir
@@ -37,6 +44,10 @@ _TORCH = flags.DEFINE_string('torch_checkpoint', None,
 
 def main(argv):
   common.no_arguments(argv)
+  rnn = config_fields.space(_CONFIG.value.model) == 'rnn'
+  if rnn and _WORKDIR.value is None:
+    common.fail("a recurrent cell config (model.space='rnn') evaluates a launch.train run: "
+                "give --workdir (--torch_checkpoint reads the DARTS image networks only).")
   if (_WORKDIR.value is None) == (_TORCH.value is None):
     common.fail('give exactly one of --workdir (a launch.train run) and --torch_checkpoint.')
   if _TORCH.value is not None and not os.path.isfile(_TORCH.value):
@@ -55,9 +66,12 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO.
   try:
-    state_dict = torch_import.read_state_dict(_TORCH.value) if _TORCH.value else None
-    result = trainer.evaluate_checkpoint(_CONFIG.value, workdir=_WORKDIR.value,
-                                         torch_state_dict=state_dict)
+    if rnn:
+      result = rnn_train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    else:
+      state_dict = torch_import.read_state_dict(_TORCH.value) if _TORCH.value else None
+      result = trainer.evaluate_checkpoint(_CONFIG.value, workdir=_WORKDIR.value,
+                                           torch_state_dict=state_dict)
   except (config_validation.ConfigError, data.DataError, ValueError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

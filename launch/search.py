@@ -5,7 +5,8 @@ r"""Architecture search from a config file; an existing workdir is resumed.
 
 An SGNAS config (model.space='sgnas', configs/sgnas_*_search.py) runs both of
 its phases, the supernet then the generator; then launch/sgnas_generate.py gives
-the architecture for a FLOPs budget.
+the architecture for a FLOPs budget. A recurrent cell config (model.space='rnn',
+configs/rnn_*_search.py) runs the DARTS RNN search on a word-level corpus.
 
 Exit status: 0 done, or stopped by SIGTERM/SIGINT after writing a checkpoint
 (run the same command to resume); 1 a step went non-finite; 2 a config, data or
@@ -19,13 +20,14 @@ hosts: run the same command on each with --coordinator_address=HOST0:PORT
 from typing import Callable
 
 from launch import common
+from pcdarts_jax.rnn import search as rnn_search
 from pcdarts_jax.run import config_fields
 from pcdarts_jax.search import search as gradient_search
 from pcdarts_jax.sgnas import search as sgnas_search
 
 # The search of each method with its own, by model.space; every other space
 # (darts, nb201) runs the gradient-based search.
-SEARCHES = {'sgnas': sgnas_search.search}
+SEARCHES = {'sgnas': sgnas_search.search, 'rnn': rnn_search.search}
 
 _CONFIG, _WORKDIR = common.define_run_flags('Search')
 

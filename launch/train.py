@@ -4,6 +4,8 @@ r"""Train an evaluation network from scratch; an existing workdir is resumed.
       [--config.genotype=DARTS_V2 --config.train.epochs=2 ...]
   python -m launch.train --config=configs/sgnas_digits_train.py --workdir=/tmp/sgnas_train \
       [--config.genotype=/tmp/sgd/architecture_0.3M.json]   # an SGNAS architecture
+  python -m launch.train --config=configs/rnn_ptb_train.py --workdir=/tmp/rnn_train \
+      --config.data.data_dir=~/data/penn [--config.genotype=DARTS_V1]   # a recurrent cell
 
 Exit status: 0 done, or stopped by SIGTERM/SIGINT after writing a checkpoint
 (run the same command to resume); 1 the loss went non-finite; 2 a config, data
@@ -11,16 +13,33 @@ or workdir error (nothing was written). Uses every local device; several hosts
 as for launch/search.py (--coordinator_address, --num_processes, --process_id).
 """
 
+from typing import Callable
+
 from launch import common
+from pcdarts_jax.rnn import train as rnn_train
+from pcdarts_jax.run import config_fields
 from pcdarts_jax.train import train as trainer
 
+# The trainer of each space with its own, by model.space; the others (the DARTS and
+# SGNAS networks, by model.network) train with pcdarts_jax.train.
+TRAINERS = {'rnn': rnn_train.train}
+
 _CONFIG, _WORKDIR = common.define_run_flags('Train')
+
+
+def train_of(config) -> Callable:
+  """train(config, workdir) of the config's space."""
+  return TRAINERS.get(config_fields.space(config.model), trainer.train)
 
 
 def main(argv):
   common.no_arguments(argv)
   common.check_output_workdir(_WORKDIR.value)
-  common.run(lambda: trainer.train(common.run_config(_WORKDIR.value), _WORKDIR.value))
+
+  def job():
+    config = common.run_config(_WORKDIR.value)
+    return train_of(config)(config, _WORKDIR.value)
+  common.run(job)
 
 
 if __name__ == '__main__':

@@ -382,3 +382,46 @@ def test_benchmark_measures_the_rnn_search_step(env):
   assert refused.returncode == 2
   assert "is not one of ('bilevel_step',) (a search config of model.space='rnn')" in (
       refused.stderr)
+
+
+def _launch(env, *args):
+  return subprocess.run([sys.executable, '-m', *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=900)
+
+
+def test_launchers_run_the_rnn_configs(env, tmp_path):
+  """launch.search, launch.train (the search's workdir as the genotype) and
+  launch.evaluate pick the RNN path from model.space='rnn'."""
+  small = ['--config.model.emsize=16', '--config.model.nhid=16', '--config.monitor.progress=lines']
+  search_dir, train_dir = str(tmp_path / 'search'), str(tmp_path / 'train')
+  # search_config()'s shapes: the compilation cache has its step.
+  search = ['launch.search', '--config=configs/rnn_pydoc_search.py', f'--workdir={search_dir}',
+            '--config.search.epochs=1', '--config.model.steps=2', '--config.search.batch_size=64',
+            '--config.search.bptt=10', '--config.search.learning_rate=10', *small]
+  result = _launch(env, *search)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'epoch 1/1' in result.stdout and 'valid_ppl' in result.stdout
+  again = _launch(env, *search)
+  assert again.returncode == 0 and 'already complete' in again.stdout
+  trained = ['--config=configs/rnn_ptb_train.py', f'--workdir={train_dir}',
+             '--config.data.name=pydoc', '--config.train.bptt=10', *small]
+  result = _launch(env, 'launch.train', *trained, f'--config.genotype={search_dir}',
+                   '--config.train.epochs=1', '--config.train.batch_size=128',
+                   '--config.train.max_seq_len_delta=5', '--config.train.seq_len_bucket=15')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'training done: test perplexity' in result.stdout
+  with open(os.path.join(train_dir, 'genotype.json')) as a, open(
+      os.path.join(search_dir, 'genotype.json')) as b:
+    assert json.load(a) == json.load(b)
+  with open(os.path.join(train_dir, 'summary.json')) as f:
+    summary = json.load(f)
+  result = _launch(env, 'launch.evaluate', *trained)
+  assert result.returncode == 0, result.stderr[-3000:]
+  evaluated = json.loads(result.stdout.strip().splitlines()[-1])
+  assert evaluated['test_perplexity'] == pytest.approx(summary['test']['perplexity'], rel=1e-6)
+  refused = _launch(env, 'launch.search', '--config=configs/rnn_pydoc_search.py',
+                    f'--workdir={tmp_path / "bad"}', '--config.search.architect=exact')
+  assert refused.returncode == 2
+  assert refused.stderr.strip().splitlines()[-1].startswith(
+      "error: search.architect='exact' is not one of ('first_order', 'second_order')")
+  assert not os.path.exists(tmp_path / 'bad' / 'config.json')
