@@ -29,6 +29,19 @@ from pcdarts_jax.spaces.darts import cell_parts
 
 BATCH = 3
 LABELS = jnp.array([1, 4, 7])
+# Each compiled program here runs once or twice: LLVM's optimizations would cost
+# more CPU time than they save (about a third of each compile). Both layouts are
+# compiled alike, so the comparisons are unchanged.
+RUN_ONCE = {'xla_backend_optimization_level': 0}
+# The K=4 pair's tests share its compile: one xdist worker (--dist loadgroup).
+K4_PAIR = pytest.mark.xdist_group('grouped_cell_k4_pair')
+
+
+def _jit_init(module, *args, **kwargs):
+  """module.init, compiled: unsafe_rbg keys and no LLVM optimization compile in
+  a tenth of the time of an eager init (the values only need to be random)."""
+  return jax.jit(lambda key, *a: module.init(key, *a, **kwargs), compiler_options=RUN_ONCE)(
+      jax.random.key(0, impl='unsafe_rbg'), *args)
 
 
 def _config(**model):
@@ -70,8 +83,10 @@ def _pair(config, seed=0, op_masks=None):
   gradient, evaluate = {}, {}
   for impl, model in models.items():
     gradient[impl] = jax.jit(jax.value_and_grad(
-        functools.partial(loss, model), argnums=(0, 1), has_aux=True))
-    evaluate[impl] = jax.jit(lambda v, m=model: m.apply(v, x, train=False))
+        functools.partial(loss, model), argnums=(0, 1), has_aux=True),
+                             compiler_options=RUN_ONCE)
+    evaluate[impl] = jax.jit(lambda v, m=model: m.apply(v, x, train=False),
+                             compiler_options=RUN_ONCE)
   return dict(models=models, x=x, variables=variables, gradient=gradient, evaluate=evaluate)
 
 
@@ -118,7 +133,7 @@ def _assert_same_step(pair):
 # is what a GPU runs in float32, `conv` (grouped convs) in bfloat16.
 CASES = {
     'k4_edge_norm': dict(partial_channels=4, edge_normalization=True, steps=4, multiplier=4),
-    'k1_plain': dict(partial_channels=1, edge_normalization=False, steps=3, multiplier=3,
+    'k1_plain': dict(partial_channels=1, edge_normalization=False, steps=2, multiplier=2,
                      depthwise_impl='conv'),
     # The rest of the grid (CI time: each case compiles two supernet gradients).
     'k4_plain': dict(partial_channels=4, edge_normalization=False, steps=3, multiplier=3,
@@ -134,12 +149,13 @@ def k4_pair():
   return _pair(_config(**CASES['k4_edge_norm']))
 
 
-@pytest.mark.parametrize('case', [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES
-                                  else c for c in CASES])
+@pytest.mark.parametrize('case', [
+    pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES
+    else pytest.param(c, marks=K4_PAIR) if c == 'k4_edge_norm' else c for c in CASES])
 def test_grouped_matches_scan(case, k4_pair):
   """Full cells (4 nodes: stages of 8, 3, 2 and 1 edges, the node stages at
   scattered stacked positions) for the default K=4 with edge normalization;
-  3-node cells for the others."""
+  2-node cells (stages of 4 and 1 edges) for K=1, 3-node cells for the others."""
   pair = k4_pair if case == 'k4_edge_norm' else _pair(_config(**CASES[case]), seed=3)
   assert jax.tree.map(np.shape, pair['variables']) == jax.tree.map(
       np.shape, initializers.init_variables(pair['models']['grouped'], jax.random.PRNGKey(0),
@@ -258,11 +274,11 @@ def test_dense_depthwise_stays_per_edge():
   s0, s1 = (jnp.asarray(rng.randn(2, 8, 8, 12), jnp.float32) for _ in range(2))
   weights = jax.nn.softmax(jnp.asarray(rng.randn(9, 8), jnp.float32))
   betas = jnp.asarray(rng.rand(9), jnp.float32)
-  variables = cells['scan'].init(jax.random.PRNGKey(0), s0, s1, weights, betas, train=False)
+  variables = _jit_init(cells['scan'], s0, s1, weights, betas, train=False)
   apply = {impl: (lambda v, c=cell: c.apply(v, s0, s1, weights, betas, train=True,
                                             mutable=['batch_stats']))
            for impl, cell in cells.items()}
-  out = {impl: jax.jit(f)(variables) for impl, f in apply.items()}
+  out = {impl: jax.jit(f, compiler_options=RUN_ONCE)(variables) for impl, f in apply.items()}
   _close(out['grouped'], out['scan'], 1e-5)
   jaxpr = jax.make_jaxpr(apply['grouped'])(variables).jaxpr
   widths = set()
@@ -281,6 +297,7 @@ def test_dense_depthwise_stays_per_edge():
   assert widths == {8 // 2}  # one edge's C/K channels
 
 
+@K4_PAIR
 def test_checkpoint_moves_between_layouts(k4_pair, tmp_path):
   """A state written under one layout restores (checkpoint.Checkpoints, shapes
   from the other layout's model) and continues under the other as under its own."""
@@ -325,9 +342,9 @@ def test_bfloat16_cell_accumulates_in_float32():
   s0, s1 = (jnp.asarray(rng.randn(2, 8, 8, 12), jnp.float32) for _ in range(2))
   weights = jax.nn.softmax(jnp.asarray(rng.randn(5, 8), jnp.float32))
   betas = jnp.asarray(rng.rand(5), jnp.float32)
-  variables = cell.init(jax.random.PRNGKey(0), s0, s1, weights, betas, train=False)
+  variables = _jit_init(cell, s0, s1, weights, betas, train=False)
   run = jax.jit(lambda a, b: cell.apply(variables, a, b, weights, betas, train=True,
-                                        mutable=['batch_stats'])[0])
+                                        mutable=['batch_stats'])[0], compiler_options=RUN_ONCE)
   full = np.asarray(run(s0, s1), np.float64)
   half = run(s0.astype(jnp.bfloat16), s1.astype(jnp.bfloat16))
   assert half.dtype == jnp.bfloat16
