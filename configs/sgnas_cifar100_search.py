@@ -54,6 +54,7 @@ def get_config():
   config.search.grad_clip = 0.0         # > 0: clip the summed gradient's norm
   config.search.eval_batch_size = 500   # validation on the held-out split each epoch
   config.search.log_every_steps = 50
+  config.search.num_seeds = 1           # SGNAS runs one search (num_seeds > 1 is refused)
 
   config.generator = ml_collections.ConfigDict()  # Phase 2: the generator.
   config.generator.epochs = 50

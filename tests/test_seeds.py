@@ -3,10 +3,13 @@ bilevel step inside the pmap, against N one-seed steps; the seeds.json report.""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -16,11 +19,14 @@ from configs import nb201_digits_search
 from configs import sgnas_digits_search
 from pcdarts_jax import spaces
 from pcdarts_jax.data import datasets as data
+from pcdarts_jax.run import driver
+from pcdarts_jax.run import monitor
 from pcdarts_jax.run import parallel
 from pcdarts_jax.search import optim
 from pcdarts_jax.search import search as loop
 from pcdarts_jax.search import seeds
 from pcdarts_jax.search import validation as config_validation
+from pcdarts_jax.sgnas import search as sgnas_search
 from pcdarts_jax.spaces.darts import genotypes
 
 N = 2
@@ -235,6 +241,37 @@ def test_architects_relaxations_and_data(kwargs):
   _check_equal(setup, seeds_run, [setup.run_one(i) for i in range(N)])
 
 
+def _toy_step(state, train_batch, arch_batch, rng):
+  """Scales the weights; a seed whose weight is negative gets a NaN loss."""
+  del arch_batch, rng
+  loss = jnp.where(state.params['w'][0] < 0, jnp.nan, 1.0)
+  sums = {'train_loss_sum': loss, 'train_count': jnp.float32(1), 'arch_loss_sum': 0.0 * loss,
+          'arch_count': jnp.float32(0)}
+  return state.replace(step=state.step + 1, params={'w': state.params['w'] * train_batch}), sums
+
+
+@pytest.mark.parametrize('skip', [True, False])
+def test_a_nonfinite_seed_is_guarded_alone(skip):
+  """The guard works per seed: a seed's non-finite step is dropped (and recorded)
+  while the others step; the shared step advances with the seeds that stepped."""
+  one = lambda w: loop.SearchState(
+      step=jnp.zeros((), jnp.int32), params={'w': jnp.asarray(w, jnp.float32)}, batch_stats={},
+      arch={}, weight_opt_state=(), arch_opt_state=(), nonfinite_steps=jnp.zeros((), jnp.int32),
+      first_nonfinite_step=jnp.full((), -1, jnp.int32),
+      first_nonfinite_losses=jnp.zeros((2,), jnp.float32))
+  state = seeds.stack_states([one([1.0, 1.0]), one([-1.0, 1.0]), one([2.0, 1.0])])
+  step = jax.jit(seeds.vmap_step(loop.guard_nonfinite(_toy_step, skip=skip), flatten=True))
+  for _ in range(2):
+    state, sums = step(state, jnp.float32(3), None, seeds.fold_in(jnp.zeros((3, 2), jnp.uint32), 0))
+  assert int(state.step) == 2 and np.ndim(state.step) == 0
+  np.testing.assert_array_equal(state.params['w'][:, 0], [9.0, -1.0, 18.0])
+  np.testing.assert_array_equal(state.nonfinite_steps, [0, 1 if not skip else 2, 0])
+  np.testing.assert_array_equal(state.first_nonfinite_step, [-1, 0, -1])
+  assert seeds.first_nonfinite(jax.device_get(state)) == 1
+  assert float(sums['nonfinite']) == (1.0 if skip else 0.0)  # Frozen: counted once.
+  assert float(sums['seed_1/nonfinite']) == float(sums['nonfinite'])
+
+
 # --------------------------------------------------------------------------
 # Config.
 
@@ -268,15 +305,13 @@ def test_progressive_stages_and_sgnas_refuse_many_seeds():
   config.search.num_seeds = 1
   config_validation.validate_search_config(config)
   sgnas = sgnas_digits_search.get_config()
-  with sgnas.unlocked():
-    sgnas.search.num_seeds = 2
-  with pytest.raises(config_validation.ConfigError, match='SGNAS'):
-    seeds.validate(sgnas, _raise)
-
-
-def _raise(ok, message):
-  if not ok:
-    raise config_validation.ConfigError(message)
+  assert sgnas.search.num_seeds == 1
+  sgnas_search.validate_config(sgnas)
+  sgnas.search.num_seeds = 2
+  with pytest.raises(config_validation.ConfigError) as info:
+    sgnas_search.validate_config(sgnas)
+  assert 'search.num_seeds=2' in str(info.value) and 'SGNAS' in str(info.value)
+  assert '\n' not in str(info.value)
 
 
 def test_seed_config_is_the_one_seed_run():
@@ -382,6 +417,39 @@ def test_flattened_sums_carry_every_seed():
       {'train_loss_sum': 4.0, 'nonfinite': 0.0}]
 
 
+class _Counter:
+  """A host batch iterator of `start`, `start` + 1, ... (batch 4, two fields)."""
+
+  steps_per_epoch = 7
+
+  def __init__(self, start):
+    self.position = start
+
+  def state(self):
+    return self.position
+
+  def restore(self, position):
+    self.position = position
+
+  def __next__(self):
+    self.position += 1
+    base = np.arange(4) + 100 * self.position
+    return {'image': base[:, None] * np.ones((4, 3)), 'label': base}
+
+
+def test_seed_streams_land_as_devices_by_seeds():
+  streams = seeds.SeedStreams([_Counter(0), _Counter(10)], devices=2)
+  batch = next(streams)
+  assert streams.state() == [1, 11] and streams.steps_per_epoch == 7
+  on_devices = parallel.shard(batch, 2)  # What DevicePrefetch does with it.
+  assert on_devices['label'].shape == (2, 2, 2) and on_devices['image'].shape == (2, 2, 2, 3)
+  # Device d, seed i: the d-th half of seed i's batch.
+  np.testing.assert_array_equal(on_devices['label'][1, 0], [102, 103])
+  np.testing.assert_array_equal(on_devices['label'][0, 1], [1100, 1101])
+  streams.restore([5, 6])
+  assert [int(x) for x in next(streams)['label'][:2, 0]] == [600, 700]  # Device 0: seeds 0, 1.
+
+
 def test_choice_ranks_missing_and_nonfinite_last():
   assert seeds.choose([None, float('nan'), 0.1]) == 2
   assert seeds.choose([0.5, 0.7, 0.7]) == 1
@@ -397,12 +465,12 @@ def test_per_seed_writers_use_the_one_seed_formats(tmp_path):
   seeds.write_final(paths, space.genotype_to_dict(genotype), arch)
   for epoch in (1, 2, 3):
     seeds.append_record(paths, {'epoch': epoch, 'genotype': space.genotype_to_dict(genotype)})
-  seeds.keep_epochs(paths.jsonl, 2)
+  driver.keep_epochs(paths.jsonl, 2)
   with open(paths.jsonl) as f:
     assert [json.loads(line)['epoch'] for line in f] == [1, 2]
   assert genotypes.load_genotype(paths.genotype) == genotype
   np.testing.assert_array_equal(np.load(paths.arch)['alphas_normal'], arch['alphas_normal'])
-  assert seeds.scalars(3, {'valid/accuracy': 0.5}) == {'seed_3/valid/accuracy': 0.5}
+  assert seeds.scalars_of(3, {'valid/accuracy': 0.5}) == {'seed_3/valid/accuracy': 0.5}
 
 
 # --------------------------------------------------------------------------
@@ -433,3 +501,114 @@ def test_benchmark_measures_the_vmapped_step_per_search():
   refused = _benchmark('--num_seeds=2', '--measure=weight_step')
   assert refused.returncode == 2
   assert '--measure=weight_step' in refused.stderr and 'num_seeds=2' in refused.stderr
+
+
+# --------------------------------------------------------------------------
+# The launcher: a 2-seed search, killed and resumed (as tests/test_resume.py).
+
+RUN_EPOCHS, RUN_STEPS_PER_EPOCH = 2, 11  # 750 weight images / batch 64.
+RUN = ['--config=configs/digits_search.py', '--config.model.init_channels=4',
+       '--config.model.layers=2', f'--config.search.epochs={RUN_EPOCHS}',
+       '--config.search.arch_start_epoch=1', '--config.checkpoint.every_steps=3',
+       '--config.monitor.progress=lines', f'--config.search.num_seeds={N}']
+
+
+@pytest.fixture(scope='module')
+def run_env(tmp_path_factory):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cache = tmp_path_factory.mktemp('xla_cache')
+  return repo, dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS='cpu',
+                    JAX_COMPILATION_CACHE_DIR=str(cache),
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+
+
+def _search(run_env, workdir, wait=True):
+  repo, env = run_env
+  command = [sys.executable, '-m', 'launch.search', f'--workdir={workdir}', *RUN]
+  if wait:
+    return subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=900)
+  return subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def _npz(path):
+  with np.load(path) as f:
+    return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope='module')
+def seeds_reference(run_env, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('seeds_reference') / 'run')
+  result = _search(run_env, workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result.stdout
+
+
+def test_a_two_seed_search_writes_every_seed_and_the_chosen_one(seeds_reference):
+  workdir, stdout = seeds_reference
+  with open(os.path.join(workdir, seeds.SEEDS_FILE)) as f:
+    summary = json.load(f)
+  assert summary['num_seeds'] == N and summary['seeds'] == [2, 3]  # digits: seed 2.
+  finals = [s['final']['valid']['accuracy'] for s in summary['per_seed']]
+  assert summary['chosen'] == seeds.choose(finals)
+  chosen = os.path.join(workdir, f'seed_{summary["chosen"]}')
+  for i in range(N):
+    seed_dir = os.path.join(workdir, f'seed_{i}')
+    with open(os.path.join(seed_dir, loop.LOG_NAME)) as f:
+      records = [json.loads(line) for line in f]
+    assert [r['epoch'] for r in records] == list(range(1, RUN_EPOCHS + 1))
+    assert records[-1]['valid']['accuracy'] == finals[i]
+    assert genotypes.load_genotype(os.path.join(seed_dir, 'genotype.json')) == \
+        genotypes.from_dict(summary['per_seed'][i]['genotype'])
+    assert sorted(_npz(os.path.join(seed_dir, 'arch.npz'))) == sorted(genotypes.ARCH_NAMES)
+  # The run's genotype and arch values are the chosen seed's.
+  assert genotypes.load_genotype(os.path.join(workdir, 'genotype.json')) == \
+      genotypes.load_genotype(os.path.join(chosen, 'genotype.json'))
+  root, best = _npz(os.path.join(workdir, 'arch.npz')), _npz(os.path.join(chosen, 'arch.npz'))
+  for name in best:
+    np.testing.assert_array_equal(root[name], best[name])
+  assert sum(row['chosen'] for row in summary['agreement']['normal']['edges']) == \
+      N * 2 * digits_search.get_config().model.steps  # Two kept edges per node and seed.
+  assert os.path.exists(os.path.join(workdir, 'plots', seeds.AGREEMENT_PICTURE))
+  tags = monitor.read_scalars(os.path.join(workdir, 'tensorboard'))
+  for i in range(N):
+    assert sorted(tags[f'seed_{i}/valid/accuracy']) == list(range(1, RUN_EPOCHS + 1))
+  assert 'seed' in stdout
+
+
+def test_sigkill_then_resume_is_bitwise_identical_with_two_seeds(run_env, seeds_reference,
+                                                                  tmp_path):
+  reference, _ = seeds_reference
+  workdir = str(tmp_path / 'run')
+  process = _search(run_env, workdir, wait=False)
+  # Checkpoint 15 is mid-epoch 2, with arch steps on: kill right after it.
+  directory = os.path.join(workdir, 'checkpoints', '15')
+  deadline = time.time() + 900
+  while not os.path.isdir(directory):
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    assert time.time() < deadline, 'no checkpoint 15'
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not os.path.exists(os.path.join(workdir, seeds.SEEDS_FILE))
+  latest = max(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit())
+  assert latest < RUN_EPOCHS * RUN_STEPS_PER_EPOCH
+
+  result = _search(run_env, workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'resuming from checkpoint {latest}' in result.stdout
+  for sub in ['.'] + [f'seed_{i}' for i in range(N)]:
+    got, want = _npz(os.path.join(workdir, sub, 'arch.npz')), \
+        _npz(os.path.join(reference, sub, 'arch.npz'))
+    for name in want:  # Bitwise: same data order, augmentations and arithmetic.
+      np.testing.assert_array_equal(got[name], want[name], err_msg=f'{sub} {name}')
+    with open(os.path.join(workdir, sub, 'genotype.json')) as f, \
+        open(os.path.join(reference, sub, 'genotype.json')) as g:
+      assert f.read() == g.read()
+  for i in range(N):
+    with open(os.path.join(workdir, f'seed_{i}', loop.LOG_NAME)) as f:
+      assert [json.loads(line)['epoch'] for line in f] == list(range(1, RUN_EPOCHS + 1))
+  with open(os.path.join(workdir, seeds.SEEDS_FILE)) as f, \
+      open(os.path.join(reference, seeds.SEEDS_FILE)) as g:
+    assert json.load(f) == json.load(g)

@@ -9,6 +9,7 @@ stage changes and the end-of-epoch work (evaluation, genotype, record).
 
 import json
 import os
+import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from absl import logging
@@ -36,6 +37,7 @@ from pcdarts_jax import spaces
 from pcdarts_jax.spaces.nb201 import table as nb201_table
 from pcdarts_jax.run import parallel
 from pcdarts_jax.search import progressive
+from pcdarts_jax.search import seeds
 from pcdarts_jax.spaces import relaxation
 from pcdarts_jax.spaces.darts import supernet
 
@@ -377,7 +379,9 @@ def search(config, workdir: str):
   per epoch), genotype.json, arch.npz, summary.json, config.json, checkpoints/,
   tensorboard/ and plots/. An existing workdir is resumed from its newest good
   checkpoint. Raises driver.Interrupted on SIGTERM/SIGINT (after checkpointing)
-  and driver.NonFiniteError when a step goes non-finite.
+  and driver.NonFiniteError when a step goes non-finite. search.num_seeds = N > 1
+  runs N searches as one vmapped program (seeds.py): seed_<i>/ per seed, and the
+  run's outputs are the seed with the best final validation accuracy.
   """
   num_devices = parallel.device_count()
   config = sources.resolve_config(config, workdir)  # Own data: classes, mean / std.
@@ -386,21 +390,26 @@ def search(config, workdir: str):
   # An optional NAS-Bench-201 results table, looked up for each epoch's genotype.
   table = nb201_table.from_config(config) if config.model.get('space') == 'nb201' else None
   paths = rundir.Workdir(workdir, LOG_NAME)
+  num_seeds = seeds.num_seeds(config)
+  seed_paths = [seeds.seed_workdir(workdir, i, LOG_NAME) for i in range(num_seeds)]
   _check_workdir(paths, config)  # Before the data (which may take long) and any write.
   inputs = input_pipeline.search_inputs(config)
 
   s = config.search
   # On the devices two steps ahead, sharded (positions stay exact for checkpoints).
-  train_iter = input_pipeline.DevicePrefetch(inputs.train)
-  arch_iter = input_pipeline.DevicePrefetch(inputs.arch)
+  # search.seed_data='per_seed': one stream per seed (seeds.search_sources).
+  train_source, arch_source = seeds.search_sources(config, inputs, input_pipeline.search_inputs)
+  train_iter = input_pipeline.DevicePrefetch(train_source)
+  arch_iter = input_pipeline.DevicePrefetch(arch_source)
   # An epoch is a pass over the weight subset; the arch iterator cycles on its own.
   steps_per_epoch = train_iter.steps_per_epoch
   main = parallel.is_main_process()  # Only process 0 writes files.
   weight_tx = optim.weight_optimizer(config, steps_per_epoch)
   arch_tx = optim.arch_optimizer(config)
   lr_fn = optim.weight_learning_rate(config, steps_per_epoch)
-  init_rng, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  eval_key = jax.random.fold_in(step_key, -1 % (2 ** 31))
+  # N seeds: one key of each kind per seed, those of seed config.seed + i.
+  init_rng, step_key, eval_key = (seeds.run_keys(config.seed) if num_seeds == 1
+                                  else seeds.seed_keys(config))
   sample = data.normalize(inputs.sample_image, config.data.mean, config.data.std)
   stages = progressive.stages(config)  # One stage, the config's, without progressive learning.
 
@@ -410,7 +419,9 @@ def search(config, workdir: str):
                                 op_masks=masks)
 
   def new_state(model) -> SearchState:
-    return create_search_state(model, config, init_rng, sample, weight_tx, arch_tx)
+    """N seeds: N states stacked on a seed axis, the step shared (seeds.py)."""
+    create = lambda rng: create_search_state(model, config, rng, sample, weight_tx, arch_tx)
+    return create(init_rng) if num_seeds == 1 else seeds.create_states(create, init_rng)
 
   def abstract_state(meta):
     """The state's shapes at a checkpoint: its stage's layout (meta's op masks)."""
@@ -425,7 +436,7 @@ def search(config, workdir: str):
   stage, masks = stages[0], None
   model = stage_model(stage, masks)
   state = new_state(model)
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  n_params = sum(x.size for x in jax.tree.leaves(state.params)) // num_seeds  # One search's.
 
   # --- resume.
   if main:
@@ -448,9 +459,15 @@ def search(config, workdir: str):
       print(f'the search in {workdir} is already complete ({s.epochs} epochs, checkpoint '
             f'{step_done}); nothing was changed. Raise --config.search.epochs to search '
             f'longer.', flush=True)
+      if num_seeds > 1:  # The chosen seed's.
+        with open(paths.genotype) as f:
+          return space.genotype_from_dict(json.load(f))
       return space.derive(arch_numpy(state), model)
     train_iter.restore(meta['train_iter'])
     arch_iter.restore(meta['arch_iter'])
+    if main and num_seeds > 1:  # The seeds' logs, as the driver keeps the run's.
+      for seed_path in seed_paths:
+        driver.keep_epochs(seed_path.jsonl, step_done // steps_per_epoch)
     where = ('the search had finished; writing its final outputs' if step_done >= total_steps
              else driver.position(step_done, steps_per_epoch))
     print(f'resuming from checkpoint {step_done} ({where}) in {paths.checkpoints}', flush=True)
@@ -469,14 +486,15 @@ def search(config, workdir: str):
     statistics over the global batch."""
     step_model = stage_model(stage, masks, parallel.AXIS)
     arch_start = (stage.start_epoch + s.arch_start_epoch) * steps_per_epoch
-    bilevel = parallel.pmap_step(
-        guard_nonfinite(make_bilevel_step(step_model, config, steps_per_epoch, weight_tx,
-                                          arch_tx, parallel.AXIS, arch_start),
-                        skip=s.skip_nonfinite),
-        in_axes=(0, 0, 0, None))
-    evaluate_step = parallel.pmap_step(
-        make_eval_step(step_model, config, parallel.AXIS, steps_per_epoch),
-        in_axes=(0, 0, None), donate_state=False)
+    step = guard_nonfinite(make_bilevel_step(step_model, config, steps_per_epoch, weight_tx,
+                                             arch_tx, parallel.AXIS, arch_start),
+                           skip=s.skip_nonfinite)
+    evaluate = make_eval_step(step_model, config, parallel.AXIS, steps_per_epoch)
+    if num_seeds > 1:  # One step vmapped over the seeds, inside the pmap.
+      step = seeds.vmap_step(step, seeds.seed_data(config), flatten=True)
+      evaluate = seeds.vmap_eval_step(evaluate)
+    bilevel = parallel.pmap_step(step, in_axes=(0, 0, 0, None))
+    evaluate_step = parallel.pmap_step(evaluate, in_axes=(0, 0, None), donate_state=False)
     which = f' of stage {stage.index + 1}' if len(stages) > 1 else ''
     return (monitor.announce_compile(bilevel, f'the search step{which}'),
             monitor.announce_compile(evaluate_step, f'the eval step{which}'))
@@ -507,11 +525,14 @@ def search(config, workdir: str):
   bilevel_step, eval_step = stage_steps(stage, masks)
   # Padded and masked anyway: rounded up to split evenly over the devices.
   eval_batch_size = -(-s.eval_batch_size // num_devices) * num_devices
-  genotype = space.derive(arch_numpy(state), model)
+  genotype = space.derive(arch_numpy(state if num_seeds == 1 else seeds.seed_state(state, 0)),
+                          model)
+  epoch_clock = [0.0]  # When this epoch began (the seeds' records).
 
   # --- what the driver runs.
   def begin_epoch(epoch, first, state):
     nonlocal stage, model, masks, bilevel_step, eval_step
+    epoch_clock[0] = time.time()
     if progressive.stage_of_epoch(config, epoch).index != meta['stage']:
       stage = progressive.stage_of_epoch(config, epoch)
       state, model, masks = next_stage(state, model, stage, masks)
@@ -521,29 +542,50 @@ def search(config, workdir: str):
   def search_step(state, step):
     # The step's rng depends only on (seed, step): resumed runs draw the same.
     return bilevel_step(state, next(train_iter), next(arch_iter),
-                        jax.random.fold_in(step_key, step))
+                        seeds.fold_in(step_key, step))
 
   def nonfinite(state, sums, step):
     """The guarded step froze the state at the last good values (see guard_nonfinite)."""
     if s.skip_nonfinite or not sums['nonfinite']:
       return None
-    record = parallel.unreplicate(state)
+    record, which = parallel.unreplicate(state), ''
+    if num_seeds > 1:  # The seed that went non-finite first.
+      index = seeds.first_nonfinite(jax.device_get(record))
+      record, which = seeds.seed_state(record, index), f'seed {index}: '
     bad = int(record.first_nonfinite_step)
     train_loss, arch_loss = (float(x) for x in record.first_nonfinite_losses)
-    return (f'non-finite values at step {bad} (epoch {bad // steps_per_epoch + 1}): train '
+    return (f'{which}non-finite values at step {bad} (epoch {bad // steps_per_epoch + 1}): train '
             f'loss {train_loss}, arch loss {arch_loss} (0 during the arch warm-up), or a '
             f'non-finite weight/arch update; the update was not applied and the run stopped.')
 
   def end_epoch(epoch, state, sums) -> driver.Epoch:
     nonlocal genotype
+    rng = seeds.fold_in(eval_key, epoch)
+    batches = inputs.eval_batches(eval_batch_size)
+    if num_seeds == 1:
+      valid = metrics_lib.summarise(metrics_lib.total(
+          eval_step(state, parallel.shard(batch), jax.random.fold_in(rng, i))
+          for i, batch in enumerate(batches)))
+      genotype, result = epoch_result(epoch, sums, valid, arch_numpy(parallel.unreplicate(state)))
+      return result
+    # N seeds: every seed's epoch as a one-seed run reports it (seeds.combine_epoch).
+    valids = seeds.evaluate(eval_step, state, batches, rng, parallel.shard)
+    host = jax.device_get(parallel.unreplicate(state))
+    results = [epoch_result(epoch, seed_sums, valid, arch_numpy(seeds.seed_state(host, i)))
+               for i, (seed_sums, valid) in enumerate(zip(seeds.unflatten_sums(sums, num_seeds),
+                                                          valids))]
+    combined = seeds.combine_epoch(epoch, (epoch + 1) * steps_per_epoch,
+                                   time.time() - epoch_clock[0], [r for _, r in results],
+                                   seed_paths, main)
+    genotype = results[combined.record['seed']][0]
+    return combined
+
+  def epoch_result(epoch, sums, valid, arch_values) -> Tuple[Any, driver.Epoch]:
+    """(genotype, the epoch's report) of one search from its host sums, its
+    validation and its arch values."""
     train = metrics_lib.summarise(sums, 'train_')
     arch = metrics_lib.summarise(sums, 'arch_')
-    rng = jax.random.fold_in(eval_key, epoch)
-    valid = metrics_lib.summarise(metrics_lib.total(
-        eval_step(state, parallel.shard(batch), jax.random.fold_in(rng, i))
-        for i, batch in enumerate(inputs.eval_batches(eval_batch_size))))
-    arch_values = arch_numpy(parallel.unreplicate(state))
-    genotype = epoch_genotype = space.derive(arch_values, model)
+    epoch_genotype = genotype = space.derive(arch_values, model)
     lr = float(lr_fn(epoch * steps_per_epoch))
     record = {'lr': lr, 'train': train, 'arch': arch, 'valid': valid,
               'nonfinite_skipped': float(sums['nonfinite']),
@@ -563,7 +605,7 @@ def search(config, workdir: str):
       text += f"\n  NAS-Bench-201 accuracy: {record['benchmark_accuracy']}"
     pictures = lambda writer, model=model: _epoch_pictures(
         paths, epoch, arch_values, epoch_genotype, model, writer, space)
-    return driver.Epoch(record, scalars, text, pictures)
+    return genotype, driver.Epoch(record, scalars, text, pictures)
 
   with driver.session(config, paths) as run:
     phase = driver.Phase(
@@ -580,6 +622,9 @@ def search(config, workdir: str):
   host_state = jax.device_get(parallel.unreplicate(state))
   if not main:
     return genotype
+  if num_seeds > 1:  # Every seed's outputs and seeds.json; the run's: the chosen seed's.
+    chosen, genotype = seeds.finish(config, workdir, seed_paths, host_state, model, space)
+    host_state = seeds.seed_state(host_state, chosen)
   rundir.write_atomic(paths.genotype, json.dumps(space.genotype_to_dict(genotype)) + '\n')
   np.savez(paths.arch + '.tmp.npz', **arch_numpy(host_state))
   os.replace(paths.arch + '.tmp.npz', paths.arch)

@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcdarts_jax.run import config_fields
+from pcdarts_jax.run import driver
+from pcdarts_jax.run import parallel
 from pcdarts_jax.run import rundir
 
 SEED_DATA = ('shared', 'per_seed')
@@ -116,7 +118,10 @@ def seed_keys(config, n: Optional[int] = None) -> Tuple[jax.Array, jax.Array, ja
 
 
 def fold_in(keys: jax.Array, data) -> jax.Array:
-  """fold_in(key_i, data) for each seed's key (a leading seed axis)."""
+  """fold_in(key_i, data) for each seed's key (a leading seed axis); one key
+  (a one-seed run's) folds as jax.random.fold_in."""
+  if np.ndim(keys) == 1:
+    return jax.random.fold_in(keys, data)
   return jax.vmap(jax.random.fold_in, (0, None))(keys, data)
 
 
@@ -145,6 +150,14 @@ def create_states(create: Callable[[jax.Array], Any], init_rngs: jax.Array) -> A
   return stack_states([create(init_rngs[i]) for i in range(init_rngs.shape[0])])
 
 
+def first_nonfinite(state) -> Optional[int]:
+  """The seed (of a host seeds state) whose first non-finite step came first
+  (ties: the lowest index); None where none went non-finite."""
+  steps = np.asarray(state.first_nonfinite_step)
+  bad = np.flatnonzero(steps >= 0)
+  return None if not bad.size else int(bad[np.argmin(steps[bad])])
+
+
 def seed_state(state, index: int) -> Any:
   """Seed `index`'s one-seed state (of an unreplicated seeds state)."""
   step = state.step
@@ -166,19 +179,21 @@ def _data_axis(data: str) -> Optional[int]:
   return None if data == 'shared' else 0
 
 
-def vmap_step(step_fn: Callable, data: str = 'shared') -> Callable:
+def vmap_step(step_fn: Callable, data: str = 'shared', flatten: bool = False) -> Callable:
   """The search step `step_fn(state, train_batch, arch_batch, rng)` (the
   guarded bilevel step) over a seeds state: `rngs` holds one key per seed, the
   batches are shared (`data='shared'`) or carry a seed axis ('per_seed'). The
   step enters unbatched; a guarded step may leave a frozen seed behind (a
   non-finite step with search.skip_nonfinite off), so the step out is the
-  largest: the seeds that stepped. Metric sums come out per seed."""
+  largest: the seeds that stepped. Metric sums come out per seed ((N,) each),
+  or with `flatten` as `flatten_sums` lays them out."""
   data_axis = _data_axis(data)
 
   def stepped(state, train_batch, arch_batch, rngs):
     new_state, metrics = jax.vmap(step_fn, in_axes=(state_axes(state), data_axis, data_axis, 0))(
         state, train_batch, arch_batch, rngs)
-    return new_state.replace(step=jnp.max(new_state.step)), metrics
+    return new_state.replace(step=jnp.max(new_state.step)), (
+        flatten_sums(metrics) if flatten else metrics)
 
   return stepped
 
@@ -239,6 +254,54 @@ def evaluate(eval_step: Callable, state, batches, rngs: jax.Array,
   return [summarise(s) for s in host_sums(totals)]
 
 
+def search_sources(config, inputs, make_inputs: Callable) -> Tuple[Any, Any]:
+  """The (weight, arch) host batch iterators of a search: `inputs`' own with
+  one seed or shared data; with `seed_data='per_seed'`, one stream per seed
+  (seed i's from `make_inputs(seed_config(config, i))`, the search's input
+  factory; seed 0's are `inputs`') as `SeedStreams`."""
+  n = num_seeds(config)
+  if n == 1 or seed_data(config) == 'shared':
+    return inputs.train, inputs.arch
+  others = [make_inputs(seed_config(config, i)) for i in range(1, n)]
+  return (SeedStreams([inputs.train] + [o.train for o in others]),
+          SeedStreams([inputs.arch] + [o.arch for o in others]))
+
+
+class SeedStreams:
+  """N host batch iterators (one per seed, `search.seed_data='per_seed'`) as one,
+  for `DevicePrefetch`: its `put_sharded` splits a batch's leading axis over the
+  devices, so each array comes laid out as (devices x seeds, B / devices, ...)
+  and lands on the devices as (devices, seeds, B / devices, ...), the seeds
+  step's per-seed input. `state()` / `restore()` take one position per seed."""
+
+  def __init__(self, iterators: Sequence[Any], devices: Optional[int] = None):
+    self.iterators = list(iterators)
+    self.devices = devices
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.iterators[0].steps_per_epoch
+
+  def state(self):
+    return [it.state() for it in self.iterators]
+
+  def restore(self, states):
+    for it, position in zip(self.iterators, states):
+      it.restore(position)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    d = self.devices or parallel.local_device_count()
+
+    def arrange(*xs):
+      split = [np.asarray(x).reshape((d, -1) + np.shape(x)[1:]) for x in xs]
+      stacked = np.stack(split, 1)  # devices, seeds, B / devices, ...
+      return stacked.reshape((d * len(xs),) + stacked.shape[2:])
+    return jax.tree.map(arrange, *[next(it) for it in self.iterators])
+
+
 def stack_batches(batches: Sequence[Any], axis: int = 0) -> Any:
   """Per-seed batches (`seed_data='per_seed'`) -> one batch with a seed axis at
   `axis` (1 for batches already split over the devices: devices, seeds, ...)."""
@@ -258,14 +321,13 @@ def seed_workdir(root: str, index: int, log_name: str) -> rundir.Workdir:
   return rundir.Workdir(seed_dir(root, index), log_name)
 
 
-def keep_epochs(path: str, last_epoch: int):
-  """Keeps the records of epochs <= `last_epoch` in a JSON-lines log (a resumed
-  run rewrites those after its checkpoint)."""
+def last_record(path: str) -> Optional[Dict[str, Any]]:
+  """The last line of a JSON-lines log (None: no such file or no line)."""
   if not os.path.exists(path):
-    return
+    return None
   with open(path) as f:
-    kept = [line for line in f if line.strip() and json.loads(line)['epoch'] <= last_epoch]
-  rundir.write_atomic(path, ''.join(kept))
+    lines = [line for line in f if line.strip()]
+  return json.loads(lines[-1]) if lines else None
 
 
 def append_record(paths: rundir.Workdir, record: Mapping[str, Any]):
@@ -284,7 +346,7 @@ def write_final(paths: rundir.Workdir, genotype_dict: Mapping[str, Any],
   os.replace(paths.arch + '.tmp.npz', paths.arch)
 
 
-def scalars(index: int, values: Mapping[str, float]) -> Dict[str, float]:
+def scalars_of(index: int, values: Mapping[str, float]) -> Dict[str, float]:
   """TensorBoard tags of seed `index`: seed_<i>/<tag>."""
   return {f'seed_{index}/{k}': v for k, v in values.items()}
 
@@ -368,6 +430,62 @@ def write_report(root: str, summary: Mapping[str, Any]) -> str:
   path = os.path.join(root, SEEDS_FILE)
   rundir.write_atomic(path, json.dumps(summary, indent=2) + '\n')
   return path
+
+
+# The fields of a seed's last epoch record that seeds.json keeps as its final metrics.
+FINAL_FIELDS = ('epoch', 'step', 'train', 'arch', 'valid', 'nonfinite_skipped',
+                'benchmark_accuracy')
+
+
+def combine_epoch(epoch: int, step: int, seconds: float, results: Sequence[driver.Epoch],
+                  seed_paths: Sequence[rundir.Workdir], main: bool) -> driver.Epoch:
+  """The epoch of an N-seed search from each seed's (`results[i]`, as a one-seed
+  run reports its epoch): seed i's record goes to seed_<i>/genotypes.jsonl (epoch,
+  step and `seconds` added, as the driver adds them); the run's record, console
+  line and pictures are those of the seed with the best validation accuracy this
+  epoch (`seed`: its index; `seeds_valid_accuracy`: every seed's), its scalars
+  every seed's under seed_<i>/."""
+  accuracies = [(r.record.get('valid') or {}).get('accuracy') for r in results]
+  best = choose(accuracies)
+  if main:
+    for r, paths in zip(results, seed_paths):
+      append_record(paths, {'epoch': epoch + 1, 'step': step, **r.record, 'seconds': seconds})
+  scalars = {}
+  for i, r in enumerate(results):
+    scalars.update(scalars_of(i, r.scalars))
+  shown = ' '.join('-' if a is None else f'{a:.4f}' for a in accuracies)
+  return driver.Epoch(
+      dict(results[best].record, seed=best, seeds_valid_accuracy=accuracies), scalars,
+      f'{results[best].text}\n  seeds: valid_acc {shown} (seed {best} shown)',
+      results[best].pictures)
+
+
+def finish(config, root: str, seed_paths: Sequence[rundir.Workdir], state, model,
+           space) -> Tuple[int, Any]:
+  """The end of an N-seed search (main process): each seed's genotype.json and
+  arch.npz, seeds.json and the agreement picture (with monitor.pictures).
+  Returns (the chosen seed, its genotype): the best final validation accuracy."""
+  genotypes_, finals = [], []
+  for i, paths in enumerate(seed_paths):
+    arch = {k: np.asarray(v) for k, v in seed_state(state, i).arch.items()}
+    genotype = space.derive(arch, model)
+    write_final(paths, space.genotype_to_dict(genotype), arch)
+    genotypes_.append(genotype)
+    last = last_record(paths.jsonl) or {}
+    finals.append({k: last[k] for k in FINAL_FIELDS if k in last})
+  edges = getattr(space, 'genotype_edges', None)
+  summary = report(config, finals, [space.genotype_to_dict(g) for g in genotypes_],
+                   [space.genotype_str(g) for g in genotypes_],
+                   None if edges is None else [edges(g) for g in genotypes_])
+  path = write_report(root, summary)
+  if config.monitor.pictures:
+    agreement_picture(summary, os.path.join(root, 'plots', AGREEMENT_PICTURE))
+  chosen = summary['chosen']
+  accuracy = (finals[chosen].get('valid') or {}).get('accuracy')
+  print(f'{len(seed_paths)} searches: seed {chosen} (seed={summary["chosen_seed"]}) chosen '
+        f'by final validation accuracy {accuracy}; {summary["distinct_genotypes"]} distinct '
+        f'genotype(s); per-seed outputs in {root}/seed_<i>, summary in {path}', flush=True)
+  return chosen, genotypes_[chosen]
 
 
 def agreement_picture(summary: Mapping[str, Any], path: str) -> Optional[str]:

@@ -42,6 +42,7 @@ import optax
 
 from pcdarts_jax.run import checkpoint
 from pcdarts_jax.run import config_fields
+from pcdarts_jax.search import seeds
 from pcdarts_jax.search import validation as config_validation
 from pcdarts_jax.data import datasets as data
 from pcdarts_jax.data import augment as augment_lib
@@ -117,6 +118,7 @@ def middle_target(config) -> float:
 def validate_config(config, num_devices: int = 1):
   """Raises ConfigError (one line naming the field and the allowed values)."""
   d, m, s, g = config.data, config.model, config.search, config.generator
+  seeds.validate(config, config_fields.require)  # One search: num_seeds > 1 is refused.
   config_fields.require(d.name in input_pipeline.dataset_names(),
                         f'data.name={d.name!r} is not one of {input_pipeline.dataset_names()}.')
   config_validation.validate_archive(d)
