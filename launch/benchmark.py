@@ -106,11 +106,14 @@ def main(argv):
     if name not in architects:
       print(f'error: --architects={name!r} is not one of {architects}', file=sys.stderr)
       sys.exit(2)
+  try:
+    config = sources.resolve_config(config)  # Own data: classes, mean / std.
+  except config_validation.ConfigError as e:
+    common.fail(str(e))
   section = config.train if training else config.search
   sizes = ([int(b) for b in _SWEEP_SIZES.value] if _SWEEP.value
            else [_BATCH.value or section.batch_size])
   try:
-    config = sources.resolve_config(config)  # Own data: classes, mean / std.
     for b in sizes:
       with config.unlocked():
         section.batch_size = b
