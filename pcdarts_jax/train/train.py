@@ -216,37 +216,12 @@ def _drop_path_prob(config) -> float:
 DataSource = input_pipeline.DataSource
 
 
-def _in_memory(config, need_train: bool) -> DataSource:
-  t = config.train
-  test = data.load_split(config.data, 'test')
-  steps_per_epoch, batches = 0, None
-  if need_train:
-    train_set = data.load_split(config.data, 'train')
-    config_fields.require(t.batch_size <= len(train_set),
-                          f'train.batch_size={t.batch_size} is larger than the {len(train_set)} '
-                          f'{config.data.name} train images; allowed: 1..{len(train_set)}.')
-    steps_per_epoch = len(train_set) // t.batch_size
-
-    def batches(start_step: int):
-      it = data.EpochIterator(train_set, t.batch_size, seed=config.seed)
-      # Batches are drawn in a fixed order, so the position follows from the step.
-      it.restore({'epoch': start_step // steps_per_epoch,
-                  'position': start_step % steps_per_epoch})
-      return (parallel.host_slice(b) for b in it)
-
-  # Rounded up to split over the devices; the padding is masked out.
-  devices = parallel.device_count()
-  eval_size = -(-t.eval_batch_size // devices) * devices
-  return DataSource(
-      steps_per_epoch, batches,
-      lambda: (parallel.host_slice(b) for b in data.eval_batches(test, eval_size)),
-      len(test))
-
-
 def _datasets(config, need_train: bool = True) -> DataSource:
   """The train and test data of `config.data` (the only data access of the trainer)."""
   if config.data.name != IMAGENET and not sources.is_own(config.data.name):
-    return _in_memory(config, need_train)
+    return input_pipeline.memory_source(
+        config, data.load_split(config.data, 'train') if need_train else None,
+        data.load_split(config.data, 'test'))
   return input_pipeline.train_data_source(config, need_train)
 
 
