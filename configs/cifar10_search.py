@@ -11,6 +11,8 @@ machine is online; offline, --config.data.archive=PATH/cifar-10-binary.tar.gz). 
 import ml_collections
 from ml_collections import config_dict
 
+from configs import common
+
 
 def get_config():
   config = ml_collections.ConfigDict()
@@ -96,13 +98,6 @@ def get_config():
   # copies not divided).
   config.search.widen = 'net2wider'
 
-  config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_steps = 50    # also at every epoch end; 0 = epoch ends only
-  config.checkpoint.keep = 3            # newest checkpoints kept
-  config.checkpoint.resume = True       # False: refuse a non-empty workdir
-
-  config.monitor = ml_collections.ConfigDict()
-  config.monitor.tensorboard = True     # event files in WORKDIR/tensorboard
-  config.monitor.pictures = True        # per-epoch cells + arch heat-map in WORKDIR/plots
-  config.monitor.progress = 'auto'      # auto (bar on a terminal) | bar | lines
+  config.checkpoint = common.checkpoint(every_steps=50)
+  config.monitor = common.monitor()
   return config

@@ -4,7 +4,8 @@
       [--config.genotype=DARTS_V2] [--config.data.data_dir=~/tensorflow_datasets]
 
 NetworkCIFAR, C 36, 20 cells, auxiliary head (weight 0.4), 600 epochs, batch 96,
-SGD lr 0.025 cosine to 0, cutout 16, drop-path 0.3 scaled by epoch/epochs.
+SGD lr 0.025 cosine to 0 (epoch e at lr(e + 1), as the reference steps its
+scheduler first), cutout 16, drop-path 0.3 scaled by epoch/epochs.
 Reported test error: DARTS_V2 2.76 +- 0.09% (3.3M params), PCDARTS 2.57 +- 0.07%
 (3.6M params). `genotype` takes a published name (DARTS_V1, DARTS_V2, PCDARTS,
 PC_DARTS_image), a genotype.json, or a search workdir holding one.
@@ -12,6 +13,8 @@ PC_DARTS_image), a genotype.json, or a search workdir holding one.
 
 import ml_collections
 from ml_collections import config_dict
+
+from configs import common
 
 
 def get_config():
@@ -47,8 +50,13 @@ def get_config():
   config.train.learning_rate = 0.025
   config.train.learning_rate_min = 0.0
   config.train.lr_schedule = 'cosine'   # cosine | linear (PC-DARTS ImageNet), per epoch
-  config.train.warmup_epochs = 0        # lr * (epoch + 1) / warmup_epochs before that
+  # Epoch e (from 0) runs at lr(e + offset); 1: DARTS' / PC-DARTS' train.py step the
+  # scheduler at the start of each epoch (the last epoch runs at learning_rate_min).
+  config.train.lr_schedule_offset = 1
+  config.train.warmup_epochs = 0        # (epoch + 1) / warmup_epochs times the lr before that
+  config.train.warmup_lr = 'base'       # base: of learning_rate | schedule: of that epoch's lr
   config.train.momentum = 0.9
+  config.train.nesterov = False         # True: Nesterov momentum (PyTorch's), as NAS-Bench-201
   config.train.weight_decay = 3e-4      # L2 added to the gradient (PyTorch SGD)
   config.train.grad_clip = 5.0          # global-norm clip of the raw gradient; 0 = off
   config.train.label_smoothing = 0.0
@@ -57,13 +65,6 @@ def get_config():
   config.train.eval_every_epochs = 1    # test-split evaluation (always after the last epoch)
   config.train.log_every_steps = 100
 
-  config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_steps = 0     # 0 = epoch ends only
-  config.checkpoint.keep = 3
-  config.checkpoint.resume = True       # False: refuse a non-empty workdir
-
-  config.monitor = ml_collections.ConfigDict()
-  config.monitor.tensorboard = True     # event files in WORKDIR/tensorboard
-  config.monitor.pictures = True        # the trained cells in WORKDIR/plots
-  config.monitor.progress = 'auto'      # auto (bar on a terminal) | bar | lines
+  config.checkpoint = common.checkpoint(every_steps=0)
+  config.monitor = common.monitor()
   return config

@@ -14,6 +14,8 @@ architecture (batches of the valid split), 50 epochs, batch 256. Paper: 1 GPU-da
 import ml_collections
 from ml_collections import config_dict
 
+from configs import common
+
 
 def get_config():
   config = ml_collections.ConfigDict()
@@ -63,13 +65,6 @@ def get_config():
   config.search.architect = 'second_order'  # first_order | second_order (--unrolled)
   config.search.log_every_steps = 50
 
-  config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_steps = 50    # also at every epoch end; 0 = epoch ends only
-  config.checkpoint.keep = 3            # newest checkpoints kept
-  config.checkpoint.resume = True       # False: refuse a non-empty workdir
-
-  config.monitor = ml_collections.ConfigDict()
-  config.monitor.tensorboard = True     # event files in WORKDIR/tensorboard
-  config.monitor.pictures = True        # per-epoch cells + arch heat-map in WORKDIR/plots
-  config.monitor.progress = 'auto'      # auto (bar on a terminal) | bar | lines
+  config.checkpoint = common.checkpoint(every_steps=50)
+  config.monitor = common.monitor()
   return config

@@ -14,6 +14,8 @@ WikiText-2 (the PTB cell transferred): 69.6. `genotype` takes a published name
 import ml_collections
 from ml_collections import config_dict
 
+from configs import common
+
 
 def get_config():
   config = ml_collections.ConfigDict()
@@ -58,13 +60,6 @@ def get_config():
   config.train.nonmono = 5              # switch when val loss > min of all but the last 5
   config.train.log_every_steps = 200
 
-  config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_steps = 0     # 0 = epoch ends only
-  config.checkpoint.keep = 3
-  config.checkpoint.resume = True       # False: refuse a non-empty workdir
-
-  config.monitor = ml_collections.ConfigDict()
-  config.monitor.tensorboard = True     # event files in WORKDIR/tensorboard
-  config.monitor.pictures = True        # the trained cell in WORKDIR/plots
-  config.monitor.progress = 'auto'      # auto (bar on a terminal) | bar | lines
+  config.checkpoint = common.checkpoint(every_steps=0)
+  config.monitor = common.monitor()
   return config

@@ -19,6 +19,8 @@ label smoothing 0.1, for targets in range(80, 120, 5) MFLOPs.
 import ml_collections
 from ml_collections import config_dict
 
+from configs import common
+
 
 def get_config():
   config = ml_collections.ConfigDict()
@@ -93,13 +95,6 @@ def get_config():
   config.generator.selection_flops_step = 10.0
   config.generator.selection_max_flops_loss = 0.4
 
-  config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_steps = 200   # also at every epoch end; 0 = epoch ends only
-  config.checkpoint.keep = 2
-  config.checkpoint.resume = True
-
-  config.monitor = ml_collections.ConfigDict()
-  config.monitor.tensorboard = True
-  config.monitor.pictures = False       # no cell pictures in this space
-  config.monitor.progress = 'auto'
+  config.checkpoint = common.checkpoint(every_steps=200, keep=2)
+  config.monitor = common.monitor(pictures=False)
   return config

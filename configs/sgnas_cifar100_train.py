@@ -21,6 +21,8 @@ smoothing 0.1, dropout 0.2, random crop + flip, no cutout.
 import ml_collections
 from ml_collections import config_dict
 
+from configs import common
+
 
 def get_config():
   config = ml_collections.ConfigDict()
@@ -55,8 +57,11 @@ def get_config():
   config.train.learning_rate = 0.1
   config.train.learning_rate_min = 0.0
   config.train.lr_schedule = 'cosine'   # cosine | linear, per epoch
-  config.train.warmup_epochs = 0        # lr * (epoch + 1) / warmup_epochs before that
+  config.train.lr_schedule_offset = 0   # epoch e (from 0) runs at lr(e + offset)
+  config.train.warmup_epochs = 0        # (epoch + 1) / warmup_epochs times the lr before that
+  config.train.warmup_lr = 'base'       # base: of learning_rate | schedule: of that epoch's lr
   config.train.momentum = 0.9
+  config.train.nesterov = False         # True: Nesterov momentum (PyTorch's)
   config.train.weight_decay = 5e-4      # L2 added to the gradient (PyTorch SGD)
   config.train.grad_clip = 0.0          # global-norm clip of the raw gradient; 0 = off
   config.train.label_smoothing = 0.1
@@ -64,13 +69,6 @@ def get_config():
   config.train.eval_every_epochs = 1    # test-split evaluation (always after the last epoch)
   config.train.log_every_steps = 100
 
-  config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_steps = 0     # 0 = epoch ends only
-  config.checkpoint.keep = 3
-  config.checkpoint.resume = True       # False: refuse a non-empty workdir
-
-  config.monitor = ml_collections.ConfigDict()
-  config.monitor.tensorboard = True     # event files in WORKDIR/tensorboard
-  config.monitor.pictures = False       # DARTS cell pictures only; SGNAS draws none
-  config.monitor.progress = 'auto'      # auto (bar on a terminal) | bar | lines
+  config.checkpoint = common.checkpoint(every_steps=0)
+  config.monitor = common.monitor(pictures=False)
   return config

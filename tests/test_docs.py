@@ -97,9 +97,10 @@ def _has_field(config, dotted: str) -> bool:
 
 
 def _all_configs():
+  """Every config file of configs/ (configs/common.py holds shared blocks, no config)."""
   return {_name(p): _config(_name(p)) for p in sorted(glob.glob(os.path.join(REPO, 'configs',
                                                                              '*.py')))
-          if not p.endswith('__init__.py')}
+          if os.path.basename(p) not in ('__init__.py', 'common.py')}
 
 
 def test_readme_is_a_manual_within_its_bound():
