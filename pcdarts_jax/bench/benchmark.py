@@ -23,9 +23,7 @@ import jax
 from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from pcdarts_jax.search import architect
 from pcdarts_jax.run import config_fields
 from pcdarts_jax.data import datasets as data
 from pcdarts_jax.nn import fused_ops
@@ -523,7 +521,6 @@ class SearchBench:
     self.trace_dir = None  # Set by iter_run: trace the timed steps there.
     self.device_lock = None  # Set by iter_run: held while stepping.
     self._compiled = {}
-    self._augment = data.train_augment(config.data)
 
   def _state(self):
     # A fresh copy each time: the steps donate their state argument.
@@ -557,26 +554,22 @@ class SearchBench:
     return self._compiled[architect_name]
 
 
-  def _channel_rng(self, rng):
-    random_channels = self.config.model.get('channel_sampling', 'first') == 'random'
-    return rng if random_channels else None
+  def _updates(self, architect_name: str = 'first_order') -> loop.Updates:
+    """The search step's own updates (loop.make_updates), as the search builds them."""
+    return loop.make_updates(self.model_for(architect_name),
+                             with_architect(self.config, architect_name),
+                             self.steps_per_epoch, self.weight_tx, self.arch_tx)
 
   def weight_step(self, steps, warmup, **_):
-    """The weight update alone (augmentation, forward/backward, SGD), built
+    """The search's weight update alone (augmentation, forward/backward, SGD),
     without the arch branch so that XLA's FLOP count is the weight step's."""
-    loss_fn = loop.make_loss_fn(self.model)
-    weight_tx = self.weight_tx
+    updates = self._updates()
 
     def step(state, train_batch, arch_batch, rng):
       del arch_batch
-      aug_rng, channel_rng = jax.random.split(rng)
-      (loss, (batch_stats, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          state.params, state.arch, state.batch_stats,
-          self._augment(aug_rng, train_batch['image']), train_batch['label'],
-          self._channel_rng(channel_rng))
-      updates, opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
-      return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                           batch_stats=batch_stats, weight_opt_state=opt_state), loss
+      train_rng, _, channels, _ = loop.step_keys(rng)
+      return updates.weight(state, updates.augment(train_rng, train_batch['image']),
+                            train_batch['label'], channels)
 
     return time_jitted(jax.jit(step, donate_argnums=0),
                        (self._state(), self.train_batch, self.arch_batch, self.rng),
@@ -590,21 +583,14 @@ class SearchBench:
                        device_lock=self.device_lock)
 
   def arch_step(self, steps, warmup, architect_name='first_order'):
-    """The architecture update alone (augmentation included, as in the search)."""
-    loss_fn = loop.make_loss_fn(self.model_for(architect_name))
-    lr_fn = optim.weight_learning_rate(self.config, self.steps_per_epoch)
-    arch_grad = architect.make_architect(architect_name, self.config, loss_fn, lr_fn)
-    arch_tx = self.arch_tx
+    """The search's architecture update alone (its augmentation included)."""
+    updates = self._updates(architect_name)
 
     def step(state, train_batch, arch_batch, rng):
-      train_rng, arch_rng, channel_rng = jax.random.split(rng, 3)
-      grads, batch_stats, loss, _ = arch_grad(
-          state, self._augment(arch_rng, arch_batch['image']), arch_batch['label'],
-          self._augment(train_rng, train_batch['image']), train_batch['label'],
-          self._channel_rng(channel_rng))
-      updates, arch_opt_state = arch_tx.update(grads, state.arch_opt_state, state.arch)
-      return state.replace(arch=optax.apply_updates(state.arch, updates),
-                           arch_opt_state=arch_opt_state, batch_stats=batch_stats), loss
+      train_rng, arch_rng, _, channels = loop.step_keys(rng)
+      return updates.arch(state, updates.augment(arch_rng, arch_batch['image']),
+                          arch_batch['label'], updates.augment(train_rng, train_batch['image']),
+                          train_batch['label'], channels)
 
     return time_jitted(jax.jit(step, donate_argnums=0),
                        (self._state(), self.train_batch, self.arch_batch, self.rng),

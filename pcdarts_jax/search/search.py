@@ -10,7 +10,7 @@ stage changes and the end-of-epoch work (evaluation, genotype, record).
 import json
 import os
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 from absl import logging
 import flax
@@ -142,52 +142,53 @@ def make_loss_fn(model, temperature=None):
   return loss_fn
 
 
-def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
-                      axis_name: Optional[str] = None,
-                      arch_start_step: Optional[int] = None) -> Callable:
-  """One search step: an arch step on the arch batch (from `arch_start_epoch` on),
-  then a weight step on the train batch, both in train mode.
+class Updates(NamedTuple):
+  """The updates one search step is made of (`make_updates`): the bilevel step
+  composes them, and the benchmark times each alone. `images` are augmented
+  (`augment`); `channels` keys draw the random channel sampling."""
+  augment: Callable  # (rng, uint8 images) -> per-example augmented, normalised images
+  weight: Callable   # (state, images, labels, channels) -> (state, train sums); step + 1
+  # (state, arch images, arch labels, train images, train labels, channels)
+  # -> (state, arch sums): the `search.architect` update of the arch values.
+  arch: Callable
+  # (state, images, labels, channels, arch_on) -> (state, train sums, arch sums):
+  # single-level, both gradients from one train-batch pass.
+  single: Callable
 
-  Under pmap, `axis_name` is the device axis (the model's BatchNorm modules must
-  carry the same name): each device holds a slice of the global batch, every
-  gradient is averaged over the axis and the metric sums are added over it, so
-  the step computes what one device computes with the whole batch.
+
+def step_keys(rng: jax.Array) -> Tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """(train, arch, train channels, arch channels): the keys of a step's rng. The
+  channel keys feed the random channel sampling (unused with
+  model.channel_sampling=first)."""
+  train_rng, arch_rng = jax.random.split(rng)
+  train_channels, arch_channels = jax.random.split(jax.random.fold_in(rng, 1))
+  return train_rng, arch_rng, train_channels, arch_channels
+
+
+def make_updates(model, config, steps_per_epoch: int, weight_tx, arch_tx,
+                 axis_name: Optional[str] = None) -> Updates:
+  """The weight, arch and single-level updates of the search step, in train
+  mode, with gradients averaged over `axis_name` (see make_bilevel_step).
 
   The arch gradient comes from the `search.architect` strategy (architect.py);
   second-order strategies also see the train batch, the weight lr and the
-  momentum buffer. With `search.single_level` there is one forward/backward on
-  the train batch for weights and architecture together (arch batch unused).
-  `search.bilevel_phases`: `sequence` runs the arch phase, then the weight phase;
-  `loop` runs them as the two iterations of one loop (less memory, slower; see
-  below). The warm-up switch is a traced comparison on `state.step`, so the step compiles
-  once; `lax.cond` skips the arch pass's compute during warm-up. `arch_start_step`
-  overrides `search.arch_start_epoch * steps_per_epoch` (a later stage of
-  progressive learning warms up again).
-  """
-  d, s = config.data, config.search
+  momentum buffer. The loss and arch-gradient functions are built inside each
+  update: the Gumbel temperature follows the (traced) epoch of `state.step`."""
+  s = config.search
   lr_fn = optim.weight_learning_rate(config, steps_per_epoch)
   gumbel = config.model.get('relaxation', 'softmax') in relaxation.TEMPERED
   penalty = lambda arch: relaxation.arch_penalty(config, arch)
+  train_augment = data.train_augment(config.data)
 
   def functions(state):
-    """The loss and arch-gradient functions of this step: the Gumbel temperature
-    follows the (traced) epoch, so they are built inside the step."""
     temperature = (relaxation.gumbel_temperature(s, state.step // steps_per_epoch)
                    if gumbel else None)
     loss_fn = make_loss_fn(model, temperature)
     return loss_fn, architect.make_architect(s.architect, config, loss_fn, lr_fn, axis_name,
                                              penalty)
 
-  single_level = bool(s.get('single_level', False))
-  bilevel_phases = config_fields.bilevel_phases(s)
-  if bilevel_phases not in config_validation.BILEVEL_PHASES:
-    raise ValueError(f'search.bilevel_phases={bilevel_phases!r} is not one of '
-                     f'{config_validation.BILEVEL_PHASES}.')
-  if arch_start_step is None:
-    arch_start_step = s.arch_start_epoch * steps_per_epoch
-  train_augment = data.train_augment(d)
-  augment = lambda rng, images: augment_lib.augment_examples(train_augment, rng, images,
-                                                             axis_name)
+  def augment(rng, images):
+    return augment_lib.augment_examples(train_augment, rng, images, axis_name)
 
   def apply_arch_grads(state, grads):
     updates, arch_opt_state = arch_tx.update(grads, state.arch_opt_state, state.arch)
@@ -200,15 +201,71 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
                          params=optax.apply_updates(state.params, updates),
                          batch_stats=batch_stats, weight_opt_state=weight_opt_state)
 
+  def weight(state, images, labels, channels):
+    loss_fn = functions(state)[0]
+    (loss, (batch_stats, logits)), grads = parallel.value_and_grad(
+        loss_fn, axis_name, has_aux=True)(
+            state.params, state.arch, state.batch_stats, images, labels, channels)
+    return (apply_weight_grads(state, grads, batch_stats),
+            metrics_lib.batch_sums(loss, logits, labels))
+
+  def arch(state, arch_images, arch_labels, images, labels, channels):
+    grads, batch_stats, loss, logits = functions(state)[1](
+        state, arch_images, arch_labels, images, labels, channels)
+    state = apply_arch_grads(state, grads).replace(batch_stats=batch_stats)
+    return state, metrics_lib.batch_sums(loss, logits, arch_labels)
+
+  def single(state, images, labels, channels, arch_on):
+    """Single-level (Single-DARTS); the arch regulariser, if any, added (it does
+    not depend on the weights)."""
+    loss_fn = architect.with_penalty(functions(state)[0], penalty)
+    (loss, (batch_stats, logits)), (grads, arch_grads) = parallel.value_and_grad(
+        loss_fn, axis_name, argnums=(0, 1), has_aux=True)(
+            state.params, state.arch, state.batch_stats, images, labels, channels)
+    state = jax.lax.cond(arch_on, apply_arch_grads, lambda st, _: st, state, arch_grads)
+    # The arch metrics are those of the shared pass while the arch moves.
+    train_metrics = metrics_lib.batch_sums(loss, logits, labels)
+    arch_metrics = jax.tree.map(lambda m: m * arch_on, train_metrics)
+    return apply_weight_grads(state, grads, batch_stats), train_metrics, arch_metrics
+
+  return Updates(augment, weight, arch, single)
+
+
+def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
+                      axis_name: Optional[str] = None,
+                      arch_start_step: Optional[int] = None) -> Callable:
+  """One search step: an arch step on the arch batch (from `arch_start_epoch` on),
+  then a weight step on the train batch, both in train mode (`make_updates`).
+
+  Under pmap, `axis_name` is the device axis (the model's BatchNorm modules must
+  carry the same name): each device holds a slice of the global batch, every
+  gradient is averaged over the axis and the metric sums are added over it, so
+  the step computes what one device computes with the whole batch.
+
+  With `search.single_level` there is one forward/backward on the train batch
+  for weights and architecture together (arch batch unused).
+  `search.bilevel_phases`: `sequence` runs the arch phase, then the weight phase;
+  `loop` runs them as the two iterations of one loop (less memory, slower; see
+  below). The warm-up switch is a traced comparison on `state.step`, so the step compiles
+  once; `lax.cond` skips the arch pass's compute during warm-up. `arch_start_step`
+  overrides `search.arch_start_epoch * steps_per_epoch` (a later stage of
+  progressive learning warms up again).
+  """
+  s = config.search
+  single_level = bool(s.get('single_level', False))
+  bilevel_phases = config_fields.bilevel_phases(s)
+  if bilevel_phases not in config_validation.BILEVEL_PHASES:
+    raise ValueError(f'search.bilevel_phases={bilevel_phases!r} is not one of '
+                     f'{config_validation.BILEVEL_PHASES}.')
+  if arch_start_step is None:
+    arch_start_step = s.arch_start_epoch * steps_per_epoch
+  updates = make_updates(model, config, steps_per_epoch, weight_tx, arch_tx, axis_name)
+
   def bilevel(state, images, labels, arch_batch, arch_rng, train_channels, arch_channels):
-    loss_fn, arch_grad_fn = functions(state)
 
     def arch_update(state):
-      arch_images = augment(arch_rng, arch_batch['image'])
-      grads, batch_stats, loss, logits = arch_grad_fn(
-          state, arch_images, arch_batch['label'], images, labels, arch_channels)
-      state = apply_arch_grads(state, grads).replace(batch_stats=batch_stats)
-      return state, metrics_lib.batch_sums(loss, logits, arch_batch['label'])
+      return updates.arch(state, updates.augment(arch_rng, arch_batch['image']),
+                          arch_batch['label'], images, labels, arch_channels)
 
     def arch_phase(carry):
       state, _, train_metrics = carry
@@ -218,11 +275,8 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
 
     def weight_phase(carry):
       state, arch_metrics, _ = carry
-      (loss, (batch_stats, logits)), grads = parallel.value_and_grad(
-          loss_fn, axis_name, has_aux=True)(
-              state.params, state.arch, state.batch_stats, images, labels, train_channels)
-      return (apply_weight_grads(state, grads, batch_stats), arch_metrics,
-              metrics_lib.batch_sums(loss, logits, labels))
+      state, train_metrics = updates.weight(state, images, labels, train_channels)
+      return state, arch_metrics, train_metrics
 
     carry = (state, metrics_lib.zero_sums(), metrics_lib.zero_sums())
     if bilevel_phases == 'sequence':
@@ -237,28 +291,13 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
       (state, arch_metrics, train_metrics), _ = jax.lax.scan(phases, carry, jnp.arange(2))
     return state, train_metrics, arch_metrics
 
-  def single(state, images, labels, train_channels):
-    """Single-level (Single-DARTS): both gradients from one train-batch pass (the
-    arch regulariser, if any, added; it does not depend on the weights)."""
-    loss_fn = architect.with_penalty(functions(state)[0], penalty)
-    (loss, (batch_stats, logits)), (grads, arch_grads) = parallel.value_and_grad(
-        loss_fn, axis_name, argnums=(0, 1), has_aux=True)(
-            state.params, state.arch, state.batch_stats, images, labels, train_channels)
-    arch_on = state.step >= arch_start_step
-    state = jax.lax.cond(arch_on, apply_arch_grads, lambda st, _: st, state, arch_grads)
-    # The arch metrics are those of the shared pass while the arch moves.
-    train_metrics = metrics_lib.batch_sums(loss, logits, labels)
-    arch_metrics = jax.tree.map(lambda m: m * arch_on, train_metrics)
-    return apply_weight_grads(state, grads, batch_stats), train_metrics, arch_metrics
-
   def step(state: SearchState, train_batch, arch_batch, rng) -> Tuple[SearchState, Dict]:
-    train_rng, arch_rng = jax.random.split(rng)
-    # Keys of the random channel sampling (unused with model.channel_sampling=first).
-    train_channels, arch_channels = jax.random.split(jax.random.fold_in(rng, 1))
-    images = augment(train_rng, train_batch['image'])
+    train_rng, arch_rng, train_channels, arch_channels = step_keys(rng)
+    images = updates.augment(train_rng, train_batch['image'])
     labels = train_batch['label']
     if single_level:
-      state, train_metrics, arch_metrics = single(state, images, labels, train_channels)
+      state, train_metrics, arch_metrics = updates.single(
+          state, images, labels, train_channels, state.step >= arch_start_step)
     else:
       state, train_metrics, arch_metrics = bilevel(state, images, labels, arch_batch,
                                                    arch_rng, train_channels, arch_channels)
