@@ -4,8 +4,9 @@
       [--config.genotype=DARTS_V2] [--config.data.data_dir=~/tensorflow_datasets]
 
 NetworkImageNet, C 48, 14 cells, stride-8 stem, auxiliary head (weight 0.4),
-250 epochs, batch 1024, SGD lr 0.5 with 5 linear warm-up epochs then linear
-decay, label smoothing 0.1, weight decay 3e-5, no cutout or drop-path. Reported
+250 epochs, batch 1024, SGD lr 0.5 with linear decay (epoch e at lr(e)), the
+first 5 epochs' lr scaled by (e + 1) / 5 (PC-DARTS' train_imagenet.py), label
+smoothing 0.1, weight decay 3e-5, no cutout or drop-path. Reported
 top-1/top-5 error: DARTS_V2 26.7/8.7% (4.7M params, 574M multiply-adds),
 PC_DARTS_image 24.2/7.3% (5.3M, 597M) on 8 V100s.
 """
@@ -39,8 +40,10 @@ def get_config():
   config.train.eval_batch_size = 1000
   config.train.learning_rate = 0.5
   config.train.lr_schedule = 'linear'
-  # The reference warms up only when the batch exceeds 256.
+  config.train.lr_schedule_offset = 0   # adjust_lr(epoch): epoch e at lr(e)
+  # The reference warms up only when the batch exceeds 256, scaling the scheduled lr.
   config.train.warmup_epochs = 5
+  config.train.warmup_lr = 'schedule'
   config.train.weight_decay = 3e-5
   config.train.label_smoothing = 0.1
   config.train.cutout_length = 0

@@ -3,6 +3,7 @@ r"""Top-1/top-5 error on the test split of a trained network; one JSON line on s
   python -m launch.evaluate --config=configs/digits_train.py --workdir=/tmp/train
   python -m launch.evaluate --config=configs/sgnas_digits_train.py \
       --workdir=/tmp/sgnas_train
+  python -m launch.evaluate --config=configs/nb201_digits_train.py --workdir=/tmp/nb201_train
   python -m launch.evaluate --config=configs/cifar10_train.py --config.genotype=PCDARTS \
       --torch_checkpoint=weights.pt
   python -m launch.evaluate --config=configs/rnn_ptb_train.py --workdir=/tmp/rnn_train \
@@ -12,7 +13,7 @@ A recurrent cell's run (model.space='rnn') reports validation and test loss and
 perplexity of its best validation epoch's weights (best_checkpoint/) instead.
 
 --workdir: the newest checkpoint of a launch.train run (its genotype.json names
-the DARTS cells or the SGNAS architecture; --config.genotype is refused with
+the DARTS cells, the SGNAS architecture or the NB-201 cell; --config.genotype is refused with
 it, since the weights belong to that architecture). --torch_checkpoint: a reference
 DARTS / PC-DARTS evaluation network (`torch.save(model.state_dict())`, or a
 checkpoint dict with a `state_dict` entry), read with torch; a .npz of the same

@@ -81,6 +81,7 @@ def test_label_smoothing_by_hand():
 
 def test_learning_rate_schedules():
   config = cifar10_train.get_config()  # cosine, 600 epochs, lr 0.025
+  config.train.lr_schedule_offset = 0  # epoch e at lr(e) (tests/test_nb201_train.py: 1)
   lr = trainer.learning_rate_fn(config, steps_per_epoch=10)
   assert float(lr(0)) == pytest.approx(0.025)
   assert float(lr(9)) == pytest.approx(0.025)  # constant within an epoch
@@ -88,6 +89,7 @@ def test_learning_rate_schedules():
   assert float(lr(5990)) == pytest.approx(0.025 * 0.5 * (1 + math.cos(math.pi * 599 / 600)),
                                          rel=1e-3)  # float32 near 0
   config = imagenet_train.get_config()  # linear, 250 epochs, 5 warm-up, lr 0.5
+  config.train.warmup_lr = 'base'  # 'schedule' (the config's): tests/test_nb201_train.py
   lr = trainer.learning_rate_fn(config, steps_per_epoch=1)
   expected = {0: 0.1, 1: 0.2, 4: 0.5, 5: 0.5 * 240 / 245, 100: 0.5 * 145 / 245,
               244: 0.5 / 245, 245: 0.5 * 5 / (245 * 5), 249: 0.5 / (245 * 5)}
@@ -160,7 +162,7 @@ def test_train_step_loss_aux_and_one_compile_for_every_drop_probability():
     ('train.lr_schedule', 'step',
      r"train\.lr_schedule='step' is not one of \('cosine', 'linear'\)"),
     ('model.network', 'resnet',
-     r"model\.network='resnet' is not one of \('cifar', 'imagenet', 'sgnas'\)"),
+     r"model\.network='resnet' is not one of \('cifar', 'imagenet', 'sgnas', 'nb201'\)"),
     ('data.name', 'mnist', r"data\.name='mnist' is not one of"),
     ('train.cutout_length', -1, r'train\.cutout_length=-1 must be an integer >= 0'),
     ('model.num_classes', 100, r'model\.num_classes=100 but digits has 10 classes'),

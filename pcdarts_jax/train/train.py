@@ -1,8 +1,9 @@
 """The one trainer of evaluation networks (CIFAR and ImageNet), and their evaluation.
 
 The network is `networks.build_network(config)`: a DARTS evaluation network of
-`config.genotype`, or (model.network='sgnas') the stand-alone network of an
-SGNAS architecture (pcdarts_jax.sgnas.network).
+`config.genotype`, (model.network='sgnas') the stand-alone network of an
+SGNAS architecture (pcdarts_jax.sgnas.network), or (model.network='nb201') the
+NAS-Bench-201 network of an NB-201 cell genotype (pcdarts_jax.spaces.nb201).
 
 Steps are pure functions run under `parallel.pmap_step` over the local devices
 (one device takes the same path): `train_step(state, batch, rng, drop_path_prob)`
@@ -49,10 +50,20 @@ from pcdarts_jax.run import rundir
 from pcdarts_jax.spaces.darts import visualize
 from pcdarts_jax.sgnas import layout as sgnas_layout
 from pcdarts_jax.sgnas import network as sgnas_network
+from pcdarts_jax.spaces.nb201 import space as nb201_space
 
 IMAGENET = input_pipeline.IMAGENET
 DATASETS = input_pipeline.dataset_names()
 LR_SCHEDULES = ('cosine', 'linear')
+# train.lr_schedule_offset: epoch e (from 0) runs at lr(e + offset). 1: DARTS' and
+# PC-DARTS' train.py step the cosine scheduler at the start of each epoch (the
+# first epoch already runs below lr, the last at lr_min); 0: lr(e), as PC-DARTS'
+# linear ImageNet decay (adjust_lr(epoch)) and AutoDL's NAS-Bench-201 training.
+LR_SCHEDULE_OFFSETS = (0, 1)
+# train.warmup_lr: what a warm-up epoch e < W scales by (e + 1) / W. base: the
+# initial lr; schedule: the schedule's own value for e (PC-DARTS' train_imagenet.py
+# scales the scheduled lr).
+WARMUP_LRS = ('base', 'schedule')
 # The reference's linear decay reaches lr/(epochs - 5) five epochs before the end
 # and then slows down, so the lr does not drop to a relatively large step at 0.
 LINEAR_TAIL_EPOCHS = 5
@@ -96,11 +107,17 @@ def validate_train_config(config, num_devices: int = 1):
   d, m, t = config.data, config.model, config.train
   config_fields.require(m.network in networks.NETWORKS,
                         f'model.network={m.network!r} is not one of {networks.NETWORKS}.')
-  sgnas = m.network == networks.SGNAS
-  if not sgnas:  # The DARTS genotype first: it names the run.
+  sgnas, nb201 = m.network == networks.SGNAS, m.network == networks.NB201
+  darts = not (sgnas or nb201)
+  if darts:  # The DARTS genotype first: it names the run.
     try:
       genotype = network.resolve_genotype(config.genotype)
       network.check_genotype(genotype, f'genotype={config.genotype!r}')
+    except ValueError as e:
+      raise ConfigError(f'genotype={config.genotype!r}: {e}') from None
+  elif nb201:
+    try:
+      networks.resolve_nb201_genotype(config.genotype)
     except ValueError as e:
       raise ConfigError(f'genotype={config.genotype!r}: {e}') from None
   config_fields.require(d.name in DATASETS, f'data.name={d.name!r} is not one of {DATASETS}.')
@@ -118,11 +135,14 @@ def validate_train_config(config, num_devices: int = 1):
                         f'model.num_classes={m.num_classes!r} but {d.name} has {classes} classes.')
   if sgnas:
     _validate_sgnas_model(config)
+  elif nb201:
+    _validate_nb201_model(config, size)
   else:
     _validate_darts_model(config, size)
-  config_fields.require(
-      m.depthwise_impl in ops.DEPTHWISE_IMPLS,
-      f'model.depthwise_impl={m.depthwise_impl!r} is not one of {ops.DEPTHWISE_IMPLS}.')
+  if not nb201:  # NB-201 cells have no depthwise convs.
+    config_fields.require(
+        m.depthwise_impl in ops.DEPTHWISE_IMPLS,
+        f'model.depthwise_impl={m.depthwise_impl!r} is not one of {ops.DEPTHWISE_IMPLS}.')
   config_fields.require(m.dtype in network.DTYPES,
                         f'model.dtype={m.dtype!r} is not one of {network.DTYPES}.')
 
@@ -141,11 +161,19 @@ def validate_train_config(config, num_devices: int = 1):
       f"'linear' (its last {LINEAR_TAIL_EPOCHS} epochs decay more slowly).")
   config_fields.require(t.warmup_epochs < t.epochs,
                         f'train.warmup_epochs={t.warmup_epochs} must be < train.epochs={t.epochs}.')
+  offset = t.get('lr_schedule_offset', 0)
+  config_fields.require(
+      not isinstance(offset, bool) and offset in LR_SCHEDULE_OFFSETS,
+      f'train.lr_schedule_offset={offset!r} is not one of {LR_SCHEDULE_OFFSETS} (1: epoch e '
+      f'runs at lr(e + 1), as DARTS / PC-DARTS train.py; 0: at lr(e)).')
+  config_fields.require(t.get('warmup_lr', 'base') in WARMUP_LRS,
+                        f"train.warmup_lr={t.get('warmup_lr')!r} is not one of {WARMUP_LRS}.")
+  config_fields.require_bool(t.get('nesterov', False), 'train.nesterov')
   _number(t.momentum, 'train.momentum', 0.0, 1.0)
   _number(t.weight_decay, 'train.weight_decay', 0.0)
   _number(t.grad_clip, 'train.grad_clip', 0.0)
   _number(t.label_smoothing, 'train.label_smoothing', 0.0, 1.0)
-  if not sgnas:
+  if darts:
     _number(t.aux_weight, 'train.aux_weight', 0.0)
   # Test batches are padded and masked, so only the train batch must split evenly.
   config_fields.require(
@@ -205,6 +233,25 @@ def _validate_sgnas_model(config):
                         f"'sgnas' has no drop-path; allowed: 0 (regularise with model.dropout).")
 
 
+def _validate_nb201_model(config, size: int):
+  """The fields of the NAS-Bench-201 network (stem, 3 stages of
+  `model.cells_per_stage` cells, two stride-2 ResNet blocks); it has no auxiliary
+  head and no drop-path, so those must be off."""
+  d, m = config.data, config.model
+  _integer(m.init_channels, 'model.init_channels', 1)
+  _integer(m.get('cells_per_stage', 5), 'model.cells_per_stage', 1)
+  config_fields.require(
+      size % 4 == 0,
+      f"{d.name} images are {size}x{size}; model.network='nb201' halves them twice and "
+      f'needs a size divisible by 4.')
+  config_fields.require(not m.get('auxiliary', False),
+                        "model.auxiliary=True: model.network='nb201' has no auxiliary head; "
+                        'allowed: False.')
+  config_fields.require(_drop_path_prob(config) == 0,
+                        f'model.drop_path_prob={_drop_path_prob(config)!r}: model.network='
+                        f"'nb201' trains without drop-path; allowed: 0.")
+
+
 def _drop_path_prob(config) -> float:
   """The final drop-path probability; 0 where the network has none (SGNAS configs)."""
   return config.model.get('drop_path_prob', 0.0)
@@ -229,35 +276,44 @@ def _datasets(config, need_train: bool = True) -> DataSource:
 
 
 def learning_rate_fn(config, steps_per_epoch: int) -> Callable:
-  """lr per step, constant within an epoch e (as the reference steps it):
-  cosine: lr_min + (lr - lr_min)(1 + cos(pi e / epochs)) / 2;
-  linear: lr (E - 5 - e)/(E - 5), in the last 5 epochs lr (E - e)/(5 (E - 5));
-  during `warmup_epochs`: lr (e + 1) / warmup_epochs."""
+  """lr per step, constant within an epoch e (from 0), which runs at lr(e + offset)
+  (`train.lr_schedule_offset`, see LR_SCHEDULE_OFFSETS):
+  cosine: lr(t) = lr_min + (lr - lr_min)(1 + cos(pi t / epochs)) / 2;
+  linear: lr(t) = lr (E - 5 - t)/(E - 5), in the last 5 epochs lr (E - t)/(5 (E - 5));
+  during `warmup_epochs` W (e < W): (e + 1) / W times lr (`train.warmup_lr='base'`)
+  or times lr(e + offset) ('schedule', PC-DARTS' train_imagenet.py)."""
   t = config.train
   epochs, lr = float(t.epochs), float(t.learning_rate)
+  # Configs older than the fields run at lr(e) and warm up from the base lr, as before.
+  offset = float(t.get('lr_schedule_offset', 0))
+  warmup_base = t.get('warmup_lr', 'base') == 'base'
 
   def schedule(count):
     e = (jnp.asarray(count) // steps_per_epoch).astype(jnp.float32)
+    at = e + offset
     if t.lr_schedule == 'cosine':
       value = t.learning_rate_min + 0.5 * (lr - t.learning_rate_min) * (
-          1.0 + jnp.cos(jnp.pi * e / epochs))
+          1.0 + jnp.cos(jnp.pi * at / epochs))
     else:
       tail = LINEAR_TAIL_EPOCHS
-      value = jnp.where(epochs - e > tail, lr * (epochs - tail - e) / (epochs - tail),
-                        lr * (epochs - e) / ((epochs - tail) * tail))
+      value = jnp.where(epochs - at > tail, lr * (epochs - tail - at) / (epochs - tail),
+                        lr * (epochs - at) / ((epochs - tail) * tail))
     if t.warmup_epochs:
-      value = jnp.where(e < t.warmup_epochs, lr * (e + 1.0) / t.warmup_epochs, value)
+      start = lr if warmup_base else value
+      value = jnp.where(e < t.warmup_epochs, start * (e + 1.0) / t.warmup_epochs, value)
     return value
   return schedule
 
 
 def optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """PyTorch order: clip the raw gradient, add L2 weight decay, SGD momentum."""
+  """PyTorch order: clip the raw gradient, add L2 weight decay, SGD momentum
+  (Nesterov's with `train.nesterov`, as PyTorch's: g + momentum * buffer)."""
   t = config.train
   return optax.chain(
       optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
       optax.add_decayed_weights(t.weight_decay),
-      optax.sgd(learning_rate_fn(config, steps_per_epoch), momentum=t.momentum))
+      optax.sgd(learning_rate_fn(config, steps_per_epoch), momentum=t.momentum,
+                nesterov=t.get('nesterov', False)))
 
 
 def make_train_step(model, config, tx: optax.GradientTransformation,
@@ -365,9 +421,10 @@ def train(config, workdir: str) -> Dict[str, Any]:
 
   Writes, under `workdir` (process 0 only): config.json, genotype.json,
   train_log.jsonl (one line per epoch), summary.json, checkpoints/,
-  tensorboard/ and plots/ (the DARTS cells; none for SGNAS). genotype.json holds
-  the architecture: the DARTS genotype, or the SGNAS architecture record with its
-  lookup-table MACs (it loads back as `config.genotype`). Raises driver.Interrupted
+  tensorboard/ and plots/ (the DARTS cells, the NB-201 cell; none for SGNAS).
+  genotype.json holds the architecture: the DARTS genotype, the SGNAS architecture
+  record with its lookup-table MACs, or the NB-201 {"arch_str", "nodes"} (it loads
+  back as `config.genotype`). Raises driver.Interrupted
   on SIGTERM/SIGINT (after checkpointing) and driver.NonFiniteError on a non-finite
   loss.
   """
@@ -386,9 +443,10 @@ def train(config, workdir: str) -> Dict[str, Any]:
   state = create_train_state(model, config, init_rng, spe)
   n_params = network.count_params(model, network.input_shape(config))
   # SGNAS: multiply-adds of the network as built (SE included); the lookup table's
-  # figure of the architecture is in genotype.json.
+  # figure of the architecture is in genotype.json. NB-201: those of its convs and
+  # classifier (NAS-Bench-201 reports FLOPs of the same networks).
   macs = (network.count_macs(model, network.input_shape(config))
-          if networks.is_sgnas(config) else None)
+          if networks.is_sgnas(config) or networks.is_nb201(config) else None)
 
   if main:
     os.makedirs(paths.root, exist_ok=True)
@@ -397,7 +455,9 @@ def train(config, workdir: str) -> Dict[str, Any]:
   meta = {'sums': None, 'wall_seconds': 0.0, 'resumed_from': []}
   restored = driver.restore(checkpoints, jax.eval_shape(lambda: state), paths, 'training run')
   if restored is None:
-    if main and config.monitor.pictures and not networks.is_sgnas(config):  # No DARTS cells.
+    if main and config.monitor.pictures and networks.is_nb201(config):
+      nb201_space.draw(genotype, os.path.join(paths.plots, 'nb201'))  # plots/nb201_cell.*
+    elif main and config.monitor.pictures and not networks.is_sgnas(config):  # No DARTS cells.
       visualize.draw_genotype(genotype, os.path.join(paths.plots, 'cell'))
   else:
     step_done, state, meta = restored
@@ -556,9 +616,10 @@ def evaluate_checkpoint(config, workdir: Optional[str] = None,
     raise ValueError('give exactly one of a train workdir and a PyTorch state_dict.')
   config = sources.resolve_config(config, workdir)  # The run's classes, mean / std.
   validate_train_config(config, parallel.device_count())
-  if torch_state_dict is not None and networks.is_sgnas(config):
-    raise ConfigError("a PyTorch state_dict can be read only for the DARTS evaluation "
-                      "networks (model.network 'cifar' | 'imagenet'), not 'sgnas'.")
+  if torch_state_dict is not None and (networks.is_sgnas(config) or networks.is_nb201(config)):
+    raise ConfigError(f"a PyTorch state_dict can be read only for the DARTS evaluation "
+                      f"networks (model.network 'cifar' | 'imagenet'), not "
+                      f"{config.model.network!r}.")
   if workdir is not None:
     _check_train_workdir(workdir)
   try:
