@@ -29,6 +29,18 @@ needs_kernel = pytest.mark.usefixtures('kernel_built')
 
 # (k, padding, dilation) of sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, dil_conv_5x5.
 CONVS = [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 4, 2)]
+# The programs here run once: compiled without LLVM's optimizations they compile
+# in about two thirds of the CPU time (the kernel itself is built by g++ as always).
+RUN_ONCE = {'xla_backend_optimization_level': 0}
+
+
+def _jit(fn, **kwargs):
+  return jax.jit(fn, compiler_options=RUN_ONCE, **kwargs)
+
+
+def _init(module, *args, **kwargs):
+  """module.init, compiled (an eager init compiles each op on its own)."""
+  return _jit(lambda *a: module.init(jax.random.PRNGKey(0), *a, **kwargs))(*args)
 
 
 def _rand(shape, seed):
@@ -66,8 +78,8 @@ def test_kernel_matches_xla_values_and_gradients(k, padding, dilation, channels,
     y, vjp = jax.vjp(lambda *a: fn(*a, padding, dilation, stride), x, kdw, kpw)
     return (y, *vjp(g))
 
-  fused = jax.jit(lambda: value_and_vjp(fused_ops.relu_depthwise_pointwise))()
-  reference = value_and_vjp(_xla_chain)
+  fused = _jit(lambda: value_and_vjp(fused_ops.relu_depthwise_pointwise))()
+  reference = _jit(lambda: value_and_vjp(_xla_chain))()
   for name, a, b in zip(('y', 'dx', 'd_depthwise', 'd_pointwise'), fused, reference):
     assert a.shape == b.shape and a.dtype == jnp.float32, name
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.abs(b).max()), err_msg=name)
@@ -89,7 +101,7 @@ def test_input_gradient_alone_skips_the_kernel_gradients(k, padding, dilation, s
     fn = lambda *a: jnp.vdot(g, fused_ops.relu_depthwise_pointwise(*a, padding, dilation,
                                                                    stride))
     grad = jax.grad(fn, argnums=argnums)
-    return jax.jit(grad)(x, kdw, kpw), str(jax.make_jaxpr(grad)(x, kdw, kpw))
+    return _jit(grad)(x, kdw, kpw), str(jax.make_jaxpr(grad)(x, kdw, kpw))
 
   (dx_all, d_depthwise, d_pointwise), full = vjp((0, 1, 2))
   dx_alone, alone = vjp(0)
@@ -101,8 +113,8 @@ def test_input_gradient_alone_skips_the_kernel_gradients(k, padding, dilation, s
   assert "('kernel_gradients', np.int64(1))" in kernels
   np.testing.assert_array_equal(d_depthwise_alone, d_depthwise)
   np.testing.assert_array_equal(d_pointwise_alone, d_pointwise)
-  reference = jax.grad(lambda *a: jnp.vdot(g, _xla_chain(*a, padding, dilation, stride)),
-                       argnums=(0, 1, 2))(x, kdw, kpw)
+  reference = _jit(jax.grad(lambda *a: jnp.vdot(g, _xla_chain(*a, padding, dilation, stride)),
+                            argnums=(0, 1, 2)))(x, kdw, kpw)
   for a, b in zip((dx_alone, d_depthwise, d_pointwise), reference):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.abs(b).max()))
 
@@ -113,7 +125,7 @@ def test_input_gradient_alone_skips_the_kernel_gradients(k, padding, dilation, s
 def test_kernel_statistics_are_the_output_moments(k, padding, dilation, stride):
   x = _rand((5, 8, 8, 8), 0) + 0.5  # a mean far from 0, as after a ReLU chain
   kdw, kpw = _rand((k, k, 1, 8), 1), _rand((1, 1, 8, 8), 2)
-  call = jax.jit(fused_ops._forward_call, static_argnums=(3, 4, 5, 6))
+  call = _jit(fused_ops._forward_call, static_argnums=(3, 4, 5, 6))
   y, means = call(x, kdw, kpw, padding, dilation, stride, True)
   y_alone, zeros = call(x, kdw, kpw, padding, dilation, stride, False)
   np.testing.assert_array_equal(y, y_alone)
@@ -143,10 +155,10 @@ def test_chain_with_its_batch_norm_matches_xla(k, padding, dilation, stride):
     grads = vjp(cotangents)
     return out, [grads[i] for i in argnums]
 
-  reference = value_and_vjp(_chain_then_batch_norm, (0, 1, 2))
+  reference = _jit(lambda: value_and_vjp(_chain_then_batch_norm, (0, 1, 2)))()
   for argnums in ((0, 1, 2), (0,)):  # (0,): the input gradient alone (an arch gradient)
-    fused = jax.jit(lambda: value_and_vjp(fused_ops.relu_depthwise_pointwise_normalize,
-                                          argnums))()
+    fused = _jit(lambda: value_and_vjp(fused_ops.relu_depthwise_pointwise_normalize,
+                                       argnums))()
     for name, a, b in zip(('y', 'mean', 'var'), fused[0], reference[0]):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
     for a, b in zip(fused[1], reference[1]):
@@ -165,12 +177,12 @@ def test_chain_with_its_batch_norm_averages_statistics_over_devices():
     y, _, _ = fn(x, kdw, kpw, 1, 1, 1, 1e-5, axis_name)
     return jnp.vdot(g, y)
 
-  sharded = jax.jit(jax.vmap(jax.value_and_grad(
+  sharded = _jit(jax.vmap(jax.value_and_grad(
       lambda *a: loss(*a, fused_ops.relu_depthwise_pointwise_normalize, 'devices'),
       argnums=(0, 1, 2)), in_axes=(0, None, None, 0), axis_name='devices'))(x, kdw, kpw, g)
-  whole = jax.value_and_grad(lambda *a: loss(*a, _chain_then_batch_norm, None),
-                             argnums=(0, 1, 2))(x.reshape(6, 8, 8, 4), kdw, kpw,
-                                                g.reshape(6, 8, 8, 4))
+  whole = _jit(jax.value_and_grad(lambda *a: loss(*a, _chain_then_batch_norm, None),
+                                  argnums=(0, 1, 2)))(x.reshape(6, 8, 8, 4), kdw, kpw,
+                                                      g.reshape(6, 8, 8, 4))
   np.testing.assert_allclose(sharded[0].sum(), whole[0], rtol=1e-4)
   dx, d_depthwise, d_pointwise = sharded[1]
   np.testing.assert_allclose(dx.reshape(whole[1][0].shape), whole[1][0], rtol=1e-3,
@@ -212,8 +224,9 @@ def test_ops_fused_equal_shifted_with_the_same_parameters(primitive, stride, cha
                       search=True)
   shifted = ops.make_op(primitive, channels, stride, affine=False, depthwise_impl='shifted',
                         search=True)
-  variables = shifted.init(jax.random.PRNGKey(0), x, train=True)
-  assert (jax.tree.map(jnp.shape, fused.init(jax.random.PRNGKey(0), x, train=True))
+  variables = _init(shifted, x, train=True)
+  assert (jax.tree.map(jnp.shape, jax.eval_shape(lambda: fused.init(jax.random.PRNGKey(0), x,
+                                                                    train=True)))
           == jax.tree.map(jnp.shape, variables))
 
   def loss(params, module):
@@ -221,10 +234,9 @@ def test_ops_fused_equal_shifted_with_the_same_parameters(primitive, stride, cha
                             mutable=['batch_stats'])
     return jnp.sum(jnp.sin(y)), (y, state['batch_stats'])
 
-  (_, (y_fused, stats_fused)), g_fused = jax.jit(jax.value_and_grad(loss, has_aux=True),
-                                                 static_argnums=1)(variables['params'], fused)
-  (_, (y_ref, stats_ref)), g_ref = jax.value_and_grad(loss, has_aux=True)(variables['params'],
-                                                                         shifted)
+  step = _jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (_, (y_fused, stats_fused)), g_fused = step(variables['params'], fused)
+  (_, (y_ref, stats_ref)), g_ref = step(variables['params'], shifted)
   np.testing.assert_allclose(y_fused, y_ref, rtol=1e-4, atol=1e-4)
   # The running averages (from the kernel's statistics where it runs) agree too.
   assert jax.tree.structure(stats_fused) == jax.tree.structure(stats_ref)
@@ -239,7 +251,7 @@ def test_ops_fused_equal_shifted_with_the_same_parameters(primitive, stride, cha
 def test_auto_runs_the_kernel_on_cpu(impl, uses_kernel):
   x = _rand((2, 8, 8, 4), 0)
   op = ops.make_op('sep_conv_3x3', 4, 1, affine=False, depthwise_impl=impl, search=True)
-  variables = op.init(jax.random.PRNGKey(0), x, train=True)
+  variables = jax.eval_shape(lambda: op.init(jax.random.PRNGKey(0), x, train=True))
   jaxpr = jax.make_jaxpr(lambda v: op.apply(v, x, train=True, mutable=['batch_stats']))(variables)
   assert ('ffi_call' in str(jaxpr)) == uses_kernel
 
@@ -271,7 +283,7 @@ def test_supernet_gradients_fused_equal_shifted():
       # Every BatchNorm after a kernel takes its statistics from the kernel.
       assert "('statistics', np.int64(1))" in arch_only
       assert "('statistics', np.int64(0))" not in arch_only
-    return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables['params'], variables['arch'])
+    return _jit(jax.grad(loss, argnums=(0, 1)))(variables['params'], variables['arch'])
 
   fused, shifted = grads('fused'), grads('shifted')
   assert jax.tree.structure(fused) == jax.tree.structure(shifted)
@@ -379,7 +391,7 @@ def test_gradient_of_a_gradient_through_the_kernel(stride):
     def objective(kdw, kpw):  # like L(w - xi * grad_w L(w)), with x as the weights
       gx = jax.grad(inner)(x, kdw, kpw)
       return inner(x - 0.1 * gx, kdw, kpw)
-    return jax.jit(jax.grad(objective, argnums=(0, 1)))(kdw, kpw)
+    return _jit(jax.grad(objective, argnums=(0, 1)))(kdw, kpw)
 
   for a, b in zip(outer(fused_ops.relu_depthwise_pointwise), outer(_xla_chain)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
