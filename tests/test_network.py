@@ -16,6 +16,14 @@ from pcdarts_jax.nn import initializers
 from pcdarts_jax.spaces.darts import network
 
 
+# Programs that run once: compiled without LLVM's optimizations (a third less CPU).
+RUN_ONCE = {'xla_backend_optimization_level': 0}
+
+
+def _jit(fn):
+  return jax.jit(fn, compiler_options=RUN_ONCE)
+
+
 def _net(cls, name, c, layers, classes, auxiliary=True):
   return cls(genotype=genotypes.PUBLISHED[name], init_channels=c, num_classes=classes,
              layers=layers, auxiliary=auxiliary, depthwise_impl='dense')
@@ -138,8 +146,11 @@ def test_reduction_cell_against_numpy(ref):
   with jax.enable_x64(True):
     s0 = jax.random.normal(jax.random.PRNGKey(6), (3, 8, 8, 5), jnp.float64)
     s1 = jax.random.normal(jax.random.PRNGKey(7), (3, 4, 4, 6), jnp.float64)
-    variables = cell.init(jax.random.PRNGKey(0), s0, s1, train=False)
-    out, _ = cell.apply(variables, s0, s1, train=True, mutable=['batch_stats'])
+    # Compiled, with an unsafe_rbg key: an eager init compiles op by op.
+    variables = _jit(lambda key: cell.init(key, s0, s1, train=False))(
+        jax.random.key(0, impl='unsafe_rbg'))
+    out, _ = _jit(lambda v: cell.apply(v, s0, s1, train=True, mutable=['batch_stats']))(
+        variables)
   p = variables['params']
   a = ref.factorized_reduce(s0, p['preprocess0']['conv_1']['kernel'],
                             p['preprocess0']['conv_2']['kernel'])
@@ -180,11 +191,11 @@ def test_auxiliary_logits_only_in_training():
                                layers=3, auxiliary=True, depthwise_impl='dense')
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
   variables = initializers.init_variables(model, jax.random.PRNGKey(1), x)
-  (logits, aux), _ = jax.jit(lambda v, x: model.apply(v, x, train=True,
-                                                      mutable=['batch_stats']))(variables, x)
+  (logits, aux), _ = _jit(lambda v, x: model.apply(v, x, train=True,
+                                                   mutable=['batch_stats']))(variables, x)
   assert logits.shape == (2, 10) and aux.shape == (2, 10)
   assert np.all(np.isfinite(aux))
-  logits, aux = model.apply(variables, x, train=False)
+  logits, aux = _jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   assert logits.shape == (2, 10) and aux is None
 
 
