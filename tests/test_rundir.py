@@ -62,6 +62,23 @@ def test_a_resume_takes_the_saved_config_and_the_given_fields(tmp_path, capsys):
     _check(paths, config)
 
 
+def test_a_run_older_than_a_config_field_resumes_with_a_note(tmp_path, capsys):
+  """A config.json written before a field existed: the field takes the config's
+  value (a note names it); a field the run did record still binds."""
+  old = _tiny()
+  with old.unlocked():
+    del old.search['num_seeds']
+    del old.search['widen']
+  paths = _workdir(tmp_path, old)
+  config = _tiny()
+  _check(paths, config)
+  assert ("predates the config field(s) search.num_seeds=1, search.widen='net2wider'"
+          in capsys.readouterr().out)
+  config.search.learning_rate = 0.05
+  with pytest.raises(config_validation.ConfigError, match=r'search\.learning_rate: 0\.1'):
+    _check(paths, config)
+
+
 def test_a_config_json_without_a_checkpoint_binds_nothing(tmp_path):
   paths = _workdir(tmp_path, _tiny(), checkpoint=False)  # Stopped before checkpoint 1.
   other = digits_search.get_config()

@@ -75,7 +75,8 @@ def check_resumable(paths: Workdir, config, resumable: Sequence[str], kind: str,
   """Refuses, before anything is written, a workdir this run must not touch: a
   non-empty one with checkpoint.resume=False, a `kind` run (its log) without a
   checkpoint, or one whose saved config differs outside the `resumable` field
-  prefixes. The `extendable` fields (epoch counts) may be raised, never lowered.
+  prefixes. The `extendable` fields (epoch counts) may be raised, never lowered;
+  fields the saved config lacks (added to the library since) are accepted, with a note.
   Raises ConfigError naming what differs."""
   root, log_path = paths.root, paths.jsonl
   if not os.path.isdir(root) or not os.listdir(root):
@@ -101,8 +102,11 @@ def check_resumable(paths: Workdir, config, resumable: Sequence[str], kind: str,
         f'{lowered[0]}={now[lowered[0]]!r} is lower than the {before[lowered[0]]!r} of the '
         f'{kind} in --workdir={root!r}: a resumed run may raise its epochs, not lower '
         f'them. Nothing was changed.')
+  # Fields the run's config.json lacks are newer than the run: they take this
+  # config's values (their defaults keep the behaviour they were added with).
+  added = sorted(k for k in set(now) - set(before) if not k.startswith(tuple(resumable)))
   changed = sorted(k for k in set(before) | set(now)
-                   if before.get(k) != now.get(k)
+                   if before.get(k) != now.get(k) and k not in added
                    and not k.startswith(tuple(resumable)) and k not in extendable)
   if changed:
     details = ', '.join(f'{k}: {before.get(k)!r} -> {now.get(k)!r}' for k in changed[:6])
@@ -110,6 +114,10 @@ def check_resumable(paths: Workdir, config, resumable: Sequence[str], kind: str,
         f'--workdir={root!r} holds a run with a different config ({details}); '
         f'resuming would mix two runs. Use the original config or a new workdir. '
         f'Nothing was changed.')
+  if added:
+    print(f'the {kind} in {root} predates the config field(s) '
+          f'{", ".join(f"{k}={now[k]!r}" for k in added[:6])}{", ..." if len(added) > 6 else ""}: '
+          f'they take these values on resuming.', flush=True)
   for k in extendable:
     if k in before and now.get(k) != before[k]:
       print(f'{k} raised from {before[k]} to {now[k]}: the run goes on to the new end; its '
