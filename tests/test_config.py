@@ -179,14 +179,17 @@ def test_second_order_exact_refuses_the_scan_unsafe_depthwise_forms(impl):
 
 
 def test_second_order_exact_builds_auto_as_conv():
+  from pcdarts_jax.search import architect
   from pcdarts_jax.spaces.darts import supernet
   config = cifar10_search.get_config()
-  assert supernet.build_supernet(config).depthwise_impl == 'auto'
+  # As the search builds it: the architect picks the depthwise form, the supernet takes it.
+  build = lambda: supernet.build_supernet(config, depthwise_impl=architect.depthwise_impl(config))
+  assert build().depthwise_impl == 'auto'
   config.search.architect = 'second_order_exact'
   config_validation.validate_search_config(config)
-  assert supernet.build_supernet(config).depthwise_impl == 'conv'
+  assert build().depthwise_impl == 'conv'
   config.model.depthwise_impl = 'dense'  # explicit choices stay
-  assert supernet.build_supernet(config).depthwise_impl == 'dense'
+  assert build().depthwise_impl == 'dense'
 
 
 def test_unknown_depthwise_impl():

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcdarts_jax.run import config_fields
+from pcdarts_jax.search import architect
 from pcdarts_jax.data import datasets as data
 from pcdarts_jax.nn import fused_ops
 from pcdarts_jax.spaces.darts import genotypes
@@ -434,7 +435,7 @@ def for_platform(config, platform: str, architect_name: str):
   lowered for a GPU on a CPU machine is then the one a GPU machine runs."""
   config = with_architect(config, architect_name)
   m = config.model
-  impl = ops.resolve_depthwise_impl(supernet.search_depthwise_impl(config),
+  impl = ops.resolve_depthwise_impl(architect.depthwise_impl(config),
                                     m.get('dtype', 'float32'), backend=platform)
   if impl == 'fused' and not (platform == 'cpu' and fused_ops.available()):
     impl = 'shifted'  # What ops run where the XLA:CPU kernel is not available.
@@ -450,7 +451,7 @@ def trace_search_step(config, batch_size: int):
   """The search loop's step (the bilevel step behind the non-finite guard, as
   loop.search builds it for one device), traced for a batch of `batch_size`:
   `jax.jit(step).trace(...)`, ready to lower for any platform."""
-  model = supernet.build_supernet(config)
+  model = supernet.build_supernet(config, depthwise_impl=architect.depthwise_impl(config))
   steps_per_epoch = max((_known_share(config.data) or batch_size) // batch_size, 1)
   weight_tx = optim.weight_optimizer(config, steps_per_epoch)
   arch_tx = optim.arch_optimizer(config)
@@ -500,7 +501,8 @@ class SearchBench:
     # weight_images: per search epoch, of the real data set even when synthetic.
     (self.train_set, self.arch_set), self.data_source, self.weight_images = (
         splits_or_synthetic(config, batch_size, data.search_splits, count=2))
-    self.model = supernet.build_supernet(config)
+    self.model = supernet.build_supernet(config,
+                                         depthwise_impl=architect.depthwise_impl(config))
     self.steps_per_epoch = max(len(self.train_set) // batch_size, 1)
     self.weight_tx = optim.weight_optimizer(config, self.steps_per_epoch)
     self.arch_tx = optim.arch_optimizer(config)
@@ -532,11 +534,13 @@ class SearchBench:
     return seeds.stack_batches(batches) if self.per_seed else batches[0]
 
   def model_for(self, architect_name: str):
-    """The supernet an architect runs (see supernet.search_depthwise_impl)."""
-    config = with_architect(self.config, architect_name)
-    if supernet.search_depthwise_impl(config) == supernet.search_depthwise_impl(self.config):
+    """The supernet an architect runs, as the search builds it (see
+    architect.depthwise_impl)."""
+    impl = architect.depthwise_impl(with_architect(self.config, architect_name))
+    if impl == architect.depthwise_impl(self.config):
       return self.model
-    return supernet.build_supernet(config)  # Same parameters: only the ops' form differs.
+    # Same parameters: only the ops' form differs.
+    return supernet.build_supernet(self.config, depthwise_impl=impl)
 
   def _bilevel(self, architect_name: str):
     """The search loop's step, arch steps on from step 0, compiled once per
@@ -847,7 +851,7 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
         ran['bptt'] = bench.section.bptt
       elif arch_name and not is_train_config(config):  # what this architect's net ran
         ran['depthwise_impl'] = ops.resolve_depthwise_impl(
-            supernet.search_depthwise_impl(with_architect(config, arch_name)),
+            architect.depthwise_impl(with_architect(config, arch_name)),
             m.get('dtype', 'float32'))
       result = {'measurement': name, 'architect': arch_name, **base, **ran, **figures,
                 'trace': trace,

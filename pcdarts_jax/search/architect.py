@@ -38,8 +38,9 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from pcdarts_jax.search import optim
+from pcdarts_jax.run import config_fields
 from pcdarts_jax.run import parallel
+from pcdarts_jax.search import optim
 
 FINITE_DIFFERENCE_R = 0.01  # eps = r / ||v|| (the reference's hessian_vector_product).
 
@@ -164,6 +165,23 @@ ARCHITECTS = {
     'second_order': second_order,
     'second_order_exact': second_order_exact,
 }
+
+# Architects that differentiate a gradient (a second reverse pass through the net).
+SECOND_REVERSE_ARCHITECTS = ('second_order_exact',)
+# depthwise_impl values whose custom VJPs fail when differentiated again inside
+# the search cell's edge scan (a ValueError from their backward pass, where the
+# same ops outside a scan pass; cause not isolated yet).
+SINGLE_REVERSE_IMPLS = ('shifted', 'fused')
+
+
+def depthwise_impl(config) -> str:
+  """The depthwise form the search builds its supernet with (build_supernet's
+  `depthwise_impl`): model.depthwise_impl, except that `auto` means `conv`
+  under an architect that differentiates a gradient (see SINGLE_REVERSE_IMPLS)."""
+  impl = config_fields.field(config.model, 'depthwise_impl', 'auto')
+  if impl == 'auto' and config.search.architect in SECOND_REVERSE_ARCHITECTS:
+    return 'conv'
+  return impl
 
 
 def make_architect(name: str, config, loss_fn, lr_fn, axis_name=None,

@@ -452,10 +452,12 @@ def search(config, workdir: str):
   sample = data.normalize(inputs.sample_image, config.data.mean, config.data.std)
   stages = progressive.stages(config)  # One stage, the config's, without progressive learning.
 
+  depthwise_impl = architect.depthwise_impl(config)  # The form the architect can differentiate.
+
   def stage_model(stage, masks, axis_name=None):
     """The supernet of a stage: its K and, after pruning, its op masks."""
     return space.build_supernet(config, axis_name, partial_channels=stage.partial_channels,
-                                op_masks=masks)
+                                op_masks=masks, depthwise_impl=depthwise_impl)
 
   def new_state(model) -> SearchState:
     """N seeds: N states stacked on a seed axis, the step shared (seeds.py)."""

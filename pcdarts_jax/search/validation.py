@@ -201,8 +201,8 @@ def validate_search_config(config, num_devices: int = 1):
            f'{s.epochs}, or the architecture is never trained.')
   _require(s.architect in ARCHITECTS,
            f'search.architect={s.architect!r} is not one of {ARCHITECTS}.')
-  _require(s.architect not in supernet.SECOND_REVERSE_ARCHITECTS
-           or m.depthwise_impl not in supernet.SINGLE_REVERSE_IMPLS,
+  _require(s.architect not in architect.SECOND_REVERSE_ARCHITECTS
+           or m.depthwise_impl not in architect.SINGLE_REVERSE_IMPLS,
            f'search.architect={s.architect!r} differentiates a gradient, which '
            f'model.depthwise_impl={m.depthwise_impl!r} does not support in the search '
            f"cell; use 'auto' (= 'conv' for this architect), 'conv' or 'dense'.")

@@ -2,12 +2,14 @@
 
 A space is a module providing:
 
-- `build_supernet(config, axis_name=None, partial_channels=None, op_masks=None)
-  -> nn.Module`: the search supernet of `config.model`; weights in
-  `params`/`batch_stats`, the architecture in the Flax collection `arch`.
-  Called as `model.apply(variables, x, train, temperature)`. The keyword
-  overrides set a progressive-learning stage: K, and per arch matrix a 0/1
-  mask of the kept ops ({arch name or cell kind: mask}).
+- `build_supernet(config, axis_name=None, partial_channels=None, op_masks=None,
+  depthwise_impl=None) -> nn.Module`: the search supernet of `config.model`;
+  weights in `params`/`batch_stats`, the architecture in the Flax collection
+  `arch`. Called as `model.apply(variables, x, train, temperature)`. The
+  keyword overrides set a progressive-learning stage: K, and per arch matrix a
+  0/1 mask of the kept ops ({arch name or cell kind: mask}); `depthwise_impl`
+  is the form of the depthwise convolutions the search's architect needs
+  (search.architect.depthwise_impl; a space without them ignores it).
 - `derive(arch, model) -> genotype`: the discrete architecture from the arch
   values (a dict of NumPy arrays) of supernet `model`.
 - `genotype_to_dict(genotype) -> dict` (JSON-able) and

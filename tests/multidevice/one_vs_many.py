@@ -19,6 +19,7 @@ import numpy as np
 
 from configs import digits_search
 from pcdarts_jax.data import datasets as data
+from pcdarts_jax.search import architect
 from pcdarts_jax.spaces.darts import genotypes
 from pcdarts_jax.search import search as loop
 from pcdarts_jax.search import optim
@@ -40,8 +41,9 @@ def tiny_config(architect: str):
 def run(config, devices, steps: int):
   """STEPS bilevel steps over `devices` (None: every device of every process)."""
   train_set, arch_set = data.search_splits(config.data)
-  model = supernet.build_supernet(config)
-  step_model = supernet.build_supernet(config, axis_name=parallel.AXIS)
+  impl = architect.depthwise_impl(config)  # As the search builds them.
+  model = supernet.build_supernet(config, depthwise_impl=impl)
+  step_model = supernet.build_supernet(config, axis_name=parallel.AXIS, depthwise_impl=impl)
   weight_tx = optim.weight_optimizer(config, 100)
   arch_tx = optim.arch_optimizer(config)
   sample = data.normalize(train_set.images[:1], config.data.mean, config.data.std)

@@ -16,7 +16,7 @@ Genotype = genotypes.Genotype
 
 def build_supernet(config, axis_name: Optional[str] = None, **overrides):
   """`overrides`: supernet.build_supernet's stage overrides (`partial_channels`,
-  `op_masks`)."""
+  `op_masks`) and the search's `depthwise_impl`."""
   return supernet.build_supernet(config, axis_name, **overrides)
 
 

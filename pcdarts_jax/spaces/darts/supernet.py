@@ -439,30 +439,13 @@ def reduction_layers(layers: int):
   return (layers // 3, 2 * layers // 3)
 
 
-# Architects that differentiate a gradient (a second reverse pass through the net).
-SECOND_REVERSE_ARCHITECTS = ('second_order_exact',)
-# depthwise_impl values whose custom VJPs fail when differentiated again inside
-# the search cell's edge scan (a ValueError from their backward pass, where the
-# same ops outside a scan pass; cause not isolated yet).
-SINGLE_REVERSE_IMPLS = ('shifted', 'fused')
-
-
-def search_depthwise_impl(config) -> str:
-  """config.model.depthwise_impl, except that `auto` means `conv` under an
-  architect that differentiates a gradient (see SINGLE_REVERSE_IMPLS)."""
-  model = config.model if hasattr(config, 'model') else config
-  impl = config_fields.field(model, 'depthwise_impl', 'auto')
-  architect = config_fields.field(config_fields.field(config, 'search', None), 'architect', None)
-  if impl == 'auto' and architect in SECOND_REVERSE_ARCHITECTS:
-    return 'conv'
-  return impl
-
-
 def build_supernet(config, axis_name: Optional[str] = None, partial_channels=None,
-                   op_masks=None) -> SearchNetwork:
+                   op_masks=None, depthwise_impl: Optional[str] = None) -> SearchNetwork:
   """The search supernet described by `config.model` (a search config or its model
   part); `partial_channels` and `op_masks` ({'normal': mask, 'reduce': mask},
-  edges x ops, 1 = kept) override it for a stage of DrNAS progressive learning."""
+  edges x ops, 1 = kept) override it for a stage of DrNAS progressive learning,
+  `depthwise_impl` the form of its depthwise convolutions (the search passes
+  the one its architect can differentiate: search.architect.depthwise_impl)."""
   model = config.model if hasattr(config, 'model') else config
   get = lambda name, default: config_fields.field(model, name, default)
   return SearchNetwork(
@@ -476,7 +459,7 @@ def build_supernet(config, axis_name: Optional[str] = None, partial_channels=Non
       edge_normalization=get('edge_normalization', True),
       primitives=tuple(get('primitives', genotypes.PRIMITIVES)),
       stem=get('stem', 'cifar'),
-      depthwise_impl=search_depthwise_impl(config),
+      depthwise_impl=depthwise_impl or get('depthwise_impl', 'auto'),
       unroll_edges=get('unroll_edges', False),
       axis_name=axis_name,
       channel_sampling=get('channel_sampling', 'first'),

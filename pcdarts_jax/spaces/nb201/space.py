@@ -290,14 +290,18 @@ def _check_channels(model, k=None):
 
 
 def build_supernet(config, axis_name: Optional[str] = None,
-                   partial_channels: Optional[int] = None, op_masks=None) -> SearchNetwork:
+                   partial_channels: Optional[int] = None, op_masks=None,
+                   depthwise_impl: Optional[str] = None) -> SearchNetwork:
   """The NB-201 supernet of `config.model` (`init_channels`, `num_classes`,
   `cells_per_stage`, `partial_channels`, `relaxation`, `op_mask`, `dtype`).
 
   `partial_channels` and `op_masks` override the config for a stage of DrNAS
   progressive learning; `op_masks` is the (6, 5) mask itself or a mapping with
-  one entry (e.g. {'alphas': mask} or {'cell': mask}).
+  one entry (e.g. {'alphas': mask} or {'cell': mask}). `depthwise_impl` is
+  accepted as every space's is and unused: NB-201's ops have no depthwise
+  convolutions.
   """
+  del depthwise_impl
   model = config.model if hasattr(config, 'model') else config
   if partial_channels is None:
     partial_channels = config_fields.partial_channels(model)
