@@ -15,6 +15,7 @@ from absl import logging
 import numpy as np
 
 from pcdarts_jax.spaces.darts import genotypes
+from pcdarts_jax.spaces import drawing
 
 _warned_no_dot = False
 
@@ -25,14 +26,7 @@ def have_dot() -> bool:
 
 def cell_graph(cell: Sequence[Tuple[str, int]], concat: Sequence[int], title: str = ''):
   """A graphviz Digraph of one cell (genotype list of (op, input) pairs, two per node)."""
-  import graphviz  # pylint: disable=g-import-not-at-top  (optional at import time)
-  g = graphviz.Digraph(
-      format='png',
-      graph_attr={'rankdir': 'LR', 'fontname': 'helvetica', 'label': title, 'labelloc': 't',
-                  'fontsize': '20'},
-      node_attr={'style': 'filled', 'shape': 'rect', 'align': 'center', 'fontsize': '20',
-                 'height': '0.5', 'width': '0.5', 'penwidth': '2', 'fontname': 'helvetica'},
-      edge_attr={'fontsize': '18', 'fontname': 'helvetica'})
+  g = drawing.digraph(title)
   g.node('c_{k-2}', fillcolor='darkseagreen2')
   g.node('c_{k-1}', fillcolor='darkseagreen2')
   steps = len(cell) // 2

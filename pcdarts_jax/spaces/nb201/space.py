@@ -39,6 +39,7 @@ from pcdarts_jax.nn import initializers
 from pcdarts_jax.nn import ops
 from pcdarts_jax.spaces import relaxation
 from pcdarts_jax.spaces.darts import cell_parts
+from pcdarts_jax.spaces import drawing
 
 # Order matters: the column order of `alphas`.
 PRIMITIVES = ('none', 'skip_connect', 'nor_conv_1x1', 'nor_conv_3x3', 'avg_pool_3x3')
@@ -488,14 +489,7 @@ def arch_scalars(arch: Mapping[str, np.ndarray], model=None) -> Dict[str, float]
 def cell_graph(genotype: Genotype, title: str = ''):
   """A graphviz Digraph of the cell: nodes 0..3, each edge labelled with its op
   (`none` edges are left out)."""
-  import graphviz  # pylint: disable=g-import-not-at-top  (optional at import time)
-  g = graphviz.Digraph(
-      format='png',
-      graph_attr={'rankdir': 'LR', 'fontname': 'helvetica', 'label': title, 'labelloc': 't',
-                  'fontsize': '20'},
-      node_attr={'style': 'filled', 'shape': 'rect', 'align': 'center', 'fontsize': '20',
-                 'height': '0.5', 'width': '0.5', 'penwidth': '2', 'fontname': 'helvetica'},
-      edge_attr={'fontsize': '18', 'fontname': 'helvetica'})
+  g = drawing.digraph(title)
   g.node('0', label='in (0)', fillcolor='darkseagreen2')
   g.node('1', fillcolor='lightblue')
   g.node('2', fillcolor='lightblue')

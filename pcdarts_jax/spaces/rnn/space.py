@@ -17,6 +17,7 @@ from pcdarts_jax.spaces.darts import visualize
 from pcdarts_jax.spaces.rnn import corpus as corpus_lib
 from pcdarts_jax.spaces.rnn import genotypes
 from pcdarts_jax.spaces.rnn import model as model_lib
+from pcdarts_jax.spaces import drawing
 
 Genotype = genotypes.Genotype
 ARCH_NAME = model_lib.ARCH_NAME
@@ -87,14 +88,7 @@ def cell_graph(genotype: Genotype, title: str = ''):
   """A graphviz Digraph of a recurrent cell, drawn as the reference's rnn/visualize.py:
   x_t and h_{t-1} into node 0 (s0), one labelled edge into each node, the averaged
   nodes into h_t."""
-  import graphviz  # pylint: disable=g-import-not-at-top  (optional at import time)
-  g = graphviz.Digraph(
-      format='png',
-      graph_attr={'rankdir': 'LR', 'fontname': 'helvetica', 'label': title, 'labelloc': 't',
-                  'fontsize': '20'},
-      node_attr={'style': 'filled', 'shape': 'rect', 'align': 'center', 'fontsize': '20',
-                 'height': '0.5', 'width': '0.5', 'penwidth': '2', 'fontname': 'helvetica'},
-      edge_attr={'fontsize': '18', 'fontname': 'helvetica'})
+  g = drawing.digraph(title)
   g.node('x_{t}', fillcolor='darkseagreen2')
   g.node('h_{t-1}', fillcolor='darkseagreen2')
   g.node('0', fillcolor='lightblue')
