@@ -19,7 +19,7 @@ loss (model.RNNModel's `length`). Bucket 0 keeps every length exact.
 """
 
 import functools
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import flax
 import jax
@@ -28,7 +28,6 @@ import numpy as np
 
 from pcdarts_jax.run import config_fields
 from pcdarts_jax.run import monitor
-from pcdarts_jax.search import validation as config_validation
 from pcdarts_jax.spaces.rnn import corpus as corpus_lib
 from pcdarts_jax.spaces.rnn import model as model_lib
 from pcdarts_jax.spaces.rnn import steps
@@ -250,18 +249,6 @@ def validate_windows(section, name: str, num_devices: int):
           f'devices (allowed: multiples of {num_devices}).')
 
 
-def validate_run(config):
-  """seed, and the checkpoint and monitor sections."""
-  _integer(config.seed, 'seed', 0)
-  c = config.checkpoint
-  _integer(c.every_steps, 'checkpoint.every_steps', 0)
-  _integer(c.keep, 'checkpoint.keep', 1)
-  config_fields.require_bool(c.resume, 'checkpoint.resume')
-  modes = config_validation.PROGRESS_MODES
-  require(config.monitor.progress in modes,
-          f'monitor.progress={config.monitor.progress!r} is not one of {modes}.')
-  for field in ('tensorboard', 'pictures'):
-    config_fields.require_bool(config.monitor[field], f'monitor.{field}')
 
 
 def validate_space(config):

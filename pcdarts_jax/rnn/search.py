@@ -59,7 +59,7 @@ def validate_search_config(config, num_devices: int = 1):
   for field in ('arch_beta1', 'arch_beta2'):
     lm.require(isinstance(s[field], (int, float)) and 0 <= s[field] < 1,
                f'search.{field}={s[field]!r} must be a number in [0, 1).')
-  lm.validate_run(config)
+  driver.validate_run(config)
 
 
 def arch_optimizer(config):

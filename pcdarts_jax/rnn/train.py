@@ -22,7 +22,7 @@ over the devices, gradients averaged, dropout masks of the whole batch).
 import json
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +83,7 @@ def validate_train_config(config, num_devices: int = 1):
   config_fields.require_bool(t.asgd, 'train.asgd')
   lm.require(config_fields.is_int(t.nonmono) and t.nonmono >= 1,
              f'train.nonmono={t.nonmono!r} must be an integer >= 1.')
-  lm.validate_run(config)
+  driver.validate_run(config)
 
 
 def make_step(model, config, optimizer: str, axis_name=None):

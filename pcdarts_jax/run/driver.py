@@ -49,6 +49,26 @@ class NonFiniteError(RuntimeError):
   """A step went non-finite; the run stopped (the last good checkpoint is named)."""
 
 
+PROGRESS_MODES = ('auto', 'bar', 'lines')  # monitor.progress
+
+
+def validate_run(config):
+  """The fields every run reads the same way: seed, checkpoint.*, monitor.*
+  (one-line ConfigErrors naming the field and the allowed values)."""
+  require, is_int = config_fields.require, config_fields.is_int
+  require(is_int(config.seed) and config.seed >= 0,
+          f'seed={config.seed!r} must be an integer >= 0.')
+  c = config.checkpoint
+  require(is_int(c.every_steps) and c.every_steps >= 0,
+          f'checkpoint.every_steps={c.every_steps!r} must be an integer >= 0 '
+          f'(0: only at epoch ends).')
+  require(is_int(c.keep) and c.keep >= 1, f'checkpoint.keep={c.keep!r} must be an integer >= 1.')
+  config_fields.require_bool(c.resume, 'checkpoint.resume')
+  require(config.monitor.progress in PROGRESS_MODES,
+          f'monitor.progress={config.monitor.progress!r} is not one of {PROGRESS_MODES}.')
+  for field in ('tensorboard', 'pictures'):
+    config_fields.require_bool(config.monitor[field], f'monitor.{field}')
+
 @dataclasses.dataclass
 class Epoch:
   """What a phase reports at the end of an epoch (`Phase.end_epoch`)."""

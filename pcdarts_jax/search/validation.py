@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from pcdarts_jax.search import architect
 from pcdarts_jax.run import config_fields
+from pcdarts_jax.run import driver
 from pcdarts_jax.data import datasets as data
 from pcdarts_jax.spaces.darts import genotypes
 from pcdarts_jax.data import pipeline as input_pipeline
@@ -22,7 +23,7 @@ from pcdarts_jax.spaces.darts import supernet
 from pcdarts_jax.spaces.darts import cell_parts
 
 ARCHITECTS = tuple(architect.ARCHITECTS)
-PROGRESS_MODES = ('auto', 'bar', 'lines')
+PROGRESS_MODES = driver.PROGRESS_MODES
 BILEVEL_PHASES = ('sequence', 'loop')
 
 
@@ -189,8 +190,6 @@ def validate_search_config(config, num_devices: int = 1):
                 'log_every_steps'):
     _require(_is_int(s[field]),
              f'search.{field}={s[field]!r} must be an integer.')
-  _require(_is_int(config.seed) and config.seed >= 0,
-           f'seed={config.seed!r} must be an integer >= 0.')
   _require(s.learning_rate_min <= s.learning_rate,
            f'search.learning_rate_min={s.learning_rate_min} exceeds '
            f'search.learning_rate={s.learning_rate}.')
@@ -216,17 +215,7 @@ def validate_search_config(config, num_devices: int = 1):
            f'takes no architect; search.architect={s.architect!r} must be \'first_order\'.')
   _require_bool(s.skip_nonfinite, 'search.skip_nonfinite')
   _require_bool(s.get('nesterov', False), 'search.nesterov')
-  c = config.checkpoint
-  _require(_is_int(c.every_steps) and c.every_steps >= 0,
-           f'checkpoint.every_steps={c.every_steps!r} must be an integer >= 0 '
-           f'(0: only at epoch ends).')
-  _require(_is_int(c.keep) and c.keep >= 1,
-           f'checkpoint.keep={c.keep!r} must be an integer >= 1.')
-  _require_bool(c.resume, 'checkpoint.resume')
-  _require(config.monitor.progress in PROGRESS_MODES,
-           f'monitor.progress={config.monitor.progress!r} is not one of {PROGRESS_MODES}.')
-  for field in ('tensorboard', 'pictures'):
-    _require_bool(config.monitor[field], f'monitor.{field}')
+  driver.validate_run(config)
   # The global batch is split evenly over the devices (validation batches are
   # padded and masked, so any eval_batch_size works).
   _require(s.batch_size % num_devices == 0,

@@ -184,12 +184,7 @@ def validate_config(config, num_devices: int = 1):
   config_fields.require(len(targets(config)) >= 2,
                         f'generator.flops_step={g.flops_step} leaves fewer than 2 targets in '
                         f'[{g.flops_low}, {g.flops_high}).')
-  c = config.checkpoint
-  config_fields.require(config_fields.is_int(c.keep) and c.keep >= 1,
-                        f'checkpoint.keep={c.keep!r} must be an integer >= 1.')
-  config_fields.require(config.monitor.progress in config_validation.PROGRESS_MODES,
-                        f'monitor.progress={config.monitor.progress!r} is not one of '
-                        f'{config_validation.PROGRESS_MODES}.')
+  driver.validate_run(config)
 
 
 # -------------------------------------------------------------------- steps

@@ -28,7 +28,6 @@ from typing import Any, Callable, Dict, Optional
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from pcdarts_jax.run import checkpoint
@@ -180,16 +179,7 @@ def validate_train_config(config, num_devices: int = 1):
       t.batch_size % num_devices == 0,
       f'train.batch_size={t.batch_size} is not divisible by the {num_devices} devices '
       f'(allowed: multiples of {num_devices}).')
-  _integer(config.seed, 'seed', 0)
-  c = config.checkpoint
-  _integer(c.every_steps, 'checkpoint.every_steps', 0)
-  _integer(c.keep, 'checkpoint.keep', 1)
-  config_fields.require_bool(c.resume, 'checkpoint.resume')
-  config_fields.require(config.monitor.progress in config_validation.PROGRESS_MODES,
-                        f'monitor.progress={config.monitor.progress!r} is not one of '
-                        f'{config_validation.PROGRESS_MODES}.')
-  for field in ('tensorboard', 'pictures'):
-    config_fields.require_bool(config.monitor[field], f'monitor.{field}')
+  driver.validate_run(config)
 
 
 def _validate_darts_model(config, size: int):
