@@ -16,7 +16,11 @@ def _search(workdir, config, *overrides):
          '--compilation_cache=', '--config.monitor.pictures=False',
          '--config.search.epochs=2', "--config.search.stage_epochs=(1,1)",
          '--config.search.arch_start_epoch=0', *overrides]
-  result = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+  # Nearly all of each run is compiling its four programs: LLVM's -O1 compiles them
+  # in about 12% less CPU time and still runs the 22 steps fast (-O0 would not).
+  flags = ' '.join(filter(None, [os.environ.get('XLA_FLAGS', ''),
+                                 '--xla_backend_optimization_level=1']))
+  result = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=flags),
                           capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   with open(os.path.join(workdir, 'genotypes.jsonl')) as f:
