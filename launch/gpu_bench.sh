@@ -3,6 +3,7 @@
 #
 #   bash launch/gpu_bench.sh steps  OUT_DIR   # JAX layouts x precisions + the PyTorch baseline
 #   bash launch/gpu_bench.sh search OUT_DIR   # the whole CIFAR-10 search on random images
+#   bash launch/gpu_bench.sh seeds  OUT_DIR   # N = 1, 2, 4, 8 searches in one vmapped step
 #
 # `steps`: the bilevel step (first order) of configs/cifar10_search.py at BATCH (256) for
 # edge_impl scan and grouped, in float32 and bfloat16. The four programs compile at the same
@@ -10,6 +11,8 @@
 # in PyTorch (launch.torch_reference: eager with cudnn.benchmark, then torch.compile) under
 # the same lock. Writes OUT_DIR/<variant>.jsonl, logs, and OUT_DIR/summary.json: per variant
 # ms/step, peak memory and the speed-up over the PyTorch eager float32 step of the same run.
+# `seeds`: the bilevel step with search.num_seeds N = 1, 2, 4, 8 (SEEDS), compiled at once and
+# timed one at a time; summary.json gives ms per search step and per-search throughput vs N=1.
 # `search`: launch.search for SEARCH_EPOCHS (50) epochs of random CIFAR-shaped images
 # (data.name=arrays), compile included; OUT_DIR/search_summary.json.
 #
@@ -19,8 +22,8 @@
 # A missing Python package can come as wheels in .whl/ (installed to /tmp/site).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-MODE=${1:?usage: gpu_bench.sh steps|search OUT_DIR}
-OUT=${2:?usage: gpu_bench.sh steps|search OUT_DIR}
+MODE=${1:?usage: gpu_bench.sh steps|seeds|search OUT_DIR}
+OUT=${2:?usage: gpu_bench.sh steps|seeds|search OUT_DIR}
 PYTHON=${PYTHON:-python3}
 BATCH=${BATCH:-256}
 STEPS=${STEPS:-20}
@@ -104,6 +107,40 @@ for name, row in sorted(rows.items()):
         f"peak {(row.get('peak_memory_bytes') or 0) / 2**30:6.2f} GiB  "
         f"{'ERROR' if 'error' in row else ''}")
 EOF
+elif [ "$MODE" = seeds ]; then
+  LOCK="$OUT/device.lock"
+  for n in ${SEEDS:-1 2 4 8}; do
+    # shellcheck disable=SC2086
+    timeout "$STEP_TIMEOUT" "$PYTHON" -m launch.benchmark --config="$CONFIG" \
+      --measure=bilevel_step --architects=first_order --batch_size="$BATCH" \
+      --steps="$STEPS" --warmup="$WARMUP" --device_lock="$LOCK" --num_seeds="$n" \
+      --out="$OUT/seeds_$n.jsonl" ${EXTRA_FLAGS:-} > "$OUT/seeds_$n.log" 2>&1 &
+  done
+  wait
+  "$PYTHON" - "$OUT" <<'EOF'
+import glob, json, os, sys
+out = sys.argv[1]
+rows = {}
+for path in glob.glob(os.path.join(out, 'seeds_*.jsonl')):
+  lines = [json.loads(l) for l in open(path) if l.strip().startswith('{')]
+  steps = [r for r in lines if r.get('measurement') == 'bilevel_step']
+  n = int(os.path.basename(path)[len('seeds_'):-len('.jsonl')])
+  rows[n] = ({k: steps[-1].get(k) for k in ('ms_per_step_median', 'ms_per_search_step',
+                                            'peak_memory_bytes', 'compile_seconds')}
+             if steps else {'error': open(path[:-len('.jsonl')] + '.log').read()[-600:]})
+one = rows.get(1, {}).get('ms_per_search_step')
+for n, row in rows.items():
+  if one and row.get('ms_per_search_step'):
+    row['per_search_throughput_vs_1'] = one / row['ms_per_search_step']
+json.dump({'environment': json.load(open(os.path.join(out, 'environment.json'))),
+           'seeds': {str(n): rows[n] for n in sorted(rows)}},
+          open(os.path.join(out, 'summary.json'), 'w'), indent=1, sort_keys=True)
+for n in sorted(rows):
+  r = rows[n]
+  print(f"N={n}: {r.get('ms_per_step_median') or float('nan'):9.1f} ms/step, "
+        f"{r.get('ms_per_search_step') or float('nan'):8.1f} ms per search step, "
+        f"x{r.get('per_search_throughput_vs_1') or float('nan'):5.2f} per-search throughput")
+EOF
 elif [ "$MODE" = search ]; then
   EPOCHS=${SEARCH_EPOCHS:-50}
   "$PYTHON" - "$OUT/random_cifar10.npz" <<'EOF'
@@ -132,6 +169,6 @@ print(f'whole search: {seconds} s wall clock (exit {status})')
 EOF
   rm -f "$OUT/random_cifar10.npz"
 else
-  echo "unknown mode $MODE: steps or search" >&2
+  echo "unknown mode $MODE: steps, seeds or search" >&2
   exit 2
 fi
