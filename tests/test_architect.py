@@ -98,6 +98,10 @@ def test_unknown_architect_is_refused():
 # ------------------------------------------------------- float64 tiny network
 
 
+# The tests of the tiny64 fixture share its compiles: one xdist worker (--dist loadgroup).
+TINY64 = pytest.mark.xdist_group('architect_tiny64')
+
+
 @pytest.fixture(scope='module')
 def tiny64():
   """A tiny supernet in float64 with a non-zero momentum buffer, and the
@@ -137,6 +141,7 @@ def tiny64():
               batches=batches, lr=float(lr_fn(STEP)), out=out, loss_fn=loss_fn)
 
 
+@TINY64
 def test_second_order_exact_equals_central_differences(tiny64):
   """d/d alpha of L_val(w - xi (mu m + grad_w L_train(w, alpha) + lambda w), alpha),
   written out here independently and differentiated by float64 central
@@ -185,6 +190,7 @@ def test_second_order_exact_equals_central_differences(tiny64):
   np.testing.assert_allclose(float(t['out']['second_order_exact'][2]), at_base, rtol=1e-12)
 
 
+@TINY64
 def test_second_order_finite_difference_agrees_with_exact(tiny64):
   out = tiny64['out']
   exact = _flat(out['second_order_exact'][0])
@@ -203,6 +209,7 @@ def test_second_order_finite_difference_agrees_with_exact(tiny64):
                                                         rel=1e-12)
 
 
+@TINY64
 def test_second_order_keeps_train_pass_batch_stats(tiny64):
   """Both second-order strategies keep the BatchNorm statistics of the train-batch
   pass at w (the virtual step's); first order those of the arch-batch pass."""
