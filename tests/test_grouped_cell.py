@@ -152,11 +152,12 @@ def k4_pair():
 @pytest.mark.parametrize('case', [
     pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES
     else pytest.param(c, marks=K4_PAIR) if c == 'k4_edge_norm' else c for c in CASES])
-def test_grouped_matches_scan(case, k4_pair):
+def test_grouped_matches_scan(case, request):
   """Full cells (4 nodes: stages of 8, 3, 2 and 1 edges, the node stages at
   scattered stacked positions) for the default K=4 with edge normalization;
   2-node cells (stages of 4 and 1 edges) for K=1, 3-node cells for the others."""
-  pair = k4_pair if case == 'k4_edge_norm' else _pair(_config(**CASES[case]), seed=3)
+  pair = (request.getfixturevalue('k4_pair') if case == 'k4_edge_norm'  # (built only here)
+          else _pair(_config(**CASES[case]), seed=3))
   assert jax.tree.map(np.shape, pair['variables']) == jax.tree.map(
       np.shape, initializers.init_variables(pair['models']['grouped'], jax.random.PRNGKey(0),
                                             pair['x'][:1]))
