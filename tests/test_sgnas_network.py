@@ -21,6 +21,7 @@ from configs import sgnas_imagenet_train
 from pcdarts_jax.search import validation as config_validation
 from pcdarts_jax.nn import initializers
 from pcdarts_jax.spaces.darts import network
+from pcdarts_jax.train import networks
 from pcdarts_jax.train import train as trainer
 from pcdarts_jax.sgnas import flops as flops_lib
 from pcdarts_jax.sgnas import layout as layout_lib
@@ -46,7 +47,7 @@ def _shape(config):
 
 
 def _build(config, choices):
-  return network.build_network(config, genotype=np.asarray(choices, np.int32))
+  return networks.build_network(config, genotype=np.asarray(choices, np.int32))
 
 
 # ----------------------------------------------------------------------- FLOPs
@@ -76,11 +77,11 @@ def test_published_architectures_match_their_reported_flops():
   table = flops_lib.lookup_table(lay)
   reported = {'SGNAS_A': 373, 'SGNAS_B': 326, 'SGNAS_C': 281}
   for name, mflops in reported.items():
-    choices = network.resolve_architecture(config, name)
+    choices = networks.resolve_architecture(config, name)
     assert abs(flops_lib.architecture_macs(choices, table) / 1e6 - mflops) < 1, name
-  a = network.resolve_architecture(config)  # The config's default: SGNAS_A.
+  a = networks.resolve_architecture(config)  # The config's default: SGNAS_A.
   assert flops_lib.architecture_macs(a, table) == 372_430_304
-  assert network.count_macs(network.build_network(config), _shape(config)) == 372_430_304
+  assert network.count_macs(networks.build_network(config), _shape(config)) == 372_430_304
 
 
 # ---------------------------------------------------------------- the network
@@ -92,7 +93,7 @@ def _variables(model, shape, seed=0):
 
 def test_output_shapes_dtypes_and_no_auxiliary_logits():
   config = _config()
-  model = network.build_network(config)
+  model = networks.build_network(config)
   assert isinstance(model, sgnas_network.SGNASNetwork)
   shape = (3,) + _shape(config)[1:]
   variables = _variables(model, shape)
@@ -179,7 +180,7 @@ def test_hard_sigmoid_and_hard_swish_by_hand():
   x = jax.random.normal(jax.random.PRNGKey(2), (2,) + _shape(config)[1:])
   for name, fn in (('relu6', jax.nn.relu6), ('hswish', sgnas_network.hard_swish)):
     config.model.activation = name
-    model = network.build_network(config)
+    model = networks.build_network(config)
     seen = {}
 
     def grab(next_fun, args, kwargs, context, seen=seen):
@@ -205,7 +206,7 @@ def test_dropout_masks_follow_global_positions():
   np.testing.assert_array_equal(sgnas_network.example_dropout(x[4:], 0.25, rng, index[4:]),
                                 out[4:])
   config = _config(dropout=0.5)
-  model = network.build_network(config)
+  model = networks.build_network(config)
   variables = _variables(model, (4,) + _shape(config)[1:])
   x = jax.random.normal(jax.random.PRNGKey(4), (4,) + _shape(config)[1:])
   train = jax.jit(lambda key: model.apply(variables, x, train=True, mutable=['batch_stats'],
@@ -269,7 +270,7 @@ def test_validation_of_architecture_files_and_sgnas_only_rules(tmp_path):
     trainer.validate_train_config(config)
   config.model.layout = 'cifar'  # The file fits the cifar layout, on 8x8 digits too.
   trainer.validate_train_config(config)
-  assert layout_lib.to_string(network.resolve_architecture(config)) == '|'.join(['333333'] * 19)
+  assert layout_lib.to_string(networks.resolve_architecture(config)) == '|'.join(['333333'] * 19)
   config = sgnas_digits_train.get_config()
   config.model.drop_path_prob = 0.2
   with pytest.raises(ConfigError, match=r"model\.drop_path_prob=0\.2: model\.network="
@@ -307,7 +308,7 @@ def test_digits_train_evaluate_and_resume(tmp_path):
   assert summary['test']['accuracy'] >= DIGITS_ACCURACY_BAR, summary['test']
   assert summary['epochs'] == 10 and summary['network'] == 'sgnas'
   assert summary['genotype'] == record and summary['macs'] == macs == 132_800
-  assert summary['parameters'] == network.count_params(network.build_network(config),
+  assert summary['parameters'] == network.count_params(networks.build_network(config),
                                                        _shape(config))
   assert not os.path.exists(os.path.join(workdir, 'plots'))  # No DARTS cells to draw.
 
