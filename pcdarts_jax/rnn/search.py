@@ -136,10 +136,6 @@ def _summary(paths: rundir.Workdir, genotype, state, meta, n_params: int,
   }
 
 
-def _complete(paths: rundir.Workdir) -> bool:
-  return all(os.path.exists(p) for p in (paths.genotype, paths.arch, paths.summary))
-
-
 def search(config, workdir: str):
   """Runs (or resumes) the RNN search of `config`; returns the final genotype.
 
@@ -177,19 +173,15 @@ def search(config, workdir: str):
     os.makedirs(paths.root, exist_ok=True)
   checkpoints = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
   meta = {'sums': None, 'resumed_from': []}
-  restored = driver.restore(checkpoints, jax.eval_shape(lambda: state), paths, 'search')
   total_steps = sum(len(windows(e)) for e in range(s.epochs))
-  if restored is not None:
-    step_done, state, meta = restored
-    if step_done >= total_steps and _complete(paths):
-      checkpoints.close()
-      print(f'the search in {workdir} is already complete ({s.epochs} epochs, checkpoint '
-            f'{step_done}); nothing was changed. Raise --config.search.epochs to search '
-            f'longer.', flush=True)
+  resumed = driver.resume(checkpoints, jax.eval_shape(lambda: state), paths, 'search',
+                          section='search', epochs=s.epochs, total_steps=total_steps,
+                          outputs=(paths.genotype, paths.arch, paths.summary),
+                          finishing='the search had finished; writing its final outputs')
+  if resumed is not None:
+    state, meta = resumed.state, resumed.meta
+    if resumed.complete:
       return space.derive(arch_numpy(state.core))
-    where = ('the search had finished; writing its final outputs' if step_done >= total_steps
-             else f'step {step_done} of {total_steps}')
-    print(f'resuming from checkpoint {step_done} ({where}) in {paths.checkpoints}', flush=True)
 
   print(f'RNN search on {config.data.name} ({corpus.ntokens} words; {corpus.train.size:,} '
         f'train tokens): {n_params:,} weights, {config.model.steps} nodes, ~{len(windows(0))} '

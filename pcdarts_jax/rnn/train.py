@@ -188,22 +188,18 @@ def train(config, workdir: str) -> Dict[str, Any]:
   # What the epochs decide, saved with every checkpoint.
   history = {'val_losses': [], 'asgd_from': None, 'best': None}
   meta = {'sums': None, 'resumed_from': []}
-  restored = driver.restore(checkpoints, jax.eval_shape(lambda: state), paths, 'training run')
   total_steps = sum(len(windows(e)) for e in range(t.epochs))
-  if restored is not None:
-    step_done, state, meta = restored
+  resumed = driver.resume(checkpoints, jax.eval_shape(lambda: state), paths, 'training run',
+                          section='train', epochs=t.epochs, total_steps=total_steps,
+                          outputs=(paths.summary,),
+                          finishing='the run had finished; evaluating and writing its summary')
+  if resumed is not None and resumed.complete:
+    best.close()
+    with open(paths.summary) as f:
+      return json.load(f)
+  if resumed is not None:
+    state, meta = resumed.state, resumed.meta
     history = {k: meta.get(k, v) for k, v in history.items()}
-    if step_done >= total_steps and os.path.exists(paths.summary):
-      checkpoints.close()
-      best.close()
-      print(f'the training run in {workdir} is already complete ({t.epochs} epochs, '
-            f'checkpoint {step_done}); nothing was changed. Raise --config.train.epochs to '
-            f'train longer.', flush=True)
-      with open(paths.summary) as f:
-        return json.load(f)
-    where = ('the run had finished; evaluating and writing its summary'
-             if step_done >= total_steps else f'step {step_done} of {total_steps}')
-    print(f'resuming from checkpoint {step_done} ({where}) in {paths.checkpoints}', flush=True)
   elif main and config.monitor.pictures:
     space.draw(genotype, os.path.join(paths.plots, 'cell'))
 

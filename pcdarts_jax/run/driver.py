@@ -26,7 +26,7 @@ import math
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -188,6 +188,55 @@ def position(step: int, steps_per_epoch: int) -> str:
   """'epoch E, step S of N' of a global step (epochs counted from 1)."""
   return (f'epoch {step // steps_per_epoch + 1}, step {step % steps_per_epoch} of '
           f'{steps_per_epoch}')
+
+
+class Resumed(NamedTuple):
+  """A run's newest checkpoint (`resume`). `complete`: the run had finished and
+  written its outputs; nothing was changed and the caller returns them."""
+  step: int
+  state: Any
+  meta: Dict[str, Any]
+  complete: bool
+
+
+def complete_text(what: str, workdir: str, extent: str, longer: str) -> str:
+  """The line of a rerun of a finished run: `extent` is what it ran, `longer`
+  the field to raise and what for ('--config.search.epochs to search')."""
+  return (f'the {what} in {workdir} is already complete ({extent}); nothing was changed. '
+          f'Raise {longer} longer.')
+
+
+def resuming_text(step: int, directory: str, where: Optional[str] = None,
+                  phase: Optional[str] = None) -> str:
+  """The line of a resumed run: 'resuming [PHASE ]from checkpoint N[ (WHERE)] in DIR'."""
+  return (f'resuming {phase + " " if phase else ""}from checkpoint {step}'
+          f'{f" ({where})" if where else ""} in {directory}')
+
+
+def resume(checkpoints: checkpoint.Checkpoints, abstract_state, paths: rundir.Workdir,
+           what: str, *, section: str, epochs: int, total_steps: int,
+           outputs: Sequence[str], finishing: str,
+           steps_per_epoch: Optional[int] = None) -> Optional[Resumed]:
+  """The newest checkpoint of the `what` in `paths` (`restore`; None for a new
+  run), and the line saying how the run goes on. Past `total_steps` with all its
+  `outputs` written, the run is complete: its checkpoints are closed. Otherwise
+  it resumes at its position (epoch and step with `steps_per_epoch`, else the
+  step of `total_steps`), or, past its end, redoes its final work (`finishing`
+  says which). `section`: the config section whose `epochs` a rerun raises."""
+  restored = restore(checkpoints, abstract_state, paths, what)
+  if restored is None:
+    return None
+  step, state, meta = restored
+  done = step >= total_steps
+  if done and all(os.path.exists(p) for p in outputs):
+    checkpoints.close()
+    print(complete_text(what, paths.root, f'{epochs} epochs, checkpoint {step}',
+                        f'--config.{section}.epochs to {section}'), flush=True)
+    return Resumed(step, state, meta, True)
+  where = (finishing if done else position(step, steps_per_epoch) if steps_per_epoch
+           else f'step {step} of {total_steps}')
+  print(resuming_text(step, paths.checkpoints, where), flush=True)
+  return Resumed(step, state, meta, False)
 
 
 def keep_epochs(log_path: str, epochs: int):

@@ -365,11 +365,6 @@ def _check_workdir(workdir: rundir.Workdir, config):
   rundir.check_resumable(workdir, config, RESUMABLE_CHANGES, 'search', EXTENDABLE)
 
 
-def _complete(workdir: rundir.Workdir) -> bool:
-  """Whether a finished search wrote its final outputs (a rerun leaves them be)."""
-  return all(os.path.exists(p) for p in (workdir.genotype, workdir.arch, workdir.summary))
-
-
 def _epoch_pictures(workdir: rundir.Workdir, epoch: int, arch_values, genotype, model, writer,
                     space):
   """Cells (graphviz) and the arch heat-map of this epoch, under plots/."""
@@ -486,20 +481,20 @@ def search(config, workdir: str):
   checkpoints = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
   meta = {'sums': None, 'resumed_from': [], 'stage': 0, 'op_masks': None}
   total_steps = s.epochs * steps_per_epoch
-  restored = driver.restore(checkpoints, abstract_state, paths, 'search')
-  if restored is not None:
-    step_done, state, meta = restored
+  resumed = driver.resume(checkpoints, abstract_state, paths, 'search', section='search',
+                          epochs=s.epochs, total_steps=total_steps,
+                          outputs=(paths.genotype, paths.arch, paths.summary),
+                          finishing='the search had finished; writing its final outputs',
+                          steps_per_epoch=steps_per_epoch)
+  if resumed is not None:
+    state, meta = resumed.state, resumed.meta
     meta.setdefault('stage', 0)
     meta.setdefault('op_masks', None)
     if meta['op_masks'] is not None:
       stage = stages[meta['stage']]
       masks = {k: np.asarray(v) for k, v in meta['op_masks'].items()}
       model = stage_model(stage, masks)
-    if step_done >= total_steps and _complete(paths):
-      checkpoints.close()
-      print(f'the search in {workdir} is already complete ({s.epochs} epochs, checkpoint '
-            f'{step_done}); nothing was changed. Raise --config.search.epochs to search '
-            f'longer.', flush=True)
+    if resumed.complete:
       if num_seeds > 1:  # The chosen seed's.
         with open(paths.genotype) as f:
           return space.genotype_from_dict(json.load(f))
@@ -508,10 +503,7 @@ def search(config, workdir: str):
     arch_iter.restore(meta['arch_iter'])
     if main and num_seeds > 1:  # The seeds' logs, as the driver keeps the run's.
       for seed_path in seed_paths:
-        driver.keep_epochs(seed_path.jsonl, step_done // steps_per_epoch)
-    where = ('the search had finished; writing its final outputs' if step_done >= total_steps
-             else driver.position(step_done, steps_per_epoch))
-    print(f'resuming from checkpoint {step_done} ({where}) in {paths.checkpoints}', flush=True)
+        driver.keep_epochs(seed_path.jsonl, resumed.step // steps_per_epoch)
 
   logging.info('supernet: %d weights; %d steps per epoch', n_params, steps_per_epoch)
   print(f'supernet: {n_params:,} weights, {steps_per_epoch} steps/epoch, '

@@ -549,10 +549,10 @@ def search(config, workdir: str) -> Dict[str, Any]:
   if (_latest_step(paths.checkpoints) >= s.epochs * inputs.train.steps_per_epoch and
       _latest_step(generator_dir) >= g.epochs * inputs.arch.steps_per_epoch and
       os.path.exists(paths.summary)):
-    print(f'the SGNAS search in {workdir} is already complete ({s.epochs} supernet and '
-          f'{g.epochs} generator epochs); nothing was changed. Raise --config.search.epochs '
-          f'(before the generator phase) or --config.generator.epochs to train longer.',
-          flush=True)
+    print(driver.complete_text(
+        'SGNAS search', workdir, f'{s.epochs} supernet and {g.epochs} generator epochs',
+        '--config.search.epochs (before the generator phase) or --config.generator.epochs to '
+        'train'), flush=True)
     with open(paths.summary) as f:
       return json.load(f)
   if main:
@@ -601,7 +601,7 @@ def search(config, workdir: str) -> Dict[str, Any]:
   if restored is not None:
     step_done, state, meta = restored
     train_iter.restore(meta['iterator'])
-    print(f'resuming the supernet phase from checkpoint {step_done} in {paths.checkpoints}',
+    print(driver.resuming_text(step_done, paths.checkpoints, phase='the supernet phase'),
           flush=True)
   print(f'SGNAS supernet ({layout.name}, {layout.num_layers} layers): {n_weights:,} weights, '
         f'{spe} steps/epoch, {s.epochs} epochs of {s.num_paths} paths per step; FLOPs '
@@ -651,7 +651,8 @@ def search(config, workdir: str) -> Dict[str, Any]:
     if restored is not None:
       step_done, gen_state, gen_meta = restored
       held_out_iter.restore(gen_meta['iterator'])
-      print(f'resuming the generator phase from checkpoint {step_done}', flush=True)
+      print(driver.resuming_text(step_done, generator_dir, phase='the generator phase'),
+            flush=True)
     gspe = held_out_iter.steps_per_epoch
     p_gen_step = monitor.announce_compile(parallel.pmap_step(
         make_generator_step(step_model, generator, config, table, grid, gtx, parallel.AXIS),

@@ -443,25 +443,20 @@ def train(config, workdir: str) -> Dict[str, Any]:
     sources.write_run_files(config, paths.root)  # classes.json, data_stats.json
   checkpoints = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
   meta = {'sums': None, 'wall_seconds': 0.0, 'resumed_from': []}
-  restored = driver.restore(checkpoints, jax.eval_shape(lambda: state), paths, 'training run')
-  if restored is None:
+  resumed = driver.resume(checkpoints, jax.eval_shape(lambda: state), paths, 'training run',
+                          section='train', epochs=t.epochs, total_steps=t.epochs * spe,
+                          outputs=(paths.summary,), steps_per_epoch=spe,
+                          finishing='the run had finished; evaluating and writing its summary')
+  if resumed is None:
     if main and config.monitor.pictures and networks.is_nb201(config):
       nb201_space.draw(genotype, os.path.join(paths.plots, 'nb201'))  # plots/nb201_cell.*
     elif main and config.monitor.pictures and not networks.is_sgnas(config):  # No DARTS cells.
       visualize.draw_genotype(genotype, os.path.join(paths.plots, 'cell'))
+  elif resumed.complete:
+    with open(paths.summary) as f:
+      return json.load(f)
   else:
-    step_done, state, meta = restored
-    if step_done >= t.epochs * spe and os.path.exists(paths.summary):
-      checkpoints.close()
-      print(f'the training run in {workdir} is already complete ({t.epochs} epochs, '
-            f'checkpoint {step_done}); nothing was changed. Raise --config.train.epochs to '
-            f'train longer.', flush=True)
-      with open(paths.summary) as f:
-        return json.load(f)
-    where = ('the run had finished; evaluating and writing its summary'
-             if step_done >= t.epochs * spe else driver.position(step_done, spe))
-    print(f'resuming from checkpoint {step_done} ({where}) in {paths.checkpoints}',
-          flush=True)
+    state, meta = resumed.state, resumed.meta
   start_step = int(state.step)
 
   size_text = (f'{n_params:,} parameters, {macs / 1e6:.6g} MFLOPs' if macs is not None else
