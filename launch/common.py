@@ -79,7 +79,9 @@ def define_run_flags(what: str):
       os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')),
                    'pcdarts_jax', 'xla'),
       'Persistent XLA compilation cache: a resumed or repeated run skips compiling '
-      '(minutes on CPU). Empty string: off.')
+      '(minutes on CPU); on a GPU also XLA\'s per-fusion autotuning results, in its '
+      'xla_gpu_per_fusion_autotune_cache_dir/ (a changed program retunes only its new '
+      'fusions). Empty string: off.')
   flags.DEFINE_string(
       'coordinator_address', None,
       'Multi-host: host:port of process 0 for jax.distributed.initialize. Every process '
@@ -312,11 +314,28 @@ def run_config(workdir: str):
   return config
 
 
+# The XLA caches JAX keeps under the persistent cache's directory (a GPU's
+# autotuning results per fusion; JAX picks process 0 to write them).
+XLA_CACHES = 'xla_gpu_per_fusion_autotune_cache_dir'
+
+
+def use_compilation_cache(directory: str):
+  """The persistent compilation cache in `directory`, for programs that took
+  >= 1 s to compile, and the XLA caches of XLA_CACHES under it (CPU compiles
+  ignore them). Each setting's JAX environment variable, when set, wins
+  (JAX_COMPILATION_CACHE_DIR, ...). Call before the first compile."""
+  import jax  # pylint: disable=g-import-not-at-top  (JAX only inside `run`)
+  for name, value in (('jax_compilation_cache_dir', directory),
+                      ('jax_persistent_cache_min_compile_time_secs', 1.0),
+                      ('jax_persistent_cache_enable_xla_caches', XLA_CACHES)):
+    if not os.environ.get(name.upper()):
+      jax.config.update(name, value)
+
+
 def run(job: Callable[[], object]):
   """Sets up logging, the compilation cache and jax.distributed, runs `job` and
   maps its errors to the exit statuses above."""
   # pylint: disable=g-import-not-at-top  (JAX only here: see the module docstring)
-  import jax
   from pcdarts_jax.search import validation as config_validation
   from pcdarts_jax.data import datasets as data
   from pcdarts_jax.run import driver
@@ -324,9 +343,8 @@ def run(job: Callable[[], object]):
   f = flags.FLAGS
   if not f['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  if f.compilation_cache and not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-    jax.config.update('jax_compilation_cache_dir', f.compilation_cache)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  if f.compilation_cache:
+    use_compilation_cache(f.compilation_cache)
   try:
     parallel.initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
     job()
