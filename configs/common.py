@@ -8,6 +8,7 @@ def checkpoint(every_steps: int, keep: int = 3) -> ml_collections.ConfigDict:
   c.every_steps = every_steps  # also at every epoch end; 0 = epoch ends only
   c.keep = keep                # newest checkpoints kept
   c.resume = True              # False: refuse a non-empty workdir
+  c.async_save = True          # write in the background while the steps go on (False: wait)
   return c
 
 

@@ -214,6 +214,7 @@ def test_num_classes_must_match_the_data_set():
     ('checkpoint.every_steps', 2.5, 'integer'),
     ('checkpoint.keep', 0, '>= 1'),
     ('checkpoint.resume', 'yes', 'True or False'),
+    ('checkpoint.async_save', 1, 'True or False'),
     ('search.skip_nonfinite', 1, 'True or False'),
     ('search.nesterov', 1, 'True or False'),
     ('monitor.progress', 'fancy', "('auto', 'bar', 'lines')"),

@@ -126,9 +126,7 @@ def _summary(paths: rundir.Workdir, genotype, state, meta, n_params: int,
       'last': last and {k: last[k] for k in ('epoch', 'step', 'lr', 'train', 'arch', 'valid')},
       'epochs': len(records),
       'steps': int(state.step),
-      'wall_seconds': meta['wall_seconds'],
-      'steps_per_second': (meta['steps_run'] / meta['step_seconds']
-                           if meta['step_seconds'] > 0 else None),
+      **driver.clock(meta),
       'supernet_weights': n_params,
       'compiled_window_shapes': shapes,
       'resumed_from_steps': meta['resumed_from'],
@@ -260,7 +258,7 @@ def search(config, workdir: str):
   summary = _summary(paths, genotype, host, meta, n_params, p_step.shapes)
   rundir.write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
   best = summary['best']
-  print(f"search done ({summary['wall_seconds']:.1f}s of search in total): lowest validation "
+  print(f"search done ({driver.clock_text(summary)}): lowest validation "
         f"perplexity {best['valid']['perplexity']:.2f} (epoch {best['epoch']}); genotype "
         f'{space.genotype_str(genotype)} written to {paths.genotype}', flush=True)
   return genotype

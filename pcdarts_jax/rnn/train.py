@@ -303,9 +303,7 @@ def train(config, workdir: str) -> Dict[str, Any]:
       'asgd_from_epoch': None if history['asgd_from'] is None else history['asgd_from'] + 1,
       'epochs': len(records),
       'steps': int(jax.device_get(parallel.unreplicate(state.step))),
-      'wall_seconds': meta['wall_seconds'],
-      'steps_per_second': (meta['steps_run'] / meta['step_seconds']
-                           if meta['step_seconds'] > 0 else None),
+      **driver.clock(meta),
       'compiled_window_shapes': sum(p.shapes for p in p_steps.values()),
       'resumed_from_steps': meta['resumed_from'],
   }
@@ -313,7 +311,7 @@ def train(config, workdir: str) -> Dict[str, Any]:
     rundir.write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
   print(f"training done: test perplexity {result['test']['perplexity']:.2f} (valid "
         f"{result['valid']['perplexity']:.2f}) of the weights of epoch "
-        f"{summary['best_epoch']}; {summary['wall_seconds']:.1f}s in total; summary in "
+        f"{summary['best_epoch']}; {driver.clock_text(summary)}; summary in "
         f'{paths.summary}', flush=True)
   return summary
 

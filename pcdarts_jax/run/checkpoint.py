@@ -6,12 +6,20 @@ statistics, arch values, optimizer states, step, rng), and `meta`, a JSON dict
 step into a temporary directory and renames it when complete, so a run killed
 while saving leaves the previous checkpoints intact.
 
+A save may return before its files are written (`save(..., wait=False)`): it
+takes a host copy of the state first, so the caller's next step may donate the
+device buffers, and orbax writes the copy in a background thread. Everything
+that reads the checkpoints (`steps`, `restore`, `close`, `figures`) first waits
+for a pending save, and the next save waits for the one before it.
+
 Two ways a checkpoint can fail to restore, told apart: its bytes are unreadable
 (truncated or damaged files; the run falls back to the previous checkpoint and
 moves the bad one aside), or it is intact but holds other arrays than the state
 asked for (another model or config; `CheckpointMismatch`, nothing is moved).
 """
 
+import json
+import logging
 import os
 import shutil
 import sys
@@ -37,31 +45,73 @@ class Checkpoints:
     self.directory = os.path.abspath(directory)
     self.read_only = read_only
     _drop_closed_loop_callbacks()
+    _drop_wait_warnings()
+    # The newest save: its step, when it began, the seconds its caller waited,
+    # and when its files were complete (orbax's post-finalization callback).
+    self._newest: Optional[Dict[str, Any]] = None
     # Read-only by never saving, deleting or creating (orbax's own read_only
     # option logs a warning on every use).
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep, create=not read_only,
-        # Synchronous: the step donates the state buffers right after a save.
-        enable_async_checkpointing=False)
+        # Saves write in a background thread; `save(wait=True)` waits for it.
+        enable_async_checkpointing=not read_only,
+        async_options=None if read_only else ocp.AsyncOptions(
+            post_finalization_callback=self._written))
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=('state', 'meta'))
 
+  def _written(self):
+    if self._newest is not None:
+      self._newest.setdefault('written', time.time())
+
+  def wait(self) -> float:
+    """Waits for a pending save to be complete on disk; returns the seconds waited."""
+    start = time.time()
+    self._manager.wait_until_finished()
+    return time.time() - start
+
   def steps(self) -> List[int]:
+    self.wait()
     return sorted(self._manager.all_steps())
 
   def latest_step(self) -> Optional[int]:
     steps = self.steps()
     return steps[-1] if steps else None
 
-  def save(self, step: int, state: Any, meta: Dict[str, Any]) -> float:
-    """Writes checkpoint `step`; returns the seconds it took."""
+  def save(self, step: int, state: Any, meta: Dict[str, Any], wait: bool = True) -> float:
+    """Writes checkpoint `step`; returns the seconds the caller waited. wait=False
+    returns once the state is copied to the host (`jax.device_get`; arrays already
+    on the host are used as they are, so the caller must not change them in
+    place) and `meta` to a snapshot; the files are written in the background."""
     if self.read_only:
       raise RuntimeError(f'{self.directory} was opened read-only.')
     start = time.time()
+    self._manager.wait_until_finished()  # The previous save (orbax would wait, too).
+    # Copies the save owns: the caller's next step may donate the device buffers,
+    # and its meta dict changes after the save.
+    state = jax.device_get(state)
+    meta = json.loads(json.dumps(meta))
+    self._newest = {'step': step, 'start': start, 'async': not wait}
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
-    self._manager.wait_until_finished()
-    return time.time() - start
+    if wait:
+      self._manager.wait_until_finished()
+    self._newest['save_seconds'] = time.time() - start
+    return self._newest['save_seconds']
+
+  def figures(self) -> Dict[str, Any]:
+    """Of the newest save of this object, once its files are complete:
+    `save_seconds` (its caller waited), `write_seconds` (from its start until
+    its files were complete), `size_bytes` and `async` (None where there was no save)."""
+    self.wait()
+    newest = self._newest
+    if newest is None:
+      return {'save_seconds': None, 'write_seconds': None, 'size_bytes': None, 'async': None}
+    written = newest.get('written', newest['start'] + newest['save_seconds'])
+    return {'save_seconds': newest['save_seconds'],
+            'write_seconds': max(written - newest['start'], newest['save_seconds']),
+            'size_bytes': directory_size(os.path.join(self.directory, str(newest['step']))),
+            'async': newest['async']}
 
   def restore(self, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
     """`abstract_state` is the state's shapes, or a function of the checkpoint's
@@ -70,6 +120,7 @@ class Checkpoints:
     Raises CheckpointMismatch when the saved arrays (names, shapes, dtypes) are
     not those of `abstract_state`, read from the checkpoint's metadata before
     any array; any other exception means unreadable bytes."""
+    self.wait()
     if callable(abstract_state):
       meta = self._manager.restore(step, args=ocp.args.Composite(
           meta=ocp.args.JsonRestore()))['meta']
@@ -181,6 +232,21 @@ def _drop_closed_loop_callbacks():
 
   hook.drops_closed_loop_callbacks = True
   sys.unraisablehook = hook
+
+
+class _WaitWarnings(logging.Filter):
+  """Drops orbax's 'Waiting for previous save to complete took N seconds': it
+  adds up every wait of the manager, the waits of synchronous saves too, and
+  the run reports the seconds its checkpoints held it up (checkpoint_seconds)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Waiting for previous save to complete took')
+
+
+def _drop_wait_warnings():
+  logger = logging.getLogger('absl')
+  if not any(isinstance(f, _WaitWarnings) for f in logger.filters):
+    logger.addFilter(_WaitWarnings())
 
 
 def directory_size(path: str) -> int:

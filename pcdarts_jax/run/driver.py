@@ -9,11 +9,14 @@ console line). `run_phase` does the rest the same way for every run:
   are carried into the epoch; log lines after the checkpoint are dropped;
 - checkpoints every `checkpoint.every_steps` steps and at each epoch's end,
   with the meta the phase adds (data positions) and config.json with the first;
+  written in the background (`checkpoint.async_save`) from a host copy, and
+  waited for before the phase returns or raises;
 - stop signals: a checkpoint at the next step, then `Interrupted`;
 - the non-finite check on the metric sums the host fetches anyway (log lines,
   checkpoints, epoch ends): `NonFiniteError`, naming the last good checkpoint;
 - progress lines, the per-epoch JSON lines, TensorBoard scalars, the epoch's
-  pictures, and the clock (wall seconds, step rate over every session).
+  pictures, and the clock over every session: wall seconds, and of them the
+  seconds compiling, stepping, checkpointing and at epoch ends (`clock`).
 
 It knows nothing about models or spaces. Steps are pure functions; every side
 effect of a run happens here or in its phase's `end_epoch`.
@@ -25,6 +28,7 @@ import json
 import math
 import os
 import signal
+import threading
 import time
 from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple
 
@@ -64,6 +68,7 @@ def validate_run(config):
           f'(0: only at epoch ends).')
   require(is_int(c.keep) and c.keep >= 1, f'checkpoint.keep={c.keep!r} must be an integer >= 1.')
   config_fields.require_bool(c.resume, 'checkpoint.resume')
+  config_fields.require_bool(c.async_save, 'checkpoint.async_save')
   require(config.monitor.progress in PROGRESS_MODES,
           f'monitor.progress={config.monitor.progress!r} is not one of {PROGRESS_MODES}.')
   for field in ('tensorboard', 'pictures'):
@@ -142,6 +147,7 @@ class Run:
   pictures: bool = False      # monitor.pictures
   first_save: Callable[[], None] = lambda: None  # before this session's first checkpoint
   saved: bool = False
+  async_save: bool = False    # checkpoint.async_save
 
 
 @contextlib.contextmanager
@@ -162,7 +168,8 @@ def session(config, paths: rundir.Workdir,
   try:
     with rundir.StopSignals() as stop:
       yield Run(stop, writer, main, config.checkpoint.every_steps, config.monitor.progress,
-                config.monitor.pictures, write_config)
+                config.monitor.pictures, write_config,
+                async_save=config.checkpoint.async_save)
   finally:
     writer.close()
 
@@ -267,6 +274,68 @@ def _check_finite(phase: Phase, state, sums: Dict[str, float], step: int):
                          f'{phase.advice}')
 
 
+# jax.monitoring's duration events of making an XLA program: tracing to a jaxpr,
+# lowering to MLIR, compiling (or reading from the persistent compilation cache).
+COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
+                  '/jax/core/compile/jaxpr_to_mlir_module_duration',
+                  '/jax/core/compile/backend_compile_duration')
+
+
+class CompileClock:
+  """Seconds spent making XLA programs while open, in any thread: every jit,
+  pmap and eager op that traces, lowers or compiles reports it to jax.monitoring."""
+
+  def __init__(self):
+    self.seconds = 0.0
+    self._lock = threading.Lock()
+
+  def _listen(self, event: str, duration_secs: float, **unused):
+    if event in COMPILE_EVENTS:
+      with self._lock:
+        self.seconds += duration_secs
+
+  def __enter__(self) -> 'CompileClock':
+    jax.monitoring.register_event_duration_secs_listener(self._listen)
+    return self
+
+  def __exit__(self, *exc):
+    jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+# The seconds `run_phase` keeps in meta, summed over the sessions of a run.
+CLOCK_KEYS = ('wall_seconds', 'compile_seconds', 'step_seconds', 'checkpoint_seconds',
+              'eval_seconds')
+
+
+def clock(meta: Dict[str, Any]) -> Dict[str, Any]:
+  """A phase's clock for its summary.json, over every session of the run:
+  `wall_seconds` (from its first step to its last checkpoint on disk) and, of
+  them, `compile_seconds` (tracing, lowering and compiling XLA programs, or
+  reading them from the persistent cache), `stepping_seconds` (the steps,
+  without compiling them or waiting for checkpoints), `checkpoint_seconds` (the
+  steps held up by checkpoints: the host copy, and the writing unless
+  checkpoint.async_save), `eval_seconds` (the epochs' end: evaluation, genotype,
+  record; compiling left out); the rest is logs and pictures. `steps_per_second`
+  counts the stepping seconds. Checkpoints from before these fields count 0."""
+  seconds = {key: float(meta.get(key, 0.0)) for key in CLOCK_KEYS}
+  stepping = seconds.pop('step_seconds')
+  return {'wall_seconds': seconds['wall_seconds'],
+          'compile_seconds': seconds['compile_seconds'],
+          'stepping_seconds': stepping,
+          'checkpoint_seconds': seconds['checkpoint_seconds'],
+          'eval_seconds': seconds['eval_seconds'],
+          'steps_per_second': meta.get('steps_run', 0) / stepping if stepping > 0 else None}
+
+
+def clock_text(summary: Dict[str, Any]) -> str:
+  """'Ws in total: Cs compiling, Ss stepping, Ks checkpointing, Es evaluating'
+  of a `clock`."""
+  return (f"{summary['wall_seconds']:.1f}s in total: {summary['compile_seconds']:.1f}s "
+          f"compiling, {summary['stepping_seconds']:.1f}s stepping, "
+          f"{summary['checkpoint_seconds']:.1f}s checkpointing, "
+          f"{summary['eval_seconds']:.1f}s evaluating")
+
+
 def run_steps(run: Run, phase: Phase, state, epoch: int, first: int, sums, progress,
               save: Callable[[int, Any, Dict[str, float]], None]):
   """Steps `first`.. of `epoch`; returns (state, the epoch's host sums, checked).
@@ -310,30 +379,56 @@ def run_phase(run: Run, phase: Phase, state, meta: Dict[str, Any]):
   """The epochs of `phase` from the state's step to `phase.epochs`; returns
   (state, meta). `state` is replicated over the local devices and has a `step`;
   `meta` is what the next checkpoint stores besides it (restored or new). The
-  driver keeps in it: the carried metric sums, the wall seconds and the step
-  rate over every session (steps_run, step_seconds), and `checkpoint` (seconds
-  and bytes of the newest save; a checkpoint holds those of the save before it)."""
+  driver keeps in it: the carried metric sums, the clock over every session
+  (wall_seconds, compile_seconds, step_seconds with steps_run,
+  checkpoint_seconds, eval_seconds: see `clock`), and `checkpoint` (figures of
+  the newest save, `Checkpoints.figures`; a checkpoint holds those of the save
+  before it). A pending checkpoint is complete when it returns or raises
+  (Interrupted, NonFiniteError, any error)."""
+  with CompileClock() as compiles:
+    try:
+      return _run_epochs(run, phase, state, meta, compiles)
+    finally:
+      phase.checkpoints.wait()
+
+
+def _run_epochs(run: Run, phase: Phase, state, meta: Dict[str, Any], compiles: CompileClock):
   start_step = int(jax.device_get(parallel.unreplicate(state.step)))
   start_epoch = phase.epoch_of(start_step)
   if run.main:
     keep_epochs(phase.log_path, start_epoch)
-  for key, zero in (('steps_run', 0), ('step_seconds', 0.0), ('wall_seconds', 0.0)):
-    meta.setdefault(key, zero)
+  for key in CLOCK_KEYS:
+    meta.setdefault(key, 0.0)
+  meta.setdefault('steps_run', 0)
   meta['checkpoint'] = dict(meta.get('checkpoint') or {'save_seconds': None, 'size_bytes': None})
-  clock = [time.time()]
+  counted = [time.time(), compiles.seconds]  # wall and compile seconds counted up to here
+  blocked = [0.0]  # seconds the steps waited for checkpoints in this session
+
+  def count_clock():
+    now = time.time()
+    meta['wall_seconds'] += now - counted[0]
+    meta['compile_seconds'] += compiles.seconds - counted[1]
+    counted[:] = [now, compiles.seconds]
+
+  def newest_figures():
+    figures = phase.checkpoints.figures()  # Waits for the save before.
+    if figures['save_seconds'] is not None:
+      meta['checkpoint'] = figures
 
   def save(step: int, state, host_sums):
     if run.main and not run.saved:
       run.first_save()
     run.saved = True
-    now = time.time()
-    meta.update(phase.save_meta(), sums=host_sums,
-                wall_seconds=meta['wall_seconds'] + now - clock[0])
-    clock[0] = now
-    # Host copies: every process passes the same values; orbax writes them once.
-    seconds = phase.checkpoints.save(step, jax.device_get(parallel.unreplicate(state)), meta)
-    meta['checkpoint'] = {'save_seconds': seconds, 'size_bytes': checkpoint.directory_size(
-        os.path.join(phase.checkpoints.directory, str(step)))}
+    start, compiled = time.time(), compiles.seconds
+    newest_figures()
+    meta.update(phase.save_meta(), sums=host_sums)
+    count_clock()
+    # Every process passes the same values; orbax writes them once. The save
+    # takes a host copy before the next step donates the state's buffers.
+    phase.checkpoints.save(step, parallel.unreplicate(state), meta, wait=not run.async_save)
+    seconds = time.time() - start - (compiles.seconds - compiled)  # Slicing may compile.
+    blocked[0] += seconds
+    meta['checkpoint_seconds'] += seconds
 
   for epoch in range(start_epoch, phase.epochs):
     epoch_start = time.time()
@@ -348,12 +443,16 @@ def run_phase(run: Run, phase: Phase, state, meta: Dict[str, Any]):
     progress = monitor.Progress(epoch, phase.epochs, spe, phase.batch_size,
                                 phase.log_every_steps, PROGRESS_BAR[run.progress],
                                 initial=first)
-    loop_start = time.time()
+    loop_start, compiled, saving = time.time(), compiles.seconds, blocked[0]
     state, sums = run_steps(run, phase, state, epoch, first, carried, progress, save)
-    step_seconds = time.time() - loop_start
+    # The steps' time, without compiling them and without mid-epoch checkpoints.
+    step_seconds = (time.time() - loop_start - (compiles.seconds - compiled) -
+                    (blocked[0] - saving))
     meta['steps_run'] += spe - first
     meta['step_seconds'] += step_seconds
+    eval_start, compiled = time.time(), compiles.seconds
     result = phase.end_epoch(epoch, state, sums)
+    meta['eval_seconds'] += time.time() - eval_start - (compiles.seconds - compiled)
     seconds = time.time() - epoch_start
     record = {'epoch': epoch + 1, 'step': end, **result.record,
               'seconds': seconds}
@@ -378,5 +477,7 @@ def run_phase(run: Run, phase: Phase, state, meta: Dict[str, Any]):
           f'stopped by {signal.Signals(run.stop.received).name} after '
           f'{phase.words("epoch")} {epoch + 1}; checkpoint written to '
           f'{phase.checkpoints.directory}. Run the same command again to resume.')
-  meta['wall_seconds'] += time.time() - clock[0]
+  meta['checkpoint_seconds'] += phase.checkpoints.wait()  # The last save, on disk.
+  newest_figures()
+  count_clock()
   return state, meta

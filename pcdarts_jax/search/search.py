@@ -396,9 +396,7 @@ def _summary(workdir: rundir.Workdir, genotype, state, meta, n_params: int, ckpt
       'epochs': len(records),
       'steps': int(state.step),
       'nonfinite_steps_skipped': int(state.nonfinite_steps),
-      'wall_seconds': meta['wall_seconds'],
-      'steps_per_second': (meta['steps_run'] / meta['step_seconds']
-                           if meta['step_seconds'] > 0 else None),
+      **driver.clock(meta),
       'supernet_weights': n_params,
       'resumed_from_steps': meta['resumed_from'],
       'checkpoint': ckpt_figures,
@@ -663,6 +661,6 @@ def search(config, workdir: str):
   os.replace(paths.arch + '.tmp.npz', paths.arch)
   summary = _summary(paths, genotype, host_state, meta, n_params, meta['checkpoint'], space)
   rundir.write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
-  print(f'search done ({summary["wall_seconds"]:.1f}s of search in total); genotype written '
-        f'to {paths.genotype}', flush=True)
+  print(f'search done ({driver.clock_text(summary)}); genotype written to {paths.genotype}',
+        flush=True)
   return genotype

@@ -744,12 +744,12 @@ def search(config, workdir: str) -> Dict[str, Any]:
       'supernet': {'epochs': s.epochs, 'steps': s.epochs * spe,
                    'step_seconds': (meta['step_seconds'] / meta['steps_run']
                                     if meta.get('steps_run') else None),
-                   'wall_seconds': meta['wall_seconds'],
+                   **driver.clock(meta),
                    'resumed_from_steps': meta.get('resumed_from', [])},
       'generator': {'epochs': g.epochs, 'selection': g.selection, 'selected': best,
                     'kept': {name: gen_meta.get('kept', {}).get(name)
                              for name in KEPT_GENERATORS},
-                    'wall_seconds': gen_meta['wall_seconds'],
+                    **driver.clock(gen_meta),
                     'resumed_from_steps': gen_meta.get('resumed_from', [])},
   }
   if main:

@@ -519,7 +519,7 @@ def train(config, workdir: str) -> Dict[str, Any]:
   if main:
     rundir.write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
   print(f"training done: test top-1 accuracy {test['accuracy']:.4f}, top-5 "
-        f"{test['top5_accuracy']:.4f} ({summary['wall_seconds']:.1f}s in total); "
+        f"{test['top5_accuracy']:.4f} ({driver.clock_text(summary)}); "
         f'summary in {paths.summary}', flush=True)
   return summary
 
@@ -542,9 +542,7 @@ def _summary(paths: rundir.Workdir, config, genotype, n_params: int, test, meta,
       'best': best and {'epoch': best['epoch'], 'test': best['test']},
       'epochs': len(records),
       'steps': steps,
-      'wall_seconds': meta['wall_seconds'],
-      'steps_per_second': (meta['steps_run'] / meta['step_seconds']
-                           if meta['step_seconds'] > 0 else None),
+      **driver.clock(meta),
       'resumed_from_steps': meta['resumed_from'],
   }
 
