@@ -403,6 +403,175 @@ def _summary(workdir: rundir.Workdir, genotype, state, meta, n_params: int, ckpt
   }
 
 
+class _Stages:
+  """The supernet through DrNAS' progressive-learning stages (progressive.py;
+  without them, one stage: the config's). Holds the current stage, its op masks
+  (None before the first pruning), its model and its compiled steps; moves to
+  the next stage at its first epoch (prune the ops, widen the weights, compile)."""
+
+  def __init__(self, config, space, steps_per_epoch: int, sample, weight_tx, arch_tx,
+               init_rng):
+    self.config, self.space, self.steps_per_epoch = config, space, steps_per_epoch
+    self.sample, self.weight_tx, self.arch_tx, self.init_rng = sample, weight_tx, arch_tx, init_rng
+    self.stages = progressive.stages(config)
+    self.num_seeds = seeds.num_seeds(config)
+    # The form of the depthwise convs the architect can differentiate.
+    self.depthwise_impl = architect.depthwise_impl(config)
+    self.stage, self.masks = self.stages[0], None
+    self.model = self.build(self.stage, self.masks)
+    self.search_step = self.eval_step = None  # The current stage's, from `compile`.
+
+  def build(self, stage, masks, axis_name=None):
+    """The supernet of a stage: its K and, after pruning, its op masks."""
+    return self.space.build_supernet(self.config, axis_name,
+                                     partial_channels=stage.partial_channels,
+                                     op_masks=masks, depthwise_impl=self.depthwise_impl)
+
+  def new_state(self, model) -> SearchState:
+    """N seeds: N states stacked on a seed axis, the step shared (seeds.py)."""
+    create = lambda rng: create_search_state(model, self.config, rng, self.sample,
+                                             self.weight_tx, self.arch_tx)
+    return (create(self.init_rng) if self.num_seeds == 1
+            else seeds.create_states(create, self.init_rng))
+
+  def layout(self, meta, initial: SearchState):
+    """The state's shapes at a checkpoint: its stage's layout (meta's op masks);
+    in the first stage, the `initial` state's."""
+    masks = meta.get('op_masks')
+    if masks is None:
+      return jax.eval_shape(lambda: initial)
+    model = self.build(self.stages[meta.get('stage', 0)],
+                       {k: np.asarray(v) for k, v in masks.items()})
+    fresh = self.new_state(model)  # Initialised for real: its initializers leave JAX.
+    return jax.eval_shape(lambda: fresh)
+
+  def restore(self, meta):
+    """Takes the stage of a checkpoint's meta (given the stage fields if it lacks them)."""
+    meta.setdefault('stage', 0)
+    meta.setdefault('op_masks', None)
+    if meta['op_masks'] is not None:
+      self.stage = self.stages[meta['stage']]
+      self.masks = {k: np.asarray(v) for k, v in meta['op_masks'].items()}
+      self.model = self.build(self.stage, self.masks)
+
+  def compile(self):
+    """The pmapped steps of the current stage (compiled once per stage). One code
+    path for any device count: the state is replicated over the local devices,
+    and this process's slice of each global batch is sharded over them.
+    BatchNorm statistics over the global batch."""
+    config, s, spe = self.config, self.config.search, self.steps_per_epoch
+    step_model = self.build(self.stage, self.masks, parallel.AXIS)
+    arch_start = (self.stage.start_epoch + s.arch_start_epoch) * spe
+    step = guard_nonfinite(make_bilevel_step(step_model, config, spe, self.weight_tx,
+                                             self.arch_tx, parallel.AXIS, arch_start),
+                           skip=s.skip_nonfinite)
+    evaluate = make_eval_step(step_model, config, parallel.AXIS, spe)
+    if self.num_seeds > 1:  # One step vmapped over the seeds, inside the pmap.
+      step = seeds.vmap_step(step, seeds.seed_data(config), flatten=True)
+      evaluate = seeds.vmap_eval_step(evaluate)
+    bilevel = parallel.pmap_step(step, in_axes=(0, 0, 0, None))
+    evaluate_step = parallel.pmap_step(evaluate, in_axes=(0, 0, None), donate_state=False)
+    which = f' of stage {self.stage.index + 1}' if len(self.stages) > 1 else ''
+    self.search_step = monitor.announce_compile(bilevel, f'the search step{which}')
+    self.eval_step = monitor.announce_compile(evaluate_step, f'the eval step{which}')
+
+  def begin_epoch(self, epoch: int, state, meta):
+    """At the first epoch of a stage: prunes and widens the (replicated) state,
+    records the stage in `meta` and compiles its steps. Returns the state."""
+    stage = progressive.stage_of_epoch(self.config, epoch)
+    if stage.index != meta['stage']:
+      state = self._next_stage(state, stage, meta)
+      self.compile()
+    return state
+
+  def _next_stage(self, state, stage, meta):
+    """Prunes and widens at a stage boundary (outside jit); returns the new state,
+    replicated."""
+    s = self.config.search
+    host = jax.device_get(parallel.unreplicate(state))
+    masks = self.space.prune_masks(arch_numpy(host), stage.ops_kept, self.masks)
+    model, new_model = self.model, self.build(stage, masks)
+    shapes = self.new_state(new_model)
+    rng, index = np.random.default_rng([self.config.seed, stage.index]), {}
+    move = lambda tree, like: progressive.transfer(tree, like, model, new_model, rng, index,
+                                                   self.space, rule=s.widen)
+    host = host.replace(
+        params=move(host.params, shapes.params),
+        batch_stats=move(host.batch_stats, shapes.batch_stats),
+        weight_opt_state=progressive.transfer_opt_state(
+            host.weight_opt_state, lambda t: move(t, shapes.params)))
+    _check_layout(host, shapes)
+    meta.update(stage=stage.index, op_masks={k: v.tolist() for k, v in masks.items()})
+    kept = max(int(np.asarray(v).sum(-1).max()) for v in masks.values())
+    print(f'stage {stage.index + 1}: ops pruned to {kept} per edge, partial '
+          f'channels k={stage.partial_channels}; arch steps from epoch '
+          f'{stage.start_epoch + s.arch_start_epoch + 1}', flush=True)
+    self.stage, self.masks, self.model = stage, masks, new_model
+    return parallel.replicate(host)
+
+
+def _nonfinite_text(state, steps_per_epoch: int, num_seeds: int) -> str:
+  """What went wrong, read from the state the guarded step froze at the last
+  good values (guard_nonfinite); N seeds: the seed that went non-finite first."""
+  record, which = parallel.unreplicate(state), ''
+  if num_seeds > 1:
+    index = seeds.first_nonfinite(jax.device_get(record))
+    record, which = seeds.seed_state(record, index), f'seed {index}: '
+  bad = int(record.first_nonfinite_step)
+  train_loss, arch_loss = (float(x) for x in record.first_nonfinite_losses)
+  return (f'{which}non-finite values at step {bad} (epoch {bad // steps_per_epoch + 1}): train '
+          f'loss {train_loss}, arch loss {arch_loss} (0 during the arch warm-up), or a '
+          f'non-finite weight/arch update; the update was not applied and the run stopped.')
+
+
+def _epoch_report(config, space, table, paths: rundir.Workdir, model, epoch: int, lr: float,
+                  sums, valid, arch_values) -> Tuple[Any, driver.Epoch]:
+  """(genotype, the epoch's report) of one search from its host sums, its
+  validation and its arch values: the JSON record, the scalars, the console
+  text (with an NB-201 results `table`, the cell's benchmark accuracy) and the
+  pictures."""
+  train = metrics_lib.summarise(sums, 'train_')
+  arch = metrics_lib.summarise(sums, 'arch_')
+  genotype = space.derive(arch_values, model)
+  record = {'lr': lr, 'train': train, 'arch': arch, 'valid': valid,
+            'nonfinite_skipped': float(sums['nonfinite']),
+            'genotype': space.genotype_to_dict(genotype)}
+  scalars = {'lr': lr}
+  for name, values in (('train', train), ('arch', arch), ('valid', valid)):
+    scalars.update({f'{name}/{k}': v for k, v in values.items()})
+  scalars.update(space.arch_scalars(arch_values, model))
+  arch_text = (f" arch_loss {arch['loss']:.4f} arch_acc {arch['accuracy']:.4f}"
+               if arch else ' (arch warm-up)')
+  text = (f"lr {lr:.5f} train_loss {train['loss']:.4f} train_acc {train['accuracy']:.4f}"
+          f"{arch_text} valid_loss {valid['loss']:.4f} valid_acc {valid['accuracy']:.4f}\n"
+          f"  genotype = {space.genotype_str(genotype)}")
+  if table is not None:  # The benchmark's accuracy of this epoch's cell.
+    record['benchmark_accuracy'] = nb201_table.lookup(
+        table, space.genotype_str(genotype), config.data.name)
+    text += f"\n  NAS-Bench-201 accuracy: {record['benchmark_accuracy']}"
+  pictures = lambda writer: _epoch_pictures(paths, epoch, arch_values, genotype, model, writer,
+                                            space)
+  return genotype, driver.Epoch(record, scalars, text, pictures)
+
+
+def _write_outputs(config, paths: rundir.Workdir, space, model, seed_paths, host_state,
+                   genotype, meta, n_params: int):
+  """The final outputs (process 0): genotype.json, arch.npz and summary.json,
+  written atomically. N seeds: every seed's outputs and seeds.json, and the
+  run's are the chosen seed's. Returns the run's genotype."""
+  if seeds.num_seeds(config) > 1:
+    chosen, genotype = seeds.finish(config, paths.root, seed_paths, host_state, model, space)
+    host_state = seeds.seed_state(host_state, chosen)
+  rundir.write_atomic(paths.genotype, json.dumps(space.genotype_to_dict(genotype)) + '\n')
+  np.savez(paths.arch + '.tmp.npz', **arch_numpy(host_state))
+  os.replace(paths.arch + '.tmp.npz', paths.arch)
+  summary = _summary(paths, genotype, host_state, meta, n_params, meta['checkpoint'], space)
+  rundir.write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
+  print(f'search done ({driver.clock_text(summary)}); genotype written to {paths.genotype}',
+        flush=True)
+  return genotype
+
+
 def search(config, workdir: str):
   """Runs (or resumes) the gradient-based search described by `config` (spaces
   darts and nb201; DARTS, PC-DARTS, DrNAS and their variants).
@@ -443,33 +612,8 @@ def search(config, workdir: str):
   init_rng, step_key, eval_key = (seeds.run_keys(config.seed) if num_seeds == 1
                                   else seeds.seed_keys(config))
   sample = data.normalize(inputs.sample_image, config.data.mean, config.data.std)
-  stages = progressive.stages(config)  # One stage, the config's, without progressive learning.
-
-  depthwise_impl = architect.depthwise_impl(config)  # The form the architect can differentiate.
-
-  def stage_model(stage, masks, axis_name=None):
-    """The supernet of a stage: its K and, after pruning, its op masks."""
-    return space.build_supernet(config, axis_name, partial_channels=stage.partial_channels,
-                                op_masks=masks, depthwise_impl=depthwise_impl)
-
-  def new_state(model) -> SearchState:
-    """N seeds: N states stacked on a seed axis, the step shared (seeds.py)."""
-    create = lambda rng: create_search_state(model, config, rng, sample, weight_tx, arch_tx)
-    return create(init_rng) if num_seeds == 1 else seeds.create_states(create, init_rng)
-
-  def abstract_state(meta):
-    """The state's shapes at a checkpoint: its stage's layout (meta's op masks)."""
-    masks = meta.get('op_masks')
-    if masks is None:  # The first stage: the initial state's layout.
-      return jax.eval_shape(lambda: state)
-    model = stage_model(stages[meta.get('stage', 0)],
-                        {k: np.asarray(v) for k, v in masks.items()})
-    fresh = new_state(model)  # Initialised for real: its initializers leave JAX.
-    return jax.eval_shape(lambda: fresh)
-
-  stage, masks = stages[0], None
-  model = stage_model(stage, masks)
-  state = new_state(model)
+  supernets = _Stages(config, space, steps_per_epoch, sample, weight_tx, arch_tx, init_rng)
+  state = supernets.new_state(supernets.model)
   n_params = sum(x.size for x in jax.tree.leaves(state.params)) // num_seeds  # One search's.
 
   # --- resume.
@@ -478,25 +622,21 @@ def search(config, workdir: str):
     sources.write_run_files(config, paths.root)  # classes.json, data_stats.json
   checkpoints = checkpoint.Checkpoints(paths.checkpoints, config.checkpoint.keep)
   meta = {'sums': None, 'resumed_from': [], 'stage': 0, 'op_masks': None}
-  total_steps = s.epochs * steps_per_epoch
-  resumed = driver.resume(checkpoints, abstract_state, paths, 'search', section='search',
-                          epochs=s.epochs, total_steps=total_steps,
+  initial = state
+  resumed = driver.resume(checkpoints, lambda meta: supernets.layout(meta, initial), paths,
+                          'search', section='search', epochs=s.epochs,
+                          total_steps=s.epochs * steps_per_epoch,
                           outputs=(paths.genotype, paths.arch, paths.summary),
                           finishing='the search had finished; writing its final outputs',
                           steps_per_epoch=steps_per_epoch)
   if resumed is not None:
     state, meta = resumed.state, resumed.meta
-    meta.setdefault('stage', 0)
-    meta.setdefault('op_masks', None)
-    if meta['op_masks'] is not None:
-      stage = stages[meta['stage']]
-      masks = {k: np.asarray(v) for k, v in meta['op_masks'].items()}
-      model = stage_model(stage, masks)
+    supernets.restore(meta)
     if resumed.complete:
       if num_seeds > 1:  # The chosen seed's.
         with open(paths.genotype) as f:
           return space.genotype_from_dict(json.load(f))
-      return space.derive(arch_numpy(state), model)
+      return space.derive(arch_numpy(state), supernets.model)
     train_iter.restore(meta['train_iter'])
     arch_iter.restore(meta['arch_iter'])
     if main and num_seeds > 1:  # The seeds' logs, as the driver keeps the run's.
@@ -508,86 +648,32 @@ def search(config, workdir: str):
         f'{s.epochs} epochs, arch steps from epoch {s.arch_start_epoch + 1}; '
         f'{num_devices} device(s) in {jax.process_count()} process(es), '
         f'{s.batch_size // num_devices} images per device', flush=True)
-
-  # --- the steps of a stage, and the move to the next one.
-  def stage_steps(stage, masks):
-    """The pmapped steps of a stage (compiled once per stage). One code path for
-    any device count: the state is replicated over the local devices, and this
-    process's slice of each global batch is sharded over them. BatchNorm
-    statistics over the global batch."""
-    step_model = stage_model(stage, masks, parallel.AXIS)
-    arch_start = (stage.start_epoch + s.arch_start_epoch) * steps_per_epoch
-    step = guard_nonfinite(make_bilevel_step(step_model, config, steps_per_epoch, weight_tx,
-                                             arch_tx, parallel.AXIS, arch_start),
-                           skip=s.skip_nonfinite)
-    evaluate = make_eval_step(step_model, config, parallel.AXIS, steps_per_epoch)
-    if num_seeds > 1:  # One step vmapped over the seeds, inside the pmap.
-      step = seeds.vmap_step(step, seeds.seed_data(config), flatten=True)
-      evaluate = seeds.vmap_eval_step(evaluate)
-    bilevel = parallel.pmap_step(step, in_axes=(0, 0, 0, None))
-    evaluate_step = parallel.pmap_step(evaluate, in_axes=(0, 0, None), donate_state=False)
-    which = f' of stage {stage.index + 1}' if len(stages) > 1 else ''
-    return (monitor.announce_compile(bilevel, f'the search step{which}'),
-            monitor.announce_compile(evaluate_step, f'the eval step{which}'))
-
-  def next_stage(state, model, stage, masks):
-    """Prunes and widens at a stage boundary (outside jit); returns the new
-    (state, model, masks) with the state replicated."""
-    host = jax.device_get(parallel.unreplicate(state))
-    masks = space.prune_masks(arch_numpy(host), stage.ops_kept, masks)
-    new_model = stage_model(stage, masks)
-    shapes = new_state(new_model)
-    rng, index = np.random.default_rng([config.seed, stage.index]), {}
-    move = lambda tree, like: progressive.transfer(tree, like, model, new_model, rng, index,
-                                                   space, rule=s.widen)
-    host = host.replace(
-        params=move(host.params, shapes.params),
-        batch_stats=move(host.batch_stats, shapes.batch_stats),
-        weight_opt_state=progressive.transfer_opt_state(
-            host.weight_opt_state, lambda t: move(t, shapes.params)))
-    _check_layout(host, shapes)
-    meta.update(stage=stage.index, op_masks={k: v.tolist() for k, v in masks.items()})
-    kept = max(int(np.asarray(v).sum(-1).max()) for v in masks.values())
-    print(f'stage {stage.index + 1}: ops pruned to {kept} per edge, partial '
-          f'channels k={stage.partial_channels}; arch steps from epoch '
-          f'{stage.start_epoch + s.arch_start_epoch + 1}', flush=True)
-    return parallel.replicate(host), new_model, masks
-
-  bilevel_step, eval_step = stage_steps(stage, masks)
+  supernets.compile()
   # Padded and masked anyway: rounded up to split evenly over the devices.
   eval_batch_size = -(-s.eval_batch_size // num_devices) * num_devices
   genotype = space.derive(arch_numpy(state if num_seeds == 1 else seeds.seed_state(state, 0)),
-                          model)
+                          supernets.model)
   epoch_clock = [0.0]  # When this epoch began (the seeds' records).
 
   # --- what the driver runs.
   def begin_epoch(epoch, first, state):
-    nonlocal stage, model, masks, bilevel_step, eval_step
     epoch_clock[0] = time.time()
-    if progressive.stage_of_epoch(config, epoch).index != meta['stage']:
-      stage = progressive.stage_of_epoch(config, epoch)
-      state, model, masks = next_stage(state, model, stage, masks)
-      bilevel_step, eval_step = stage_steps(stage, masks)
-    return state
+    return supernets.begin_epoch(epoch, state, meta)
 
   def search_step(state, step):
     # The step's rng depends only on (seed, step): resumed runs draw the same.
-    return bilevel_step(state, next(train_iter), next(arch_iter),
-                        seeds.fold_in(step_key, step))
+    return supernets.search_step(state, next(train_iter), next(arch_iter),
+                                 seeds.fold_in(step_key, step))
 
   def nonfinite(state, sums, step):
     """The guarded step froze the state at the last good values (see guard_nonfinite)."""
     if s.skip_nonfinite or not sums['nonfinite']:
       return None
-    record, which = parallel.unreplicate(state), ''
-    if num_seeds > 1:  # The seed that went non-finite first.
-      index = seeds.first_nonfinite(jax.device_get(record))
-      record, which = seeds.seed_state(record, index), f'seed {index}: '
-    bad = int(record.first_nonfinite_step)
-    train_loss, arch_loss = (float(x) for x in record.first_nonfinite_losses)
-    return (f'{which}non-finite values at step {bad} (epoch {bad // steps_per_epoch + 1}): train '
-            f'loss {train_loss}, arch loss {arch_loss} (0 during the arch warm-up), or a '
-            f'non-finite weight/arch update; the update was not applied and the run stopped.')
+    return _nonfinite_text(state, steps_per_epoch, num_seeds)
+
+  def epoch_result(epoch, sums, valid, arch_values) -> Tuple[Any, driver.Epoch]:
+    return _epoch_report(config, space, table, paths, supernets.model, epoch,
+                         float(lr_fn(epoch * steps_per_epoch)), sums, valid, arch_values)
 
   def end_epoch(epoch, state, sums) -> driver.Epoch:
     nonlocal genotype
@@ -595,12 +681,12 @@ def search(config, workdir: str):
     batches = inputs.eval_batches(eval_batch_size)
     if num_seeds == 1:
       valid = metrics_lib.summarise(metrics_lib.total(
-          eval_step(state, parallel.shard(batch), jax.random.fold_in(rng, i))
+          supernets.eval_step(state, parallel.shard(batch), jax.random.fold_in(rng, i))
           for i, batch in enumerate(batches)))
       genotype, result = epoch_result(epoch, sums, valid, arch_numpy(parallel.unreplicate(state)))
       return result
     # N seeds: every seed's epoch as a one-seed run reports it (seeds.combine_epoch).
-    valids = seeds.evaluate(eval_step, state, batches, rng, parallel.shard)
+    valids = seeds.evaluate(supernets.eval_step, state, batches, rng, parallel.shard)
     host = jax.device_get(parallel.unreplicate(state))
     results = [epoch_result(epoch, seed_sums, valid, arch_numpy(seeds.seed_state(host, i)))
                for i, (seed_sums, valid) in enumerate(zip(seeds.unflatten_sums(sums, num_seeds),
@@ -610,33 +696,6 @@ def search(config, workdir: str):
                                    seed_paths, main)
     genotype = results[combined.record['seed']][0]
     return combined
-
-  def epoch_result(epoch, sums, valid, arch_values) -> Tuple[Any, driver.Epoch]:
-    """(genotype, the epoch's report) of one search from its host sums, its
-    validation and its arch values."""
-    train = metrics_lib.summarise(sums, 'train_')
-    arch = metrics_lib.summarise(sums, 'arch_')
-    epoch_genotype = genotype = space.derive(arch_values, model)
-    lr = float(lr_fn(epoch * steps_per_epoch))
-    record = {'lr': lr, 'train': train, 'arch': arch, 'valid': valid,
-              'nonfinite_skipped': float(sums['nonfinite']),
-              'genotype': space.genotype_to_dict(genotype)}
-    scalars = {'lr': lr}
-    for name, values in (('train', train), ('arch', arch), ('valid', valid)):
-      scalars.update({f'{name}/{k}': v for k, v in values.items()})
-    scalars.update(space.arch_scalars(arch_values, model))
-    arch_text = (f" arch_loss {arch['loss']:.4f} arch_acc {arch['accuracy']:.4f}"
-                 if arch else ' (arch warm-up)')
-    text = (f"lr {lr:.5f} train_loss {train['loss']:.4f} train_acc {train['accuracy']:.4f}"
-            f"{arch_text} valid_loss {valid['loss']:.4f} valid_acc {valid['accuracy']:.4f}\n"
-            f"  genotype = {space.genotype_str(genotype)}")
-    if table is not None:  # The benchmark's accuracy of this epoch's cell.
-      record['benchmark_accuracy'] = nb201_table.lookup(
-          table, space.genotype_str(genotype), config.data.name)
-      text += f"\n  NAS-Bench-201 accuracy: {record['benchmark_accuracy']}"
-    pictures = lambda writer, model=model: _epoch_pictures(
-        paths, epoch, arch_values, epoch_genotype, model, writer, space)
-    return genotype, driver.Epoch(record, scalars, text, pictures)
 
   with driver.session(config, paths) as run:
     phase = driver.Phase(
@@ -653,14 +712,5 @@ def search(config, workdir: str):
   host_state = jax.device_get(parallel.unreplicate(state))
   if not main:
     return genotype
-  if num_seeds > 1:  # Every seed's outputs and seeds.json; the run's: the chosen seed's.
-    chosen, genotype = seeds.finish(config, workdir, seed_paths, host_state, model, space)
-    host_state = seeds.seed_state(host_state, chosen)
-  rundir.write_atomic(paths.genotype, json.dumps(space.genotype_to_dict(genotype)) + '\n')
-  np.savez(paths.arch + '.tmp.npz', **arch_numpy(host_state))
-  os.replace(paths.arch + '.tmp.npz', paths.arch)
-  summary = _summary(paths, genotype, host_state, meta, n_params, meta['checkpoint'], space)
-  rundir.write_atomic(paths.summary, json.dumps(summary, indent=2) + '\n')
-  print(f'search done ({driver.clock_text(summary)}); genotype written to {paths.genotype}',
-        flush=True)
-  return genotype
+  return _write_outputs(config, paths, space, supernets.model, seed_paths, host_state, genotype,
+                        meta, n_params)
