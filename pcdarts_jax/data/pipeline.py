@@ -678,3 +678,80 @@ def _pad(batch, size: int) -> Dict[str, np.ndarray]:
   mask[:n] = 1.0
   pad = lambda x: np.concatenate([x, np.zeros((size - n,) + x.shape[1:], x.dtype)])
   return {'image': pad(batch['image']), 'label': pad(batch['label']), 'mask': mask}
+
+
+# ------------------------------------------------------------------ validation
+
+
+def validate_archive(data_config):
+  """data.archive, the hand-downloaded CIFAR archive: a file, and the right one."""
+  problem = data.archive_problem(data_config.name, data_config.get('archive'))
+  config_fields.require(problem is None, problem)
+
+
+def validate_data(config):
+  """data.* and model.num_classes against the data: own data's fields
+  (sources.check_fields; bad files are named by sources.describe), the
+  normalisation's length, the class count. Shared by the search, the trainer
+  and SGNAS."""
+  d, m = config.data, config.model
+  require = config_fields.require
+  if sources.is_own(d.name):
+    sources.check_fields(d)
+  channels = image_shape(d)[-1]
+  for field in ('mean', 'std'):
+    require(d.get(field) is not None,
+            f'data.{field}=None: the statistics of the train split fill it in when a run '
+            f'starts (sources.resolve_config); give {channels} value(s) to set it.')
+  require(len(d.mean) == channels and len(d.std) == channels,
+          f'data.mean / data.std need {channels} values for {d.name}, got '
+          f'{len(d.mean)} / {len(d.std)}.')
+  classes = num_classes(d)
+  require(m.num_classes == classes,
+          f'model.num_classes={m.num_classes!r} but {d.name} has {classes} classes.')
+
+
+def validate_search_data(config):
+  """data.* of a search: the data set, its archive, the weight / arch split
+  (fractions of ImageNet's train split; train_portion elsewhere), where it is
+  read from (in memory or streamed), then `validate_data`."""
+  d = config.data
+  require, is_int = config_fields.require, config_fields.is_int
+  names = dataset_names()
+  require(d.name in names, f'data.name={d.name!r} is not one of {names}.')
+  validate_archive(d)
+  if d.name == IMAGENET:
+    for field in ('train_fraction', 'arch_fraction'):
+      require(0.0 < d[field] <= 1.0, f'data.{field}={d[field]!r} must be in (0, 1].')
+    require(d.train_fraction + d.arch_fraction <= 1.0,
+            f'data.train_fraction + data.arch_fraction = '
+            f'{d.train_fraction + d.arch_fraction} must be <= 1 (the subsets are disjoint).')
+    require(is_int(d.image_size) and d.image_size >= 32,
+            f'data.image_size={d.image_size!r} must be an integer >= 32.')
+    require(is_int(d.get('mock_examples', 0)) and d.get('mock_examples', 0) >= 0,
+            f"data.mock_examples={d.get('mock_examples')!r} must be an integer >= 0.")
+  else:
+    require(0.0 < d.train_portion < 1.0,
+            f'data.train_portion={d.train_portion!r} must be in (0, 1).')
+    if not sources.is_own(d.name):  # Own data: sources.check_fields (validate_data).
+      in_memory = d.get('in_memory', True)
+      config_fields.require_bool(in_memory, 'data.in_memory')
+      require(in_memory or d.name in STREAMING,
+              f'data.in_memory=False streams from tfds, which {d.name!r} is not in; '
+              f'allowed for {tuple(STREAMING)}.')
+  validate_data(config)
+
+
+def require_image_size(d, halvings: int, what: str):
+  """The image size a network that halves it `halvings` times accepts (a
+  multiple of 2**halvings: every reduction needs an even input); the error
+  suggests the nearest sizes."""
+  size = image_shape(d)[0]
+  multiple = 2 ** halvings
+  if size % multiple == 0:
+    return
+  needs = f'{what} halves the images {halvings} times and needs a size divisible by {multiple}'
+  if d.name == IMAGENET or sources.is_own(d.name):
+    nearest = ' or '.join(str(n) for n in sources.nearest_sizes(size, multiple))
+    raise config_fields.ConfigError(f'data.image_size={size}: {needs}; nearest: {nearest}.')
+  raise config_fields.ConfigError(f'{d.name} images are {size}x{size}; {needs}.')

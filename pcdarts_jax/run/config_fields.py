@@ -28,6 +28,14 @@ def require_bool(value, name: str):
   require(isinstance(value, bool), f'{name}={value!r} must be True or False.')
 
 
+def require_number(config, section: str, name: str, allow_zero: bool = False):
+  """config.section.name is a number (not a bool) > 0, or >= 0 with `allow_zero`."""
+  value = config[section][name]
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+      value >= 0 if allow_zero else value > 0)
+  require(ok, f'{section}.{name}={value!r} must be a number {">= 0" if allow_zero else "> 0"}.')
+
+
 def field(section, name: str, default: Any = None) -> Any:
   """section.name, or `default` where the section is None or lacks the field."""
   if section is None:

@@ -174,6 +174,34 @@ SECOND_REVERSE_ARCHITECTS = ('second_order_exact',)
 SINGLE_REVERSE_IMPLS = ('shifted', 'fused')
 
 
+# search.bilevel_phases: the arch and weight phases of a step in sequence, or as
+# the two iterations of one loop (search.make_bilevel_step).
+BILEVEL_PHASES = ('sequence', 'loop')
+
+
+def validate(config):
+  """How the search gets its arch gradient: search.architect (and the depthwise
+  form it can differentiate), or single-level (no architect); the step's phases."""
+  s, m = config.search, config.model
+  require = config_fields.require
+  architects = tuple(ARCHITECTS)
+  require(s.architect in architects,
+          f'search.architect={s.architect!r} is not one of {architects}.')
+  require(s.architect not in SECOND_REVERSE_ARCHITECTS
+          or m.depthwise_impl not in SINGLE_REVERSE_IMPLS,
+          f'search.architect={s.architect!r} differentiates a gradient, which '
+          f'model.depthwise_impl={m.depthwise_impl!r} does not support in the search '
+          f"cell; use 'auto' (= 'conv' for this architect), 'conv' or 'dense'.")
+  single_level = s.get('single_level', False)
+  config_fields.require_bool(single_level, 'search.single_level')
+  phases = config_fields.bilevel_phases(s)
+  require(phases in BILEVEL_PHASES,
+          f'search.bilevel_phases={phases!r} is not one of {BILEVEL_PHASES}.')
+  require(not single_level or s.architect == 'first_order',
+          f'search.single_level=True updates the architecture on the train batch and '
+          f'takes no architect; search.architect={s.architect!r} must be \'first_order\'.')
+
+
 def depthwise_impl(config) -> str:
   """The depthwise form the search builds its supernet with (build_supernet's
   `depthwise_impl`): model.depthwise_impl, except that `auto` means `conv`

@@ -17,6 +17,34 @@ LR_SCHEDULE_OFFSETS = (0, 1)
 WARMUP_LRS = ('base', 'cosine')
 
 
+def validate(config):
+  """The search fields of the two optimizers and the weight lr schedule."""
+  s = config.search
+  require, number = config_fields.require, config_fields.require_number
+  for field in ('learning_rate', 'arch_learning_rate', 'grad_clip'):
+    number(config, 'search', field)
+  for field in ('learning_rate_min', 'weight_decay', 'arch_weight_decay', 'momentum'):
+    number(config, 'search', field, allow_zero=True)
+  for field in ('warmup_epochs', 'arch_grad_clip'):
+    if field in s:
+      number(config, 'search', field, allow_zero=True)
+  require(config_fields.is_int(s.get('warmup_epochs', 0)),
+          f"search.warmup_epochs={s.get('warmup_epochs')!r} must be an integer.")
+  require(s.get('warmup_lr', 'cosine') in WARMUP_LRS,
+          f"search.warmup_lr={s.get('warmup_lr')!r} is not one of {WARMUP_LRS}.")
+  offset = s.get('lr_schedule_offset', 0)
+  require(config_fields.is_int(offset) and offset in LR_SCHEDULE_OFFSETS,
+          f'search.lr_schedule_offset={offset!r} is not one of {LR_SCHEDULE_OFFSETS} '
+          f'(1: epoch e runs at the cosine lr(e + 1), as DARTS and PC-DARTS; 0: at lr(e), '
+          f'as DrNAS).')
+  require(s.learning_rate_min <= s.learning_rate,
+          f'search.learning_rate_min={s.learning_rate_min} exceeds '
+          f'search.learning_rate={s.learning_rate}.')
+  for field in ('arch_beta1', 'arch_beta2'):
+    require(0.0 <= s[field] < 1.0, f'search.{field}={s[field]!r} must be in [0, 1).')
+  config_fields.require_bool(s.get('nesterov', False), 'search.nesterov')
+
+
 def weight_learning_rate(config, steps_per_epoch: int):
   """Cosine annealing stepped once per epoch (piecewise constant within an epoch):
   epoch e (from 0) runs at lr(e + `search.lr_schedule_offset`), where

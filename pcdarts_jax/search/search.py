@@ -254,9 +254,9 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
   s = config.search
   single_level = bool(s.get('single_level', False))
   bilevel_phases = config_fields.bilevel_phases(s)
-  if bilevel_phases not in config_validation.BILEVEL_PHASES:
+  if bilevel_phases not in architect.BILEVEL_PHASES:
     raise ValueError(f'search.bilevel_phases={bilevel_phases!r} is not one of '
-                     f'{config_validation.BILEVEL_PHASES}.')
+                     f'{architect.BILEVEL_PHASES}.')
   if arch_start_step is None:
     arch_start_step = s.arch_start_epoch * steps_per_epoch
   updates = make_updates(model, config, steps_per_epoch, weight_tx, arch_tx, axis_name)

@@ -43,7 +43,6 @@ import optax
 from pcdarts_jax.run import checkpoint
 from pcdarts_jax.run import config_fields
 from pcdarts_jax.search import seeds
-from pcdarts_jax.search import validation as config_validation
 from pcdarts_jax.data import datasets as data
 from pcdarts_jax.data import augment as augment_lib
 from pcdarts_jax.data import pipeline as input_pipeline
@@ -121,7 +120,7 @@ def validate_config(config, num_devices: int = 1):
   seeds.validate(config, config_fields.require)  # One search: num_seeds > 1 is refused.
   config_fields.require(d.name in input_pipeline.dataset_names(),
                         f'data.name={d.name!r} is not one of {input_pipeline.dataset_names()}.')
-  config_validation.validate_archive(d)
+  input_pipeline.validate_archive(d)
   config_fields.require(m.layout in layout_lib.PRESETS,
                         f'model.layout={m.layout!r} is not one of {tuple(layout_lib.PRESETS)}.')
   classes = input_pipeline.num_classes(d)

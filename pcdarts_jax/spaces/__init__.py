@@ -47,6 +47,12 @@ def get(name: str) -> ModuleType:
   return importlib.import_module(f'{__name__}.{name}.space')
 
 
+def validate(config):
+  """model.space names a space (ConfigError otherwise)."""
+  name = config_fields.space(config.model)
+  config_fields.require(name in SPACES, f'model.space={name!r} is not one of {SPACES}.')
+
+
 def of_config(config) -> ModuleType:
   """The space of a search config; configs without `model.space` are DARTS."""
   model = config.model if hasattr(config, 'model') else config

@@ -48,6 +48,32 @@ RELAX_RNG = 'relax'  # Flax rng stream of the stochastic relaxations.
 MIN_CONCENTRATION = 1e-3  # Gamma sampling (and its gradient) break down near 0.
 
 
+def validate(config):
+  """model.relaxation and the search fields it reads: the arch regulariser
+  (`kl` needs the Dirichlet relaxation) and the Gumbel temperature schedule."""
+  m, s = config.model, config.search
+  require = config_fields.require
+  relax = m.get('relaxation', 'softmax')
+  require(relax in RELAXATIONS, f'model.relaxation={relax!r} is not one of {RELAXATIONS}.')
+  regularizer = config_fields.arch_regularizer(s)
+  require(regularizer in REGULARIZERS,
+          f'search.arch_regularizer={regularizer!r} is not one of {REGULARIZERS}.')
+  require(regularizer != 'kl' or relax == 'dirichlet',
+          f"search.arch_regularizer='kl' is the Dirichlet KL term and needs "
+          f"model.relaxation='dirichlet', not {relax!r}.")
+  if regularizer == 'kl':
+    config_fields.require_number(config, 'search', 'arch_regularizer_scale', allow_zero=True)
+  if relax in TEMPERED:
+    for field in ('gumbel_tau_max', 'gumbel_tau_min'):
+      config_fields.require_number(config, 'search', field)
+    schedule = s.get('gumbel_tau_schedule', 'exponential')
+    require(schedule in GUMBEL_TAU_SCHEDULES,
+            f'search.gumbel_tau_schedule={schedule!r} is not one of {GUMBEL_TAU_SCHEDULES}.')
+    require(s.gumbel_tau_min <= s.gumbel_tau_max,
+            f'search.gumbel_tau_min={s.gumbel_tau_min} exceeds search.gumbel_tau_max='
+            f'{s.gumbel_tau_max}.')
+
+
 def concentration(beta: jax.Array) -> jax.Array:
   """DrNAS' Dirichlet concentration elu(beta) + 1, clamped away from 0."""
   return jnp.maximum(jax.nn.elu(beta) + 1.0, MIN_CONCENTRATION)

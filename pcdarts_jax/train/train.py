@@ -32,7 +32,6 @@ import optax
 
 from pcdarts_jax.run import checkpoint
 from pcdarts_jax.run import config_fields
-from pcdarts_jax.search import validation as config_validation
 from pcdarts_jax.data import datasets as data
 from pcdarts_jax.nn import initializers
 from pcdarts_jax.data import augment as augment_lib
@@ -120,8 +119,8 @@ def validate_train_config(config, num_devices: int = 1):
     except ValueError as e:
       raise ConfigError(f'genotype={config.genotype!r}: {e}') from None
   config_fields.require(d.name in DATASETS, f'data.name={d.name!r} is not one of {DATASETS}.')
-  config_validation.validate_archive(d)
-  config_validation.validate_data(config)
+  input_pipeline.validate_archive(d)
+  input_pipeline.validate_data(config)
   size, _, channels = input_pipeline.image_shape(d)
   config_fields.require(len(d.mean) == channels and len(d.std) == channels,
                         f'data.mean / data.std need {channels} values for {d.name}, got '

@@ -6,12 +6,58 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from pcdarts_jax.data import pipeline as input_pipeline
+from pcdarts_jax.nn import ops
+from pcdarts_jax.run import config_fields
+from pcdarts_jax.spaces.darts import cell_parts
 from pcdarts_jax.spaces.darts import genotypes
 from pcdarts_jax.spaces.darts import network
 from pcdarts_jax.spaces.darts import supernet
 from pcdarts_jax.spaces.darts import visualize
 
 Genotype = genotypes.Genotype
+
+
+def validate_model(config):
+  """model.* of the supernet (ConfigErrors naming the field and the allowed
+  values): sizes, stem, dtype, depthwise form, channel sampling, edge layout and
+  channel mixing, and the image size its reductions need. Every darts and nb201
+  search config carries these fields (nb201 reads init_channels,
+  partial_channels and dtype of them), so both are checked."""
+  d, m = config.data, config.model
+  require, is_int = config_fields.require, config_fields.is_int
+  for field in ('init_channels', 'layers', 'partial_channels', 'steps', 'multiplier',
+                'stem_multiplier'):
+    value = m[field]
+    require(is_int(value) and value >= 1, f'model.{field}={value!r} must be an integer >= 1.')
+  k, c = m.partial_channels, m.init_channels
+  require(c % k == 0,
+          f'model.partial_channels={k} must divide model.init_channels={c} '
+          f'(allowed: divisors of {c}: {[i for i in range(1, c + 1) if c % i == 0]}).')
+  require(m.stem in supernet.STEM_TYPES,
+          f'model.stem={m.stem!r} is not one of {supernet.STEM_TYPES}.')
+  require(m.get('dtype', 'float32') in supernet.DTYPES,
+          f"model.dtype={m.get('dtype')!r} is not one of {supernet.DTYPES}.")
+  require(m.depthwise_impl in ops.DEPTHWISE_IMPLS,
+          f'model.depthwise_impl={m.depthwise_impl!r} is not one of {ops.DEPTHWISE_IMPLS}.')
+  sampling = m.get('channel_sampling', 'first')
+  require(sampling in supernet.CHANNEL_SAMPLINGS,
+          f'model.channel_sampling={sampling!r} is not one of {supernet.CHANNEL_SAMPLINGS}.')
+  try:
+    supernet.resolve_edge_impl(m.get('edge_impl', 'auto'), sampling,
+                               m.get('primitives', genotypes.PRIMITIVES))
+  except ValueError as e:
+    raise config_fields.ConfigError(str(e)) from None
+  mixing = m.get('channel_mixing', 'shuffle')
+  require(mixing in cell_parts.CHANNEL_MIXINGS,
+          f'model.channel_mixing={mixing!r} is not one of {cell_parts.CHANNEL_MIXINGS}.')
+  require(mixing != 'shift' or sampling != 'reference_random',
+          "model.channel_mixing='shift' has no effect with model.channel_sampling="
+          "'reference_random', which (as the reference's model_search_random.py) permutes "
+          "no channel after the concat; leave channel_mixing at 'shuffle'.")
+  reductions = 2 + (3 if m.stem == 'imagenet' else 0)
+  input_pipeline.require_image_size(d, reductions,
+                                    f'model.stem={m.stem!r} with two reduction cells')
 
 
 def build_supernet(config, axis_name: Optional[str] = None, **overrides):
