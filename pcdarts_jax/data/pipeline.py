@@ -734,7 +734,7 @@ def validate_search_data(config):
     require(0.0 < d.train_portion < 1.0,
             f'data.train_portion={d.train_portion!r} must be in (0, 1).')
     if not sources.is_own(d.name):  # Own data: sources.check_fields (validate_data).
-      in_memory = d.get('in_memory', True)
+      in_memory = d.in_memory
       config_fields.require_bool(in_memory, 'data.in_memory')
       require(in_memory or d.name in STREAMING,
               f'data.in_memory=False streams from tfds, which {d.name!r} is not in; '

@@ -192,7 +192,7 @@ def validate(config):
           f'search.architect={s.architect!r} differentiates a gradient, which '
           f'model.depthwise_impl={m.depthwise_impl!r} does not support in the search '
           f"cell; use 'auto' (= 'conv' for this architect), 'conv' or 'dense'.")
-  single_level = s.get('single_level', False)
+  single_level = s.single_level
   config_fields.require_bool(single_level, 'search.single_level')
   phases = config_fields.bilevel_phases(s)
   require(phases in BILEVEL_PHASES,

@@ -23,16 +23,14 @@ def validate(config):
   require, number = config_fields.require, config_fields.require_number
   for field in ('learning_rate', 'arch_learning_rate', 'grad_clip'):
     number(config, 'search', field)
-  for field in ('learning_rate_min', 'weight_decay', 'arch_weight_decay', 'momentum'):
+  for field in ('learning_rate_min', 'weight_decay', 'arch_weight_decay', 'momentum',
+                'warmup_epochs', 'arch_grad_clip'):
     number(config, 'search', field, allow_zero=True)
-  for field in ('warmup_epochs', 'arch_grad_clip'):
-    if field in s:
-      number(config, 'search', field, allow_zero=True)
-  require(config_fields.is_int(s.get('warmup_epochs', 0)),
-          f"search.warmup_epochs={s.get('warmup_epochs')!r} must be an integer.")
-  require(s.get('warmup_lr', 'cosine') in WARMUP_LRS,
-          f"search.warmup_lr={s.get('warmup_lr')!r} is not one of {WARMUP_LRS}.")
-  offset = s.get('lr_schedule_offset', 0)
+  require(config_fields.is_int(s.warmup_epochs),
+          f'search.warmup_epochs={s.warmup_epochs!r} must be an integer.')
+  require(s.warmup_lr in WARMUP_LRS,
+          f'search.warmup_lr={s.warmup_lr!r} is not one of {WARMUP_LRS}.')
+  offset = s.lr_schedule_offset
   require(config_fields.is_int(offset) and offset in LR_SCHEDULE_OFFSETS,
           f'search.lr_schedule_offset={offset!r} is not one of {LR_SCHEDULE_OFFSETS} '
           f'(1: epoch e runs at the cosine lr(e + 1), as DARTS and PC-DARTS; 0: at lr(e), '
@@ -42,7 +40,7 @@ def validate(config):
           f'search.learning_rate={s.learning_rate}.')
   for field in ('arch_beta1', 'arch_beta2'):
     require(0.0 <= s[field] < 1.0, f'search.{field}={s[field]!r} must be in [0, 1).')
-  config_fields.require_bool(s.get('nesterov', False), 'search.nesterov')
+  config_fields.require_bool(s.nesterov, 'search.nesterov')
 
 
 def weight_learning_rate(config, steps_per_epoch: int):
@@ -54,10 +52,7 @@ def weight_learning_rate(config, steps_per_epoch: int):
   warm-up) or times lr(e + offset) ('cosine'). The second-order architect's
   virtual step takes its lr from this same function."""
   s = config.search
-  warmup = s.get('warmup_epochs', 0)
-  warmup_base = s.get('warmup_lr', 'cosine') == 'base'
-  # A config without the field (older than it) runs at lr(e), as before.
-  offset = s.get('lr_schedule_offset', 0)
+  warmup, warmup_base, offset = s.warmup_epochs, s.warmup_lr == 'base', s.lr_schedule_offset
 
   def schedule(count):
     epoch = count // steps_per_epoch
@@ -79,7 +74,7 @@ def weight_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformati
       optax.clip_by_global_norm(s.grad_clip),
       optax.add_decayed_weights(s.weight_decay),
       optax.sgd(weight_learning_rate(config, steps_per_epoch), momentum=s.momentum,
-                nesterov=s.get('nesterov', False)))
+                nesterov=s.nesterov))
 
 
 def momentum_buffer(weight_opt_state, params):
@@ -100,7 +95,7 @@ def arch_optimizer(config) -> optax.GradientTransformation:
   """Adam with L2 added to the gradient (PyTorch Adam weight_decay, not AdamW),
   after an optional clip of the gradient norm (`search.arch_grad_clip`)."""
   s = config.search
-  clip = s.get('arch_grad_clip', 0.0)
+  clip = s.arch_grad_clip
   # DrNAS: the KL regulariser replaces the L2 decay (relaxation.arch_penalty).
   decay = 0.0 if config_fields.arch_regularizer(s) == 'kl' else s.arch_weight_decay
   # The reference clips the raw arch gradient, then Adam adds the decay.

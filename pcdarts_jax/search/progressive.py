@@ -48,7 +48,7 @@ class Stage:
 
 def stages(config) -> List[Stage]:
   s, m = config.search, config.model
-  epochs = tuple(s.get('stage_epochs', ()) or ())
+  epochs = tuple(s.stage_epochs or ())
   if not epochs:
     return [Stage(0, 0, s.epochs, config_fields.partial_channels(m),
                   len(_primitives(config)))]
@@ -244,7 +244,7 @@ def validate(config, require):
   s = config.search
   widen = s.widen
   require(widen in WIDEN_RULES, f'search.widen={widen!r} is not one of {WIDEN_RULES}.')
-  epochs = tuple(s.get('stage_epochs', ()) or ())
+  epochs = tuple(s.stage_epochs or ())
   if not epochs:
     return
   ks, ops = tuple(s.stage_partial_channels), tuple(s.stage_ops)
@@ -269,6 +269,6 @@ def validate(config, require):
     require(c % k == 0,
             f'search.stage_partial_channels has k={k}, which does not divide '
             f'model.init_channels={c}.')
-  require(not s.get('single_level', False),
+  require(not s.single_level,
           'search.stage_epochs (progressive learning) is not supported with '
           'search.single_level=True.')

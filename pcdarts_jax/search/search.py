@@ -176,7 +176,7 @@ def make_updates(model, config, steps_per_epoch: int, weight_tx, arch_tx,
   update: the Gumbel temperature follows the (traced) epoch of `state.step`."""
   s = config.search
   lr_fn = optim.weight_learning_rate(config, steps_per_epoch)
-  gumbel = config.model.get('relaxation', 'softmax') in relaxation.TEMPERED
+  gumbel = config.model.relaxation in relaxation.TEMPERED
   penalty = lambda arch: relaxation.arch_penalty(config, arch)
   train_augment = data.train_augment(config.data)
 
@@ -252,7 +252,7 @@ def make_bilevel_step(model, config, steps_per_epoch: int, weight_tx, arch_tx,
   progressive learning warms up again).
   """
   s = config.search
-  single_level = bool(s.get('single_level', False))
+  single_level = s.single_level
   bilevel_phases = config_fields.bilevel_phases(s)
   if bilevel_phases not in architect.BILEVEL_PHASES:
     raise ValueError(f'search.bilevel_phases={bilevel_phases!r} is not one of '
@@ -316,7 +316,7 @@ def make_eval_step(model, config, axis_name: Optional[str] = None,
   Gumbel/GDAS with `steps_per_epoch`: the temperature of the epoch that ended at
   `state.step` (DrNAS validates before lowering tau); without it, tau 1."""
   d = config.data
-  tempered = config.model.get('relaxation', 'softmax') in relaxation.TEMPERED
+  tempered = config.model.relaxation in relaxation.TEMPERED
 
   def eval_step(state: SearchState, batch, rng) -> Dict[str, jax.Array]:
     images = data.normalize(batch['image'], d.mean, d.std)
@@ -589,7 +589,7 @@ def search(config, workdir: str):
   config_validation.validate_search_config(config, num_devices=num_devices)
   space = spaces.of_config(config)
   # An optional NAS-Bench-201 results table, looked up for each epoch's genotype.
-  table = nb201_table.from_config(config) if config.model.get('space') == 'nb201' else None
+  table = nb201_table.from_config(config) if config_fields.space(config.model) == 'nb201' else None
   paths = rundir.Workdir(workdir, LOG_NAME)
   num_seeds = seeds.num_seeds(config)
   seed_paths = [seeds.seed_workdir(workdir, i, LOG_NAME) for i in range(num_seeds)]

@@ -53,7 +53,7 @@ def validate(config):
   (`kl` needs the Dirichlet relaxation) and the Gumbel temperature schedule."""
   m, s = config.model, config.search
   require = config_fields.require
-  relax = m.get('relaxation', 'softmax')
+  relax = m.relaxation
   require(relax in RELAXATIONS, f'model.relaxation={relax!r} is not one of {RELAXATIONS}.')
   regularizer = config_fields.arch_regularizer(s)
   require(regularizer in REGULARIZERS,
@@ -66,7 +66,7 @@ def validate(config):
   if relax in TEMPERED:
     for field in ('gumbel_tau_max', 'gumbel_tau_min'):
       config_fields.require_number(config, 'search', field)
-    schedule = s.get('gumbel_tau_schedule', 'exponential')
+    schedule = s.gumbel_tau_schedule
     require(schedule in GUMBEL_TAU_SCHEDULES,
             f'search.gumbel_tau_schedule={schedule!r} is not one of {GUMBEL_TAU_SCHEDULES}.')
     require(s.gumbel_tau_min <= s.gumbel_tau_max,

@@ -36,19 +36,18 @@ def validate_model(config):
           f'(allowed: divisors of {c}: {[i for i in range(1, c + 1) if c % i == 0]}).')
   require(m.stem in supernet.STEM_TYPES,
           f'model.stem={m.stem!r} is not one of {supernet.STEM_TYPES}.')
-  require(m.get('dtype', 'float32') in supernet.DTYPES,
-          f"model.dtype={m.get('dtype')!r} is not one of {supernet.DTYPES}.")
+  require(m.dtype in supernet.DTYPES, f'model.dtype={m.dtype!r} is not one of {supernet.DTYPES}.')
   require(m.depthwise_impl in ops.DEPTHWISE_IMPLS,
           f'model.depthwise_impl={m.depthwise_impl!r} is not one of {ops.DEPTHWISE_IMPLS}.')
-  sampling = m.get('channel_sampling', 'first')
+  sampling = m.channel_sampling
   require(sampling in supernet.CHANNEL_SAMPLINGS,
           f'model.channel_sampling={sampling!r} is not one of {supernet.CHANNEL_SAMPLINGS}.')
   try:
-    supernet.resolve_edge_impl(m.get('edge_impl', 'auto'), sampling,
+    supernet.resolve_edge_impl(m.edge_impl, sampling,
                                m.get('primitives', genotypes.PRIMITIVES))
   except ValueError as e:
     raise config_fields.ConfigError(str(e)) from None
-  mixing = m.get('channel_mixing', 'shuffle')
+  mixing = m.channel_mixing
   require(mixing in cell_parts.CHANNEL_MIXINGS,
           f'model.channel_mixing={mixing!r} is not one of {cell_parts.CHANNEL_MIXINGS}.')
   require(mixing != 'shift' or sampling != 'reference_random',
