@@ -165,6 +165,7 @@ def test_grouped_matches_scan(case, request):
 
 
 PRUNED_STEPS = 3
+STEM_MULTIPLIER = 3  # SearchNetwork's: the stem's output has 3 C channels
 
 
 def _pruned_masks(steps=PRUNED_STEPS):
@@ -218,9 +219,11 @@ def _count_primitives(jaxpr, names):
 def test_each_op_runs_once_per_stage(pruned):
   """The grouped forward (traced, not compiled) has one depthwise conv per
   SepConv/DilConv layer per stage that keeps the op, whatever the number of its
-  edges; one 1x1 matmul per chain layer per stage for all those ops; and one
-  3x3 max pool per source that an edge keeping it reads (8 + 3 + 2 + 1 edges,
-  5 sources per cell; 14 max pools in the scan's edges)."""
+  edges; one 1x1 matmul per chain layer per stage for all those ops; one for
+  the stride-2 skips of the sources with as many edges keeping it; one for the
+  two preprocess 1x1 convs where s0 and s1 have one shape; and one 3x3 max
+  pool per source that an edge keeping it reads (8 + 3 + 2 + 1 edges, 5
+  sources per cell; 14 max pools in the scan's edges)."""
   masks = _pruned_masks() if pruned else None
   config = _pruned_config() if pruned else _config(depthwise_impl='conv')
   steps = config.model.steps
@@ -237,9 +240,12 @@ def test_each_op_runs_once_per_stage(pruned):
   for layer in range(config.model.layers):
     reductions = supernet.reduction_layers(config.model.layers)
     kind = 'reduce' if layer in reductions else 'normal'
-    dots += 3 if layer - 1 in reductions else 2  # preprocessing: FactorizedReduce's 2 or 1
+    # Preprocessing: s0's FactorizedReduce (its halves as one matmul) and s1's
+    # 1x1 conv, or both 1x1 convs as one where s0 and s1 have one shape.
+    same_shape = layer == 0 or layer > 1 or STEM_MULTIPLIER == config.model.multiplier
+    dots += 2 if layer - 1 in reductions or not same_shape else 1
     # stage s reads input s (s < 2: stage 0) or node s - 1; sources per stage
-    stage_ops, stage_sources = {}, {}
+    stage_ops, stage_sources, readers = {}, {}, {}
     for node, (start, end) in enumerate(genotypes.node_edge_ranges(steps)):
       for j in range(end - start):
         kept = [p for i, p in enumerate(genotypes.PRIMITIVES)
@@ -249,11 +255,14 @@ def test_each_op_runs_once_per_stage(pruned):
         for p in kept:
           stage_ops.setdefault(stage, set()).add(p)
           stage_sources.setdefault((stage, p), set()).add(j)
+          counts = readers.setdefault((stage, p), {})
+          counts[j] = counts.get(j, 0) + 1
     for stage, kept in stage_ops.items():
       convs += sum(depthwise_layers.get(p, 0) for p in kept)
       dots += max([depthwise_layers.get(p, 0) for p in kept], default=0)
-      if kind == 'reduce' and stage == 0 and 'skip_connect' in kept:  # 2 per source
-        dots += 2 * len(stage_sources[(stage, 'skip_connect')])
+      if kind == 'reduce' and stage == 0 and 'skip_connect' in kept:
+        # FactorizedReduce: one matmul for the sources with as many edges keeping it
+        dots += len(set(readers[(stage, 'skip_connect')].values()))
       pools += len(stage_sources[(stage, 'max_pool_3x3')]) if 'max_pool_3x3' in kept else 0
   assert _count_primitives(jaxpr, {'conv_general_dilated'}) == convs
   assert _count_primitives(jaxpr, {'reduce_window_max'}) == pools
@@ -261,7 +270,7 @@ def test_each_op_runs_once_per_stage(pruned):
   assert convs < per_edge_convs  # some op is shared by several edges of a stage
   if not pruned:
     assert convs == 1 + 3 * steps * 6 and pools == 3 * 5
-    assert dots == 1 + 2 + 2 + 3 + 3 * steps * 2 + 2 * 2 * 2
+    assert dots == 1 + 1 + 2 + 2 + 3 * steps * 2 + 2 * 1
 
 
 def test_dense_depthwise_stays_per_edge():
@@ -296,6 +305,77 @@ def test_dense_depthwise_stays_per_edge():
 
   conv_input_widths(jaxpr)
   assert widths == {8 // 2}  # one edge's C/K channels
+
+
+# Cells whose preprocessing and stride-2 skips take the batched matmuls'
+# other branches: s0 after a reduction (FactorizedReduce) with skips kept by 2
+# edges of s0 and 1 of s1 (one matmul each), one stem output read by both
+# preprocess convs, s0 and s1 of one shape, and of different widths.
+# (reduction, reduction_prev, s0 shape, s1 shape (None: s1 is s0), skip mask)
+PREPROCESS_CASES = {
+    'after_reduction_uneven_skips': (True, True, (16, 16, 12), (8, 8, 16), True),
+    'one_stem_output': (False, False, (8, 8, 12), None, False),
+    'same_shape': (False, False, (8, 8, 12), (8, 8, 12), False),
+    'different_widths': (True, False, (8, 8, 12), (8, 8, 16), False),
+}
+
+
+@pytest.mark.parametrize('case', PREPROCESS_CASES)
+def test_preprocess_and_skip_matmuls_match_scan(case):
+  """A cell's outputs, input and weight gradients, new statistics and eval
+  outputs under the grouped layout against the scan (or the masked per-edge
+  cell) for every branch of grouped_cell.preprocess and of the stride-2 skips."""
+  reduction, reduction_prev, shape0, shape1, masked = PREPROCESS_CASES[case]
+  mask = None
+  if masked:  # 2 nodes: edges 0-3 read s0, s1, s0, s1; edge 4 node 0
+    kept = [('skip_connect', 'sep_conv_3x3', 'avg_pool_3x3'),
+            ('skip_connect', 'dil_conv_3x3', 'max_pool_3x3'),
+            ('skip_connect', 'sep_conv_5x5'), ('dil_conv_5x5', 'none', 'avg_pool_3x3'),
+            ('skip_connect', 'sep_conv_3x3')]
+    mask = tuple(tuple(int(p in row) for p in genotypes.PRIMITIVES) for row in kept)
+  cells = {impl: supernet.SearchCell(8, reduction, reduction_prev, steps=2, multiplier=2,
+                                     partial_channels=2, depthwise_impl='conv', op_mask=mask,
+                                     edge_impl=impl)
+           for impl in ('scan', 'grouped')}
+  rng = np.random.RandomState(6)
+  s0 = jnp.asarray(rng.randn(2, *shape0), jnp.float32)
+  s1 = s0 if shape1 is None else jnp.asarray(rng.randn(2, *shape1), jnp.float32)
+  weights = jax.nn.softmax(jnp.asarray(rng.randn(5, 8), jnp.float32))
+  betas = jnp.asarray(rng.rand(5), jnp.float32)
+  variables = _jit_init(cells['scan'], s0, s1, weights, betas, train=False)
+  stats = jax.tree_util.tree_map_with_path(
+      lambda path, a: jnp.asarray(rng.uniform(0.5, 1.5, a.shape) if path[-1].key == 'var'
+                                  else 0.1 * rng.randn(*a.shape), jnp.float32),
+      variables['batch_stats'])
+  variables = {**variables, 'batch_stats': stats}
+  probe = None
+
+  def run(cell, params, a, b):
+    b = a if shape1 is None else b  # one traced array for both: the stem case
+    out, new = cell.apply({'params': params, 'batch_stats': stats}, a, b, weights, betas,
+                          train=True, mutable=['batch_stats'])
+    return jnp.sum(out * probe), (out, new['batch_stats'])
+
+  results = {}
+  for impl, cell in cells.items():
+    if probe is None:
+      shape = jax.eval_shape(lambda c=cell: c.apply(variables, s0, s1, weights, betas,
+                                                    train=False)).shape
+      probe = jnp.asarray(rng.randn(*shape), jnp.float32)
+    (_, (out, new)), grads = jax.jit(jax.value_and_grad(
+        functools.partial(run, cell), argnums=(0, 1, 2), has_aux=True),
+        compiler_options=RUN_ONCE)(variables['params'], s0, s1)
+    evaluated = jax.jit(lambda v, a, b, c=cell: c.apply(
+        v, a, a if shape1 is None else b, weights, betas, train=False),
+        compiler_options=RUN_ONCE)(variables, s0, s1)
+    results[impl] = dict(out=out, stats=new, grads=grads, eval=evaluated)
+  assert jax.tree.structure(results['grouped']) == jax.tree.structure(results['scan'])
+  _close(results['grouped']['out'], results['scan']['out'], 1e-5)
+  _close(results['grouped']['eval'], results['scan']['eval'], 1e-5)
+  _close(results['grouped']['stats'], results['scan']['stats'], 1e-5)
+  _close(results['grouped']['grads'], results['scan']['grads'], 1e-4)
+  preprocess = results['scan']['grads'][0]['preprocess0']
+  assert all(float(np.abs(np.asarray(g)).max()) > 0 for g in jax.tree.leaves(preprocess))
 
 
 @K4_PAIR

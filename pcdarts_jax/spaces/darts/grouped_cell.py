@@ -19,8 +19,11 @@ once for all the edges that use it:
   (one per op: kernel sizes and dilations differ); the 1x1 convs of one layer
   of every chain op are one matmul batched over (op, edge) (no block-diagonal
   matrix) and their BatchNorms one normalization with per-edge statistics;
-  FactorizedReduce's 1x1 convs read the shared slice once per source with the
-  edges' kernels side by side (one dense matmul).
+  FactorizedReduce's two 1x1 convs read the shared slice once per source, with
+  the edges' kernels side by side, as one matmul batched over (source, half).
+* The cell's preprocess ops (`preprocess`) are the scanned cell's with fewer
+  matmuls: FactorizedReduce's halves as one, and the two 1x1 convs as one
+  where s0 and s1 have one shape, their BatchNorms as one normalization.
 * The mixing sums go straight into per-node accumulators (op part and bypass
   part apart, in float32 also for bfloat16 activations) in the scan's edge
   order, and a node is channel-shuffled once, when it completes: the shuffle is
@@ -367,6 +370,36 @@ def _conv_chains(stage: _Stage, variables: EdgeVariables,
   return {p: batched_ops.unfold(x[p], len(users)) for p, users in chains}
 
 
+def _factorized_reduce_per_source(stage: _Stage, variables: EdgeVariables,
+                                  readers: Dict[int, Sequence[Edge]],
+                                  half: int) -> Dict[int, jax.Array]:
+  """The stride-2 skips (FactorizedReduce's two 1x1 convs, before its
+  BatchNorm) of the edges `readers[source]` of each source: {source: (N, H/2,
+  W/2, E, 2 * half)}, each edge's halves side by side. The sources with as
+  many readers run as one matmul batched over (source, half): each half reads
+  its strided (and for the second, pixel-shifted) slice once, with its
+  readers' kernels side by side."""
+  per_source = {}
+  for count in sorted({len(edges) for edges in readers.values()}):
+    group = [source for source, edges in readers.items() if len(edges) == count]
+    halves, kernels = [], []
+    for source in group:
+      r = stage.relu(source)
+      shifted = jnp.pad(r[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
+      halves += [r[:, ::2, ::2, :], shifted[:, ::2, ::2, :]]
+      for part in ('conv_1', 'conv_2'):
+        k = variables.kernels(readers[source], 'skip_connect', part,
+                              (1, 1, r.shape[-1], half))[:, 0, 0]  # (E, C_in, half)
+        kernels.append(jnp.moveaxis(k, 0, 1).reshape(r.shape[-1], count * half))
+    y = edge_pointwise(jnp.concatenate(halves, axis=-1), jnp.stack(kernels)[:, None, None])
+    lead = y.shape[:-1]
+    y = jnp.swapaxes(y.reshape(*lead, len(group), 2, count, half), -3, -2)
+    y = y.reshape(*lead, len(group), count, 2 * half)
+    for i, source in enumerate(group):
+      per_source[source] = y[..., i, :, :]
+  return per_source
+
+
 def _stage_op_outputs(stage: _Stage, variables: EdgeVariables, primitives: Sequence[str],
                       depthwise_impl: str, train: bool) -> List[Tuple[int, jax.Array]]:
   """[(op index, its output on the stage's edges, (N, H', W', E or 1, width))]
@@ -398,17 +431,9 @@ def _stage_op_outputs(stage: _Stage, variables: EdgeVariables, primitives: Seque
       if width % 2:
         raise ValueError(
             f'FactorizedReduce needs an even channel count, got {width}.')
-      half = width // 2
-      per_source = {}
-      for source in sources:
-        readers = [edge for edge in users if edge.source == source]
-        r = stage.relu(source)
-        shifted = jnp.pad(r[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
-        kernels = [variables.kernels(readers, p, part, (1, 1, width, half))
-                   for part in ('conv_1', 'conv_2')]
-        per_source[source] = jnp.concatenate(
-            [shared_pointwise(r, kernels[0], 2), shared_pointwise(shifted, kernels[1], 2)],
-            axis=-1)
+      per_source = _factorized_reduce_per_source(
+          stage, variables, {source: [edge for edge in users if edge.source == source]
+                             for source in sources}, width // 2)
       if len(sources) > 1:  # the users' rows in edge order
         y = _per_source_on_edges(users, users, per_source)
       else:
@@ -422,6 +447,86 @@ def _stage_op_outputs(stage: _Stage, variables: EdgeVariables, primitives: Seque
                        f'{cell_parts.GROUPED_PRIMITIVES}.')
     outputs.append((op_index, _on_edges(stage.members, users, y)))
   return outputs
+
+
+def _bn_statistics(module: _VariablesAt, width: int,
+                   batch: Optional[Tuple[jax.Array, jax.Array]] = None):
+  """The running mean and variance of `module`'s BatchNorm (`bn`, as
+  ops.batch_norm names it), (width,) each; with `batch` (mean, var), first
+  moved towards it as ops.BatchNorm does (where batch_stats is mutable, not
+  while initializing)."""
+  def make(m):
+    mean = m.variable('batch_stats', 'mean', jnp.zeros, (width,), jnp.float32)
+    var = m.variable('batch_stats', 'var', jnp.ones, (width,), jnp.float32)
+    if (batch is not None and not m.is_initializing()
+        and m.is_mutable_collection('batch_stats')):
+      for variable, values in zip((mean, var), batch):
+        variable.value = (ops.BN_MOMENTUM * variable.value
+                          + (1 - ops.BN_MOMENTUM) * lax.stop_gradient(values))
+    return mean.value, var.value
+  return module(('bn',), make)
+
+
+def _normalize_blocks(modules: Sequence[_VariablesAt], y: jax.Array, train: bool,
+                      axis_name: Optional[str]) -> jax.Array:
+  """Affine-free BatchNorm of y (N, H, W, M * C) whose M channel blocks are the
+  outputs of M modules, each with its own `bn` statistics: one normalization
+  (the statistics are per channel, so the same as M)."""
+  width = y.shape[-1] // len(modules)
+  if train:
+    y, mean, var = ops.batch_normalize(y, ops.BN_EPSILON, axis_name)
+    for i, module in enumerate(modules):
+      block = slice(i * width, (i + 1) * width)
+      _bn_statistics(module, width, (mean[block], var[block]))
+    return y
+  means, variances = zip(*(_bn_statistics(module, width) for module in modules))
+  return _normalize_with(y, jnp.concatenate(means), jnp.concatenate(variances))
+
+
+def preprocess(cell, s0: jax.Array, s1: jax.Array, train: bool) -> Tuple[jax.Array, jax.Array]:
+  """The preprocess ops of `cell` (a supernet.SearchCell, from inside its
+  compact call), as its own ops.ReLUConvBN (FactorizedReduce for s0 after a
+  reduction cell) compute them, with their variables at the same paths, in
+  fewer matmuls: FactorizedReduce's two 1x1 convs as one batched over the two;
+  the two ReLUConvBNs, where s0 and s1 have one shape, as one (batched over
+  the two, or with the kernels side by side where both read one tensor: the
+  CIFAR stem's output) and their BatchNorms as one normalization."""
+  c = cell.channels
+  axis_name = None if cell.is_initializing() else cell.axis_name
+  modules = [_VariablesAt(name=f'preprocess{i}') for i in range(2)]
+
+  def kernel(module, part, shape):
+    return module((part,), lambda m: m.param('kernel', initializers.kernel_init, shape,
+                                             jnp.float32))
+
+  if cell.reduction_prev:
+    if c % 2:
+      raise ValueError(f'FactorizedReduce needs an even channel count, got {c}.')
+    r = ops.relu(s0)
+    shifted = jnp.pad(r[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
+    kernels = jnp.stack([kernel(modules[0], part, (1, 1, s0.shape[-1], c // 2))
+                         for part in ('conv_1', 'conv_2')])
+    y = edge_pointwise(jnp.concatenate([r[:, ::2, ::2, :], shifted[:, ::2, ::2, :]], -1),
+                       kernels)
+    s0 = _normalize_blocks(modules[:1], y, train, axis_name)
+  elif s0 is s1 or s0.shape == s1.shape:
+    kernels = jnp.stack([kernel(module, 'conv', (1, 1, s1.shape[-1], c))
+                         for module in modules])
+    if s0 is s1:
+      y = batched_ops.fold(shared_pointwise(ops.relu(s1), kernels, 1))
+    else:
+      y = edge_pointwise(jnp.concatenate([ops.relu(s0), ops.relu(s1)], -1), kernels)
+    y = _normalize_blocks(modules, y, train, axis_name)
+    return y[..., :c], y[..., c:]
+  else:
+    r = ops.relu(s0)
+    y = jnp.dot(r.reshape(-1, r.shape[-1]),
+                kernel(modules[0], 'conv', (1, 1, r.shape[-1], c))[0, 0].astype(r.dtype))
+    s0 = _normalize_blocks(modules[:1], y.reshape(*r.shape[:-1], c), train, axis_name)
+  r = ops.relu(s1)
+  y = jnp.dot(r.reshape(-1, r.shape[-1]),
+              kernel(modules[1], 'conv', (1, 1, r.shape[-1], c))[0, 0].astype(r.dtype))
+  return s0, _normalize_blocks(modules[1:], y.reshape(*r.shape[:-1], c), train, axis_name)
 
 
 def grouped_edges(cell, s0: jax.Array, s1: jax.Array, op_weights: jax.Array,

@@ -318,16 +318,17 @@ class SearchCell(nn.Module):
   @nn.compact
   def __call__(self, s0, s1, op_weights, edge_weights, train: bool = True):
     c, bn_axis = self.channels, dict(axis_name=self.axis_name)
+    if edge_weights is None:
+      edge_weights = jnp.ones(op_weights.shape[:1], op_weights.dtype)
+    impl = resolve_edge_impl(self.edge_impl, self.channel_sampling, self.primitives)
+    if impl == 'grouped':  # also serves op masks: an op once per stage for the edges keeping it
+      s0, s1 = grouped_cell.preprocess(self, s0, s1, train)  # same ops, fewer matmuls
+      return grouped_cell.grouped_edges(self, s0, s1, op_weights, edge_weights, train)
     if self.reduction_prev:
       s0 = ops.FactorizedReduce(c, affine=False, name='preprocess0', **bn_axis)(s0, train)
     else:
       s0 = ops.ReLUConvBN(c, 1, 1, 0, affine=False, name='preprocess0', **bn_axis)(s0, train)
     s1 = ops.ReLUConvBN(c, 1, 1, 0, affine=False, name='preprocess1', **bn_axis)(s1, train)
-    if edge_weights is None:
-      edge_weights = jnp.ones(op_weights.shape[:1], op_weights.dtype)
-    impl = resolve_edge_impl(self.edge_impl, self.channel_sampling, self.primitives)
-    if impl == 'grouped':  # also serves op masks: an op once per stage for the edges keeping it
-      return grouped_cell.grouped_edges(self, s0, s1, op_weights, edge_weights, train)
     if self.op_mask is not None:
       return self._masked_edges(s0, s1, op_weights, edge_weights, train)
     if impl == 'batched':
