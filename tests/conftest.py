@@ -41,6 +41,26 @@ def pytest_unconfigure(config):
 _CACHE_KEY = pytest.StashKey[str]()
 
 
+@pytest.hookimpl(tryfirst=True)  # Before xdist's loadgroup reads the marks.
+def pytest_collection_modifyitems(config, items):
+  """Keeps the tests that share a module-scoped fixture of their own file on one
+  xdist worker (`--dist loadgroup`): the fixture (a search, a compiled model) is
+  then built once per run instead of once per worker that draws one of them."""
+  del config
+  for item in items:
+    if item.get_closest_marker('xdist_group') or not hasattr(item, '_fixtureinfo'):
+      continue
+    module = item.getparent(pytest.Module)
+    # The last one the test requests: fixtures it builds on come first. Environment
+    # fixtures (`*env`) are cheap and shared by most tests of a file: not grouped.
+    for name in reversed(item.fixturenames):
+      definition = (item._fixtureinfo.name2fixturedefs.get(name) or (None,))[-1]
+      if (definition is not None and definition.scope == 'module' and
+          definition.baseid == module.nodeid and not name.endswith('env')):
+        item.add_marker(pytest.mark.xdist_group(f'{module.name}.{name}'))
+        break
+
+
 def np_relu(x):
   return np.maximum(np.asarray(x, np.float64), 0.0)
 

@@ -41,9 +41,11 @@ TINY = ['--config.model.init_channels=4', '--config.model.layers=2',
 
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
+  # The test run's shared cache (conftest) when there is one: launches on other
+  # workers then load the programs compiled here.
   cache = tmp_path_factory.mktemp('xla_cache')
   return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu',
-              JAX_COMPILATION_CACHE_DIR=str(cache),
+              JAX_COMPILATION_CACHE_DIR=os.environ.get('JAX_COMPILATION_CACHE_DIR', str(cache)),
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
 
 

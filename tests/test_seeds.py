@@ -518,7 +518,7 @@ def run_env(tmp_path_factory):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   cache = tmp_path_factory.mktemp('xla_cache')
   return repo, dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS='cpu',
-                    JAX_COMPILATION_CACHE_DIR=str(cache),
+                    JAX_COMPILATION_CACHE_DIR=os.environ.get('JAX_COMPILATION_CACHE_DIR', str(cache)),
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
 
 
