@@ -297,13 +297,16 @@ class FactorizedReduce(nn.Module):
     x = relu(x)
     half = self.features // 2
     a = conv(half, 1, 2, 0, 'conv_1')(x)
-    # The shifted branch sees x[1:, 1:] (odd pixels). Zero-padding the far edge
-    # keeps both branches the same size for odd H/W too, where the reference
-    # fails; for even sizes the padded row is never sampled.
-    shifted = jnp.pad(x[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
-    b = conv(half, 1, 2, 0, 'conv_2')(shifted)
+    b = conv(half, 1, 2, 0, 'conv_2')(pixel_shifted(x))
     y = jnp.concatenate([a, b], axis=-1)
     return batch_norm(train, self.affine, 'bn', self.axis_name)(y)
+
+
+def pixel_shifted(x: jax.Array) -> jax.Array:
+  """FactorizedReduce's second branch input: x[1:, 1:] (odd pixels), zero-padded
+  at the far edge so both branches have one size for odd H/W too, where the
+  reference fails; for even sizes the padded row is never sampled."""
+  return jnp.pad(x[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
 
 
 class _Kernel(nn.Module):

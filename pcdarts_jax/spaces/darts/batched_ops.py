@@ -157,8 +157,7 @@ class BatchedOp(nn.Module):
       x = ops.relu(x)
       half = width // 2
       a = pointwise('conv_1', x, self.edges, positions, half, 2)
-      shifted = jnp.pad(x[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
-      b = pointwise('conv_2', shifted, self.edges, positions, half, 2)
+      b = pointwise('conv_2', ops.pixel_shifted(x), self.edges, positions, half, 2)
       y = fold(jnp.concatenate([unfold(a, count), unfold(b, count)], axis=-1))
       return self._bn('bn', y, positions)
     if p.startswith('sep_conv_'):

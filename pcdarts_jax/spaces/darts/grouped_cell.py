@@ -370,6 +370,12 @@ def _conv_chains(stage: _Stage, variables: EdgeVariables,
   return {p: batched_ops.unfold(x[p], len(users)) for p, users in chains}
 
 
+def _strided_halves(r: jax.Array) -> List[jax.Array]:
+  """FactorizedReduce's two stride-2 1x1 conv inputs as slices: the even pixels
+  of r and of r shifted by one pixel (ops.pixel_shifted)."""
+  return [r[:, ::2, ::2, :], ops.pixel_shifted(r)[:, ::2, ::2, :]]
+
+
 def _factorized_reduce_per_source(stage: _Stage, variables: EdgeVariables,
                                   readers: Dict[int, Sequence[Edge]],
                                   half: int) -> Dict[int, jax.Array]:
@@ -385,8 +391,7 @@ def _factorized_reduce_per_source(stage: _Stage, variables: EdgeVariables,
     halves, kernels = [], []
     for source in group:
       r = stage.relu(source)
-      shifted = jnp.pad(r[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
-      halves += [r[:, ::2, ::2, :], shifted[:, ::2, ::2, :]]
+      halves += _strided_halves(r)
       for part in ('conv_1', 'conv_2'):
         k = variables.kernels(readers[source], 'skip_connect', part,
                               (1, 1, r.shape[-1], half))[:, 0, 0]  # (E, C_in, half)
@@ -499,15 +504,18 @@ def preprocess(cell, s0: jax.Array, s1: jax.Array, train: bool) -> Tuple[jax.Arr
     return module((part,), lambda m: m.param('kernel', initializers.kernel_init, shape,
                                              jnp.float32))
 
+  def relu_conv_bn(i, x):  # One ReLUConvBN by itself: preprocess{i}.
+    r = ops.relu(x)
+    y = jnp.dot(r.reshape(-1, r.shape[-1]),
+                kernel(modules[i], 'conv', (1, 1, r.shape[-1], c))[0, 0].astype(r.dtype))
+    return _normalize_blocks(modules[i:i + 1], y.reshape(*r.shape[:-1], c), train, axis_name)
+
   if cell.reduction_prev:
     if c % 2:
       raise ValueError(f'FactorizedReduce needs an even channel count, got {c}.')
-    r = ops.relu(s0)
-    shifted = jnp.pad(r[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
     kernels = jnp.stack([kernel(modules[0], part, (1, 1, s0.shape[-1], c // 2))
                          for part in ('conv_1', 'conv_2')])
-    y = edge_pointwise(jnp.concatenate([r[:, ::2, ::2, :], shifted[:, ::2, ::2, :]], -1),
-                       kernels)
+    y = edge_pointwise(jnp.concatenate(_strided_halves(ops.relu(s0)), -1), kernels)
     s0 = _normalize_blocks(modules[:1], y, train, axis_name)
   elif s0 is s1 or s0.shape == s1.shape:
     kernels = jnp.stack([kernel(module, 'conv', (1, 1, s1.shape[-1], c))
@@ -519,14 +527,8 @@ def preprocess(cell, s0: jax.Array, s1: jax.Array, train: bool) -> Tuple[jax.Arr
     y = _normalize_blocks(modules, y, train, axis_name)
     return y[..., :c], y[..., c:]
   else:
-    r = ops.relu(s0)
-    y = jnp.dot(r.reshape(-1, r.shape[-1]),
-                kernel(modules[0], 'conv', (1, 1, r.shape[-1], c))[0, 0].astype(r.dtype))
-    s0 = _normalize_blocks(modules[:1], y.reshape(*r.shape[:-1], c), train, axis_name)
-  r = ops.relu(s1)
-  y = jnp.dot(r.reshape(-1, r.shape[-1]),
-              kernel(modules[1], 'conv', (1, 1, r.shape[-1], c))[0, 0].astype(r.dtype))
-  return s0, _normalize_blocks(modules[1:], y.reshape(*r.shape[:-1], c), train, axis_name)
+    s0 = relu_conv_bn(0, s0)
+  return s0, relu_conv_bn(1, s1)
 
 
 def grouped_edges(cell, s0: jax.Array, s1: jax.Array, op_weights: jax.Array,
