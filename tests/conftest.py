@@ -46,7 +46,6 @@ def pytest_collection_modifyitems(config, items):
   """Keeps the tests that share a module-scoped fixture of their own file on one
   xdist worker (`--dist loadgroup`): the fixture (a search, a compiled model) is
   then built once per run instead of once per worker that draws one of them."""
-  del config
   for item in items:
     if item.get_closest_marker('xdist_group') or not hasattr(item, '_fixtureinfo'):
       continue
@@ -59,6 +58,28 @@ def pytest_collection_modifyitems(config, items):
           definition.baseid == module.nodeid and not name.endswith('env')):
         item.add_marker(pytest.mark.xdist_group(f'{module.name}.{name}'))
         break
+
+
+def pytest_sessionstart(session):
+  """pytest-xdist 3.8 groups a test on the workers by setting the item's
+  `_nodeid` to `nodeid@group`; pytest 9.2 no longer reads that attribute, and
+  `--dist loadgroup` then spreads each group over the workers, every one
+  rebuilding the shared fixtures (minutes of CI time) without a word. Probed
+  here on the session node, before any worker starts."""
+  config = session.config
+  if hasattr(config, 'workerinput') or config.getoption('dist', None) != 'loadgroup':
+    return
+  had, before = hasattr(session, '_nodeid'), getattr(session, '_nodeid', None)
+  session._nodeid = 'probe@group'  # pylint: disable=protected-access
+  applied = session.nodeid == 'probe@group'
+  if had:
+    session._nodeid = before  # pylint: disable=protected-access
+  else:
+    del session._nodeid  # pylint: disable=protected-access
+  if not applied:
+    raise pytest.UsageError(
+        f'--dist loadgroup would ignore the xdist_group marks under pytest '
+        f'{pytest.__version__}: install the pins of requirements.txt.')
 
 
 def np_relu(x):
