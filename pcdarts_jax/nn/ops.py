@@ -78,17 +78,26 @@ class BatchNorm(nn.BatchNorm):
       if normalize is not None:
         raise ValueError('BatchNorm: normalize= needs the affine-free train-mode BatchNorm')
       return super().__call__(x, **kwargs).astype(x.dtype)
-    features = (x.shape[-1],)
-    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, features, jnp.float32)
-    ra_var = self.variable('batch_stats', 'var', jnp.ones, features, jnp.float32)
-    initializing = self.is_initializing()
-    y, mean, var = (normalize or batch_normalize)(x, self.epsilon,
-                                                  None if initializing else self.axis_name)
-    if not initializing:
-      m = self.momentum
-      ra_mean.value = m * ra_mean.value + (1 - m) * lax.stop_gradient(mean)
-      ra_var.value = m * ra_var.value + (1 - m) * lax.stop_gradient(var)
+    y, mean, var = (normalize or batch_normalize)(
+        x, self.epsilon, None if self.is_initializing() else self.axis_name)
+    running_statistics(self, x.shape[-1], (mean, var), self.momentum)
     return y
+
+
+def running_statistics(module: nn.Module, width: int,
+                       batch: Optional[Tuple[jax.Array, jax.Array]] = None,
+                       momentum: float = BN_MOMENTUM) -> Tuple[jax.Array, jax.Array]:
+  """A BatchNorm's running mean and variance, `batch_stats` `mean` and `var` of
+  `module`, (width,) float32 each. Given the batch's (mean, var), they first
+  move towards it by `momentum` (not while initializing: init leaves them at
+  0 and 1, as PyTorch's BatchNorm starts). One update for ops.BatchNorm and
+  for the layouts that normalize several BatchNorms' channels at once."""
+  mean = module.variable('batch_stats', 'mean', jnp.zeros, (width,), jnp.float32)
+  var = module.variable('batch_stats', 'var', jnp.ones, (width,), jnp.float32)
+  if batch is not None and not module.is_initializing():
+    for variable, values in zip((mean, var), batch):
+      variable.value = momentum * variable.value + (1 - momentum) * lax.stop_gradient(values)
+  return mean.value, var.value
 
 
 def batch_norm(train: bool, affine: bool, name: Optional[str] = None,

@@ -456,20 +456,9 @@ def _stage_op_outputs(stage: _Stage, variables: EdgeVariables, primitives: Seque
 
 def _bn_statistics(module: _VariablesAt, width: int,
                    batch: Optional[Tuple[jax.Array, jax.Array]] = None):
-  """The running mean and variance of `module`'s BatchNorm (`bn`, as
-  ops.batch_norm names it), (width,) each; with `batch` (mean, var), first
-  moved towards it as ops.BatchNorm does (where batch_stats is mutable, not
-  while initializing)."""
-  def make(m):
-    mean = m.variable('batch_stats', 'mean', jnp.zeros, (width,), jnp.float32)
-    var = m.variable('batch_stats', 'var', jnp.ones, (width,), jnp.float32)
-    if (batch is not None and not m.is_initializing()
-        and m.is_mutable_collection('batch_stats')):
-      for variable, values in zip((mean, var), batch):
-        variable.value = (ops.BN_MOMENTUM * variable.value
-                          + (1 - ops.BN_MOMENTUM) * lax.stop_gradient(values))
-    return mean.value, var.value
-  return module(('bn',), make)
+  """ops.running_statistics of `module`'s BatchNorm (`bn`, as ops.batch_norm
+  names it)."""
+  return module(('bn',), lambda m: ops.running_statistics(m, width, batch))
 
 
 def _normalize_blocks(modules: Sequence[_VariablesAt], y: jax.Array, train: bool,
