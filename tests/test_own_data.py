@@ -499,7 +499,10 @@ def _own_source(tmp_path, source):
   return arrays_config(_grey_npz(tmp_path)), 1, ['low', 'mid', 'high']
 
 
-@pytest.mark.parametrize('source', ['folder', 'arrays'])
+# CI time (each source compiles its own programs: 1 or 3 channels): the default run
+# searches on the arrays and trains on the folder, so each source goes end to end
+# once; -m slow runs the other two.
+@pytest.mark.parametrize('source', [pytest.param('folder', marks=pytest.mark.slow), 'arrays'])
 def test_a_search_on_own_data_records_its_classes_and_statistics(tmp_path, source):
   from pcdarts_jax.search import search as search_lib  # pylint: disable=g-import-not-at-top
   d, channels, names = _own_source(tmp_path, source)
@@ -514,7 +517,7 @@ def test_a_search_on_own_data_records_its_classes_and_statistics(tmp_path, sourc
     assert json.load(f)['mean'] == recorded['data']['mean']
 
 
-@pytest.mark.parametrize('source', ['folder', 'arrays'])
+@pytest.mark.parametrize('source', ['folder', pytest.param('arrays', marks=pytest.mark.slow)])
 def test_training_and_evaluation_on_own_data(tmp_path, source):
   from pcdarts_jax.train import train as train_lib  # pylint: disable=g-import-not-at-top
   d, channels, names = _own_source(tmp_path, source)
