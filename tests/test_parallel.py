@@ -92,6 +92,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+# CI time (three processes compiling, ~100 s): the pmapped step's agreement runs in
+# the 1-vs-8-devices test above and each host's batch slice in
+# test_shard_and_host_slice; -m slow adds jax.distributed across processes.
+@pytest.mark.slow
 def test_two_processes_agree_with_one_process(tmp_path):
   """jax.distributed on localhost (CPU collectives): 2 processes x 2 devices run
   2 bilevel steps on one global batch, each feeding its half; one process with

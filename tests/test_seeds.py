@@ -603,6 +603,9 @@ def test_a_two_seed_search_writes_every_seed_and_the_chosen_one(seeds_reference)
   assert 'seed' in stdout
 
 
+# CI time (~50 s, another two launches): test_resume resumes a one-seed search
+# bitwise and the checkpoint holds the seeds' stacked state alike; -m slow runs it.
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical_with_two_seeds(run_env, seeds_reference,
                                                                   tmp_path):
   reference, _ = seeds_reference
