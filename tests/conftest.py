@@ -46,6 +46,7 @@ def pytest_collection_modifyitems(config, items):
   """Keeps the tests that share a module-scoped fixture of their own file on one
   xdist worker (`--dist loadgroup`): the fixture (a search, a compiled model) is
   then built once per run instead of once per worker that draws one of them."""
+  del config
   for item in items:
     if item.get_closest_marker('xdist_group') or not hasattr(item, '_fixtureinfo'):
       continue
