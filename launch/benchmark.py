@@ -9,11 +9,16 @@ r"""Step-throughput benchmark of a search config or a training config.
   python -m launch.benchmark --config=configs/cifar10_search.py --measure=program \
       --platform=cuda [--batch_size=256] [--config.model.edge_impl=scan ...]
   python -m launch.benchmark --config=configs/cifar10_search.py --num_seeds=4 --batch_size=32
+  python -m launch.benchmark --config=configs/drnas_cifar10_search.py --stage=2 \
+      --measure=bilevel_step --steps=2    # compile time and step of DrNAS stage 2
   python -m launch.benchmark --config=configs/rnn_pydoc_search.py \
       [--architects=first_order,second_order]     # the RNN search step: ms/step, tokens/s
 
 `--num_seeds=N` measures the step of N searches vmapped in one program
 (search.num_seeds) and reports ms_per_search_step (its time / N).
+
+`--stage=N` measures the supernet of DrNAS progressive stage N of the config
+(its K, and op masks pruned from fixed-seed random arch values after stage 1).
 
 `--measure=program` lowers the search step for --platform (cpu, cuda, rocm,
 tpu; default: this machine's) without compiling or running it, and counts what
@@ -64,6 +69,10 @@ _TRACE_DIR = flags.DEFINE_string(
 _DEVICE_LOCK = flags.DEFINE_string(
     'device_lock', None, 'Lock this file while stepping (warm-up and timed steps): several '
     'benchmarks sharing one accelerator then compile at the same time and step one at a time.')
+_STAGE = flags.DEFINE_integer(
+    'stage', None, 'Search configs with DrNAS progressive stages (search.stage_epochs): measure '
+    'the supernet of this stage (1-based): its K and, after stage 1, op masks pruned as the '
+    'search prunes them, from fixed-seed random arch values.')
 _PLATFORM = flags.DEFINE_string(
     'platform', None, f'--measure=program: the platform to lower the step for, one of '
     f'{program.PLATFORMS} (default: this machine\'s). Needs no device of that platform.')
@@ -100,6 +109,11 @@ def main(argv):
   if _PLATFORM.value is not None and not set(measure) & set(benchmark.PROGRAM_MEASUREMENTS):
     common.fail(f'--platform applies to --measure={",".join(benchmark.PROGRAM_MEASUREMENTS)} '
                 f'only (measuring {",".join(measure)})')
+  if _STAGE.value is not None:
+    try:
+      benchmark.stage_overrides(config, _STAGE.value)
+    except ValueError as e:
+      common.fail(str(e))
   rnn = benchmark.is_rnn_config(config)
   architects = rnn_steps.ARCHITECTS if rnn else config_validation.ARCHITECTS
   for name in _ARCHITECTS.value:
@@ -144,7 +158,8 @@ def main(argv):
       for r in benchmark.iter_run(config, measure, b, _STEPS.value, _WARMUP.value,
                                   _ARCHITECTS.value, config_name=config_name,
                                   trace_dir=_TRACE_DIR.value,
-                                  device_lock=_DEVICE_LOCK.value, platform=_PLATFORM.value):
+                                  device_lock=_DEVICE_LOCK.value, platform=_PLATFORM.value,
+                                  stage=_STAGE.value):
         emit(r)
         results.append(r)
     except Exception as e:  # pylint: disable=broad-except

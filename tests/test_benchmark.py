@@ -22,7 +22,7 @@ FIELDS = {
     'edge_impl': str, 'unroll_edges': bool, 'bilevel_phases': str,
     'step_memory_bytes': (int, type(None)),
     'stepping_peak_rss_bytes': (int, type(None)), 'xla_flops_per_step': (float, type(None)),
-    'trace': type(None), 'xla_flags': str,
+    'trace': type(None), 'xla_flags': str, 'stage': type(None),
 }
 # One (reduction) cell: each measurement compiles its own step, so CI time.
 TINY = ['--config=configs/digits_search.py', '--config.model.init_channels=4',
@@ -261,6 +261,43 @@ def test_iter_run_yields_each_result_before_a_later_failure(monkeypatch):
   assert first['measurement'] == 'pipeline' and first['ms_per_step_median'] > 0
   with pytest.raises(RuntimeError, match='compiler crashed'):
     next(results)
+
+
+def test_stage_overrides_prune_as_the_search_does():
+  from configs import drnas_cifar10_search  # pylint: disable=import-outside-toplevel
+  from configs import digits_search  # pylint: disable=import-outside-toplevel
+  from pcdarts_jax.bench import benchmark  # pylint: disable=import-outside-toplevel
+  config = drnas_cifar10_search.get_config()  # stages: k (6, 4), ops kept (7, 4)
+  assert benchmark.stage_overrides(config, None) == {}
+  assert benchmark.stage_overrides(config, 1) == {'partial_channels': 6, 'op_masks': None}
+  second = benchmark.stage_overrides(config, 2)
+  assert second['partial_channels'] == 4 and sorted(second['op_masks']) == ['normal', 'reduce']
+  for mask in second['op_masks'].values():
+    assert mask.shape == (14, 7) and (mask.sum(-1) == 4).all()
+  # Fixed seed: every run measures the same supernet; the two cells prune differently.
+  again = benchmark.stage_overrides(config, 2)['op_masks']
+  assert all((again[k] == second['op_masks'][k]).all() for k in again)
+  assert (second['op_masks']['normal'] != second['op_masks']['reduce']).any()
+  with pytest.raises(ValueError, match=r'--stage=3 .* stages 1\.\.2'):
+    benchmark.stage_overrides(config, 3)
+  # Without search.stage_epochs a search has one stage: the config's K, every op.
+  assert benchmark.stage_overrides(digits_search.get_config(), 1)['op_masks'] is None
+  with pytest.raises(ValueError, match='--stage=2'):
+    benchmark.stage_overrides(digits_search.get_config(), 2)
+
+
+def test_stage_two_program_runs_only_the_kept_ops():
+  from configs import drnas_digits_search  # pylint: disable=import-outside-toplevel
+  from pcdarts_jax.bench import benchmark  # pylint: disable=import-outside-toplevel
+  from pcdarts_jax.bench import program  # pylint: disable=import-outside-toplevel
+  config = drnas_digits_search.get_config()  # 7 ops, then the top 4 per edge
+  config.model.init_channels, config.model.layers = 4, 1
+  counts = {stage: program.count(program.lower(benchmark.trace_search_step(config, 8, stage),
+                                               'cpu'))
+            for stage in (1, 2)}
+  # 4 of 7 ops per edge: of the parametrised ops (4 of the 7) fewer run.
+  assert counts[2].executed_convolutions < counts[1].executed_convolutions
+  assert counts[2].executed_ops < counts[1].executed_ops
 
 
 def test_projected_search_time():

@@ -34,11 +34,13 @@ from pcdarts_jax.search import search as loop
 from pcdarts_jax.train import networks
 from pcdarts_jax.nn import ops
 from pcdarts_jax.search import optim
+from pcdarts_jax.search import progressive
 from pcdarts_jax.search import seeds
 from pcdarts_jax.bench import program
 from pcdarts_jax.rnn import lm as rnn_lm
 from pcdarts_jax.rnn import search as rnn_search
 from pcdarts_jax.rnn import train as rnn_train
+from pcdarts_jax.spaces.darts import space as darts_space
 from pcdarts_jax.spaces.darts import supernet
 from pcdarts_jax.spaces.rnn import corpus as rnn_corpus
 from pcdarts_jax.spaces.rnn import model as rnn_model
@@ -447,11 +449,36 @@ def for_platform(config, platform: str, architect_name: str):
   return config
 
 
-def trace_search_step(config, batch_size: int):
+def stage_overrides(config, stage: Optional[int]) -> Dict[str, Any]:
+  """`build_supernet`'s K and op masks at DrNAS progressive-learning stage
+  `stage` (1-based; None: the config's model as it is). After the first stage
+  the masks are pruned stage by stage, as the search prunes them, from random
+  arch values drawn with a fixed seed: every run measures the same supernet,
+  whose kept ops are spread over the edges as a real search's may be."""
+  if stage is None:
+    return {}
+  if is_train_config(config) or config_fields.space(config.model) != 'darts':
+    raise ValueError('--stage applies to the search configs of the DARTS space only')
+  all_stages = progressive.stages(config)
+  if not 1 <= stage <= len(all_stages):
+    raise ValueError(f'--stage={stage} is not a stage of this config: it has stages '
+                     f'1..{len(all_stages)} (search.stage_epochs)')
+  edges = genotypes.node_edge_ranges(config.model.get('steps', 4))[-1][1]
+  ops_count = len(config.model.get('primitives', genotypes.PRIMITIVES))
+  rng, masks = np.random.default_rng(0), None
+  for later in all_stages[1:stage]:
+    arch = {f'alphas_{kind}': rng.normal(size=(edges, ops_count)) for kind in ('normal', 'reduce')}
+    masks = darts_space.prune_masks(arch, later.ops_kept, masks)
+  return {'partial_channels': all_stages[stage - 1].partial_channels, 'op_masks': masks}
+
+
+def trace_search_step(config, batch_size: int, stage: Optional[int] = None):
   """The search loop's step (the bilevel step behind the non-finite guard, as
   loop.search builds it for one device), traced for a batch of `batch_size`:
-  `jax.jit(step).trace(...)`, ready to lower for any platform."""
-  model = supernet.build_supernet(config, depthwise_impl=architect.depthwise_impl(config))
+  `jax.jit(step).trace(...)`, ready to lower for any platform. `stage`: that
+  DrNAS stage's supernet (stage_overrides)."""
+  model = supernet.build_supernet(config, depthwise_impl=architect.depthwise_impl(config),
+                                  **stage_overrides(config, stage))
   steps_per_epoch = max((_known_share(config.data) or batch_size) // batch_size, 1)
   weight_tx = optim.weight_optimizer(config, steps_per_epoch)
   arch_tx = optim.arch_optimizer(config)
@@ -476,13 +503,15 @@ def trace_search_step(config, batch_size: int):
 
 
 def measure_program(config, batch_size: int, platform: str,
-                    architect_name: str = 'first_order') -> Dict[str, Any]:
-  """The search step of `config` lowered for `platform` (not compiled, not run;
-  no device of that platform needed): what it executes per step (program.py),
-  its FLOPs, and the choices it was lowered with."""
+                    architect_name: str = 'first_order',
+                    stage: Optional[int] = None) -> Dict[str, Any]:
+  """The search step of `config` (at DrNAS stage `stage`) lowered for
+  `platform` (not compiled, not run; no device of that platform needed): what
+  it executes per step (program.py), its FLOPs, and the choices it was lowered
+  with."""
   config = for_platform(config, platform, architect_name)
   start = time.perf_counter()
-  traced = trace_search_step(config, batch_size)
+  traced = trace_search_step(config, batch_size, stage)
   module = program.lower(traced, platform)
   seconds = time.perf_counter() - start
   m = config.model
@@ -495,14 +524,16 @@ def measure_program(config, batch_size: int, platform: str,
 class SearchBench:
   """The search steps of one config at one batch size."""
 
-  def __init__(self, config, batch_size: int):
+  def __init__(self, config, batch_size: int, stage: Optional[int] = None):
     self.config = config
     self.batch_size = batch_size
+    # A DrNAS stage's K and op masks (stage_overrides; {}: the config's supernet).
+    self.overrides = stage_overrides(config, stage)
     # weight_images: per search epoch, of the real data set even when synthetic.
     (self.train_set, self.arch_set), self.data_source, self.weight_images = (
         splits_or_synthetic(config, batch_size, data.search_splits, count=2))
-    self.model = supernet.build_supernet(config,
-                                         depthwise_impl=architect.depthwise_impl(config))
+    self.model = supernet.build_supernet(config, depthwise_impl=architect.depthwise_impl(config),
+                                         **self.overrides)
     self.steps_per_epoch = max(len(self.train_set) // batch_size, 1)
     self.weight_tx = optim.weight_optimizer(config, self.steps_per_epoch)
     self.arch_tx = optim.arch_optimizer(config)
@@ -540,7 +571,7 @@ class SearchBench:
     if impl == architect.depthwise_impl(self.config):
       return self.model
     # Same parameters: only the ops' form differs.
-    return supernet.build_supernet(self.config, depthwise_impl=impl)
+    return supernet.build_supernet(self.config, depthwise_impl=impl, **self.overrides)
 
   def _bilevel(self, architect_name: str):
     """The search loop's step, arch steps on from step 0, compiled once per
@@ -792,14 +823,17 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
              architects: Sequence[str] = ('first_order',),
              config_name: str = '', trace_dir: Optional[str] = None,
              device_lock: Optional[str] = None,
-             platform: Optional[str] = None) -> Iterator[Dict]:
+             platform: Optional[str] = None,
+             stage: Optional[int] = None) -> Iterator[Dict]:
   """`run`, each result yielded when it is measured: a long sweep that is stopped
   or fails part way (a compiler crash, out of memory) keeps what it measured.
   `trace_dir`: a profiler trace of each measurement's timed steps goes to
   trace_dir/<measurement>[_<architect>]_b<batch> (the pipeline's is not traced).
   `device_lock`: a file each measurement locks while it steps (`holding`).
-  `platform`: what `program` lowers for (default: this machine's)."""
+  `platform`: what `program` lowers for (default: this machine's).
+  `stage`: a search config's DrNAS progressive stage (1-based, stage_overrides)."""
   check_measurements(config, measurements)  # Before anything is built.
+  stage_overrides(config, stage)  # Refuses a stage the config does not have.
   m = config.model
   timed = [name for name in measurements if name not in PROGRAM_MEASUREMENTS]
   bench = None  # Data, state and steps: only for what runs.
@@ -811,7 +845,7 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
     bench = TrainBench(config, batch_size)
     edges = {'edge_impl': None, 'unroll_edges': None, 'bilevel_phases': None}
   else:
-    bench = SearchBench(config, batch_size) if timed else None
+    bench = SearchBench(config, batch_size, stage) if timed else None
     edges = {'edge_impl': supernet.resolve_edge_impl(
                  m.get('edge_impl', 'auto'), m.get('channel_sampling', 'first'),
                  m.get('primitives', genotypes.PRIMITIVES)),
@@ -819,7 +853,7 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
              'bilevel_phases': config_fields.bilevel_phases(config.search)}
   base = {'config': config_name, 'config_digest': config_digest(config),
           'batch_size': batch_size, 'data': bench.data_source if bench else None,
-          'steps': steps, 'warmup': warmup, **edges,
+          'steps': steps, 'warmup': warmup, 'stage': stage, **edges,
           'depthwise_impl': None if rnn else ops.resolve_depthwise_impl(  # `auto` resolved
               m.get('depthwise_impl', 'auto'), m.get('dtype', 'float32')),
           'dtype': m.get('dtype', 'float32'),
@@ -834,7 +868,7 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
         lowered_base = {k: v for k, v in base.items() if k not in ('data', 'steps', 'warmup')}
         yield {'measurement': name, 'architect': arch_name, **lowered_base,
                **measure_program(config, batch_size, platform or program.default_platform(),
-                                 arch_name)}
+                                 arch_name, stage)}
         continue
       kwargs = {'architect_name': arch_name} if arch_name else {}
       trace = (os.path.join(trace_dir, '_'.join(filter(None, (name, arch_name)))
