@@ -57,6 +57,7 @@ from pcdarts_jax.search import seeds
 from pcdarts_jax.spaces.darts import genotypes
 from pcdarts_jax.spaces.darts import space
 from pcdarts_jax.spaces.darts import supernet
+from tests import compile_options
 
 NUM_SEEDS = 3
 KINDS = ('normal', 'reduce')
@@ -69,7 +70,7 @@ CI_NODES, CI_BATCH, CI_STEPS, CI_ARCH_START = 2, 32, 12, 2
 # (test 120 s -> ~95 s user CPU) while the 12 steps stay fast (-O0: 144 s, the
 # steps far slower). Figures at -O1 (measured): bfloat16 vs float32 TV 3.9e-4
 # .. 8.3e-4, between float32 seeds 1.6e-3 .. 2.4e-3, as in the ranges above.
-FAST_COMPILE = {'xla_llvm_disable_expensive_passes': True, 'xla_backend_optimization_level': 1}
+FAST_COMPILE = compile_options.RUN_SOME_LEAN
 
 
 def fidelity_config(dtype: str, nodes: int = 4):

@@ -16,6 +16,7 @@ from pcdarts_jax.nn import initializers
 from pcdarts_jax.nn import ops
 from pcdarts_jax.spaces.darts import supernet
 from configs import cifar10_search
+from tests import compile_options
 
 
 
@@ -31,11 +32,7 @@ needs_kernel = pytest.mark.usefixtures('kernel_built')
 CONVS = [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 4, 2)]
 # The programs here run once: compiled without LLVM's optimizations they compile
 # in about two thirds of the CPU time (the kernel itself is built by g++ as always).
-RUN_ONCE = {'xla_backend_optimization_level': 0}
-
-
-def _jit(fn, **kwargs):
-  return jax.jit(fn, compiler_options=RUN_ONCE, **kwargs)
+_jit = compile_options.jit_once
 
 
 def _init(module, *args, **kwargs):

@@ -26,13 +26,14 @@ from pcdarts_jax.spaces.darts import grouped_cell
 from pcdarts_jax.nn import initializers
 from pcdarts_jax.spaces.darts import supernet
 from pcdarts_jax.spaces.darts import cell_parts
+from tests import compile_options
 
 BATCH = 3
 LABELS = jnp.array([1, 4, 7])
 # Each compiled program here runs once or twice: LLVM's optimizations would cost
 # more CPU time than they save (about a third of each compile). Both layouts are
 # compiled alike, so the comparisons are unchanged.
-RUN_ONCE = {'xla_backend_optimization_level': 0}
+RUN_ONCE = compile_options.RUN_ONCE
 # The K=4 pair's tests share its compile: one xdist worker (--dist loadgroup).
 K4_PAIR = pytest.mark.xdist_group('grouped_cell_k4_pair')
 

@@ -26,6 +26,7 @@ from pcdarts_jax.spaces import relaxation
 from pcdarts_jax import spaces
 from pcdarts_jax.spaces.nb201 import space as nb201
 from pcdarts_jax.spaces.nb201 import table as nb201_table
+from tests import compile_options
 
 PRIMS = nb201.PRIMITIVES
 BEST = '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|'
@@ -37,12 +38,7 @@ def tiny_model(**overrides):
   return ml_collections.ConfigDict(fields)
 
 
-# Programs that run once: compiled without LLVM's optimizations (a third less CPU).
-RUN_ONCE = {'xla_backend_optimization_level': 0}
-
-
-def _jit(fn, **kwargs):
-  return jax.jit(fn, compiler_options=RUN_ONCE, **kwargs)
+_jit = compile_options.jit_once  # Programs that run once.
 
 
 def _init(module, *args, **kwargs):

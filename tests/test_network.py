@@ -14,14 +14,10 @@ import pytest
 from pcdarts_jax.spaces.darts import genotypes
 from pcdarts_jax.nn import initializers
 from pcdarts_jax.spaces.darts import network
+from tests import compile_options
 
 
-# Programs that run once: compiled without LLVM's optimizations (a third less CPU).
-RUN_ONCE = {'xla_backend_optimization_level': 0}
-
-
-def _jit(fn):
-  return jax.jit(fn, compiler_options=RUN_ONCE)
+_jit = compile_options.jit_once  # Programs that run once.
 
 
 def _net(cls, name, c, layers, classes, auxiliary=True):

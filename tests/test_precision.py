@@ -11,13 +11,14 @@ from pcdarts_jax.data import datasets as data
 from pcdarts_jax.search import search as loop
 from pcdarts_jax.search import optim
 from pcdarts_jax.spaces.darts import supernet
+from tests import compile_options
 from tests.test_search import tiny_config
 
 STEPS = 60
 # LLVM at -O1: each dtype's step compiles in ~7 s less CPU and its 60 steps run
 # ~1 s slower (measured: compile 27.6/33.0 s -> 20.9/26.0 s, steps 3.5/5.4 s ->
 # 4.0/6.8 s); -O0 made the 60 steps take 70 s.
-RUN_SOME = {'xla_backend_optimization_level': 1}
+RUN_SOME = compile_options.RUN_SOME
 
 
 def _setup(dtype):

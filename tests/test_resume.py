@@ -169,11 +169,9 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(env, reference, tm
   _assert_same_result(workdir, reference)
 
 
-def test_same_seed_same_result_and_another_seed_differs(env, reference, tmp_path):
-  again = str(tmp_path / 'again')
-  result = _run(env, again)
-  assert result.returncode == 0, result.stderr[-3000:]
-  _assert_same_result(again, reference)
+def test_another_seed_gives_another_search(env, reference, tmp_path):
+  # Same seed, same result: the SIGKILL test's run starts afresh with the
+  # reference's seed and ends bitwise equal to it.
   other = str(tmp_path / 'other')
   result = _run(env, other, '--config.seed=3')
   assert result.returncode == 0, result.stderr[-3000:]

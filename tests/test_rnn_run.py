@@ -30,9 +30,9 @@ from pcdarts_jax.spaces.rnn import corpus as corpus_lib
 from pcdarts_jax.spaces.rnn import genotypes
 from pcdarts_jax.spaces.rnn import model as model_lib
 from pcdarts_jax.spaces.rnn import steps
+from tests import compile_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 
 
 # ------------------------------------------------------- padded windows
@@ -65,7 +65,7 @@ def test_a_padded_window_computes_what_the_exact_window_does(genotype):
     return steps.lm_loss(m, p, a, stats, tokens, targets, hidden, key, True, 0.5, 0.5, length)
 
   grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True),
-                 compiler_options=FAST_COMPILE)
+                 compiler_options=compile_options.RUN_FEW)
   (exact, (nll, h, bs)), g = grad(params, arch, x[:, :5], y[:, :5], None)
   (padded, (nll_p, h_p, bs_p)), g_p = grad(params, arch, x, y, jnp.int32(5))
   np.testing.assert_allclose(padded, exact, rtol=1e-6)
@@ -73,7 +73,7 @@ def test_a_padded_window_computes_what_the_exact_window_does(genotype):
   for a, b in zip(jax.tree.leaves((h_p, bs_p, g_p)), jax.tree.leaves((h, bs, g))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   # Evaluation: the padded steps add nothing to the summed NLL.
-  evaluate = jax.jit(steps.make_eval_step(m), compiler_options=FAST_COMPILE)
+  evaluate = jax.jit(steps.make_eval_step(m), compiler_options=compile_options.RUN_FEW)
   if genotype is None:  # Warm statistics: the search model's BN right after a step.
     stats = bs
   s, h = evaluate(params, arch, stats, hidden, x[:, :5], y[:, :5], None)

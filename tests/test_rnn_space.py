@@ -20,15 +20,12 @@ from pcdarts_jax.spaces.rnn import corpus as corpus_lib
 from pcdarts_jax.spaces.rnn import genotypes
 from pcdarts_jax.spaces.rnn import model as model_lib
 from pcdarts_jax.spaces.rnn import steps
+from tests import compile_options
 
 OPS = genotypes.PRIMITIVES[1:]
 # The tests' programs are tiny and run for milliseconds: XLA's backend optimisation is
 # most of their cost on a shared CPU, so they compile without it (same arithmetic).
-FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
-
-
-def _jit(fun, **kwargs):
-  return jax.jit(fun, compiler_options=FAST_COMPILE, **kwargs)
+_jit = compile_options.jit_few
 
 
 def _init(m, seed):

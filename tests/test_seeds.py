@@ -28,6 +28,7 @@ from pcdarts_jax.search import seeds
 from pcdarts_jax.search import validation as config_validation
 from pcdarts_jax.sgnas import search as sgnas_search
 from pcdarts_jax.spaces.darts import genotypes
+from tests import compile_options
 
 N = 2
 STEPS = 3  # Step 0 in the arch warm-up, steps 1 and 2 with arch steps.
@@ -63,7 +64,7 @@ def tiny_config(space='darts', relaxation='softmax', architect='first_order',
 # DARTS main run's seeds then differ from its one-seed runs by 8e-5 relative on
 # 2 of 108 weights (measured), above its 2e-5 tolerance, so DARTS keeps the
 # default, as do the second-order variants (not measured so).
-RUN_FEW = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+RUN_FEW = compile_options.RUN_FEW
 
 
 class _CompileOnce:

@@ -1,0 +1,29 @@
+"""XLA:CPU compile options of the tests' programs, by how often a program runs.
+
+A test program that runs once or for a few steps spends most of its CPU time in
+XLA's LLVM backend, not in running. Less LLVM optimisation compiles it in less
+CPU time; programs whose results a test compares are compiled alike. Measured
+figures are at each use.
+"""
+
+import jax
+
+# Runs once or twice: no LLVM optimisation (about a third less CPU per compile).
+RUN_ONCE = {'xla_backend_optimization_level': 0}
+# Runs a handful of steps of a tiny program: also without LLVM's expensive passes.
+RUN_FEW = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+# Runs tens of steps: LLVM -O1 compiles in less CPU while the steps stay fast
+# (at -O0 the steps would cost more than the compile saves).
+RUN_SOME = {'xla_backend_optimization_level': 1}
+# As RUN_SOME, also without LLVM's expensive passes.
+RUN_SOME_LEAN = {'xla_backend_optimization_level': 1, 'xla_llvm_disable_expensive_passes': True}
+
+
+def jit_once(fn, **kwargs):
+  """jax.jit for a program that runs once or twice (RUN_ONCE)."""
+  return jax.jit(fn, compiler_options=RUN_ONCE, **kwargs)
+
+
+def jit_few(fn, **kwargs):
+  """jax.jit for a tiny program that runs a handful of times (RUN_FEW)."""
+  return jax.jit(fn, compiler_options=RUN_FEW, **kwargs)
