@@ -34,7 +34,8 @@ def get_config():
   config.model.relaxation = 'softmax'   # softmax | dirichlet | gumbel | gdas
   config.model.edge_normalization = False
   # layers, steps, multiplier, stem_multiplier, stem, depthwise_impl, unroll_edges,
-  # channel_sampling and channel_mixing belong to the DARTS space; nb201 ignores them.
+  # scan_cells, channel_sampling and channel_mixing belong to the DARTS space; nb201
+  # ignores them.
 
   config.search.epochs = 100
   config.search.batch_size = 64

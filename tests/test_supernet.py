@@ -15,6 +15,7 @@ from pcdarts_jax.nn import initializers
 from pcdarts_jax.nn import ops
 from pcdarts_jax.spaces.darts import supernet
 from pcdarts_jax.spaces.darts import cell_parts
+from tests.compile_options import RUN_ONCE
 
 PRIMS = genotypes.PRIMITIVES
 # Hand-set, non-uniform op mixing weights (deliberately not a softmax).
@@ -352,6 +353,56 @@ def test_supernet_unrolled_edges_match_scan(tiny):
   np.testing.assert_allclose(np.asarray(logits), np.asarray(tiny['logits']), atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
                updates['batch_stats'], tiny['updates']['batch_stats'])
+
+
+# The pruned stage's cells are a slow case: the scan around them is the same code.
+@pytest.mark.parametrize('masked', [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_identical_cells_scanned_match_unrolled(masked):
+  """A run of identical normal cells runs as one lax.scan over their stacked
+  variables (traced once), with the loop's per-cell variables and its numbers:
+  logits, loss, every weight and arch gradient, BatchNorm statistics, eval
+  logits; also in a DrNAS pruned stage (per-edge op masks)."""
+  # Stem width = cell output width (2 x C): cells 0 and 1 (before the reduction
+  # at 2) see inputs of one shape, so they form a run; 6 cells in all.
+  # Three ops (one conv chain): the cells' structure is what is tested.
+  primitives = ('max_pool_3x3', 'skip_connect', 'sep_conv_3x3')
+  config = _tiny_config(steps=2, multiplier=2, stem_multiplier=2, edge_normalization=True,
+                        primitives=primitives)
+  config.model.layers = 6
+  rng = np.random.RandomState(3)
+  masks = ({kind: (rng.rand(5, len(primitives)).argsort(-1) < 2).astype(np.int32)
+            for kind in ('normal', 'reduce')} if masked else None)
+  x = jnp.asarray(_rand((2, 8, 8, 3), seed=4))
+  labels = jnp.array([1, 7])
+  models = {scan: supernet.build_supernet(config, op_masks=masks).clone(scan_cells=scan)
+            for scan in (False, True)}
+  variables = initializers.init_variables(models[True], jax.random.PRNGKey(0), x[:1])
+  # Init builds each cell (the loop's tree): the same variables either way.
+  assert jax.tree.structure(variables) == jax.tree.structure(
+      initializers.init_variables(models[False], jax.random.PRNGKey(0), x[:1]))
+  assert {'cell_0', 'cell_1'} <= set(variables['params'])
+
+  def loss(model, params, arch, stats):
+    logits, updates = model.apply({'params': params, 'arch': arch, 'batch_stats': stats}, x,
+                                  train=True, mutable=['batch_stats'])
+    nll = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(2), labels])
+    return nll, (logits, updates['batch_stats'])
+
+  out, equations = {}, {}
+  for scan, model in models.items():
+    fn = functools.partial(loss, model)
+    grads_fn = jax.value_and_grad(fn, argnums=(0, 1), has_aux=True)
+    args = (variables['params'], variables['arch'], variables['batch_stats'])
+    equations[scan] = len(jax.make_jaxpr(fn)(*args).jaxpr.eqns)
+    (nll, (logits, stats)), grads = jax.jit(grads_fn, compiler_options=RUN_ONCE)(*args)
+    evaluated = jax.jit(lambda v, model=model: model.apply(v, x, train=False),
+                        compiler_options=RUN_ONCE)(variables)
+    out[scan] = (nll, logits, grads, stats, evaluated)
+  # The run's cell is traced once: the scanned program is smaller.
+  assert equations[True] < equations[False]
+  assert jax.tree.structure(out[True]) == jax.tree.structure(out[False])
+  for a, b in zip(jax.tree.leaves(out[False]), jax.tree.leaves(out[True])):
+    np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6 * max(1.0, float(np.abs(a).max())))
 
 
 def test_supernet_without_edge_normalization(tiny):

@@ -8,6 +8,7 @@ Flax rng stream 'channels' | `reference_random`, the reference's random file as 
 runs) and `channel_mixing` (`shuffle` | `shift`); none changes the parameters.
 """
 
+import functools
 from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -374,6 +375,9 @@ class SearchNetwork(nn.Module):
   # tuples (edges x ops, 1 = kept); pruned ops get no weight and are not built.
   op_masks: Optional[Any] = None
   edge_impl: str = 'auto'           # auto | batched | grouped | scan: see resolve_edge_impl
+  # Runs of identical normal cells (same inputs' shapes) as one lax.scan over the
+  # cells' stacked variables: the run's cell compiles once (see _scanned_run).
+  scan_cells: bool = True
 
   def _arch(self, name, shape):
     init = lambda: 1e-3 * jax.random.normal(self.make_rng('params'), shape)
@@ -416,24 +420,71 @@ class SearchNetwork(nn.Module):
     s0, s1 = self._stem(x, train)
     c_curr = self.init_channels
     reduction_prev = self.stem == 'imagenet'
-    for i in range(self.layers):
-      reduction = i in reduction_layers(self.layers)
+    reductions = reduction_layers(self.layers)
+    i = 0
+    while i < self.layers:
+      reduction = i in reductions
       if reduction:
         c_curr *= 2
       kind = 'reduce' if reduction else 'normal'
-      cell = SearchCell(c_curr, reduction, reduction_prev, self.steps,
-                        self.multiplier, self.partial_channels, self.primitives,
-                        self.depthwise_impl, self.unroll_edges, self.axis_name,
-                        channel_sampling=self.channel_sampling,
-                        channel_mixing=self.channel_mixing,
-                        op_mask=dict(self.op_masks)[kind] if self.op_masks else None,
-                        edge_impl=self.edge_impl, name=f'cell_{i}')
-      s0, s1 = s1, cell(s0, s1, op_weights[kind], edge_w[kind], train)
+      cell = functools.partial(
+          SearchCell, c_curr, reduction, reduction_prev, self.steps, self.multiplier,
+          self.partial_channels, self.primitives, self.depthwise_impl, self.unroll_edges,
+          self.axis_name, channel_sampling=self.channel_sampling,
+          channel_mixing=self.channel_mixing,
+          op_mask=dict(self.op_masks)[kind] if self.op_masks else None,
+          edge_impl=self.edge_impl)
+      # A normal cell whose two inputs have its output's shape starts a run: it and
+      # the normal cells after it compute the same function of the same shapes.
+      run = 1
+      if (self.scan_cells and not reduction and not self.is_initializing()
+          and s0.shape == s1.shape == s1.shape[:-1] + (self.multiplier * c_curr,)
+          and s0.dtype == s1.dtype):
+        while i + run < self.layers and i + run not in reductions:
+          run += 1
+      if run > 1:
+        s0, s1 = self._scanned_run(cell(parent=None), range(i, i + run), s0, s1,
+                                   op_weights[kind], edge_w[kind], train)
+      else:
+        s0, s1 = s1, cell(name=f'cell_{i}')(s0, s1, op_weights[kind], edge_w[kind], train)
       reduction_prev = reduction
+      i += run
     out = jnp.mean(s1.astype(jnp.promote_types(s1.dtype, jnp.float32)), axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=initializers.kernel_init,
                     bias_init=initializers.bias_init_for(out.shape[-1]),
                     name='classifier')(out)
+
+
+  def _scanned_run(self, cell: SearchCell, indices, s0, s1, op_weights, edge_weights,
+                   train: bool):
+    """Cells `indices` (identical: same module, inputs of one shape) as a lax.scan
+    over their variables stacked along a new axis, so XLA compiles one cell where
+    the loop would compile each. The variables stay per cell (`cell_{i}`, as the
+    loop creates them at init): checkpoints, widening and imports see one tree.
+    Returns the last two cell outputs."""
+    names = [f'cell_{i}' for i in indices]
+    collections = [c for c in ('params', 'batch_stats') if self.has_variable(c, names[0])]
+    stacked = {c: jax.tree.map(lambda *v: jnp.stack(v), *[self.get_variable(c, n)
+                                                           for n in names])
+               for c in collections}
+    update_stats = 'batch_stats' in collections and self.is_mutable_collection('batch_stats')
+    keys = (jax.random.split(self.make_rng(CHANNEL_RNG), len(names))
+            if self.has_rng(CHANNEL_RNG) else None)
+
+    def step(carry, xs):
+      a, b = carry
+      variables, key = xs
+      out = cell.apply(variables, a, b, op_weights, edge_weights, train,
+                       rngs=None if key is None else {CHANNEL_RNG: key},
+                       mutable=['batch_stats'] if update_stats else False)
+      y, stats = out if update_stats else (out, None)
+      return (b, y), None if stats is None else stats['batch_stats']
+
+    (s0, s1), stats = jax.lax.scan(step, (s0, s1), (stacked, keys))
+    if update_stats:
+      for j, name in enumerate(names):
+        self.put_variable('batch_stats', name, jax.tree.map(lambda v, j=j: v[j], stats))
+    return s0, s1
 
 
 def reduction_layers(layers: int):
@@ -468,6 +519,7 @@ def build_supernet(config, axis_name: Optional[str] = None, partial_channels=Non
       dtype=get('dtype', 'float32'),
       relaxation=get('relaxation', 'softmax'),
       edge_impl=get('edge_impl', 'auto'),
+      scan_cells=get('scan_cells', True),
       op_masks=None if op_masks is None else tuple(
           (kind, tuple(tuple(int(v) for v in row) for row in np.asarray(op_masks[kind])))
           for kind in ('normal', 'reduce')))
