@@ -454,7 +454,6 @@ class SearchNetwork(nn.Module):
                     bias_init=initializers.bias_init_for(out.shape[-1]),
                     name='classifier')(out)
 
-
   def _scanned_run(self, cell: SearchCell, indices, s0, s1, op_weights, edge_weights,
                    train: bool):
     """Cells `indices` (identical: same module, inputs of one shape) as a lax.scan
