@@ -1,5 +1,6 @@
 """The NAS-Bench-201 space: cell, macro network, genotypes, data, results table."""
 
+import functools
 import json
 import os
 import pickle
@@ -132,6 +133,35 @@ def test_default_macro_has_five_cells_per_stage():
   shapes = shapes_of(model, (1, 32, 32, 3))
   assert sum(k.startswith('cell_') for k in shapes['params']) == 15
   assert shapes['params']['classifier']['kernel'].shape == (64, 10)
+
+
+def test_stage_cells_scanned_match_unrolled():
+  """Each stage's cells run as one lax.scan over their stacked variables
+  (spaces/cell_scan.py): the unrolled loop's variables and numbers (logits, loss,
+  weight and arch gradients, BatchNorm statistics; the eval branch of the shared
+  scan is tested in test_supernet)."""
+  x = jnp.asarray(np.random.RandomState(2).randn(2, 8, 8, 3), jnp.float32)
+  labels = jnp.array([3, 8])
+  models = {scan: nb201.build_supernet(tiny_model(cells_per_stage=2, scan_cells=scan))
+            for scan in (False, True)}
+  variables = _init(models[True], x[:1])
+
+  def loss(model, params, arch, stats):
+    logits, updates = model.apply({'params': params, 'arch': arch, 'batch_stats': stats}, x,
+                                  train=True, mutable=['batch_stats'])
+    nll = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(2), labels])
+    return nll, (logits, updates['batch_stats'])
+
+  out, equations = {}, {}
+  for scan, model in models.items():
+    args = (variables['params'], variables['arch'], variables['batch_stats'])
+    fn = functools.partial(loss, model)
+    equations[scan] = len(jax.make_jaxpr(fn)(*args).jaxpr.eqns)
+    out[scan] = _jit(jax.value_and_grad(fn, argnums=(0, 1), has_aux=True))(*args)
+  assert equations[True] < equations[False]  # a stage's cell traced once
+  assert jax.tree.structure(out[True]) == jax.tree.structure(out[False])
+  for a, b in zip(jax.tree.leaves(out[False]), jax.tree.leaves(out[True])):
+    np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6 * max(1.0, float(np.abs(a).max())))
 
 
 def test_fast_init_matches_structure():

@@ -169,9 +169,11 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(env, reference, tm
   _assert_same_result(workdir, reference)
 
 
+# A launcher run (~20 s) for what test_seeds' "seeds differ" (keys derived from
+# config.seed) also shows; same seed, same result: the SIGKILL test's run starts
+# afresh with the reference's seed and ends bitwise equal to it.
+@pytest.mark.slow
 def test_another_seed_gives_another_search(env, reference, tmp_path):
-  # Same seed, same result: the SIGKILL test's run starts afresh with the
-  # reference's seed and ends bitwise equal to it.
   other = str(tmp_path / 'other')
   result = _run(env, other, '--config.seed=3')
   assert result.returncode == 0, result.stderr[-3000:]

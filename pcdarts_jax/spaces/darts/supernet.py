@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pcdarts_jax.spaces import cell_scan
 from pcdarts_jax.spaces.darts import batched_ops
 from pcdarts_jax.run import config_fields
 from pcdarts_jax.spaces.darts import genotypes
@@ -376,7 +377,7 @@ class SearchNetwork(nn.Module):
   op_masks: Optional[Any] = None
   edge_impl: str = 'auto'           # auto | batched | grouped | scan: see resolve_edge_impl
   # Runs of identical normal cells (same inputs' shapes) as one lax.scan over the
-  # cells' stacked variables: the run's cell compiles once (see _scanned_run).
+  # cells' stacked variables: the run's cell compiles once (spaces/cell_scan.py).
   scan_cells: bool = True
 
   def _arch(self, name, shape):
@@ -442,9 +443,11 @@ class SearchNetwork(nn.Module):
           and s0.dtype == s1.dtype):
         while i + run < self.layers and i + run not in reductions:
           run += 1
-      if run > 1:
-        s0, s1 = self._scanned_run(cell(parent=None), range(i, i + run), s0, s1,
-                                   op_weights[kind], edge_w[kind], train)
+      if run > 1:  # One compiled cell for the run (cell_scan.py); same variables.
+        s0, s1 = cell_scan.scan_identical_cells(
+            self, cell(parent=None), [f'cell_{j}' for j in range(i, i + run)], (s0, s1),
+            cell_inputs=lambda carry: carry, next_carry=lambda carry, y: (carry[1], y),
+            args=(op_weights[kind], edge_w[kind], train), rng_name=CHANNEL_RNG)
       else:
         s0, s1 = s1, cell(name=f'cell_{i}')(s0, s1, op_weights[kind], edge_w[kind], train)
       reduction_prev = reduction
@@ -453,37 +456,6 @@ class SearchNetwork(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=initializers.kernel_init,
                     bias_init=initializers.bias_init_for(out.shape[-1]),
                     name='classifier')(out)
-
-  def _scanned_run(self, cell: SearchCell, indices, s0, s1, op_weights, edge_weights,
-                   train: bool):
-    """Cells `indices` (identical: same module, inputs of one shape) as a lax.scan
-    over their variables stacked along a new axis, so XLA compiles one cell where
-    the loop would compile each. The variables stay per cell (`cell_{i}`, as the
-    loop creates them at init): checkpoints, widening and imports see one tree.
-    Returns the last two cell outputs."""
-    names = [f'cell_{i}' for i in indices]
-    collections = [c for c in ('params', 'batch_stats') if self.has_variable(c, names[0])]
-    stacked = {c: jax.tree.map(lambda *v: jnp.stack(v), *[self.get_variable(c, n)
-                                                           for n in names])
-               for c in collections}
-    update_stats = 'batch_stats' in collections and self.is_mutable_collection('batch_stats')
-    keys = (jax.random.split(self.make_rng(CHANNEL_RNG), len(names))
-            if self.has_rng(CHANNEL_RNG) else None)
-
-    def step(carry, xs):
-      a, b = carry
-      variables, key = xs
-      out = cell.apply(variables, a, b, op_weights, edge_weights, train,
-                       rngs=None if key is None else {CHANNEL_RNG: key},
-                       mutable=['batch_stats'] if update_stats else False)
-      y, stats = out if update_stats else (out, None)
-      return (b, y), None if stats is None else stats['batch_stats']
-
-    (s0, s1), stats = jax.lax.scan(step, (s0, s1), (stacked, keys))
-    if update_stats:
-      for j, name in enumerate(names):
-        self.put_variable('batch_stats', name, jax.tree.map(lambda v, j=j: v[j], stats))
-    return s0, s1
 
 
 def reduction_layers(layers: int):

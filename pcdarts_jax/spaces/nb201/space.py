@@ -37,6 +37,7 @@ import numpy as np
 from pcdarts_jax.run import config_fields
 from pcdarts_jax.nn import initializers
 from pcdarts_jax.nn import ops
+from pcdarts_jax.spaces import cell_scan
 from pcdarts_jax.spaces import relaxation
 from pcdarts_jax.spaces.darts import cell_parts
 from pcdarts_jax.spaces import drawing
@@ -179,6 +180,9 @@ class SearchNetwork(nn.Module):
   op_mask: Optional[Tuple[Tuple[int, ...], ...]] = None  # (6, 5) of 0/1; None: all ops
   axis_name: Optional[str] = None
   dtype: str = 'float32'  # activations; params, arch, BN statistics and logits stay float32
+  # A stage's cells as one lax.scan over their stacked variables: one compiled cell
+  # per stage instead of cells_per_stage (spaces/cell_scan.py); same variables.
+  scan_cells: bool = True
 
   primitives = PRIMITIVES  # Not a field: the op set of this space is fixed.
   edges = EDGES
@@ -203,10 +207,17 @@ class SearchNetwork(nn.Module):
       if stage:
         c *= 2
         x = ResNetBasicBlock(c, 2, True, self.axis_name, name=f'resblock_{stage}')(x, train)
-      for _ in range(self.cells_per_stage):
+      names = [f'cell_{cell + i}' for i in range(self.cells_per_stage)]
+      cell += self.cells_per_stage
+      if self.scan_cells and len(names) > 1 and not self.is_initializing():
+        x = cell_scan.scan_identical_cells(
+            self, SearchCell(c, self.partial_channels, self.op_mask, self.axis_name,
+                             parent=None), names, x,
+            cell_inputs=lambda x: (x,), next_carry=lambda _, y: y, args=(weights, train))
+        continue
+      for name in names:
         x = SearchCell(c, self.partial_channels, self.op_mask, self.axis_name,
-                       name=f'cell_{cell}')(x, weights, train)
-        cell += 1
+                       name=name)(x, weights, train)
     return _head(x, self.num_classes, train, self.axis_name)
 
 
@@ -323,7 +334,8 @@ def build_supernet(config, axis_name: Optional[str] = None,
       cells_per_stage=config_fields.field(model, 'cells_per_stage', 5),
       partial_channels=partial_channels, relaxation=relax,
       op_mask=check_op_mask(mask), axis_name=axis_name,
-      dtype=config_fields.field(model, 'dtype', 'float32'))
+      dtype=config_fields.field(model, 'dtype', 'float32'),
+      scan_cells=config_fields.field(model, 'scan_cells', True))
 
 
 def build_network(genotype, config, axis_name: Optional[str] = None) -> Network:
