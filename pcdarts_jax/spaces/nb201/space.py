@@ -182,7 +182,8 @@ class SearchNetwork(nn.Module):
   dtype: str = 'float32'  # activations; params, arch, BN statistics and logits stay float32
   # A stage's cells as one lax.scan over their stacked variables: one compiled cell
   # per stage instead of cells_per_stage (spaces/cell_scan.py); same variables.
-  scan_cells: bool = True
+  # Off by default: on CPU the scanned stages stepped 21x slower (docs/searching.md).
+  scan_cells: bool = False
 
   primitives = PRIMITIVES  # Not a field: the op set of this space is fixed.
   edges = EDGES
@@ -335,7 +336,7 @@ def build_supernet(config, axis_name: Optional[str] = None,
       partial_channels=partial_channels, relaxation=relax,
       op_mask=check_op_mask(mask), axis_name=axis_name,
       dtype=config_fields.field(model, 'dtype', 'float32'),
-      scan_cells=config_fields.field(model, 'scan_cells', True))
+      scan_cells=config_fields.field(model, 'scan_cells', False))
 
 
 def build_network(genotype, config, axis_name: Optional[str] = None) -> Network:
