@@ -1,6 +1,5 @@
 """The NAS-Bench-201 space: cell, macro network, genotypes, data, results table."""
 
-import functools
 import json
 import os
 import pickle
@@ -28,6 +27,7 @@ from pcdarts_jax import spaces
 from pcdarts_jax.spaces.nb201 import space as nb201
 from pcdarts_jax.spaces.nb201 import table as nb201_table
 from tests import compile_options
+from tests.test_supernet import assert_scanned_cells_match_unrolled
 
 PRIMS = nb201.PRIMITIVES
 BEST = '|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|'
@@ -145,23 +145,7 @@ def test_stage_cells_scanned_match_unrolled():
   models = {scan: nb201.build_supernet(tiny_model(cells_per_stage=2, scan_cells=scan))
             for scan in (False, True)}
   variables = _init(models[True], x[:1])
-
-  def loss(model, params, arch, stats):
-    logits, updates = model.apply({'params': params, 'arch': arch, 'batch_stats': stats}, x,
-                                  train=True, mutable=['batch_stats'])
-    nll = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(2), labels])
-    return nll, (logits, updates['batch_stats'])
-
-  out, equations = {}, {}
-  for scan, model in models.items():
-    args = (variables['params'], variables['arch'], variables['batch_stats'])
-    fn = functools.partial(loss, model)
-    equations[scan] = len(jax.make_jaxpr(fn)(*args).jaxpr.eqns)
-    out[scan] = _jit(jax.value_and_grad(fn, argnums=(0, 1), has_aux=True))(*args)
-  assert equations[True] < equations[False]  # a stage's cell traced once
-  assert jax.tree.structure(out[True]) == jax.tree.structure(out[False])
-  for a, b in zip(jax.tree.leaves(out[False]), jax.tree.leaves(out[True])):
-    np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6 * max(1.0, float(np.abs(a).max())))
+  assert_scanned_cells_match_unrolled(models, variables, x, labels, evaluate=False)
 
 
 def test_fast_init_matches_structure():

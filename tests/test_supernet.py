@@ -355,6 +355,34 @@ def test_supernet_unrolled_edges_match_scan(tiny):
                updates['batch_stats'], tiny['updates']['batch_stats'])
 
 
+def assert_scanned_cells_match_unrolled(models, variables, x, labels, evaluate=True):
+  """models: {scan_cells: supernet}. The scanned model traces to a smaller jaxpr
+  and gives the unrolled one's loss, logits, weight and arch gradients and
+  BatchNorm statistics (and, with `evaluate`, eval logits), same trees."""
+
+  def loss(model, params, arch, stats):
+    logits, updates = model.apply({'params': params, 'arch': arch, 'batch_stats': stats}, x,
+                                  train=True, mutable=['batch_stats'])
+    nll = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(labels)), labels])
+    return nll, (logits, updates['batch_stats'])
+
+  out, equations = {}, {}
+  for scan, model in models.items():
+    fn = functools.partial(loss, model)
+    args = (variables['params'], variables['arch'], variables['batch_stats'])
+    equations[scan] = len(jax.make_jaxpr(fn)(*args).jaxpr.eqns)
+    out[scan] = [jax.jit(jax.value_and_grad(fn, argnums=(0, 1), has_aux=True),
+                         compiler_options=RUN_ONCE)(*args)]
+    if evaluate:
+      out[scan].append(jax.jit(lambda v, model=model: model.apply(v, x, train=False),
+                               compiler_options=RUN_ONCE)(variables))
+  # The run's cell is traced once: the scanned program is smaller.
+  assert equations[True] < equations[False]
+  assert jax.tree.structure(out[True]) == jax.tree.structure(out[False])
+  for a, b in zip(jax.tree.leaves(out[False]), jax.tree.leaves(out[True])):
+    np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6 * max(1.0, float(np.abs(a).max())))
+
+
 # The pruned stage's cells are a slow case: the scan around them is the same code.
 @pytest.mark.parametrize('masked', [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_identical_cells_scanned_match_unrolled(masked):
@@ -381,28 +409,7 @@ def test_identical_cells_scanned_match_unrolled(masked):
   assert jax.tree.structure(variables) == jax.tree.structure(
       initializers.init_variables(models[False], jax.random.PRNGKey(0), x[:1]))
   assert {'cell_0', 'cell_1'} <= set(variables['params'])
-
-  def loss(model, params, arch, stats):
-    logits, updates = model.apply({'params': params, 'arch': arch, 'batch_stats': stats}, x,
-                                  train=True, mutable=['batch_stats'])
-    nll = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(2), labels])
-    return nll, (logits, updates['batch_stats'])
-
-  out, equations = {}, {}
-  for scan, model in models.items():
-    fn = functools.partial(loss, model)
-    grads_fn = jax.value_and_grad(fn, argnums=(0, 1), has_aux=True)
-    args = (variables['params'], variables['arch'], variables['batch_stats'])
-    equations[scan] = len(jax.make_jaxpr(fn)(*args).jaxpr.eqns)
-    (nll, (logits, stats)), grads = jax.jit(grads_fn, compiler_options=RUN_ONCE)(*args)
-    evaluated = jax.jit(lambda v, model=model: model.apply(v, x, train=False),
-                        compiler_options=RUN_ONCE)(variables)
-    out[scan] = (nll, logits, grads, stats, evaluated)
-  # The run's cell is traced once: the scanned program is smaller.
-  assert equations[True] < equations[False]
-  assert jax.tree.structure(out[True]) == jax.tree.structure(out[False])
-  for a, b in zip(jax.tree.leaves(out[False]), jax.tree.leaves(out[True])):
-    np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6 * max(1.0, float(np.abs(a).max())))
+  assert_scanned_cells_match_unrolled(models, variables, x, labels)
 
 
 def test_supernet_without_edge_normalization(tiny):
