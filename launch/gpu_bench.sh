@@ -4,6 +4,7 @@
 #   bash launch/gpu_bench.sh steps  OUT_DIR   # JAX layouts x precisions + the PyTorch baseline
 #   bash launch/gpu_bench.sh search OUT_DIR   # the whole CIFAR-10 search on random images
 #   bash launch/gpu_bench.sh seeds  OUT_DIR   # N = 1, 2, 4, 8 searches in one vmapped step
+#   bash launch/gpu_bench.sh drnas  OUT_DIR   # DrNAS CIFAR-10 progressive stages
 #
 # `steps`: the bilevel step (first order) of configs/cifar10_search.py at BATCH (256) for
 # edge_impl scan and grouped, in float32 and bfloat16. The four programs compile at the same
@@ -13,6 +14,10 @@
 # ms/step, peak memory and the speed-up over the PyTorch eager float32 step of the same run.
 # `seeds`: the bilevel step with search.num_seeds N = 1, 2, 4, 8 (SEEDS), compiled at once and
 # timed one at a time; summary.json gives ms per search step and per-search throughput vs N=1.
+# `drnas`: the bilevel step of configs/drnas_cifar10_search.py (C 36, 20 cells, batch
+# DRNAS_BATCH, 64) at progressive stage 1 with model.scan_cells on and off and at stage 2
+# (pruned ops) in the per-edge and the grouped layout, compiled at once and timed one at a
+# time; summary.json as for `steps` (no PyTorch baseline).
 # `search`: launch.search for SEARCH_EPOCHS (50) epochs of random CIFAR-shaped images
 # (data.name=arrays), compile included; OUT_DIR/search_summary.json.
 #
@@ -22,8 +27,8 @@
 # A missing Python package can come as wheels in .whl/ (installed to /tmp/site).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-MODE=${1:?usage: gpu_bench.sh steps|seeds|search OUT_DIR}
-OUT=${2:?usage: gpu_bench.sh steps|seeds|search OUT_DIR}
+MODE=${1:?usage: gpu_bench.sh steps|seeds|drnas|search OUT_DIR}
+OUT=${2:?usage: gpu_bench.sh steps|seeds|drnas|search OUT_DIR}
 PYTHON=${PYTHON:-python3}
 BATCH=${BATCH:-256}
 STEPS=${STEPS:-20}
@@ -51,6 +56,44 @@ print(json.dumps(info))
 EOF
 cat "$OUT/environment.json"
 
+summarize() {  # the variants' rows in OUT/summary.json, one line each on stdout
+  "$PYTHON" - "$OUT" <<'EOF'
+import glob, json, os, sys
+out = sys.argv[1]
+rows = {}
+for path in sorted(glob.glob(os.path.join(out, '*.jsonl'))):
+  name = os.path.basename(path)[:-len('.jsonl')]
+  lines = [json.loads(l) for l in open(path) if l.strip().startswith('{')]
+  steps = [r for r in lines if r.get('measurement') == 'bilevel_step']
+  if steps:
+    r = steps[-1]
+    rows[name] = {k: r.get(k) for k in ('ms_per_step_median', 'ms_per_step_p10',
+                                        'ms_per_step_p90', 'peak_memory_bytes',
+                                        'compile_seconds', 'first_steps_seconds',
+                                        'batch_size', 'device_kind', 'device', 'dtype',
+                                        'edge_impl', 'depthwise_impl', 'stage')}
+  else:
+    log = os.path.join(out, name + '.log')
+    tail = open(log).read()[-600:] if os.path.exists(log) else ''
+    rows[name] = {'error': tail}
+baseline = rows.get('torch_eager', {}).get('ms_per_step_median')
+for name, row in rows.items():
+  ms = row.get('ms_per_step_median')
+  if ms and baseline:
+    row['speedup_over_torch_eager'] = baseline / ms
+summary = {'environment': json.load(open(os.path.join(out, 'environment.json'))),
+           'measurement': 'bilevel_step (first order)', 'variants': rows}
+json.dump(summary, open(os.path.join(out, 'summary.json'), 'w'), indent=1, sort_keys=True)
+for name, row in sorted(rows.items()):
+  speedup = (f"x{row.get('speedup_over_torch_eager') or float('nan'):5.2f} vs torch eager  "
+             if baseline or 'torch_eager' in rows else '')
+  print(f"{name:22s} {row.get('ms_per_step_median') or float('nan'):9.1f} ms/step  {speedup}"
+        f"peak {(row.get('peak_memory_bytes') or 0) / 2**30:6.2f} GiB  "
+        f"compile {row.get('compile_seconds') or float('nan'):6.1f} s  "
+        f"{'ERROR' if 'error' in row else ''}")
+EOF
+}
+
 if [ "$MODE" = steps ]; then
   LOCK="$OUT/device.lock"
   declare -A VARIANTS=(
@@ -74,39 +117,7 @@ if [ "$MODE" = steps ]; then
       --batch_size="$BATCH" --steps="$STEPS" --warmup="$WARMUP" --measure=bilevel_step \
       --device_lock="$LOCK" > "$OUT/torch_compile.jsonl" 2> "$OUT/torch_compile.log" ) &
   wait
-  "$PYTHON" - "$OUT" <<'EOF'
-import glob, json, os, sys
-out = sys.argv[1]
-rows = {}
-for path in sorted(glob.glob(os.path.join(out, '*.jsonl'))):
-  name = os.path.basename(path)[:-len('.jsonl')]
-  lines = [json.loads(l) for l in open(path) if l.strip().startswith('{')]
-  steps = [r for r in lines if r.get('measurement') == 'bilevel_step']
-  if steps:
-    r = steps[-1]
-    rows[name] = {k: r.get(k) for k in ('ms_per_step_median', 'ms_per_step_p10',
-                                        'ms_per_step_p90', 'peak_memory_bytes',
-                                        'compile_seconds', 'first_steps_seconds',
-                                        'batch_size', 'device_kind', 'device', 'dtype',
-                                        'edge_impl', 'depthwise_impl')}
-  else:
-    log = os.path.join(out, name + '.log')
-    tail = open(log).read()[-600:] if os.path.exists(log) else ''
-    rows[name] = {'error': tail}
-baseline = rows.get('torch_eager', {}).get('ms_per_step_median')
-for name, row in rows.items():
-  ms = row.get('ms_per_step_median')
-  if ms and baseline:
-    row['speedup_over_torch_eager'] = baseline / ms
-summary = {'environment': json.load(open(os.path.join(out, 'environment.json'))),
-           'measurement': 'bilevel_step (first order)', 'variants': rows}
-json.dump(summary, open(os.path.join(out, 'summary.json'), 'w'), indent=1, sort_keys=True)
-for name, row in sorted(rows.items()):
-  print(f"{name:18s} {row.get('ms_per_step_median') or float('nan'):9.1f} ms/step  "
-        f"x{row.get('speedup_over_torch_eager') or float('nan'):5.2f} vs torch eager  "
-        f"peak {(row.get('peak_memory_bytes') or 0) / 2**30:6.2f} GiB  "
-        f"{'ERROR' if 'error' in row else ''}")
-EOF
+  summarize
 elif [ "$MODE" = seeds ]; then
   LOCK="$OUT/device.lock"
   for n in ${SEEDS:-1 2 4 8}; do
@@ -141,6 +152,24 @@ for n in sorted(rows):
         f"{r.get('ms_per_search_step') or float('nan'):8.1f} ms per search step, "
         f"x{r.get('per_search_throughput_vs_1') or float('nan'):5.2f} per-search throughput")
 EOF
+elif [ "$MODE" = drnas ]; then
+  LOCK="$OUT/device.lock"
+  declare -A VARIANTS=(
+    [stage1_scan_cells]="--stage=1 --config.model.scan_cells=True"
+    [stage1_unrolled_cells]="--stage=1 --config.model.scan_cells=False"
+    [stage2_per_edge]="--stage=2 --config.model.edge_impl=scan"
+    [stage2_grouped]="--stage=2 --config.model.edge_impl=grouped"
+  )
+  for name in "${!VARIANTS[@]}"; do
+    # shellcheck disable=SC2086
+    timeout "$STEP_TIMEOUT" "$PYTHON" -m launch.benchmark \
+      --config="${DRNAS_CONFIG:-configs/drnas_cifar10_search.py}" \
+      --measure=bilevel_step --architects=first_order --batch_size="${DRNAS_BATCH:-64}" \
+      --steps="$STEPS" --warmup="$WARMUP" --device_lock="$LOCK" --out="$OUT/$name.jsonl" \
+      ${VARIANTS[$name]} ${EXTRA_FLAGS:-} > "$OUT/$name.log" 2>&1 &
+  done
+  wait
+  summarize
 elif [ "$MODE" = search ]; then
   EPOCHS=${SEARCH_EPOCHS:-50}
   "$PYTHON" - "$OUT/random_cifar10.npz" <<'EOF'
@@ -169,6 +198,6 @@ print(f'whole search: {seconds} s wall clock (exit {status})')
 EOF
   rm -f "$OUT/random_cifar10.npz"
 else
-  echo "unknown mode $MODE: steps, seeds or search" >&2
+  echo "unknown mode $MODE: steps, seeds, drnas or search" >&2
   exit 2
 fi
