@@ -29,6 +29,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:?usage: gpu_bench.sh steps|seeds|drnas|search OUT_DIR}
 OUT=${2:?usage: gpu_bench.sh steps|seeds|drnas|search OUT_DIR}
+case "$MODE" in
+  steps|seeds|drnas|search) ;;
+  *) echo "unknown mode $MODE: steps, seeds, drnas or search" >&2; exit 2 ;;
+esac
 PYTHON=${PYTHON:-python3}
 BATCH=${BATCH:-256}
 STEPS=${STEPS:-20}
@@ -197,7 +201,4 @@ json.dump({'wall_seconds': seconds, 'exit_status': status, 'search_summary': run
 print(f'whole search: {seconds} s wall clock (exit {status})')
 EOF
   rm -f "$OUT/random_cifar10.npz"
-else
-  echo "unknown mode $MODE: steps, seeds, drnas or search" >&2
-  exit 2
 fi
