@@ -60,6 +60,17 @@ print(json.dumps(info))
 EOF
 cat "$OUT/environment.json"
 
+start_variants() {  # CONFIG BATCH: one bilevel-step benchmark per VARIANTS entry, in the background
+  local name
+  for name in "${!VARIANTS[@]}"; do
+    # shellcheck disable=SC2086
+    timeout "$STEP_TIMEOUT" "$PYTHON" -m launch.benchmark --config="$1" \
+      --measure=bilevel_step --architects=first_order --batch_size="$2" \
+      --steps="$STEPS" --warmup="$WARMUP" --device_lock="$OUT/device.lock" \
+      --out="$OUT/$name.jsonl" ${VARIANTS[$name]} ${EXTRA_FLAGS:-} > "$OUT/$name.log" 2>&1 &
+  done
+}
+
 summarize() {  # the variants' rows in OUT/summary.json, one line each on stdout
   "$PYTHON" - "$OUT" <<'EOF'
 import glob, json, os, sys
@@ -106,13 +117,7 @@ if [ "$MODE" = steps ]; then
     [scan_bfloat16]="--config.model.edge_impl=scan --config.model.dtype=bfloat16"
     [grouped_bfloat16]="--config.model.edge_impl=grouped --config.model.dtype=bfloat16"
   )
-  for name in "${!VARIANTS[@]}"; do
-    # shellcheck disable=SC2086
-    timeout "$STEP_TIMEOUT" "$PYTHON" -m launch.benchmark --config="$CONFIG" \
-      --measure=bilevel_step --architects=first_order --batch_size="$BATCH" \
-      --steps="$STEPS" --warmup="$WARMUP" --device_lock="$LOCK" --out="$OUT/$name.jsonl" \
-      ${VARIANTS[$name]} ${EXTRA_FLAGS:-} > "$OUT/$name.log" 2>&1 &
-  done
+  start_variants "$CONFIG" "$BATCH"
   # The baseline: PyTorch eager (as the reference runs it), then torch.compile.
   ( timeout "$STEP_TIMEOUT" "$PYTHON" -m launch.torch_reference --device=cuda \
       --batch_size="$BATCH" --steps="$STEPS" --warmup="$WARMUP" --measure=bilevel_step \
@@ -157,21 +162,13 @@ for n in sorted(rows):
         f"x{r.get('per_search_throughput_vs_1') or float('nan'):5.2f} per-search throughput")
 EOF
 elif [ "$MODE" = drnas ]; then
-  LOCK="$OUT/device.lock"
   declare -A VARIANTS=(
     [stage1_scan_cells]="--stage=1 --config.model.scan_cells=True"
     [stage1_unrolled_cells]="--stage=1 --config.model.scan_cells=False"
     [stage2_per_edge]="--stage=2 --config.model.edge_impl=scan"
     [stage2_grouped]="--stage=2 --config.model.edge_impl=grouped"
   )
-  for name in "${!VARIANTS[@]}"; do
-    # shellcheck disable=SC2086
-    timeout "$STEP_TIMEOUT" "$PYTHON" -m launch.benchmark \
-      --config="${DRNAS_CONFIG:-configs/drnas_cifar10_search.py}" \
-      --measure=bilevel_step --architects=first_order --batch_size="${DRNAS_BATCH:-64}" \
-      --steps="$STEPS" --warmup="$WARMUP" --device_lock="$LOCK" --out="$OUT/$name.jsonl" \
-      ${VARIANTS[$name]} ${EXTRA_FLAGS:-} > "$OUT/$name.log" 2>&1 &
-  done
+  start_variants "${DRNAS_CONFIG:-configs/drnas_cifar10_search.py}" "${DRNAS_BATCH:-64}"
   wait
   summarize
 elif [ "$MODE" = search ]; then
