@@ -23,7 +23,7 @@
 #
 # Environment: BATCH, STEPS (20), WARMUP (3), STEP_TIMEOUT (seconds per process, 420),
 # CONFIG, EXTRA_FLAGS (extra flags of each JAX step benchmark), SEARCH_EPOCHS, SEARCH_FLAGS
-# (extra --config.* flags of the search), PYTHON (python3).
+# (extra --config.* flags of the search), SEEDS, DRNAS_BATCH, DRNAS_CONFIG, PYTHON (python3).
 # A missing Python package can come as wheels in .whl/ (installed to /tmp/site).
 set -uo pipefail
 cd "$(dirname "$0")/.."
