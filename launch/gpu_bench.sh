@@ -40,6 +40,7 @@ WARMUP=${WARMUP:-3}
 STEP_TIMEOUT=${STEP_TIMEOUT:-420}
 CONFIG=${CONFIG:-configs/cifar10_search.py}
 mkdir -p "$OUT"
+LOCK="$OUT/device.lock"  # held while stepping: the processes step one at a time
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -66,7 +67,7 @@ start_variants() {  # CONFIG BATCH: one bilevel-step benchmark per VARIANTS entr
     # shellcheck disable=SC2086
     timeout "$STEP_TIMEOUT" "$PYTHON" -m launch.benchmark --config="$1" \
       --measure=bilevel_step --architects=first_order --batch_size="$2" \
-      --steps="$STEPS" --warmup="$WARMUP" --device_lock="$OUT/device.lock" \
+      --steps="$STEPS" --warmup="$WARMUP" --device_lock="$LOCK" \
       --out="$OUT/$name.jsonl" ${VARIANTS[$name]} ${EXTRA_FLAGS:-} > "$OUT/$name.log" 2>&1 &
   done
 }
@@ -110,7 +111,6 @@ EOF
 }
 
 if [ "$MODE" = steps ]; then
-  LOCK="$OUT/device.lock"
   declare -A VARIANTS=(
     [scan_float32]="--config.model.edge_impl=scan --config.model.dtype=float32"
     [grouped_float32]="--config.model.edge_impl=grouped --config.model.dtype=float32"
@@ -128,14 +128,11 @@ if [ "$MODE" = steps ]; then
   wait
   summarize
 elif [ "$MODE" = seeds ]; then
-  LOCK="$OUT/device.lock"
+  declare -A VARIANTS=()
   for n in ${SEEDS:-1 2 4 8}; do
-    # shellcheck disable=SC2086
-    timeout "$STEP_TIMEOUT" "$PYTHON" -m launch.benchmark --config="$CONFIG" \
-      --measure=bilevel_step --architects=first_order --batch_size="$BATCH" \
-      --steps="$STEPS" --warmup="$WARMUP" --device_lock="$LOCK" --num_seeds="$n" \
-      --out="$OUT/seeds_$n.jsonl" ${EXTRA_FLAGS:-} > "$OUT/seeds_$n.log" 2>&1 &
+    VARIANTS[seeds_$n]="--num_seeds=$n"
   done
+  start_variants "$CONFIG" "$BATCH"
   wait
   "$PYTHON" - "$OUT" <<'EOF'
 import glob, json, os, sys
