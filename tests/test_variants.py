@@ -366,14 +366,16 @@ VARIANTS = {
     'random_sampling': ['--config.model.channel_sampling=random'],
     'shift': ['--config.model.channel_mixing=shift'],
     'single_level': ['--config.search.single_level=True'],
-    'random_sampling_and_shift': ['--config.model.channel_sampling=random',
-                                  '--config.model.channel_mixing=shift'],
+    'random_sampling_shift_single_level': ['--config.model.channel_sampling=random',
+                                           '--config.model.channel_mixing=shift',
+                                           '--config.search.single_level=True'],
 }
 # CI time (each run compiles its own search step): the default run keeps
-# second_order through `darts` and the two channel variants through
-# `random_sampling_and_shift`; second_order_exact's step is checked in
-# test_architect; -m slow runs each of them from the launcher too.
-SLOW_VARIANTS = ('second_order', 'second_order_exact', 'random_sampling', 'shift')
+# second_order through `darts`, and the two channel variants and single-level
+# search through `random_sampling_shift_single_level`; second_order_exact's step
+# is checked in test_architect; -m slow runs each of them from the launcher too.
+SLOW_VARIANTS = ('second_order', 'second_order_exact', 'random_sampling', 'shift',
+                 'single_level')
 
 
 @pytest.mark.parametrize('variant', [
