@@ -24,6 +24,7 @@ from pcdarts_jax.nn import ops
 from pcdarts_jax.search import optim
 from pcdarts_jax.spaces.darts import supernet
 from pcdarts_jax.spaces.darts import cell_parts
+from tests import compile_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRIMS = genotypes.PRIMITIVES
@@ -61,8 +62,9 @@ def test_k1_without_edge_normalization_is_a_plain_darts_cell(ref):
   cell = supernet.SearchCell(c, reduction=True, reduction_prev=False, partial_channels=1,
                              depthwise_impl='dense')
   args = (jnp.asarray(s0), jnp.asarray(s1), jnp.asarray(op_w), None)
-  variables = cell.init(jax.random.PRNGKey(0), *args)
-  out, _ = jax.jit(lambda v: cell.apply(v, *args, mutable=['batch_stats']))(variables)
+  variables = compile_options.jit_once(lambda key: cell.init(key, *args))(jax.random.PRNGKey(0))
+  out, _ = compile_options.jit_once(lambda v: cell.apply(v, *args, mutable=['batch_stats']))(
+      variables)
   params = flax.core.unfreeze(variables['params'])
   stats = flax.core.unfreeze(variables['batch_stats'])
 
@@ -274,7 +276,8 @@ def test_single_level_step_updates_both_from_the_train_batch():
   norm = lambda im: data.normalize(im, config.data.mean, config.data.std)
   state0 = loop.create_search_state(model, config, jax.random.PRNGKey(0),
                                     norm(train_set.images[:1]), weight_tx, arch_tx)
-  step = jax.jit(loop.make_bilevel_step(model, config, 1, weight_tx, arch_tx))
+  # Three steps and one gradient, compiled alike without LLVM's optimizations.
+  step = compile_options.jit_few(loop.make_bilevel_step(model, config, 1, weight_tx, arch_tx))
   b = 16
   batch = lambda ds, i: {'image': ds.images[i:i + b], 'label': ds.labels[i:i + b]}
 
@@ -292,8 +295,9 @@ def test_single_level_step_updates_both_from_the_train_batch():
 
   # Adam's first step on grad_alpha L_train(w1, alpha) + wd alpha, from the same batch.
   loss_fn = loop.make_loss_fn(model)
-  grads = jax.grad(lambda a: loss_fn(state1.params, a, state1.batch_stats, norm(train['image']),
-                                     jnp.asarray(train['label']))[0])(state1.arch)
+  grads = compile_options.jit_few(jax.grad(
+      lambda a: loss_fn(state1.params, a, state1.batch_stats, norm(train['image']),
+                        jnp.asarray(train['label']))[0]))(state1.arch)
   lr, wd = config.search.arch_learning_rate, config.search.arch_weight_decay
   # One reduction cell: the reduce alphas and betas carry the loss gradient (the
   # normal ones only the L2 term).
@@ -339,7 +343,7 @@ def test_bilevel_phases_in_sequence_or_loop_take_the_same_step():
   results = {}
   for phases in ('sequence', 'loop'):
     config.search.bilevel_phases = phases
-    step = jax.jit(loop.make_bilevel_step(model, config, 1, weight_tx, arch_tx))
+    step = compile_options.jit_once(loop.make_bilevel_step(model, config, 1, weight_tx, arch_tx))
     results[phases] = step(state0, batch(train_set), batch(arch_set), jax.random.PRNGKey(1))
   (state_s, metrics_s), (state_l, metrics_l) = results['sequence'], results['loop']
   for a, b in zip(jax.tree.leaves(state_s), jax.tree.leaves(state_l)):
