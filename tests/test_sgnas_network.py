@@ -26,6 +26,7 @@ from pcdarts_jax.train import train as trainer
 from pcdarts_jax.sgnas import flops as flops_lib
 from pcdarts_jax.sgnas import layout as layout_lib
 from pcdarts_jax.sgnas import network as sgnas_network
+from tests import compile_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_ACCURACY_BAR = 0.85  # configs/sgnas_digits_train.py measured 0.963 (chance 0.1).
@@ -98,17 +99,20 @@ def test_output_shapes_dtypes_and_no_auxiliary_logits():
   shape = (3,) + _shape(config)[1:]
   variables = _variables(model, shape)
   x = jax.random.normal(jax.random.PRNGKey(1), shape)
-  logits, aux = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  # Each program runs once: compiled without LLVM's optimizations.
+  logits, aux = compile_options.jit_once(lambda v, x: model.apply(v, x, train=False))(
+      variables, x)
   assert logits.shape == (3, 10) and logits.dtype == jnp.float32 and aux is None
   assert np.all(np.isfinite(logits))
   logits_eval = logits
-  (logits, aux), new = jax.jit(lambda v, x: model.apply(
+  (logits, aux), new = compile_options.jit_once(lambda v, x: model.apply(
       v, x, train=True, drop_path_prob=0.3, mutable=['batch_stats']))(variables, x)
   assert logits.shape == (3, 10) and aux is None
   assert not np.array_equal(new['batch_stats']['stem_bn']['mean'],
                             variables['batch_stats']['stem_bn']['mean'])
   half = model.clone(dtype='bfloat16')
-  logits16, _ = jax.jit(lambda v, x: half.apply(v, x, train=False))(variables, x)
+  logits16, _ = compile_options.jit_once(lambda v, x: half.apply(v, x, train=False))(
+      variables, x)
   assert logits16.dtype == jnp.float32
   np.testing.assert_allclose(logits16, logits_eval, atol=0.05)
   # Per layer: the expand conv to e·C_in, one depthwise kernel per kernel size used.
@@ -138,7 +142,7 @@ def test_residual_exactly_where_the_layout_says():
     block = sgnas_network.MBConv(c_out, kernels, stride, expand=expand, depthwise_impl='conv')
     x = jax.random.normal(jax.random.PRNGKey(c_in + stride), (2, size, size, c_in))
     variables = flax.core.unfreeze(_variables(block, x.shape))
-    apply = jax.jit(lambda v, x, block=block: block.apply(v, x, train=False))
+    apply = compile_options.jit_once(lambda v, x, block=block: block.apply(v, x, train=False))
     out = apply(variables, x)
     assert out.shape == (2, -(-size // stride), -(-size // stride), c_out)
     assert np.abs(out).max() > 0
@@ -181,16 +185,22 @@ def test_hard_sigmoid_and_hard_swish_by_hand():
   for name, fn in (('relu6', jax.nn.relu6), ('hswish', sgnas_network.hard_swish)):
     config.model.activation = name
     model = networks.build_network(config)
-    seen = {}
 
-    def grab(next_fun, args, kwargs, context, seen=seen):
-      out = next_fun(*args, **kwargs)
-      if context.method_name == '__call__' and context.module.name in ('stem_bn', 'first'):
-        seen[context.module.name] = out if context.module.name == 'stem_bn' else args[0]
-      return out
+    def inputs_seen(variables, model=model):
+      seen = {}
 
-    with flax.linen.intercept_methods(grab):
-      model.apply(_variables(model, x.shape), x, train=False)
+      def grab(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == '__call__' and context.module.name in ('stem_bn', 'first'):
+          seen[context.module.name] = out if context.module.name == 'stem_bn' else args[0]
+        return out
+
+      with flax.linen.intercept_methods(grab):
+        model.apply(variables, x, train=False)
+      return seen
+
+    # Compiled (an eager network runs op by op): what the two modules saw, returned.
+    seen = compile_options.jit_once(inputs_seen)(_variables(model, x.shape))
     assert np.min(seen['stem_bn']) < -0.5 and np.max(seen['stem_bn']) > 0.5
     np.testing.assert_allclose(seen['first'], fn(seen['stem_bn']), rtol=1e-6)
 
