@@ -27,3 +27,13 @@ def jit_once(fn, **kwargs):
 def jit_few(fn, **kwargs):
   """jax.jit for a tiny program that runs a handful of times (RUN_FEW)."""
   return jax.jit(fn, compiler_options=RUN_FEW, **kwargs)
+
+
+def devices_env(devices: int, options=RUN_FEW, base=None) -> dict:
+  """The environment of a subprocess that forces `devices` host devices and
+  compiles every program with `options` (XLA_FLAGS: the multi-device scripts run
+  a few steps of each program, 1 device against N, both compiled alike)."""
+  import os  # pylint: disable=g-import-not-at-top
+  flags = [f'--xla_force_host_platform_device_count={devices}']
+  flags += [f'--{name}={str(value).lower()}' for name, value in options.items()]
+  return dict(os.environ if base is None else base, XLA_FLAGS=' '.join(flags))

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 from pcdarts_jax.run import parallel
+from tests import compile_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-5
 
 
 def run_devices(script_args, devices=8, timeout=600):
-  env = dict(os.environ, PYTHONPATH=REPO,
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env = dict(compile_options.devices_env(devices), PYTHONPATH=REPO)
   result = subprocess.run([sys.executable] + script_args, cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -357,7 +357,7 @@ def test_one_device_equals_two(env):
   result = subprocess.run(
       [sys.executable, os.path.join('tests', 'multidevice', 'rnn_one_vs_many.py'),
        'first_order', '3'], cwd=REPO, capture_output=True, text=True, timeout=900,
-      env=dict(env, XLA_FLAGS='--xla_force_host_platform_device_count=2'))
+      env=compile_options.devices_env(2, base=env))
   assert result.returncode == 0, result.stderr[-3000:]
   diffs = json.loads(result.stdout.strip().splitlines()[-1])
   assert diffs['devices'] == 2 and diffs['search_arch_moved'] > 1e-3

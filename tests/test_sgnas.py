@@ -13,6 +13,7 @@ from pcdarts_jax.sgnas import layout as layout_lib
 from pcdarts_jax.sgnas import sampling
 from pcdarts_jax.sgnas import search
 from pcdarts_jax.sgnas import supernet as supernet_lib
+from tests import compile_options
 
 SKIP = layout_lib.SKIP
 # Two tiny layers: one residual (8 -> 8, stride 1), one reducing (8 -> 12, stride 2).
@@ -436,8 +437,7 @@ def test_one_device_and_eight_devices_agree():
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, PYTHONPATH=repo,
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  env = dict(compile_options.devices_env(8), PYTHONPATH=repo)
   result = subprocess.run([sys.executable, 'tests/multidevice/sgnas_one_vs_many.py'],
                           cwd=repo, env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]

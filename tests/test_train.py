@@ -26,6 +26,7 @@ from pcdarts_jax.spaces.darts import network
 from pcdarts_jax.train import torch_import
 from pcdarts_jax.train import train as trainer
 from pcdarts_jax.spaces.darts import visualize
+from tests import compile_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_ACCURACY_BAR = 0.90  # configs/digits_train.py measured 0.976.
@@ -200,8 +201,7 @@ def test_imagenet_without_data_says_how_to_prepare_it(tmp_path):
 def test_one_and_four_devices_train_alike():
   """Crops, cutout and drop-path keyed by global example positions, BatchNorm
   over the global batch: 4 devices on 4 images each follow the 1-device run."""
-  env = dict(os.environ, PYTHONPATH=REPO,
-             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  env = dict(compile_options.devices_env(4), PYTHONPATH=REPO)
   run = subprocess.run([sys.executable, os.path.join('tests', 'multidevice',
                                                      'train_one_vs_many.py'), '3'],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
