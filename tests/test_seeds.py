@@ -534,8 +534,9 @@ def test_benchmark_measures_the_vmapped_step_per_search():
 # The launcher: a 2-seed search, killed and resumed (as tests/test_resume.py).
 
 RUN_EPOCHS, RUN_STEPS_PER_EPOCH = 2, 11  # 750 weight images / batch 64.
+# One cell (a reduction cell; the normal alphas are still searched): CI time.
 RUN = ['--config=configs/digits_search.py', '--config.model.init_channels=4',
-       '--config.model.layers=2', f'--config.search.epochs={RUN_EPOCHS}',
+       '--config.model.layers=1', f'--config.search.epochs={RUN_EPOCHS}',
        '--config.search.arch_start_epoch=1', '--config.checkpoint.every_steps=3',
        '--config.monitor.progress=lines', f'--config.search.num_seeds={N}']
 
