@@ -6,6 +6,8 @@ CPU time; programs whose results a test compares are compiled alike. Measured
 figures are at each use.
 """
 
+import os
+
 import jax
 
 # Runs once or twice: no LLVM optimisation (about a third less CPU per compile).
@@ -33,7 +35,6 @@ def devices_env(devices: int, options=RUN_FEW, base=None) -> dict:
   """The environment of a subprocess that forces `devices` host devices and
   compiles every program with `options` (XLA_FLAGS: the multi-device scripts run
   a few steps of each program, 1 device against N, both compiled alike)."""
-  import os  # pylint: disable=g-import-not-at-top
   flags = [f'--xla_force_host_platform_device_count={devices}']
   flags += [f'--{name}={str(value).lower()}' for name, value in options.items()]
   return dict(os.environ if base is None else base, XLA_FLAGS=' '.join(flags))
