@@ -102,8 +102,8 @@ def test_two_processes_agree_with_one_process(tmp_path):
   one device runs the same global batch."""
   script = os.path.join(REPO, 'tests', 'multidevice', 'one_vs_many.py')
   port = _free_port()
-  env = lambda devices: dict(os.environ, PYTHONPATH=REPO,
-                             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  # As run_devices compiles the one-process side: both sides compiled alike.
+  env = lambda devices: dict(compile_options.devices_env(devices), PYTHONPATH=REPO)
   dist, single = str(tmp_path / 'dist.npz'), str(tmp_path / 'single.npz')
   procs = [subprocess.Popen(
       [sys.executable, script, 'first_order', '2', f'--save={dist}',
