@@ -44,7 +44,7 @@ def get_config():
   config.model.depthwise_impl = 'auto'  # auto | conv | shifted | dense
   config.model.edge_impl = 'auto'       # auto (= scan) | batched | grouped | scan: a cell's edge layout
   config.model.unroll_edges = False     # True: much slower compile, no faster (docs/benchmarks.md)
-  config.model.scan_cells = True        # runs of identical normal cells as one scan: compiles sooner
+  config.model.scan_cells = True        # runs of 3+ normal cells as one scan: compiles sooner
   config.model.dtype = 'float32'       # float32 | bfloat16 (activations; params, arch stay float32)
   # first | random | reference_random (PC-DARTS' random file as it runs: the first C/K
   # channels, no permutation after the concat): which C/K channels the ops see.

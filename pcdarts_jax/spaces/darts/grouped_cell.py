@@ -477,6 +477,43 @@ def _normalize_blocks(modules: Sequence[_VariablesAt], y: jax.Array, train: bool
   return _normalize_with(y, jnp.concatenate(means), jnp.concatenate(variances))
 
 
+def _preprocess_kernel(module: _VariablesAt, part: str, shape) -> jax.Array:
+  return module((part,), lambda m: m.param('kernel', initializers.kernel_init, shape,
+                                           jnp.float32))
+
+
+def _relu_conv_bn(cell, module: _VariablesAt, x: jax.Array, train: bool) -> jax.Array:
+  """One ReLUConvBN of `cell` by itself, its variables under `module`."""
+  c = cell.channels
+  axis_name = None if cell.is_initializing() else cell.axis_name
+  r = ops.relu(x)
+  y = jnp.dot(r.reshape(-1, r.shape[-1]),
+              _preprocess_kernel(module, 'conv', (1, 1, r.shape[-1], c))[0, 0].astype(r.dtype))
+  return _normalize_blocks([module], y.reshape(*r.shape[:-1], c), train, axis_name)
+
+
+def _factorized_reduce(cell, module: _VariablesAt, x: jax.Array, train: bool) -> jax.Array:
+  """FactorizedReduce of `cell` (its two 1x1 convs as one matmul batched over the
+  two), its variables under `module`."""
+  c = cell.channels
+  if c % 2:
+    raise ValueError(f'FactorizedReduce needs an even channel count, got {c}.')
+  kernels = jnp.stack([_preprocess_kernel(module, part, (1, 1, x.shape[-1], c // 2))
+                       for part in ('conv_1', 'conv_2')])
+  y = edge_pointwise(jnp.concatenate(_strided_halves(ops.relu(x)), -1), kernels)
+  axis_name = None if cell.is_initializing() else cell.axis_name
+  return _normalize_blocks([module], y, train, axis_name)
+
+
+def preprocess_input(cell, index: int, x: jax.Array, train: bool) -> jax.Array:
+  """`cell`'s preprocess{index} alone, on x, as `preprocess` computes it where
+  the two inputs differ in shape."""
+  module = _VariablesAt(name=f'preprocess{index}')
+  if index == 0 and cell.reduction_prev:
+    return _factorized_reduce(cell, module, x, train)
+  return _relu_conv_bn(cell, module, x, train)
+
+
 def preprocess(cell, s0: jax.Array, s1: jax.Array, train: bool) -> Tuple[jax.Array, jax.Array]:
   """The preprocess ops of `cell` (a supernet.SearchCell, from inside its
   compact call), as its own ops.ReLUConvBN (FactorizedReduce for s0 after a
@@ -489,25 +526,10 @@ def preprocess(cell, s0: jax.Array, s1: jax.Array, train: bool) -> Tuple[jax.Arr
   axis_name = None if cell.is_initializing() else cell.axis_name
   modules = [_VariablesAt(name=f'preprocess{i}') for i in range(2)]
 
-  def kernel(module, part, shape):
-    return module((part,), lambda m: m.param('kernel', initializers.kernel_init, shape,
-                                             jnp.float32))
-
-  def relu_conv_bn(i, x):  # One ReLUConvBN by itself: preprocess{i}.
-    r = ops.relu(x)
-    y = jnp.dot(r.reshape(-1, r.shape[-1]),
-                kernel(modules[i], 'conv', (1, 1, r.shape[-1], c))[0, 0].astype(r.dtype))
-    return _normalize_blocks(modules[i:i + 1], y.reshape(*r.shape[:-1], c), train, axis_name)
-
   if cell.reduction_prev:
-    if c % 2:
-      raise ValueError(f'FactorizedReduce needs an even channel count, got {c}.')
-    kernels = jnp.stack([kernel(modules[0], part, (1, 1, s0.shape[-1], c // 2))
-                         for part in ('conv_1', 'conv_2')])
-    y = edge_pointwise(jnp.concatenate(_strided_halves(ops.relu(s0)), -1), kernels)
-    s0 = _normalize_blocks(modules[:1], y, train, axis_name)
+    s0 = _factorized_reduce(cell, modules[0], s0, train)
   elif s0 is s1 or s0.shape == s1.shape:
-    kernels = jnp.stack([kernel(module, 'conv', (1, 1, s1.shape[-1], c))
+    kernels = jnp.stack([_preprocess_kernel(module, 'conv', (1, 1, s1.shape[-1], c))
                          for module in modules])
     if s0 is s1:
       y = batched_ops.fold(shared_pointwise(ops.relu(s1), kernels, 1))
@@ -516,8 +538,8 @@ def preprocess(cell, s0: jax.Array, s1: jax.Array, train: bool) -> Tuple[jax.Arr
     y = _normalize_blocks(modules, y, train, axis_name)
     return y[..., :c], y[..., c:]
   else:
-    s0 = relu_conv_bn(0, s0)
-  return s0, relu_conv_bn(1, s1)
+    s0 = _relu_conv_bn(cell, modules[0], s0, train)
+  return s0, _relu_conv_bn(cell, modules[1], s1, train)
 
 
 def grouped_edges(cell, s0: jax.Array, s1: jax.Array, op_weights: jax.Array,

@@ -34,6 +34,12 @@ DTYPES = ('float32', 'bfloat16')
 CHANNEL_SAMPLINGS = ('first', 'random', 'reference_random')
 CHANNEL_RNG = 'channels'  # Flax rng stream of the random channel sampling.
 EDGE_IMPLS = ('auto', 'batched', 'grouped', 'scan')
+# The shortest run of normal cells that `scan_cells` scans. A scanned run computes
+# one preprocess it drops (cell_scan.scan_cell_run): for the 8-cell default's runs
+# of 2 that cost 3% more FLOPs and 6% slower CPU steps for 11% less compile time.
+MIN_SCANNED_RUN = 3
+# What a SearchCell call computes: all of it, or a part (SearchCell.__call__).
+CELL_PARTS = ('cell', 'preprocess', 'preprocess0', 'preprocess1', 'edges')
 # edge_impl='auto' per platform a step is lowered for (jax.default_backend()
 # names and jax.export's): scan until grouped has GPU timings that beat it.
 AUTO_EDGE_IMPLS = {'cpu': 'scan', 'gpu': 'scan', 'cuda': 'scan', 'rocm': 'scan',
@@ -318,19 +324,39 @@ class SearchCell(nn.Module):
     return jnp.concatenate(states[-self.multiplier:], axis=-1)
 
   @nn.compact
-  def __call__(self, s0, s1, op_weights, edge_weights, train: bool = True):
+  def __call__(self, s0, s1, op_weights, edge_weights, train: bool = True,
+               part: str = 'cell'):
+    """The cell's output, or one part of it (`part`, see CELL_PARTS):
+    `preprocess` gives both preprocessed inputs, `preprocess0` / `preprocess1`
+    one of them (the other input is ignored), `edges` the output from inputs
+    already preprocessed. A run of cells is pipelined by parts (cell_scan.py)."""
+    if part not in CELL_PARTS:
+      raise ValueError(f'SearchCell part={part!r} is not one of {CELL_PARTS}.')
     c, bn_axis = self.channels, dict(axis_name=self.axis_name)
+    impl = resolve_edge_impl(self.edge_impl, self.channel_sampling, self.primitives)
+    if part in ('preprocess0', 'preprocess1'):
+      index = int(part[-1])
+      x = (s0, s1)[index]
+      if impl == 'grouped':
+        return grouped_cell.preprocess_input(self, index, x, train)
+      if index == 0 and self.reduction_prev:
+        return ops.FactorizedReduce(c, affine=False, name=part, **bn_axis)(x, train)
+      return ops.ReLUConvBN(c, 1, 1, 0, affine=False, name=part, **bn_axis)(x, train)
+    if part != 'edges':
+      if impl == 'grouped':
+        s0, s1 = grouped_cell.preprocess(self, s0, s1, train)  # same ops, fewer matmuls
+      else:
+        if self.reduction_prev:
+          s0 = ops.FactorizedReduce(c, affine=False, name='preprocess0', **bn_axis)(s0, train)
+        else:
+          s0 = ops.ReLUConvBN(c, 1, 1, 0, affine=False, name='preprocess0', **bn_axis)(s0, train)
+        s1 = ops.ReLUConvBN(c, 1, 1, 0, affine=False, name='preprocess1', **bn_axis)(s1, train)
+      if part == 'preprocess':
+        return s0, s1
     if edge_weights is None:
       edge_weights = jnp.ones(op_weights.shape[:1], op_weights.dtype)
-    impl = resolve_edge_impl(self.edge_impl, self.channel_sampling, self.primitives)
     if impl == 'grouped':  # also serves op masks: an op once per stage for the edges keeping it
-      s0, s1 = grouped_cell.preprocess(self, s0, s1, train)  # same ops, fewer matmuls
       return grouped_cell.grouped_edges(self, s0, s1, op_weights, edge_weights, train)
-    if self.reduction_prev:
-      s0 = ops.FactorizedReduce(c, affine=False, name='preprocess0', **bn_axis)(s0, train)
-    else:
-      s0 = ops.ReLUConvBN(c, 1, 1, 0, affine=False, name='preprocess0', **bn_axis)(s0, train)
-    s1 = ops.ReLUConvBN(c, 1, 1, 0, affine=False, name='preprocess1', **bn_axis)(s1, train)
     if self.op_mask is not None:
       return self._masked_edges(s0, s1, op_weights, edge_weights, train)
     if impl == 'batched':
@@ -376,8 +402,8 @@ class SearchNetwork(nn.Module):
   # tuples (edges x ops, 1 = kept); pruned ops get no weight and are not built.
   op_masks: Optional[Any] = None
   edge_impl: str = 'auto'           # auto | batched | grouped | scan: see resolve_edge_impl
-  # Runs of identical normal cells (same inputs' shapes) as one lax.scan over the
-  # cells' stacked variables: the run's cell compiles once (spaces/cell_scan.py).
+  # Runs of consecutive normal cells as one lax.scan over the cells' stacked
+  # variables: the run's cell compiles once (spaces/cell_scan.py).
   scan_cells: bool = True
 
   def _arch(self, name, shape):
@@ -435,20 +461,21 @@ class SearchNetwork(nn.Module):
           channel_mixing=self.channel_mixing,
           op_mask=dict(self.op_masks)[kind] if self.op_masks else None,
           edge_impl=self.edge_impl)
-      # A normal cell whose two inputs have its output's shape starts a run: it and
-      # the normal cells after it compute the same function of the same shapes.
+      # A normal cell whose s1 has its output's shape starts a run with the normal
+      # cells after it: one compiled cell (cell_scan.py); the same variables.
       run = 1
       if (self.scan_cells and not reduction and not self.is_initializing()
-          and s0.shape == s1.shape == s1.shape[:-1] + (self.multiplier * c_curr,)
-          and s0.dtype == s1.dtype):
+          and s1.shape == s1.shape[:-1] + (self.multiplier * c_curr,)):
         while i + run < self.layers and i + run not in reductions:
           run += 1
-      if run > 1:  # One compiled cell for the run (cell_scan.py); same variables.
-        s0, s1 = cell_scan.scan_identical_cells(
-            self, cell(parent=None), [f'cell_{j}' for j in range(i, i + run)], (s0, s1),
-            cell_inputs=lambda carry: carry, next_carry=lambda carry, y: (carry[1], y),
+      if run >= MIN_SCANNED_RUN:
+        first = cell(parent=None)
+        s0, s1 = cell_scan.scan_cell_run(
+            self, first, first.clone(reduction_prev=False),
+            [f'cell_{j}' for j in range(i, i + run)], s0, s1,
             args=(op_weights[kind], edge_w[kind], train), rng_name=CHANNEL_RNG)
       else:
+        run = 1
         s0, s1 = s1, cell(name=f'cell_{i}')(s0, s1, op_weights[kind], edge_w[kind], train)
       reduction_prev = reduction
       i += run
