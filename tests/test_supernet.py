@@ -387,7 +387,7 @@ def assert_scanned_cells_match_unrolled(models, variables, x, labels, evaluate=T
 # same code. Grouped cells (DrNAS' pruned stages on a GPU) have their own preprocess.
 @pytest.mark.parametrize('masked,edge_impl', [
     (False, 'scan'), pytest.param(True, 'scan', marks=pytest.mark.slow), (True, 'grouped')])
-def test_identical_cells_scanned_match_unrolled(masked, edge_impl, monkeypatch):
+def test_cell_runs_scanned_match_unrolled(masked, edge_impl, monkeypatch):
   """A run of consecutive normal cells runs as one pipelined lax.scan over their
   stacked variables (traced once), with the loop's per-cell variables and its
   numbers: logits, loss, every weight and arch gradient, BatchNorm statistics,
@@ -417,6 +417,29 @@ def test_identical_cells_scanned_match_unrolled(masked, edge_impl, monkeypatch):
       initializers.init_variables(models[False], jax.random.PRNGKey(0), x[:1]))
   assert {f'cell_{i}' for i in range(9)} <= set(variables['params'])
   assert_scanned_cells_match_unrolled(models, variables, x, labels)
+
+
+def test_scan_cells_scans_runs_of_three_or_more():
+  """A run of 2 normal cells stays unrolled (a scanned run computes one
+  preprocess it drops: MIN_SCANNED_RUN); runs of 3 or more are scanned."""
+  assert supernet.MIN_SCANNED_RUN == 3
+  primitives = ('max_pool_3x3', 'skip_connect', 'sep_conv_3x3')
+  x = jnp.zeros((2, 16, 16, 3))
+  for layers, scanned in ((9, False), (12, True)):  # runs 1-2, 4-5, 7-8; 1-3, 5-7, 9-11
+    config = _tiny_config(steps=2, multiplier=2, edge_normalization=True,
+                          primitives=primitives)
+    config.model.layers = layers
+    model = supernet.build_supernet(config)
+    variables = initializers.init_variables(model, jax.random.PRNGKey(0), x[:1])
+    equations = {}
+    for scan in (False, True):
+      jaxpr = jax.make_jaxpr(lambda v, m=model.clone(scan_cells=scan): m.apply(
+          v, x, train=True, mutable=['batch_stats']))(variables)
+      equations[scan] = len(jaxpr.jaxpr.eqns)
+    if scanned:
+      assert equations[True] < 0.7 * equations[False], equations  # 6 cells traced, not 12
+    else:
+      assert equations[True] == equations[False], equations
 
 
 def test_supernet_without_edge_normalization(tiny):
