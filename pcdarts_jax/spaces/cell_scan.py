@@ -17,6 +17,42 @@ import jax
 import jax.numpy as jnp
 
 COLLECTIONS = ('params', 'batch_stats')
+PREPROCESS = ('preprocess0', 'preprocess1')  # a DARTS cell's input modules
+
+
+class _Run:
+  """The variables `parent` holds for the cells `names`, and how to apply one
+  unbound cell to a slice of them inside a scan step."""
+
+  def __init__(self, parent: nn.Module, names: Sequence[str], args: Tuple,
+               rng_name: Optional[str]):
+    collections = [c for c in COLLECTIONS if parent.has_variable(c, names[0])]
+    self.cells = [{c: parent.get_variable(c, n) for c in collections} for n in names]
+    self.update_stats = ('batch_stats' in collections
+                         and parent.is_mutable_collection('batch_stats'))
+    self.keys = (jax.random.split(parent.make_rng(rng_name), len(names))
+                 if rng_name and parent.has_rng(rng_name) else None)
+    self.parent, self.names, self.args, self.rng_name = parent, names, args, rng_name
+
+  def apply(self, cell: nn.Module, variables, *inputs, key=None, **kwargs):
+    """(cell's output, the statistics it wrote, or None where none are written)."""
+    out = cell.apply(variables, *inputs, *self.args,
+                     rngs=None if key is None else {self.rng_name: key},
+                     mutable=['batch_stats'] if self.update_stats else False, **kwargs)
+    return (out[0], out[1]['batch_stats']) if self.update_stats else (out, None)
+
+  def write_stats(self, stats_of_cell: Callable[[int], dict]) -> None:
+    if self.update_stats:
+      for j, name in enumerate(self.names):
+        self.parent.put_variable('batch_stats', name, stats_of_cell(j))
+
+
+def _stacked(trees):
+  return jax.tree.map(lambda *v: jnp.stack(v), *trees)
+
+
+def _row(tree, j):
+  return jax.tree.map(lambda v: v[j], tree)
 
 
 def scan_identical_cells(parent: nn.Module, cell: nn.Module, names: Sequence[str], carry,
@@ -28,30 +64,16 @@ def scan_identical_cells(parent: nn.Module, cell: nn.Module, names: Sequence[str
   BatchNorm statistics are written back per cell where `parent` may change
   them; `rng_name`: an rng stream the cells draw from (one key per cell).
   Returns the final carry."""
-  collections = [c for c in COLLECTIONS if parent.has_variable(c, names[0])]
-  stacked = {c: jax.tree.map(lambda *v: jnp.stack(v), *[parent.get_variable(c, n)
-                                                         for n in names])
-             for c in collections}
-  update_stats = 'batch_stats' in collections and parent.is_mutable_collection('batch_stats')
-  keys = (jax.random.split(parent.make_rng(rng_name), len(names))
-          if rng_name and parent.has_rng(rng_name) else None)
+  run = _Run(parent, names, args, rng_name)
 
   def step(carry, xs):
     variables, key = xs
-    out = cell.apply(variables, *cell_inputs(carry), *args,
-                     rngs=None if key is None else {rng_name: key},
-                     mutable=['batch_stats'] if update_stats else False)
-    y, stats = out if update_stats else (out, None)
-    return next_carry(carry, y), None if stats is None else stats['batch_stats']
+    y, stats = run.apply(cell, variables, *cell_inputs(carry), key=key)
+    return next_carry(carry, y), stats
 
-  carry, stats = jax.lax.scan(step, carry, (stacked, keys))
-  if update_stats:
-    for j, name in enumerate(names):
-      parent.put_variable('batch_stats', name, jax.tree.map(lambda v, j=j: v[j], stats))
+  carry, stats = jax.lax.scan(step, carry, (_stacked(run.cells), run.keys))
+  run.write_stats(lambda j: _row(stats, j))
   return carry
-
-
-PREPROCESS = ('preprocess0', 'preprocess1')
 
 
 def scan_cell_run(parent: nn.Module, first: nn.Module, later: nn.Module,
@@ -63,56 +85,40 @@ def scan_cell_run(parent: nn.Module, first: nn.Module, later: nn.Module,
   `preprocess0`, both preprocesses on cell j - 1's output (cell j + 1's `s0`).
   Only the first cell's `preprocess0` runs before the loop, so the run's first
   `s0` may have any shape (after a reduction cell, the output of the cell
-  before it, at twice the resolution); `s1` must have the run's output shape. The last step computes
-  a stand-in `preprocess0` (the last cell's, again) and drops it. `first` and
-  `later` are the unbound cells (`later`: the cells after the first, which
-  follow a normal cell), called as `cell(s0, s1, *args, part=...)`
-  (supernet.SearchCell); `parent` holds their variables under `names` and gets
-  their BatchNorm statistics back per cell where it may change them.
-  `rng_name`: the stream the cells draw from (one key per cell). Returns the
-  last two cells' outputs."""
-  collections = [c for c in COLLECTIONS if parent.has_variable(c, names[0])]
-  cells = [{c: parent.get_variable(c, n) for c in collections} for n in names]
-  update_stats = 'batch_stats' in collections and parent.is_mutable_collection('batch_stats')
-  keys = (jax.random.split(parent.make_rng(rng_name), len(names))
-          if rng_name and parent.has_rng(rng_name) else None)
+  before it, at twice the resolution); `s1` must have the run's output shape.
+  The last step computes a stand-in `preprocess0` (the last cell's, again) and
+  drops it. `first` and `later` are the unbound cells (`later`: the cells after
+  the first, which follow a normal cell), called as
+  `cell(s0, s1, *args, part=...)` (supernet.SearchCell); `parent` holds their
+  variables under `names` and gets their BatchNorm statistics back per cell
+  where it may change them. `rng_name`: the stream the cells draw from (one
+  key per cell). Returns the last two cells' outputs."""
+  run = _Run(parent, names, args, rng_name)
   last = len(names) - 1
 
   def part_of(j, keep):  # cell j's variables of the modules `keep` says yes to
-    return {c: {m: v for m, v in tree.items() if keep(m)} for c, tree in cells[j].items()}
+    return {c: {m: v for m, v in tree.items() if keep(m)}
+            for c, tree in run.cells[j].items()}
 
-  def stacked(parts):
-    return jax.tree.map(lambda *v: jnp.stack(v), *parts)
-
-  def apply(cell, variables, x0, x1, part, key=None):
-    out = cell.apply(variables, x0, x1, *args, part=part,
-                     rngs=None if key is None else {rng_name: key},
-                     mutable=['batch_stats'] if update_stats else False)
-    return out if update_stats else (out, None)
-
-  p0, first_stats = apply(first, part_of(0, {'preprocess0'}.__contains__), s0, None,
-                          'preprocess0')
-  own = stacked([part_of(j, lambda m: m != 'preprocess0') for j in range(len(names))])
-  next0 = stacked([part_of(min(j + 1, last), {'preprocess0'}.__contains__)
-                   for j in range(len(names))])
+  is_preprocess0, is_preprocess1 = {'preprocess0'}.__contains__, {'preprocess1'}.__contains__
+  p0, first_stats = run.apply(first, part_of(0, is_preprocess0), s0, None,
+                              part='preprocess0')
+  preprocess1 = _stacked([part_of(j, is_preprocess1) for j in range(len(names))])
+  edges = _stacked([part_of(j, lambda m: m not in PREPROCESS) for j in range(len(names))])
+  next0 = _stacked([part_of(min(j + 1, last), is_preprocess0) for j in range(len(names))])
 
   def step(carry, xs):
     x0, _, previous = carry  # cell j's preprocessed s0; cell j - 1's output (its s1)
-    own_vars, next_vars, key = xs
-    x1, stats1 = apply(later, own_vars, None, previous, 'preprocess1')
-    y, stats_edges = apply(later, own_vars, x0, x1, 'edges', key)
-    x0_next, stats0 = apply(later, next_vars, previous, None, 'preprocess0')
-    # (each apply gives back all the statistics it was given)
-    stats = None if stats1 is None else {
-        **stats_edges['batch_stats'], 'preprocess1': stats1['batch_stats']['preprocess1']}
-    return (x0_next, previous, y), (stats, None if stats0 is None else stats0['batch_stats'])
+    vars1, edge_vars, vars0, key = xs
+    x1, stats1 = run.apply(later, vars1, None, previous, part='preprocess1')
+    y, stats_edges = run.apply(later, edge_vars, x0, x1, key=key, part='edges')
+    x0_next, stats0 = run.apply(later, vars0, previous, None, part='preprocess0')
+    stats = None if stats1 is None else {**stats_edges, **stats1}
+    return (x0_next, previous, y), (stats, stats0)
 
   carry, (stats, stats0) = jax.lax.scan(
-      step, (p0, jnp.zeros_like(s1), s1), (own, next0, keys))
-  if update_stats:
-    for j, name in enumerate(names):
-      tree = jax.tree.map(lambda v, j=j: v[j], stats)
-      tree['preprocess0'] = (first_stats['batch_stats'] if j == 0 else
-                             jax.tree.map(lambda v, j=j: v[j - 1], stats0))['preprocess0']
-      parent.put_variable('batch_stats', name, tree)
+      step, (p0, jnp.zeros_like(s1), s1), (preprocess1, edges, next0, run.keys))
+  run.write_stats(lambda j: {**_row(stats, j),
+                             **(first_stats if j == 0 else _row(stats0, j - 1))})
   return carry[1], carry[2]
+

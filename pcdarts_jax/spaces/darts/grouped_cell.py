@@ -477,6 +477,11 @@ def _normalize_blocks(modules: Sequence[_VariablesAt], y: jax.Array, train: bool
   return _normalize_with(y, jnp.concatenate(means), jnp.concatenate(variances))
 
 
+def _axis_name(cell) -> Optional[str]:
+  """The device axis `cell`'s BatchNorms average over (none while initializing)."""
+  return None if cell.is_initializing() else cell.axis_name
+
+
 def _preprocess_kernel(module: _VariablesAt, part: str, shape) -> jax.Array:
   return module((part,), lambda m: m.param('kernel', initializers.kernel_init, shape,
                                            jnp.float32))
@@ -485,11 +490,10 @@ def _preprocess_kernel(module: _VariablesAt, part: str, shape) -> jax.Array:
 def _relu_conv_bn(cell, module: _VariablesAt, x: jax.Array, train: bool) -> jax.Array:
   """One ReLUConvBN of `cell` by itself, its variables under `module`."""
   c = cell.channels
-  axis_name = None if cell.is_initializing() else cell.axis_name
   r = ops.relu(x)
   y = jnp.dot(r.reshape(-1, r.shape[-1]),
               _preprocess_kernel(module, 'conv', (1, 1, r.shape[-1], c))[0, 0].astype(r.dtype))
-  return _normalize_blocks([module], y.reshape(*r.shape[:-1], c), train, axis_name)
+  return _normalize_blocks([module], y.reshape(*r.shape[:-1], c), train, _axis_name(cell))
 
 
 def _factorized_reduce(cell, module: _VariablesAt, x: jax.Array, train: bool) -> jax.Array:
@@ -501,8 +505,7 @@ def _factorized_reduce(cell, module: _VariablesAt, x: jax.Array, train: bool) ->
   kernels = jnp.stack([_preprocess_kernel(module, part, (1, 1, x.shape[-1], c // 2))
                        for part in ('conv_1', 'conv_2')])
   y = edge_pointwise(jnp.concatenate(_strided_halves(ops.relu(x)), -1), kernels)
-  axis_name = None if cell.is_initializing() else cell.axis_name
-  return _normalize_blocks([module], y, train, axis_name)
+  return _normalize_blocks([module], y, train, _axis_name(cell))
 
 
 def preprocess_input(cell, index: int, x: jax.Array, train: bool) -> jax.Array:
@@ -523,7 +526,6 @@ def preprocess(cell, s0: jax.Array, s1: jax.Array, train: bool) -> Tuple[jax.Arr
   the two, or with the kernels side by side where both read one tensor: the
   CIFAR stem's output) and their BatchNorms as one normalization."""
   c = cell.channels
-  axis_name = None if cell.is_initializing() else cell.axis_name
   modules = [_VariablesAt(name=f'preprocess{i}') for i in range(2)]
 
   if cell.reduction_prev:
@@ -535,7 +537,7 @@ def preprocess(cell, s0: jax.Array, s1: jax.Array, train: bool) -> Tuple[jax.Arr
       y = batched_ops.fold(shared_pointwise(ops.relu(s1), kernels, 1))
     else:
       y = edge_pointwise(jnp.concatenate([ops.relu(s0), ops.relu(s1)], -1), kernels)
-    y = _normalize_blocks(modules, y, train, axis_name)
+    y = _normalize_blocks(modules, y, train, _axis_name(cell))
     return y[..., :c], y[..., c:]
   else:
     s0 = _relu_conv_bn(cell, modules[0], s0, train)

@@ -323,6 +323,16 @@ class SearchCell(nn.Module):
       states.append(node)
     return jnp.concatenate(states[-self.multiplier:], axis=-1)
 
+  def _preprocess_input(self, index: int, x, train: bool, impl: str):
+    """preprocess{index} alone on x: FactorizedReduce for s0 after a reduction
+    cell, else ReLUConvBN (the grouped layout's form for its cells)."""
+    if impl == 'grouped':
+      return grouped_cell.preprocess_input(self, index, x, train)
+    c, name, bn_axis = self.channels, f'preprocess{index}', dict(axis_name=self.axis_name)
+    if index == 0 and self.reduction_prev:
+      return ops.FactorizedReduce(c, affine=False, name=name, **bn_axis)(x, train)
+    return ops.ReLUConvBN(c, 1, 1, 0, affine=False, name=name, **bn_axis)(x, train)
+
   @nn.compact
   def __call__(self, s0, s1, op_weights, edge_weights, train: bool = True,
                part: str = 'cell'):
@@ -332,25 +342,15 @@ class SearchCell(nn.Module):
     already preprocessed. A run of cells is pipelined by parts (cell_scan.py)."""
     if part not in CELL_PARTS:
       raise ValueError(f'SearchCell part={part!r} is not one of {CELL_PARTS}.')
-    c, bn_axis = self.channels, dict(axis_name=self.axis_name)
     impl = resolve_edge_impl(self.edge_impl, self.channel_sampling, self.primitives)
     if part in ('preprocess0', 'preprocess1'):
       index = int(part[-1])
-      x = (s0, s1)[index]
-      if impl == 'grouped':
-        return grouped_cell.preprocess_input(self, index, x, train)
-      if index == 0 and self.reduction_prev:
-        return ops.FactorizedReduce(c, affine=False, name=part, **bn_axis)(x, train)
-      return ops.ReLUConvBN(c, 1, 1, 0, affine=False, name=part, **bn_axis)(x, train)
+      return self._preprocess_input(index, (s0, s1)[index], train, impl)
     if part != 'edges':
       if impl == 'grouped':
         s0, s1 = grouped_cell.preprocess(self, s0, s1, train)  # same ops, fewer matmuls
       else:
-        if self.reduction_prev:
-          s0 = ops.FactorizedReduce(c, affine=False, name='preprocess0', **bn_axis)(s0, train)
-        else:
-          s0 = ops.ReLUConvBN(c, 1, 1, 0, affine=False, name='preprocess0', **bn_axis)(s0, train)
-        s1 = ops.ReLUConvBN(c, 1, 1, 0, affine=False, name='preprocess1', **bn_axis)(s1, train)
+        s0, s1 = (self._preprocess_input(i, x, train, impl) for i, x in enumerate((s0, s1)))
       if part == 'preprocess':
         return s0, s1
     if edge_weights is None:
@@ -361,6 +361,7 @@ class SearchCell(nn.Module):
       return self._masked_edges(s0, s1, op_weights, edge_weights, train)
     if impl == 'batched':
       return self._batched_edges(s0, s1, op_weights, edge_weights, train)
+    c = self.channels
     inputs = jnp.stack([s0, s1])
     stride = 2 if self.reduction else 1
     n, h, w = s1.shape[0], s1.shape[1] // stride, s1.shape[2] // stride
