@@ -34,7 +34,10 @@ def jit_few(fn, **kwargs):
 def devices_env(devices: int, options=RUN_FEW, base=None) -> dict:
   """The environment of a subprocess that forces `devices` host devices and
   compiles every program with `options` (XLA_FLAGS: the multi-device scripts run
-  a few steps of each program, 1 device against N, both compiled alike)."""
-  flags = [f'--xla_force_host_platform_device_count={devices}']
+  a few steps of each program, 1 device against N, both compiled alike). N host
+  devices share a machine's few cores: a collective waits up to 10 minutes for
+  them (XLA's 40 s, on a loaded 2-core CI machine, aborted a correct run)."""
+  flags = [f'--xla_force_host_platform_device_count={devices}',
+           '--xla_cpu_collective_call_terminate_timeout_seconds=600']
   flags += [f'--{name}={str(value).lower()}' for name, value in options.items()]
   return dict(os.environ if base is None else base, XLA_FLAGS=' '.join(flags))
