@@ -43,6 +43,7 @@ def get_config():
   config.model.stem = 'cifar'           # cifar | imagenet
   config.model.depthwise_impl = 'auto'  # auto | conv | shifted | dense
   config.model.edge_impl = 'auto'       # auto (= scan) | batched | grouped | scan: a cell's edge layout
+  config.model.merge_separable = False  # grouped only: each depthwise + 1x1 conv as one dense conv
   config.model.unroll_edges = False     # True: much slower compile, no faster (docs/benchmarks.md)
   config.model.scan_cells = True        # runs of 3+ normal cells as one scan: compiles sooner
   config.model.dtype = 'float32'       # float32 | bfloat16 (activations; params, arch stay float32)

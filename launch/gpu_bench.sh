@@ -7,8 +7,9 @@
 #   bash launch/gpu_bench.sh drnas  OUT_DIR   # DrNAS CIFAR-10 progressive stages
 #
 # `steps`: the bilevel step (first order) of configs/cifar10_search.py at BATCH (256) for
-# edge_impl scan and grouped, in float32 and bfloat16. The four programs compile at the same
-# time (one process each) and step one at a time (--device_lock), then the reference supernet
+# edge_impl scan, grouped and grouped with merge_separable (merged), in float32 and bfloat16.
+# The six programs compile at the same time (one process each) and step one at a time
+# (--device_lock), then the reference supernet
 # in PyTorch (launch.torch_reference: eager with cudnn.benchmark, then torch.compile) under
 # the same lock. Writes OUT_DIR/<variant>.jsonl, logs, and OUT_DIR/summary.json: per variant
 # ms/step, peak memory and the speed-up over the PyTorch eager float32 step of the same run.
@@ -87,7 +88,8 @@ for path in sorted(glob.glob(os.path.join(out, '*.jsonl'))):
                                         'ms_per_step_p90', 'peak_memory_bytes',
                                         'compile_seconds', 'first_steps_seconds',
                                         'batch_size', 'device_kind', 'device', 'dtype',
-                                        'edge_impl', 'depthwise_impl', 'stage')}
+                                        'edge_impl', 'merge_separable', 'depthwise_impl',
+                                        'stage')}
   else:
     log = os.path.join(out, name + '.log')
     tail = open(log).read()[-600:] if os.path.exists(log) else ''
@@ -116,6 +118,8 @@ if [ "$MODE" = steps ]; then
     [grouped_float32]="--config.model.edge_impl=grouped --config.model.dtype=float32"
     [scan_bfloat16]="--config.model.edge_impl=scan --config.model.dtype=bfloat16"
     [grouped_bfloat16]="--config.model.edge_impl=grouped --config.model.dtype=bfloat16"
+    [merged_float32]="--config.model.edge_impl=grouped --config.model.merge_separable=True --config.model.dtype=float32"
+    [merged_bfloat16]="--config.model.edge_impl=grouped --config.model.merge_separable=True --config.model.dtype=bfloat16"
   )
   start_variants "$CONFIG" "$BATCH"
   # The baseline: PyTorch eager (as the reference runs it), then torch.compile.

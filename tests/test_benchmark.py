@@ -19,7 +19,7 @@ FIELDS = {
     'flops_per_second': (float, type(None)), 'device_kind': str, 'device_count': int,
     'jax_version': str, 'config_digest': str, 'config': str, 'depthwise_impl': str,
     'dtype': str, 'data': str, 'steps': int, 'warmup': int, 'platform': str,
-    'edge_impl': str, 'unroll_edges': bool, 'bilevel_phases': str,
+    'edge_impl': str, 'merge_separable': bool, 'unroll_edges': bool, 'bilevel_phases': str,
     'step_memory_bytes': (int, type(None)),
     'stepping_peak_rss_bytes': (int, type(None)), 'xla_flops_per_step': (float, type(None)),
     'trace': type(None), 'xla_flags': str, 'stage': type(None),
@@ -105,6 +105,7 @@ def test_benchmark_of_a_training_config(tmp_path):
   train, evaluate = lines
   for r in lines:
     assert r['data'] == 'digits' and r['batch_size'] == 16 and r['edge_impl'] is None
+    assert r['merge_separable'] is None
     assert r['bilevel_phases'] is None
     assert r['flops_per_step'] > 0 and r['ms_per_step_median'] > 0
   # Forward and backward (and the update) cost more than the forward alone.

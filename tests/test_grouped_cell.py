@@ -64,12 +64,17 @@ def _randomized(variables, seed):
   return {**variables, 'batch_stats': stats, 'arch': arch}
 
 
+# The layouts compared: `merged` is the grouped layout with merge_separable.
+LAYOUTS = {'scan': dict(edge_impl='scan'), 'grouped': dict(edge_impl='grouped'),
+           'merged': dict(edge_impl='grouped', merge_separable=True)}
+
+
 def _pair(config, seed=0, op_masks=None):
-  """The scan and grouped models of `config`, shared variables, and per layout a
-  jitted gradient (loss, logits, new statistics, (weight, arch) gradients) and
-  eval forward."""
-  models = {impl: supernet.build_supernet(config, op_masks=op_masks).clone(edge_impl=impl)
-            for impl in ('scan', 'grouped')}
+  """The scan, grouped and merged models of `config`, shared variables, and per
+  layout a jitted gradient (loss, logits, new statistics, (weight, arch)
+  gradients) and eval forward (each compiled when first run)."""
+  models = {name: supernet.build_supernet(config, op_masks=op_masks).clone(**fields)
+            for name, fields in LAYOUTS.items()}
   x = jnp.asarray(np.random.RandomState(seed + 1).randn(BATCH, 8, 8, 3), jnp.float32)
   variables = _randomized(
       initializers.init_variables(models['scan'], jax.random.PRNGKey(seed), x[:1]), seed)
@@ -110,8 +115,8 @@ def _close(got, want, rtol):
   jax.tree_util.tree_map_with_path(check, got, want)
 
 
-def _assert_same_step(pair):
-  scan, grouped = _run(pair, 'scan'), _run(pair, 'grouped')
+def _assert_same_step(pair, layout='grouped'):
+  scan, grouped = _run(pair, 'scan'), _run(pair, layout)
   assert jax.tree.structure(grouped['grads']) == jax.tree.structure(scan['grads'])
   assert jax.tree.structure(grouped['batch_stats']) == jax.tree.structure(scan['batch_stats'])
   _close(grouped['logits'], scan['logits'], 1e-5)
@@ -165,6 +170,15 @@ def test_grouped_matches_scan(case, request):
   _assert_same_step(pair)
 
 
+@K4_PAIR
+def test_merged_separable_matches_scan(k4_pair):
+  """model.merge_separable: each depthwise conv and its 1x1 conv as one dense
+  conv, the first layer per source (both cell inputs' 4 edges as one conv of
+  two groups), on the scanned cell's variables. Same step as the scan within
+  float32 rounding (the merged conv sums k*k*C products in another order)."""
+  _assert_same_step(k4_pair, 'merged')
+
+
 PRUNED_STEPS = 3
 STEM_MULTIPLIER = 3  # SearchNetwork's: the stem's output has 3 C channels
 
@@ -190,7 +204,9 @@ def _pruned_config():
 
 def test_grouped_matches_scan_in_pruned_stages():
   """DrNAS progressive learning's pruned stages: every edge keeps its own ops,
-  the variables are the masked cell's per-edge ones. K = 2."""
+  the variables are the masked cell's per-edge ones. K = 2. Merged separable
+  convs too: there the two inputs of a stage have different numbers of
+  readers of an op, so its first layer is one conv per input."""
   masks = _pruned_masks()
   pair = _pair(_pruned_config(), seed=5, op_masks=masks)
   params = pair['variables']['params']['cell_0']
@@ -199,36 +215,45 @@ def test_grouped_matches_scan_in_pruned_stages():
       np.shape, initializers.init_variables(pair['models']['grouped'], jax.random.PRNGKey(0),
                                             pair['x'][:1]))
   _assert_same_step(pair)
+  _assert_same_step(pair, 'merged')
 
 
-def _count_primitives(jaxpr, names):
-  """How many equations of `jaxpr` and of the jaxprs inside it (custom VJPs,
-  nested jits) apply one of the primitives `names`."""
-  count = 0
+def _equations(jaxpr):
+  """The equations of `jaxpr` and of the jaxprs inside it (custom VJPs, nested jits)."""
   for eqn in jaxpr.eqns:
-    count += eqn.primitive.name in names
+    yield eqn
     for value in eqn.params.values():
       for sub in value if isinstance(value, (tuple, list)) else (value,):
         if isinstance(sub, jax.extend.core.ClosedJaxpr):
           sub = sub.jaxpr
         if isinstance(sub, jax.extend.core.Jaxpr):
-          count += _count_primitives(sub, names)
-  return count
+          yield from _equations(sub)
 
 
-@pytest.mark.parametrize('pruned', [False, True])
-def test_each_op_runs_once_per_stage(pruned):
+def _count_primitives(jaxpr, names):
+  """How many equations of `jaxpr` and of the jaxprs inside it apply one of the
+  primitives `names`."""
+  return sum(eqn.primitive.name in names for eqn in _equations(jaxpr))
+
+
+@pytest.mark.parametrize('pruned,merged', [(False, False), (True, False), (False, True),
+                                           (True, True)])
+def test_each_op_runs_once_per_stage(pruned, merged):
   """The grouped forward (traced, not compiled) has one depthwise conv per
   SepConv/DilConv layer per stage that keeps the op, whatever the number of its
   edges; one 1x1 matmul per chain layer per stage for all those ops; one for
   the stride-2 skips of the sources with as many edges keeping it; one for the
   two preprocess 1x1 convs where s0 and s1 have one shape; and one 3x3 max
   pool per source that an edge keeping it reads (8 + 3 + 2 + 1 edges, 5
-  sources per cell; 14 max pools in the scan's edges)."""
+  sources per cell; 14 max pools in the scan's edges). With merge_separable
+  no depthwise conv and no chain matmul is left: a chain's first layer is one
+  conv per number of readers that the stage's sources have of the op (one
+  group per source), its second one conv (a group per edge)."""
   masks = _pruned_masks() if pruned else None
   config = _pruned_config() if pruned else _config(depthwise_impl='conv')
   steps = config.model.steps
-  model = supernet.build_supernet(config, op_masks=masks).clone(edge_impl='grouped')
+  model = supernet.build_supernet(config, op_masks=masks).clone(
+      edge_impl='grouped', merge_separable=merged)
   x = jnp.zeros((BATCH, 8, 8, 3), jnp.float32)
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x[:1], train=False))
   jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, train=True, mutable=['batch_stats']))(
@@ -259,8 +284,12 @@ def test_each_op_runs_once_per_stage(pruned):
           counts = readers.setdefault((stage, p), {})
           counts[j] = counts.get(j, 0) + 1
     for stage, kept in stage_ops.items():
-      convs += sum(depthwise_layers.get(p, 0) for p in kept)
-      dots += max([depthwise_layers.get(p, 0) for p in kept], default=0)
+      if merged:
+        convs += sum(len(set(readers[(stage, p)].values())) + depthwise_layers[p] - 1
+                     for p in kept if p in depthwise_layers)
+      else:
+        convs += sum(depthwise_layers.get(p, 0) for p in kept)
+        dots += max([depthwise_layers.get(p, 0) for p in kept], default=0)
       if kind == 'reduce' and stage == 0 and 'skip_connect' in kept:
         # FactorizedReduce: one matmul for the sources with as many edges keeping it
         dots += len(set(readers[(stage, 'skip_connect')].values()))
@@ -269,9 +298,13 @@ def test_each_op_runs_once_per_stage(pruned):
   assert _count_primitives(jaxpr, {'reduce_window_max'}) == pools
   assert _count_primitives(jaxpr, {'dot_general'}) == dots
   assert convs < per_edge_convs  # some op is shared by several edges of a stage
+  # Input channels per group of each conv's kernel (HWIO): 1 is a depthwise conv.
+  widths = [eqn.invars[1].aval.shape[2] for eqn in _equations(jaxpr)
+            if eqn.primitive.name == 'conv_general_dilated']
+  assert (1 in widths) != merged
   if not pruned:
     assert convs == 1 + 3 * steps * 6 and pools == 3 * 5
-    assert dots == 1 + 1 + 2 + 2 + 3 * steps * 2 + 2 * 1
+    assert dots == 1 + 1 + 2 + 2 + 3 * steps * (0 if merged else 2) + 2 * 1
 
 
 def test_dense_depthwise_stays_per_edge():
@@ -292,19 +325,9 @@ def test_dense_depthwise_stays_per_edge():
   out = {impl: jax.jit(f, compiler_options=RUN_ONCE)(variables) for impl, f in apply.items()}
   _close(out['grouped'], out['scan'], 1e-5)
   jaxpr = jax.make_jaxpr(apply['grouped'])(variables).jaxpr
-  widths = set()
-
-  def conv_input_widths(jaxpr):
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == 'conv_general_dilated':
-        widths.add(eqn.invars[1].aval.shape[2])  # HWIO: input channels per group
-      for value in eqn.params.values():
-        if isinstance(value, jax.extend.core.ClosedJaxpr):
-          conv_input_widths(value.jaxpr)
-        elif isinstance(value, jax.extend.core.Jaxpr):
-          conv_input_widths(value)
-
-  conv_input_widths(jaxpr)
+  # HWIO: input channels per group
+  widths = {eqn.invars[1].aval.shape[2] for eqn in _equations(jaxpr)
+            if eqn.primitive.name == 'conv_general_dilated'}
   assert widths == {8 // 2}  # one edge's C/K channels
 
 
@@ -499,3 +522,16 @@ def test_cell_edges_stage_layout():
                                    np.eye(14, len(genotypes.PRIMITIVES), dtype=int))
   assert masked[3].scope == 'edge_3' and masked[3].position is None
   assert masked[3].kept == (genotypes.PRIMITIVES[3],)
+
+
+def test_merge_separable_needs_the_grouped_layout():
+  from configs import cifar10_search  # pylint: disable=g-import-not-at-top
+  config = cifar10_search.get_config()
+  assert config.model.merge_separable is False
+  config.model.merge_separable = True
+  with pytest.raises(config_validation.ConfigError,
+                     match=r"model.merge_separable=True .* needs model.edge_impl='grouped' "
+                     r"\(got 'auto'\)"):
+    config_validation.validate_search_config(config)
+  config.model.edge_impl = 'grouped'
+  config_validation.validate_search_config(config)

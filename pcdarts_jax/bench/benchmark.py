@@ -840,15 +840,18 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
   rnn = is_rnn_config(config)
   if rnn:
     bench = RNNBench(config, batch_size)
-    edges = {'edge_impl': None, 'unroll_edges': None, 'bilevel_phases': None}
+    edges = {'edge_impl': None, 'merge_separable': None, 'unroll_edges': None,
+             'bilevel_phases': None}
   elif is_train_config(config):
     bench = TrainBench(config, batch_size)
-    edges = {'edge_impl': None, 'unroll_edges': None, 'bilevel_phases': None}
+    edges = {'edge_impl': None, 'merge_separable': None, 'unroll_edges': None,
+             'bilevel_phases': None}
   else:
     bench = SearchBench(config, batch_size, stage) if timed else None
     edges = {'edge_impl': supernet.resolve_edge_impl(
                  m.get('edge_impl', 'auto'), m.get('channel_sampling', 'first'),
                  m.get('primitives', genotypes.PRIMITIVES)),
+             'merge_separable': bool(m.get('merge_separable', False)),
              'unroll_edges': bool(m.get('unroll_edges', False)),
              'bilevel_phases': config_fields.bilevel_phases(config.search)}
   base = {'config': config_name, 'config_digest': config_digest(config),
@@ -977,14 +980,15 @@ def format_table(results: Sequence[Dict]) -> str:
 
 def format_program_table(results: Sequence[Dict]) -> str:
   """The program measurements: executions per step of the lowered step."""
-  header = (f'{"platform":<8} {"architect":<19} {"batch":>5} {"edges":<8} {"depthwise":<9} '
+  header = (f'{"platform":<8} {"architect":<19} {"batch":>5} {"edges":<14} {"depthwise":<9} '
             f'{"ops":>9} {"convs":>7} {"dots":>7} {"conds":>6} {"loops":>6} {"iters":>7} '
             f'{"calls":>6} {"GFLOP/step":>10} {"lower s":>7}')
   lines = [header, '-' * len(header)]
   for r in results:
     lines.append(
         f'{r["target_platform"]:<8} {r["architect"] or "":<19} {r["batch_size"]:>5} '
-        f'{r["edge_impl"]:<8} {r["depthwise_impl"]:<9} {r["executed_ops"]:>9} '
+        f'{r["edge_impl"] + ("/merged" if r.get("merge_separable") else ""):<14} '
+        f'{r["depthwise_impl"]:<9} {r["executed_ops"]:>9} '
         f'{r["executed_convolutions"]:>7} {r["executed_dots"]:>7} {r["conditionals"]:>6} '
         f'{r["while_loops"]:>6} {r["loop_iterations"]:>7} {r["executed_custom_calls"]:>6} '
         f'{r["flops_per_step"] / 1e9:>10.2f} {r["lowering_seconds"]:>7.1f}')

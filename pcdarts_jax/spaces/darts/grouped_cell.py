@@ -24,6 +24,12 @@ once for all the edges that use it:
 * The cell's preprocess ops (`preprocess`) are the scanned cell's with fewer
   matmuls: FactorizedReduce's halves as one, and the two 1x1 convs as one
   where s0 and s1 have one shape, their BatchNorms as one normalization.
+* With `merge_separable` each chain layer's depthwise conv and 1x1 conv are
+  one dense conv (kernel dw * pw, merged_kernels): the first layer of an op
+  reads each source's ReLU once, all the source's edges as one conv C -> E * C
+  (the sources with as many readers as one conv, a group each), the second
+  SepConv layer is one conv with a group per edge. No depthwise conv is left,
+  which GPUs run slowly; the FLOPs of the chains grow about 5x, on tensor cores.
 * The mixing sums go straight into per-node accumulators (op part and bypass
   part apart, in float32 also for bfloat16 activations) in the scan's edge
   order, and a node is channel-shuffled once, when it completes: the shuffle is
@@ -337,37 +343,117 @@ def _per_source_on_edges(members: Sequence[Edge], users: Sequence[Edge],
   return jnp.stack([by_edge.get(edge.index, zeros) for edge in members], axis=-2)
 
 
+def merged_kernels(depthwise: jax.Array, pointwise: jax.Array) -> jax.Array:
+  """One dense k x k kernel per edge for a depthwise conv followed by a 1x1
+  conv: (E, k, k, 1, C) and (E, 1, 1, C, C_out) -> (E, k, k, C, C_out),
+  K[e, i, j, c, o] = dw[e, i, j, 0, c] * pw[e, 0, 0, c, o]. Both convs are
+  linear with nothing between them, so one conv with K is the pair; autodiff
+  through the product gives each kernel its own gradient."""
+  return depthwise[:, :, :, 0, :, None] * pointwise[:, 0, 0][:, None, None]
+
+
+def _source_groups(users: Sequence[Edge]) -> List[List[Tuple[int, List[Edge]]]]:
+  """The edges of `users` by source, the sources with as many readers together:
+  [[(source, its readers in edge order), ...], ...], fewest readers first."""
+  readers: Dict[int, List[Edge]] = {}
+  for edge in users:
+    readers.setdefault(edge.source, []).append(edge)
+  groups: Dict[int, List[Tuple[int, List[Edge]]]] = {}
+  for source, edges in readers.items():
+    groups.setdefault(len(edges), []).append((source, edges))
+  return [groups[count] for count in sorted(groups)]
+
+
+def _conv(x, kernel, stride, padding, dilation, groups):
+  return lax.conv_general_dilated(
+      x, kernel.astype(x.dtype), window_strides=(stride, stride),
+      padding=((padding, padding), (padding, padding)), rhs_dilation=(dilation, dilation),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
+
+
+def _side_by_side(kernels: jax.Array) -> jax.Array:
+  """(E, k, k, C, C_out) -> (k, k, C, E * C_out), edge-major outputs."""
+  count, k, _, c, c_out = kernels.shape
+  return jnp.moveaxis(kernels, 0, 3).reshape(k, k, c, count * c_out)
+
+
+def _merged_first_layer(stage: _Stage, groups, kernels: jax.Array, stride: int,
+                        padding: int, dilation: int) -> jax.Array:
+  """The first ReLU -> depthwise -> 1x1 layer of an op's edges as dense convs
+  with merged kernels (E, k, k, C, C) in `groups`' edge order (_source_groups):
+  every edge of a source reads the same ReLU, so a source's edges are one conv
+  C -> E_s * C, and the sources with as many readers one conv with a group per
+  source. Returns the folded (N, H', W', E * C)."""
+  outputs, row = [], 0
+  for group in groups:
+    count = len(group[0][1])
+    kernel = jnp.concatenate(
+        [_side_by_side(kernels[row + i * count:row + (i + 1) * count])
+         for i in range(len(group))], axis=-1)
+    row += len(group) * count
+    x = jnp.concatenate([stage.relu(source) for source, _ in group], axis=-1)
+    outputs.append(_conv(x, kernel, stride, padding, dilation, len(group)))
+  return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
+
+
 def _conv_chains(stage: _Stage, variables: EdgeVariables,
                  chains: Sequence[Tuple[str, Sequence[Edge]]], depthwise_impl: str,
-                 train: bool) -> Dict[str, jax.Array]:
+                 train: bool, merge_separable: bool = False) -> Dict[str, jax.Array]:
   """The SepConv and DilConv ops of a stage, [(primitive, its edges)]:
   {primitive: (N, H', W', E, width)}. Layer by layer (ReLU -> depthwise -> 1x1
   -> BatchNorm), one depthwise conv per op (their kernel sizes and dilations
   differ), then the 1x1 convs of every op and edge as one edge-batched matmul
-  and their BatchNorms as one normalization."""
+  and their BatchNorms as one normalization.
+
+  `merge_separable`: each depthwise conv and its 1x1 conv as one dense conv
+  (merged_kernels), a GPU's tensor-core form. The first layer then reads each
+  source's ReLU once (_merged_first_layer), the second is a conv with a group
+  per edge. The edges run source by source and are put back in edge order at
+  the end."""
   chains = [(p, users) for p, users in chains if users]
   width = stage.width
-  x = {p: batched_ops.fold(jnp.stack([stage.relu(edge.source) for edge in users], axis=-2))
-       for p, users in chains}
+  groups = {p: _source_groups(users) for p, users in chains}
+  order = {p: ([edge for group in groups[p] for _, edges in group for edge in edges]
+               if merge_separable else list(users)) for p, users in chains}
+  x = {} if merge_separable else {
+      p: batched_ops.fold(jnp.stack([stage.relu(edge.source) for edge in users], axis=-2))
+      for p, users in chains}
   for layer in range(max((len(_chain_layers(p)) for p, _ in chains), default=0)):
-    active = [(p, users) for p, users in chains if len(_chain_layers(p)) > layer]
-    convolved, pointwise_kernels, norms = [], [], []
-    for p, users in active:
+    active = [p for p, _ in chains if len(_chain_layers(p)) > layer]
+    outputs, pointwise_kernels, norms = [], [], []
+    for p in active:
       dw, pw, bn, k, padding, dilation, strided = _chain_layers(p)[layer]
-      # The first layer's ReLU is the shared one; the second's is inside the
-      # depthwise form, as in ops.SepConv.
-      convolved.append(edge_depthwise(x[p], variables.kernels(users, p, dw, (k, k, 1, width)),
-                                      stage.stride if strided else 1, padding, dilation,
+      edges, stride = order[p], stage.stride if strided else 1
+      depthwise = variables.kernels(edges, p, dw, (k, k, 1, width))
+      pointwise = variables.kernels(edges, p, pw, (1, 1, width, width))
+      norms.append((edges, p, bn))
+      if not merge_separable:
+        # The first layer's ReLU is the shared one; the second's is inside the
+        # depthwise form, as in ops.SepConv.
+        outputs.append(edge_depthwise(x[p], depthwise, stride, padding, dilation,
                                       depthwise_impl, relu_input=layer > 0))
-      pointwise_kernels.append(variables.kernels(users, p, pw, (1, 1, width, width)))
-      norms.append((users, p, bn))
-    y = edge_pointwise(jnp.concatenate(convolved, axis=-1),
-                       jnp.concatenate(pointwise_kernels))
+        pointwise_kernels.append(pointwise)
+      elif layer == 0:
+        outputs.append(_merged_first_layer(stage, groups[p], merged_kernels(depthwise, pointwise),
+                                           stride, padding, dilation))
+      else:
+        outputs.append(_conv(ops.relu(x[p]), _side_by_side(merged_kernels(depthwise, pointwise)),
+                             stride, padding, dilation, len(edges)))
+    y = jnp.concatenate(outputs, axis=-1)
+    if not merge_separable:
+      y = edge_pointwise(y, jnp.concatenate(pointwise_kernels))
     y = variables.batch_norm(norms, y, train)
-    ends = np.cumsum([len(users) * width for _, users in active])
-    for (p, _), part in zip(active, jnp.split(y, ends[:-1], axis=-1)):
+    ends = np.cumsum([len(order[p]) * width for p in active])
+    for p, part in zip(active, jnp.split(y, ends[:-1], axis=-1)):
       x[p] = part
-  return {p: batched_ops.unfold(x[p], len(users)) for p, users in chains}
+  result = {}
+  for p, users in chains:
+    y = batched_ops.unfold(x[p], len(users))
+    if order[p] != list(users):  # back to edge order
+      rows = {edge.index: i for i, edge in enumerate(order[p])}
+      y = jnp.take(y, np.asarray([rows[edge.index] for edge in users]), axis=-2)
+    result[p] = y
+  return result
 
 
 def _strided_halves(r: jax.Array) -> List[jax.Array]:
@@ -406,14 +492,15 @@ def _factorized_reduce_per_source(stage: _Stage, variables: EdgeVariables,
 
 
 def _stage_op_outputs(stage: _Stage, variables: EdgeVariables, primitives: Sequence[str],
-                      depthwise_impl: str, train: bool) -> List[Tuple[int, jax.Array]]:
+                      depthwise_impl: str, train: bool,
+                      merge_separable: bool = False) -> List[Tuple[int, jax.Array]]:
   """[(op index, its output on the stage's edges, (N, H', W', E or 1, width))]
   in op order, each op computed once for all the stage's edges that keep it."""
   outputs = []
   s = stage.stride
   chains = _conv_chains(stage, variables, [
       (p, [edge for edge in stage.members if p in edge.kept]) for p in primitives
-      if p.startswith(('sep_conv_', 'dil_conv_'))], depthwise_impl, train)
+      if p.startswith(('sep_conv_', 'dil_conv_'))], depthwise_impl, train, merge_separable)
   for op_index, p in enumerate(primitives):
     users = [edge for edge in stage.members if p in edge.kept]
     if p == 'none' or not users:  # `none` contributes exact zeros.
@@ -569,7 +656,7 @@ def grouped_edges(cell, s0: jax.Array, s1: jax.Array, op_weights: jax.Array,
     # sum over ops of weight * output, for all the stage's edges at once
     mixed = None
     for op_index, y in _stage_op_outputs(stage, variables, cell.primitives,
-                                         cell.depthwise_impl, train):
+                                         cell.depthwise_impl, train, cell.merge_separable):
       term = op_weights[rows, op_index].astype(acc_dtype)[:, None] * y.astype(acc_dtype)
       mixed = term if mixed is None else mixed + term
     if mixed is not None:

@@ -20,10 +20,11 @@ Genotype = genotypes.Genotype
 
 def validate_model(config):
   """model.* of the supernet (ConfigErrors naming the field and the allowed
-  values): sizes, stem, dtype, depthwise form, channel sampling, edge layout and
-  channel mixing, and the image size its reductions need. Every darts and nb201
-  search config carries these fields (nb201 reads init_channels,
-  partial_channels and dtype of them), so both are checked."""
+  values): sizes, stem, dtype, depthwise form, channel sampling, edge layout
+  (and its merged separable convs) and channel mixing, and the image size its
+  reductions need. Every darts and nb201 search config carries these fields
+  (nb201 reads init_channels, partial_channels and dtype of them), so both are
+  checked."""
   d, m = config.data, config.model
   require, is_int = config_fields.require, config_fields.is_int
   for field in ('init_channels', 'layers', 'partial_channels', 'steps', 'multiplier',
@@ -47,6 +48,9 @@ def validate_model(config):
                                m.get('primitives', genotypes.PRIMITIVES))
   except ValueError as e:
     raise config_fields.ConfigError(str(e)) from None
+  require(not m.get('merge_separable', False) or m.edge_impl == 'grouped',
+          f"model.merge_separable=True is a form of the grouped layout: it needs "
+          f"model.edge_impl='grouped' (got {m.edge_impl!r}).")
   mixing = m.channel_mixing
   require(mixing in cell_parts.CHANNEL_MIXINGS,
           f'model.channel_mixing={mixing!r} is not one of {cell_parts.CHANNEL_MIXINGS}.')

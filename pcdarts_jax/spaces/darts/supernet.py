@@ -242,6 +242,9 @@ class SearchCell(nn.Module):
   # their kept ops (no scan over stacked parameters).
   op_mask: Optional[Tuple[Tuple[int, ...], ...]] = None
   edge_impl: str = 'auto'  # auto | batched | grouped | scan (resolve_edge_impl)
+  # grouped layout: each depthwise conv and its 1x1 conv as one dense conv
+  # (grouped_cell.merged_kernels); the same variables.
+  merge_separable: bool = False
 
   def _batched_edges(self, s0, s1, op_weights, edge_weights, train):
     """All edges as 4 channel-batched groups: the 8 edges from the cell inputs,
@@ -403,6 +406,7 @@ class SearchNetwork(nn.Module):
   # tuples (edges x ops, 1 = kept); pruned ops get no weight and are not built.
   op_masks: Optional[Any] = None
   edge_impl: str = 'auto'           # auto | batched | grouped | scan: see resolve_edge_impl
+  merge_separable: bool = False     # grouped layout: depthwise + 1x1 convs as one dense conv
   # Runs of consecutive normal cells as one lax.scan over the cells' stacked
   # variables: the run's cell compiles once (spaces/cell_scan.py).
   scan_cells: bool = True
@@ -461,7 +465,7 @@ class SearchNetwork(nn.Module):
           self.axis_name, channel_sampling=self.channel_sampling,
           channel_mixing=self.channel_mixing,
           op_mask=dict(self.op_masks)[kind] if self.op_masks else None,
-          edge_impl=self.edge_impl)
+          edge_impl=self.edge_impl, merge_separable=self.merge_separable)
       # A normal cell whose s1 has its output's shape starts a run with the normal
       # cells after it: one compiled cell (cell_scan.py); the same variables.
       run = 1
@@ -518,6 +522,7 @@ def build_supernet(config, axis_name: Optional[str] = None, partial_channels=Non
       dtype=get('dtype', 'float32'),
       relaxation=get('relaxation', 'softmax'),
       edge_impl=get('edge_impl', 'auto'),
+      merge_separable=get('merge_separable', False),
       scan_cells=get('scan_cells', True),
       op_masks=None if op_masks is None else tuple(
           (kind, tuple(tuple(int(v) for v in row) for row in np.asarray(op_masks[kind])))
