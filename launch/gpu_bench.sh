@@ -24,7 +24,8 @@
 #
 # Environment: BATCH, STEPS (20), WARMUP (3), STEP_TIMEOUT (seconds per process, 420),
 # CONFIG, EXTRA_FLAGS (extra flags of each JAX step benchmark), SEARCH_EPOCHS, SEARCH_FLAGS
-# (extra --config.* flags of the search), SEEDS, DRNAS_BATCH, DRNAS_CONFIG, PYTHON (python3).
+# (extra --config.* flags of the search), SEEDS, DRNAS_BATCH, DRNAS_CONFIG, PYTHON (python3),
+# XLA_FLAGS (default --xla_gpu_enable_triton_gemm=false).
 # A missing Python package can come as wheels in .whl/ (installed to /tmp/site).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,9 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
 fi
 # Several processes share the GPU: each takes what it needs instead of 75% up front.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
+# XLA's Triton GEMM fusion crashed compiling batched per-edge matmuls (docs/multi-device.md);
+# the GPU figures so far were taken without it. A set XLA_FLAGS (even empty) is kept.
+export XLA_FLAGS="${XLA_FLAGS---xla_gpu_enable_triton_gemm=false}"
 "$PYTHON" - > "$OUT/environment.json" <<'EOF'
 import json, platform, jax
 info = {'python': platform.python_version(), 'jax': jax.__version__,
@@ -89,7 +93,7 @@ for path in sorted(glob.glob(os.path.join(out, '*.jsonl'))):
                                         'compile_seconds', 'first_steps_seconds',
                                         'batch_size', 'device_kind', 'device', 'dtype',
                                         'edge_impl', 'merge_separable', 'depthwise_impl',
-                                        'stage')}
+                                        'stage', 'xla_flags')}
   else:
     log = os.path.join(out, name + '.log')
     tail = open(log).read()[-600:] if os.path.exists(log) else ''

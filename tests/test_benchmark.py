@@ -346,3 +346,34 @@ def test_device_lock_is_held_through_warm_up_and_timed_steps_only(tmp_path):
   assert seen[-5:] == [False] * 5  # Another benchmark's lock attempt waits on every step.
   assert _lock_is_free(lock)  # Released afterwards.
   assert figures['ms_per_step_median'] > 0
+
+
+def test_gpu_bench_steps_script_writes_every_variant(tmp_path):
+  """launch/gpu_bench.sh steps, the one call a lent GPU gets, run through on
+  CPU with a one-cell config: six JAX variants (scan, grouped, merged x float32,
+  bfloat16) each measured with its own layout and dtype and with XLA's Triton
+  GEMMs off by default; the PyTorch rows (no GPU here) carry their error and
+  the script still writes the summary."""
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', PYTHON=sys.executable,
+             BATCH='4', STEPS='1', WARMUP='0', CONFIG='configs/digits_search.py',
+             EXTRA_FLAGS=' '.join(TINY[1:]))
+  env.pop('XLA_FLAGS', None)
+  result = subprocess.run(['bash', 'launch/gpu_bench.sh', 'steps', str(tmp_path)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  variants = json.load(open(tmp_path / 'summary.json'))['variants']
+  layouts = {'scan': ('scan', False), 'grouped': ('grouped', False),
+             'merged': ('grouped', True)}
+  jax_rows = {f'{name}_{dtype}': (layout, dtype)
+              for name, layout in layouts.items() for dtype in ('float32', 'bfloat16')}
+  assert set(variants) == set(jax_rows) | {'torch_eager', 'torch_compile'}
+  for name, ((edge_impl, merged), dtype) in jax_rows.items():
+    row = variants[name]
+    assert 'error' not in row, row
+    assert row['ms_per_step_median'] > 0 and row['batch_size'] == 4
+    assert (row['edge_impl'], row['merge_separable'], row['dtype']) == (edge_impl, merged,
+                                                                         dtype)
+    assert row['xla_flags'] == '--xla_gpu_enable_triton_gemm=false'
+  for name in ('torch_eager', 'torch_compile'):
+    if 'error' not in variants[name]:  # a machine with CUDA and torch
+      assert variants[name]['ms_per_step_median'] > 0
