@@ -46,7 +46,7 @@ def get_config():
   config.model.merge_separable = False  # grouped only: each depthwise + 1x1 conv as one dense conv
   config.model.unroll_edges = False     # True: much slower compile, no faster (docs/benchmarks.md)
   config.model.scan_cells = True        # runs of 3+ normal cells as one scan: compiles sooner
-  config.model.dtype = 'float32'       # float32 | bfloat16 (activations; params, arch stay float32)
+  config.model.dtype = 'auto'          # auto (bfloat16 on GPUs/TPUs, float32 on CPU) | float32 | bfloat16: activations; params, arch stay float32
   # first | random | reference_random (PC-DARTS' random file as it runs: the first C/K
   # channels, no permutation after the concat): which C/K channels the ops see.
   config.model.channel_sampling = 'first'

@@ -21,6 +21,8 @@
 # time; summary.json as for `steps` (no PyTorch baseline).
 # `search`: launch.search for SEARCH_EPOCHS (50) epochs of random CIFAR-shaped images
 # (data.name=arrays), compile included; OUT_DIR/search_summary.json.
+# `seeds`, `drnas` and `search` run the configs' dtype `auto` (bfloat16 on a GPU) and layout
+# unless EXTRA_FLAGS / SEARCH_FLAGS name others.
 #
 # Environment: BATCH, STEPS (20), WARMUP (3), STEP_TIMEOUT (seconds per process, 420),
 # CONFIG, EXTRA_FLAGS (extra flags of each JAX step benchmark), SEARCH_EPOCHS, SEARCH_FLAGS

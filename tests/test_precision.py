@@ -106,3 +106,41 @@ def test_bfloat16_search_matches_float32_within_tolerance(runs):
                                                                loss32[-20:].mean())
   assert abs(arch16[-20:].mean() - arch32[-20:].mean()) < 0.1
   assert loss16[-20:].mean() < 0.8 * loss16[:20].mean()
+
+
+def test_dtype_auto_is_bfloat16_on_accelerators_and_float32_on_cpu(monkeypatch):
+  """model.dtype='auto' (the search configs' default) resolves per backend, and
+  every network builder takes the resolved dtype; anything else is refused
+  with the field and the allowed values."""
+  from configs import cifar10_search, cifar10_train, nb201_cifar10_search  # pylint: disable=g-import-not-at-top
+  from pcdarts_jax.run import config_fields  # pylint: disable=g-import-not-at-top
+  from pcdarts_jax.search import validation  # pylint: disable=g-import-not-at-top
+  from pcdarts_jax.spaces.nb201 import space as nb201  # pylint: disable=g-import-not-at-top
+  from pcdarts_jax.spaces.darts import network  # pylint: disable=g-import-not-at-top
+  from pcdarts_jax.train import train  # pylint: disable=g-import-not-at-top
+  for platform, want in (('cpu', 'float32'), ('cuda', 'bfloat16'), ('gpu', 'bfloat16'),
+                         ('rocm', 'bfloat16'), ('tpu', 'bfloat16')):
+    assert config_fields.resolve_dtype('auto', platform) == want
+    assert config_fields.resolve_dtype('float32', platform) == 'float32'
+  assert cifar10_search.get_config().model.dtype == 'auto'
+  search_config = tiny_config()
+  search_config.model.dtype = 'auto'
+  train_config = cifar10_train.get_config()
+  train_config.model.dtype = 'auto'
+  nb201_config = nb201_cifar10_search.get_config()
+  assert nb201_config.model.dtype == 'auto'
+  builders = (lambda: supernet.build_supernet(search_config).dtype,
+              lambda: network.build_network(train_config).dtype,
+              lambda: nb201.build_supernet(nb201_config).dtype)
+  assert [build() for build in builders] == ['float32'] * 3  # this CPU
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert [build() for build in builders] == ['bfloat16'] * 3
+  monkeypatch.undo()
+  message = "model.dtype='float16' is not one of ('auto', 'float32', 'bfloat16')."
+  for config, validate in ((search_config, validation.validate_search_config),
+                           (nb201_config, validation.validate_search_config),
+                           (train_config, train.validate_train_config)):
+    config.model.dtype = 'float16'
+    with pytest.raises(config_fields.ConfigError) as info:
+      validate(config)
+    assert str(info.value) == message

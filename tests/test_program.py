@@ -161,8 +161,11 @@ def test_the_fused_kernels_other_platform_form_computes_the_same(monkeypatch, st
 
 
 def _tiny_search_config(**model):
+  """float32 unless `model` says otherwise: the platforms' programs then differ
+  only in their CPU-only devices (`auto` is bfloat16 on GPUs)."""
   config = cifar10_search.get_config()
   config.model.layers = 2  # a reduction cell and one after it
+  config.model.dtype = 'float32'
   for name, value in model.items():
     setattr(config.model, name, value)
   return config
@@ -199,6 +202,13 @@ def test_auto_choices_follow_the_target_platform():
   # The C++ kernel is XLA:CPU's: asked for on a GPU, ops run shifted.
   config = _tiny_search_config(depthwise_impl='fused')
   assert benchmark.for_platform(config, 'cuda', 'first_order').model.depthwise_impl == 'shifted'
+  # dtype `auto` (the search configs' default): bfloat16 on accelerators, then `conv`.
+  config = _tiny_search_config(depthwise_impl='auto', dtype='auto')
+  for platform, dtype, impl in (('cuda', 'bfloat16', 'conv'), ('rocm', 'bfloat16', 'conv'),
+                                ('tpu', 'bfloat16', 'conv'), ('cpu', 'float32', None)):
+    model = benchmark.for_platform(config, platform, 'first_order').model
+    assert model.dtype == dtype and (impl is None or model.depthwise_impl == impl)
+  assert config.model.dtype == 'auto'  # the caller's config is left as it was
 
 
 def test_counts_move_with_the_edge_layout():
@@ -241,7 +251,8 @@ def test_launcher_prints_one_program_line_per_architect():
   assert r['measurement'] == 'program' and r['architect'] == 'first_order'
   assert r['target_platform'] == 'cuda' and r['platform'] == 'cpu'  # lowered here, for cuda
   assert r['batch_size'] == 4 and r['config'] == 'configs/digits_search.py'
-  assert r['dtype'] == 'float32' and r['depthwise_impl'] == 'dense'
+  # The config's dtype `auto` as a GPU resolves it; its depthwise form is its own.
+  assert r['dtype'] == 'bfloat16' and r['depthwise_impl'] == 'dense'
   assert not {'data', 'steps', 'warmup', 'ms_per_step_median'} & set(r)  # nothing ran
   for field in ('executed_ops', 'executed_convolutions', 'executed_dots', 'conditionals',
                 'while_loops', 'loop_iterations', 'executed_custom_calls', 'module_ops'):

@@ -302,6 +302,7 @@ def test_sigint_while_compiling_exits_at_once_and_binds_no_config(env, tmp_path)
                              stderr=subprocess.PIPE, text=True)
   for line in process.stdout:
     if line.startswith('supernet:'):  # Printed just before the step compiles.
+      assert line.rstrip().endswith('float32 activations')  # dtype `auto` on a CPU
       break
   time.sleep(0.5)
   process.send_signal(signal.SIGINT)

@@ -432,16 +432,17 @@ def with_architect(config, architect_name: str):
 
 def for_platform(config, platform: str, architect_name: str):
   """A copy of a search config with search.architect set and its `auto`
-  choices (model.depthwise_impl, model.edge_impl) resolved as a machine whose
-  backend is `platform` resolves them when it traces the step: a program
-  lowered for a GPU on a CPU machine is then the one a GPU machine runs."""
+  choices (model.dtype, model.depthwise_impl, model.edge_impl) resolved as a
+  machine whose backend is `platform` resolves them when it traces the step: a
+  program lowered for a GPU on a CPU machine is then the one a GPU machine runs."""
   config = with_architect(config, architect_name)
   m = config.model
-  impl = ops.resolve_depthwise_impl(architect.depthwise_impl(config),
-                                    m.get('dtype', 'float32'), backend=platform)
+  dtype = config_fields.model_dtype(m, platform)
+  impl = ops.resolve_depthwise_impl(architect.depthwise_impl(config), dtype, backend=platform)
   if impl == 'fused' and not (platform == 'cpu' and fused_ops.available()):
     impl = 'shifted'  # What ops run where the XLA:CPU kernel is not available.
   with config.unlocked():
+    m.dtype = dtype
     m.depthwise_impl = impl
     m.edge_impl = supernet.resolve_edge_impl(
         m.get('edge_impl', 'auto'), m.get('channel_sampling', 'first'),
@@ -515,7 +516,7 @@ def measure_program(config, batch_size: int, platform: str,
   module = program.lower(traced, platform)
   seconds = time.perf_counter() - start
   m = config.model
-  return {'target_platform': platform, 'depthwise_impl': m.depthwise_impl,
+  return {'target_platform': platform, 'dtype': m.dtype, 'depthwise_impl': m.depthwise_impl,
           'edge_impl': m.edge_impl, 'lowering_seconds': seconds,
           'flops_per_step': jaxpr_flops(traced.jaxpr.jaxpr, platform),
           'module_ops': program.module_ops(module), **program.count(module).as_dict()}
@@ -858,8 +859,8 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
           'batch_size': batch_size, 'data': bench.data_source if bench else None,
           'steps': steps, 'warmup': warmup, 'stage': stage, **edges,
           'depthwise_impl': None if rnn else ops.resolve_depthwise_impl(  # `auto` resolved
-              m.get('depthwise_impl', 'auto'), m.get('dtype', 'float32')),
-          'dtype': m.get('dtype', 'float32'),
+              m.get('depthwise_impl', 'auto'), config_fields.model_dtype(m)),
+          'dtype': config_fields.model_dtype(m),
           'num_seeds': (None if is_train_config(config) or rnn
                         else seeds.num_seeds(config)),
           **environment()}
@@ -889,7 +890,7 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
       elif arch_name and not is_train_config(config):  # what this architect's net ran
         ran['depthwise_impl'] = ops.resolve_depthwise_impl(
             architect.depthwise_impl(with_architect(config, arch_name)),
-            m.get('dtype', 'float32'))
+            config_fields.model_dtype(m))
       result = {'measurement': name, 'architect': arch_name, **base, **ran, **figures,
                 'trace': trace,
                 'images_per_second': batch_size / (ms / 1e3) if ms else None,

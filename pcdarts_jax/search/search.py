@@ -647,7 +647,8 @@ def search(config, workdir: str):
   print(f'supernet: {n_params:,} weights, {steps_per_epoch} steps/epoch, '
         f'{s.epochs} epochs, arch steps from epoch {s.arch_start_epoch + 1}; '
         f'{num_devices} device(s) in {jax.process_count()} process(es), '
-        f'{s.batch_size // num_devices} images per device', flush=True)
+        f'{s.batch_size // num_devices} images per device, '
+        f'{config_fields.model_dtype(config.model)} activations', flush=True)
   supernets.compile()
   # Padded and masked anyway: rounded up to split evenly over the devices.
   eval_batch_size = -(-s.eval_batch_size // num_devices) * num_devices

@@ -252,4 +252,4 @@ def build_network(config, choices: Sequence, axis_name: Optional[str] = None) ->
       se=bool(config_fields.field(m, 'se', False)), activation=activation,
       dropout=float(config_fields.field(m, 'dropout', 0.0)),
       depthwise_impl=config_fields.field(m, 'depthwise_impl', 'auto'), axis_name=axis_name,
-      dtype=config_fields.field(m, 'dtype', 'float32'))
+      dtype=config_fields.model_dtype(m))

@@ -36,7 +36,6 @@ from pcdarts_jax.nn import ops
 from pcdarts_jax.run import parallel
 
 NETWORKS = ('cifar', 'imagenet')  # model.network of the DARTS evaluation networks.
-DTYPES = ('float32', 'bfloat16')
 DROP_PATH_RNG = 'drop_path'  # Flax rng stream of the drop-path masks.
 AUXILIARY = 'auxiliary_head'  # Module name; excluded from parameter counts.
 # Image sizes of the data sets a network trains on (ImageNet at the mobile setting).
@@ -261,7 +260,7 @@ def build_network(config, axis_name: Optional[str] = None, genotype=None) -> nn.
   return cls(genotype=genotype, init_channels=m.init_channels, num_classes=m.num_classes,
              layers=m.layers, auxiliary=config_fields.field(m, 'auxiliary', True),
              depthwise_impl=config_fields.field(m, 'depthwise_impl', 'auto'), axis_name=axis_name,
-             dtype=config_fields.field(m, 'dtype', 'float32'))
+             dtype=config_fields.model_dtype(m))
 
 
 def input_shape(config) -> Tuple[int, int, int, int]:

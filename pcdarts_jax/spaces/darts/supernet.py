@@ -29,7 +29,6 @@ from pcdarts_jax.nn import ops
 from pcdarts_jax.spaces import relaxation
 
 STEM_TYPES = ('cifar', 'imagenet')
-DTYPES = ('float32', 'bfloat16')
 # reference_random: PC-DARTS' model_search_random.py as it runs (see _partial_mixed_op).
 CHANNEL_SAMPLINGS = ('first', 'random', 'reference_random')
 CHANNEL_RNG = 'channels'  # Flax rng stream of the random channel sampling.
@@ -519,7 +518,7 @@ def build_supernet(config, axis_name: Optional[str] = None, partial_channels=Non
       axis_name=axis_name,
       channel_sampling=get('channel_sampling', 'first'),
       channel_mixing=get('channel_mixing', 'shuffle'),
-      dtype=get('dtype', 'float32'),
+      dtype=config_fields.model_dtype(model),
       relaxation=get('relaxation', 'softmax'),
       edge_impl=get('edge_impl', 'auto'),
       merge_separable=get('merge_separable', False),

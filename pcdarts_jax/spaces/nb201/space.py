@@ -48,7 +48,6 @@ NUM_NODES = 4
 # (target, source) of each edge: the row order of `alphas`.
 EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
 ARCH_NAME = 'alphas'
-DTYPES = ('float32', 'bfloat16')
 
 Genotype = Tuple[Tuple[Tuple[str, int], ...], ...]
 
@@ -297,9 +296,7 @@ def _check_channels(model, k=None):
   if not isinstance(k, int) or k < 1 or c % k:
     raise ValueError(f'model.partial_channels={k!r} must be a positive integer dividing '
                      f'model.init_channels={c}.')
-  dtype = config_fields.field(model, 'dtype', 'float32')
-  if dtype not in DTYPES:
-    raise ValueError(f'model.dtype={dtype!r} is not one of {DTYPES}.')
+  config_fields.model_dtype(model)  # Refuses a dtype not in config_fields.DTYPES.
 
 
 def build_supernet(config, axis_name: Optional[str] = None,
@@ -335,7 +332,7 @@ def build_supernet(config, axis_name: Optional[str] = None,
       cells_per_stage=config_fields.field(model, 'cells_per_stage', 5),
       partial_channels=partial_channels, relaxation=relax,
       op_mask=check_op_mask(mask), axis_name=axis_name,
-      dtype=config_fields.field(model, 'dtype', 'float32'),
+      dtype=config_fields.model_dtype(model),
       scan_cells=config_fields.field(model, 'scan_cells', False))
 
 
@@ -350,7 +347,7 @@ def build_network(genotype, config, axis_name: Optional[str] = None) -> Network:
   return Network(genotype=genotype, init_channels=model.init_channels,
                  num_classes=model.num_classes,
                  cells_per_stage=config_fields.field(model, 'cells_per_stage', 5),
-                 axis_name=axis_name, dtype=config_fields.field(model, 'dtype', 'float32'))
+                 axis_name=axis_name, dtype=config_fields.model_dtype(model))
 
 
 def cell_channels(model: SearchNetwork, cell: int) -> int:
