@@ -24,7 +24,8 @@
 # `seeds`, `drnas` and `search` run the configs' dtype `auto` (bfloat16 on a GPU) and layout
 # unless EXTRA_FLAGS / SEARCH_FLAGS name others.
 #
-# Environment: BATCH, STEPS (20), WARMUP (3), STEP_TIMEOUT (seconds per process, 420),
+# Environment: BATCH, STEPS (20), WARMUP (3), STEP_TIMEOUT (seconds from the start by which
+# every step process ends, killed if need be: 520, so a call fits in 10 minutes),
 # CONFIG, EXTRA_FLAGS (extra flags of each JAX step benchmark), SEARCH_EPOCHS, SEARCH_FLAGS
 # (extra --config.* flags of the search), SEEDS, DRNAS_BATCH, DRNAS_CONFIG, PYTHON (python3),
 # XLA_FLAGS (default --xla_gpu_enable_triton_gemm=false).
@@ -41,7 +42,9 @@ PYTHON=${PYTHON:-python3}
 BATCH=${BATCH:-256}
 STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-3}
-STEP_TIMEOUT=${STEP_TIMEOUT:-420}
+STEP_TIMEOUT=${STEP_TIMEOUT:-520}
+DEADLINE=$((SECONDS + STEP_TIMEOUT))
+left() { echo $((DEADLINE > SECONDS + 1 ? DEADLINE - SECONDS : 1)); }  # seconds to the deadline
 CONFIG=${CONFIG:-configs/cifar10_search.py}
 mkdir -p "$OUT"
 LOCK="$OUT/device.lock"  # held while stepping: the processes step one at a time
@@ -72,7 +75,7 @@ start_variants() {  # CONFIG BATCH: one bilevel-step benchmark per VARIANTS entr
   local name
   for name in "${!VARIANTS[@]}"; do
     # shellcheck disable=SC2086
-    timeout "$STEP_TIMEOUT" "$PYTHON" -m launch.benchmark --config="$1" \
+    timeout "$(left)" "$PYTHON" -m launch.benchmark --config="$1" \
       --measure=bilevel_step --architects=first_order --batch_size="$2" \
       --steps="$STEPS" --warmup="$WARMUP" --device_lock="$LOCK" \
       --out="$OUT/$name.jsonl" ${VARIANTS[$name]} ${EXTRA_FLAGS:-} > "$OUT/$name.log" 2>&1 &
@@ -129,10 +132,10 @@ if [ "$MODE" = steps ]; then
   )
   start_variants "$CONFIG" "$BATCH"
   # The baseline: PyTorch eager (as the reference runs it), then torch.compile.
-  ( timeout "$STEP_TIMEOUT" "$PYTHON" -m launch.torch_reference --device=cuda \
+  ( timeout "$(left)" "$PYTHON" -m launch.torch_reference --device=cuda \
       --batch_size="$BATCH" --steps="$STEPS" --warmup="$WARMUP" --measure=bilevel_step \
       --device_lock="$LOCK" > "$OUT/torch_eager.jsonl" 2> "$OUT/torch_eager.log"
-    timeout "$STEP_TIMEOUT" "$PYTHON" -m launch.torch_reference --device=cuda --compile \
+    timeout "$(left)" "$PYTHON" -m launch.torch_reference --device=cuda --compile \
       --batch_size="$BATCH" --steps="$STEPS" --warmup="$WARMUP" --measure=bilevel_step \
       --device_lock="$LOCK" > "$OUT/torch_compile.jsonl" 2> "$OUT/torch_compile.log" ) &
   wait
