@@ -19,15 +19,17 @@
 # DRNAS_BATCH, 64) at progressive stage 1 with model.scan_cells on and off and at stage 2
 # (pruned ops) in the per-edge and the grouped layout, compiled at once and timed one at a
 # time; summary.json as for `steps` (no PyTorch baseline).
-# `search`: launch.search for SEARCH_EPOCHS (50) epochs of random CIFAR-shaped images
-# (data.name=arrays), compile included; OUT_DIR/search_summary.json.
+# `search`: launch.search for SEARCH_EPOCHS (50) epochs of SEARCH_IMAGES (50000) random
+# CIFAR-shaped train images and a fifth as many test images (data.name=arrays) with
+# SEARCH_CONFIG (configs/folder_search.py: the CIFAR-10 search on own data), compile
+# included; OUT_DIR/search_summary.json.
 # `seeds`, `drnas` and `search` run the configs' dtype `auto` (bfloat16 on a GPU) and layout
 # unless EXTRA_FLAGS / SEARCH_FLAGS name others.
 #
 # Environment: BATCH, STEPS (20), WARMUP (3), STEP_TIMEOUT (seconds from the start by which
 # every step process ends, killed if need be: 520, so a call fits in 10 minutes),
-# CONFIG, EXTRA_FLAGS (extra flags of each JAX step benchmark), SEARCH_EPOCHS, SEARCH_FLAGS
-# (extra --config.* flags of the search), SEEDS, DRNAS_BATCH, DRNAS_CONFIG, PYTHON (python3),
+# CONFIG, EXTRA_FLAGS (extra flags of each JAX step benchmark), SEARCH_CONFIG, SEARCH_IMAGES,
+# SEARCH_EPOCHS, SEARCH_FLAGS (extra --config.* flags of the search), SEEDS, DRNAS_BATCH, DRNAS_CONFIG, PYTHON (python3),
 # XLA_FLAGS (default --xla_gpu_enable_triton_gemm=false).
 # A missing Python package can come as wheels in .whl/ (installed to /tmp/site).
 set -uo pipefail
@@ -183,16 +185,23 @@ elif [ "$MODE" = drnas ]; then
   summarize
 elif [ "$MODE" = search ]; then
   EPOCHS=${SEARCH_EPOCHS:-50}
-  "$PYTHON" - "$OUT/random_cifar10.npz" <<'EOF'
+  DATA=$(mktemp -d)  # the images (150 MB) stay out of OUT_DIR, also if the run is killed
+  trap 'rm -rf "$DATA"' EXIT
+  # CIFAR-10's shapes and splits: a train split (halved into weight and arch images by
+  # the search) and a test split of a fifth of its size, 10 classes.
+  "$PYTHON" - "$DATA/random_cifar10.npz" "${SEARCH_IMAGES:-50000}" <<'EOF'
 import sys, numpy as np
-rng = np.random.default_rng(0)
-np.savez(sys.argv[1], x_train=rng.integers(0, 256, (50000, 32, 32, 3), np.uint8),
-         y_train=rng.integers(0, 10, 50000).astype(np.int64))
+rng, n = np.random.default_rng(0), int(sys.argv[2])
+images = lambda count: rng.integers(0, 256, (count, 32, 32, 3), np.uint8)
+labels = lambda count: rng.integers(0, 10, count).astype(np.int64)
+np.savez(sys.argv[1], x_train=images(n), y_train=labels(n), x_test=images(n // 5),
+         y_test=labels(n // 5))
 EOF
   start=$(date +%s)
   # shellcheck disable=SC2086
-  "$PYTHON" -m launch.search --config="$CONFIG" --workdir="$OUT/search" \
-    --config.data.name=arrays --config.data.path="$OUT/random_cifar10.npz" \
+  "$PYTHON" -m launch.search --config="${SEARCH_CONFIG:-configs/folder_search.py}" \
+    --workdir="$OUT/search" \
+    --config.data.name=arrays --config.data.path="$DATA/random_cifar10.npz" \
     --config.search.epochs="$EPOCHS" --config.monitor.pictures=False ${SEARCH_FLAGS:-} \
     2>&1 | tee "$OUT/search.log"
   status=${PIPESTATUS[0]}
@@ -207,5 +216,4 @@ json.dump({'wall_seconds': seconds, 'exit_status': status, 'search_summary': run
           open(os.path.join(out, 'search_summary.json'), 'w'), indent=1, sort_keys=True)
 print(f'whole search: {seconds} s wall clock (exit {status})')
 EOF
-  rm -f "$OUT/random_cifar10.npz"
 fi

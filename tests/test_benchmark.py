@@ -377,3 +377,24 @@ def test_gpu_bench_steps_script_writes_every_variant(tmp_path):
   for name in ('torch_eager', 'torch_compile'):
     if 'error' not in variants[name]:  # a machine with CUDA and torch
       assert variants[name]['ms_per_step_median'] > 0
+
+
+def test_gpu_bench_search_script_runs_a_whole_search(tmp_path):
+  """launch/gpu_bench.sh search on CPU, one tiny epoch: random CIFAR-shaped
+  train and test arrays through the own-data config, a complete launch.search
+  whose summary (compile and stepping apart) lands in search_summary.json, and
+  no image file left in the output folder."""
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', PYTHON=sys.executable,
+             SEARCH_EPOCHS='1', SEARCH_IMAGES='640',
+             SEARCH_FLAGS='--config.model.init_channels=4 --config.model.layers=1 '
+                          '--config.search.batch_size=32 --config.search.eval_batch_size=64')
+  result = subprocess.run(['bash', 'launch/gpu_bench.sh', 'search', str(tmp_path)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  summary = json.load(open(tmp_path / 'search_summary.json'))
+  assert summary['exit_status'] == 0 and summary['wall_seconds'] >= 1
+  run = summary['search_summary']
+  assert run['epochs'] == 1 and run['steps'] == 640 // 2 // 32  # the weight half per step
+  assert run['compile_seconds'] > 0 and run['stepping_seconds'] > 0
+  assert summary['environment']['backend'] == 'cpu'
+  assert not list(tmp_path.rglob('random_cifar10.npz'))
