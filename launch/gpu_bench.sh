@@ -17,8 +17,8 @@
 # timed one at a time; summary.json gives ms per search step and per-search throughput vs N=1.
 # `drnas`: the bilevel step of configs/drnas_cifar10_search.py (C 36, 20 cells, batch
 # DRNAS_BATCH, 64) at progressive stage 1 with model.scan_cells on and off and at stage 2
-# (pruned ops) in the per-edge and the grouped layout, compiled at once and timed one at a
-# time; summary.json as for `steps` (no PyTorch baseline).
+# (pruned ops) in the per-edge, the grouped and the merged grouped layout, compiled at once
+# and timed one at a time; summary.json as for `steps` (no PyTorch baseline).
 # `search`: launch.search for SEARCH_EPOCHS (50) epochs of SEARCH_IMAGES (50000) random
 # CIFAR-shaped train images and a fifth as many test images (data.name=arrays) with
 # SEARCH_CONFIG (configs/folder_search.py: the CIFAR-10 search on own data), compile
@@ -179,6 +179,7 @@ elif [ "$MODE" = drnas ]; then
     [stage1_unrolled_cells]="--stage=1 --config.model.scan_cells=False"
     [stage2_per_edge]="--stage=2 --config.model.edge_impl=scan"
     [stage2_grouped]="--stage=2 --config.model.edge_impl=grouped"
+    [stage2_merged]="--stage=2 --config.model.edge_impl=grouped --config.model.merge_separable=True"
   )
   start_variants "${DRNAS_CONFIG:-configs/drnas_cifar10_search.py}" "${DRNAS_BATCH:-64}"
   wait
