@@ -60,9 +60,10 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
 # the GPU figures so far were taken without it. A set XLA_FLAGS (even empty) is kept.
 export XLA_FLAGS="${XLA_FLAGS---xla_gpu_enable_triton_gemm=false}"
 "$PYTHON" - > "$OUT/environment.json" <<'EOF'
-import json, platform, jax
+import json, os, platform, jax
 info = {'python': platform.python_version(), 'jax': jax.__version__,
-        'devices': [str(d) for d in jax.devices()], 'backend': jax.default_backend()}
+        'devices': [str(d) for d in jax.devices()], 'backend': jax.default_backend(),
+        'xla_flags': os.environ.get('XLA_FLAGS')}
 try:
   import torch
   info['torch'] = torch.__version__

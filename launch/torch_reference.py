@@ -1,6 +1,6 @@
 """The PyTorch baseline that launch.benchmark's search figures are compared with.
 
-  pip install torch==2.13.0        # not a dependency of pcdarts-jax
+  pip install torch                # not a dependency of pcdarts-jax (measured: 2.11-2.14)
   python -m launch.torch_reference --batch_size=32 [--steps=10 --warmup=2 --threads=2]
                                    [--device=cuda] [--compile] [--measure=bilevel_step]
                                    [--device_lock=FILE]
@@ -202,7 +202,7 @@ def measure(batch_size: int, steps: int, warmup: int, threads: int, init_channel
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise SystemExit('launch.torch_reference needs PyTorch: pip install torch==2.13.0') from e
+    raise SystemExit('launch.torch_reference needs PyTorch: pip install torch') from e
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   cuda = device == 'cuda'

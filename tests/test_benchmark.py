@@ -351,13 +351,11 @@ def test_device_lock_is_held_through_warm_up_and_timed_steps_only(tmp_path):
 def test_gpu_bench_steps_script_writes_every_variant(tmp_path):
   """launch/gpu_bench.sh steps, the one call a lent GPU gets, run through on
   CPU with a one-cell config: six JAX variants (scan, grouped, merged x float32,
-  bfloat16) each measured with its own layout and dtype and with XLA's Triton
-  GEMMs off by default; the PyTorch rows (no GPU here) carry their error and
+  bfloat16) each measured with its own layout and dtype and under the XLA_FLAGS
+  given (kept as they are); the PyTorch rows (no GPU here) carry their error and
   the script still writes the summary."""
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', PYTHON=sys.executable,
-             BATCH='4', STEPS='1', WARMUP='0', CONFIG='configs/digits_search.py',
-             EXTRA_FLAGS=' '.join(TINY[1:]))
-  env.pop('XLA_FLAGS', None)
+  env = dict(_env(), PYTHON=sys.executable, BATCH='4', STEPS='1', WARMUP='0',
+             CONFIG='configs/digits_search.py', EXTRA_FLAGS=' '.join(TINY[1:]))
   result = subprocess.run(['bash', 'launch/gpu_bench.sh', 'steps', str(tmp_path)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -373,7 +371,7 @@ def test_gpu_bench_steps_script_writes_every_variant(tmp_path):
     assert row['ms_per_step_median'] > 0 and row['batch_size'] == 4
     assert (row['edge_impl'], row['merge_separable'], row['dtype']) == (edge_impl, merged,
                                                                          dtype)
-    assert row['xla_flags'] == '--xla_gpu_enable_triton_gemm=false'
+    assert row['xla_flags'] == env['XLA_FLAGS']
   for name in ('torch_eager', 'torch_compile'):
     if 'error' not in variants[name]:  # a machine with CUDA and torch
       assert variants[name]['ms_per_step_median'] > 0
@@ -383,11 +381,13 @@ def test_gpu_bench_search_script_runs_a_whole_search(tmp_path):
   """launch/gpu_bench.sh search on CPU, one tiny epoch: random CIFAR-shaped
   train and test arrays through the own-data config, a complete launch.search
   whose summary (compile and stepping apart) lands in search_summary.json, and
-  no image file left in the output folder."""
+  no image file left in the output folder. Without XLA_FLAGS the script runs
+  with XLA's Triton GEMMs off."""
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', PYTHON=sys.executable,
              SEARCH_EPOCHS='1', SEARCH_IMAGES='640',
              SEARCH_FLAGS='--config.model.init_channels=4 --config.model.layers=1 '
                           '--config.search.batch_size=32 --config.search.eval_batch_size=64')
+  env.pop('XLA_FLAGS', None)
   result = subprocess.run(['bash', 'launch/gpu_bench.sh', 'search', str(tmp_path)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -397,4 +397,5 @@ def test_gpu_bench_search_script_runs_a_whole_search(tmp_path):
   assert run['epochs'] == 1 and run['steps'] == 640 // 2 // 32  # the weight half per step
   assert run['compile_seconds'] > 0 and run['stepping_seconds'] > 0
   assert summary['environment']['backend'] == 'cpu'
+  assert summary['environment']['xla_flags'] == '--xla_gpu_enable_triton_gemm=false'
   assert not list(tmp_path.rglob('random_cifar10.npz'))
