@@ -248,7 +248,8 @@ def test_each_op_runs_once_per_stage(pruned, merged):
   sources per cell; 14 max pools in the scan's edges). With merge_separable
   no depthwise conv and no chain matmul is left: a chain's first layer is one
   conv per number of readers that the stage's sources have of the op (one
-  group per source), its second one conv (a group per edge)."""
+  group per source), its second one conv (a group per edge). No gather or
+  scatter in any case."""
   masks = _pruned_masks() if pruned else None
   config = _pruned_config() if pruned else _config(depthwise_impl='conv')
   steps = config.model.steps
@@ -298,6 +299,10 @@ def test_each_op_runs_once_per_stage(pruned, merged):
   assert _count_primitives(jaxpr, {'reduce_window_max'}) == pools
   assert _count_primitives(jaxpr, {'dot_general'}) == dots
   assert convs < per_edge_convs  # some op is shared by several edges of a stage
+  # Edge rows are picked and running statistics written with static slices: on a
+  # GPU each gather or scatter would be a kernel of its own, and so would the
+  # scatter-add of each gather's gradient.
+  assert _count_primitives(jaxpr, {'gather', 'scatter', 'scatter-add'}) == 0
   # Input channels per group of each conv's kernel (HWIO): 1 is a depthwise conv.
   widths = [eqn.invars[1].aval.shape[2] for eqn in _equations(jaxpr)
             if eqn.primitive.name == 'conv_general_dilated']
@@ -535,3 +540,15 @@ def test_merge_separable_needs_the_grouped_layout():
     config_validation.validate_search_config(config)
   config.model.edge_impl = 'grouped'
   config_validation.validate_search_config(config)
+
+
+def test_take_and_set_rows_equal_array_indexing():
+  """The slice forms of x[idx] and x.at[idx].set(v) for static indices: runs,
+  gaps, out of order, all rows, and another axis."""
+  x = jnp.arange(24.0).reshape(6, 4)
+  for idx in ([0, 1, 3], [2, 4], [5], [0, 1, 2, 3, 4, 5], [4, 0, 1]):
+    np.testing.assert_array_equal(grouped_cell.take_rows(x, idx), x[np.array(idx)])
+    values = -jnp.arange(1.0, len(idx) + 1)[:, None] * jnp.ones((1, 4))
+    np.testing.assert_array_equal(grouped_cell.set_rows(x, idx, values),
+                                  x.at[np.array(idx)].set(values))
+  np.testing.assert_array_equal(grouped_cell.take_rows(x, [3, 1], axis=1), x[:, [3, 1]])

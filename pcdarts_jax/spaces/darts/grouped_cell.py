@@ -99,6 +99,44 @@ def stage_of(edge: Edge) -> int:
   return max(edge.source - 1, 0)
 
 
+def _runs(indices: Sequence[int]) -> List[Tuple[int, int]]:
+  """[start, stop) runs of consecutive values in `indices`, in order."""
+  runs: List[List[int]] = []
+  for i in indices:
+    if runs and runs[-1][1] == i:
+      runs[-1][1] = i + 1
+    else:
+      runs.append([i, i + 1])
+  return [(a, b) for a, b in runs]
+
+
+def take_rows(x: jax.Array, indices: Sequence[int], axis: int = 0) -> jax.Array:
+  """x's entries at the static `indices` along `axis`, as slices of their
+  consecutive runs and one concatenate. Indexing with an array would be a
+  gather, and its gradient a scatter-add: on a GPU a kernel of its own each,
+  where slices and a concatenate fuse with what reads them."""
+  indices = [int(i) for i in indices]
+  if indices == list(range(x.shape[axis])):
+    return x
+  parts = [lax.slice_in_dim(x, a, b, axis=axis) for a, b in _runs(indices)]
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
+
+
+def set_rows(x: jax.Array, indices: Sequence[int], values: jax.Array) -> jax.Array:
+  """x with its rows at the static, distinct `indices` replaced by the rows of
+  `values` (in that order): slices and one concatenate, not a scatter."""
+  where = {int(p): i for i, p in enumerate(indices)}
+  pieces: List[Tuple[jax.Array, int, int]] = []  # (source, start, stop)
+  for p in range(x.shape[0]):
+    source, row = (values, where[p]) if p in where else (x, p)
+    if pieces and pieces[-1][0] is source and pieces[-1][2] == row:
+      pieces[-1] = (source, pieces[-1][1], row + 1)
+    else:
+      pieces.append((source, row, row + 1))
+  parts = [lax.slice_in_dim(source, a, b) for source, a, b in pieces]
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+
 class _VariablesAt(nn.Module):
   """A level of the variable tree: `make(module)` runs in the module at
   `path` below this one, creating or reading its variables there. The levels
@@ -138,10 +176,7 @@ class EdgeVariables:
   def _rows(self, stacked: jax.Array, members: Sequence[Edge]) -> jax.Array:
     if members[0].position is None:
       return stacked[None]
-    positions = tuple(m.position for m in members)
-    if positions == tuple(range(stacked.shape[0])):
-      return stacked
-    return stacked[np.asarray(positions)]
+    return take_rows(stacked, [m.position for m in members])
 
   def kernels(self, edges: Sequence[Edge], primitive: str, part: str,
               shape: Tuple[int, ...]) -> jax.Array:
@@ -181,9 +216,10 @@ class EdgeVariables:
             if count is None:
               new = ops.BN_MOMENTUM * variable.value + (1 - ops.BN_MOMENTUM) * values[0]
             else:
-              index = np.asarray([m.position for m in members])
-              new = variable.value.at[index].set(
-                  ops.BN_MOMENTUM * variable.value[index] + (1 - ops.BN_MOMENTUM) * values)
+              index = [m.position for m in members]
+              new = set_rows(variable.value, index,
+                             ops.BN_MOMENTUM * take_rows(variable.value, index)
+                             + (1 - ops.BN_MOMENTUM) * values)
             variable.value = new
         return self._rows(mean.value, members), self._rows(var.value, members)
 
@@ -452,7 +488,7 @@ def _conv_chains(stage: _Stage, variables: EdgeVariables,
     y = batched_ops.unfold(x[p], len(users))
     if order[p] != list(users):  # back to edge order
       rows = {edge.index: i for i, edge in enumerate(order[p])}
-      y = jnp.take(y, np.asarray([rows[edge.index] for edge in users]), axis=-2)
+      y = take_rows(y, [rows[edge.index] for edge in users], axis=-2)
     result[p] = y
   return result
 
@@ -652,13 +688,14 @@ def grouped_edges(cell, s0: jax.Array, s1: jax.Array, op_weights: jax.Array,
   for index in range(cell.steps):
     members = [edge for edge in edges if stage_of(edge) == index]
     stage = _Stage(states, members, width, k)
-    rows = np.asarray([edge.index for edge in members])
-    scale = edge_weights[rows].astype(acc_dtype)
+    rows = [edge.index for edge in members]
+    scale = take_rows(edge_weights, rows).astype(acc_dtype)
+    stage_weights = take_rows(op_weights, rows)
     # sum over ops of weight * output, for all the stage's edges at once
     mixed = None
     for op_index, y in _stage_op_outputs(stage, variables, cell.primitives,
                                          cell.depthwise_impl, train, cell.merge_separable):
-      term = op_weights[rows, op_index].astype(acc_dtype)[:, None] * y.astype(acc_dtype)
+      term = stage_weights[:, op_index].astype(acc_dtype)[:, None] * y.astype(acc_dtype)
       mixed = term if mixed is None else mixed + term
     if mixed is not None:
       mixed = scale[:, None] * mixed
