@@ -94,10 +94,15 @@ DTYPES = ('auto', 'float32', 'bfloat16')
 BFLOAT16_BACKENDS = ('gpu', 'cuda', 'rocm', 'tpu')
 
 
+def require_dtype(dtype: str):
+  """ConfigError for a model.dtype not in DTYPES (the backend is not asked)."""
+  require(dtype in DTYPES, f'model.dtype={dtype!r} is not one of {DTYPES}.')
+
+
 def resolve_dtype(dtype: str, platform: Optional[str] = None) -> str:
   """model.dtype with `auto` resolved for `platform` (default: the backend JAX
   runs on); ConfigError for anything not in DTYPES."""
-  require(dtype in DTYPES, f'model.dtype={dtype!r} is not one of {DTYPES}.')
+  require_dtype(dtype)
   if dtype != 'auto':
     return dtype
   if platform is None:

@@ -141,7 +141,7 @@ def validate_train_config(config, num_devices: int = 1):
     config_fields.require(
         m.depthwise_impl in ops.DEPTHWISE_IMPLS,
         f'model.depthwise_impl={m.depthwise_impl!r} is not one of {ops.DEPTHWISE_IMPLS}.')
-  config_fields.resolve_dtype(m.dtype)  # Refuses a dtype not in config_fields.DTYPES.
+  config_fields.require_dtype(m.dtype)
 
   for field in ('epochs', 'batch_size', 'eval_batch_size', 'eval_every_epochs'):
     _integer(t[field], f'train.{field}', 1)

@@ -37,7 +37,7 @@ def validate_model(config):
           f'(allowed: divisors of {c}: {[i for i in range(1, c + 1) if c % i == 0]}).')
   require(m.stem in supernet.STEM_TYPES,
           f'model.stem={m.stem!r} is not one of {supernet.STEM_TYPES}.')
-  config_fields.resolve_dtype(m.dtype)  # Refuses a dtype not in config_fields.DTYPES.
+  config_fields.require_dtype(m.dtype)
   require(m.depthwise_impl in ops.DEPTHWISE_IMPLS,
           f'model.depthwise_impl={m.depthwise_impl!r} is not one of {ops.DEPTHWISE_IMPLS}.')
   sampling = m.channel_sampling

@@ -296,7 +296,7 @@ def _check_channels(model, k=None):
   if not isinstance(k, int) or k < 1 or c % k:
     raise ValueError(f'model.partial_channels={k!r} must be a positive integer dividing '
                      f'model.init_channels={c}.')
-  config_fields.model_dtype(model)  # Refuses a dtype not in config_fields.DTYPES.
+  config_fields.require_dtype(config_fields.field(model, 'dtype', 'float32'))
 
 
 def build_supernet(config, axis_name: Optional[str] = None,
