@@ -839,14 +839,13 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
   timed = [name for name in measurements if name not in PROGRAM_MEASUREMENTS]
   bench = None  # Data, state and steps: only for what runs.
   rnn = is_rnn_config(config)
+  dtype = config_fields.model_dtype(m)
+  # The supernet's layout fields, none for a training or RNN config.
+  edges = dict.fromkeys(('edge_impl', 'merge_separable', 'unroll_edges', 'bilevel_phases'))
   if rnn:
     bench = RNNBench(config, batch_size)
-    edges = {'edge_impl': None, 'merge_separable': None, 'unroll_edges': None,
-             'bilevel_phases': None}
   elif is_train_config(config):
     bench = TrainBench(config, batch_size)
-    edges = {'edge_impl': None, 'merge_separable': None, 'unroll_edges': None,
-             'bilevel_phases': None}
   else:
     bench = SearchBench(config, batch_size, stage) if timed else None
     edges = {'edge_impl': supernet.resolve_edge_impl(
@@ -859,8 +858,8 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
           'batch_size': batch_size, 'data': bench.data_source if bench else None,
           'steps': steps, 'warmup': warmup, 'stage': stage, **edges,
           'depthwise_impl': None if rnn else ops.resolve_depthwise_impl(  # `auto` resolved
-              m.get('depthwise_impl', 'auto'), config_fields.model_dtype(m)),
-          'dtype': config_fields.model_dtype(m),
+              m.get('depthwise_impl', 'auto'), dtype),
+          'dtype': dtype,
           'num_seeds': (None if is_train_config(config) or rnn
                         else seeds.num_seeds(config)),
           **environment()}
@@ -889,8 +888,7 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
         ran['bptt'] = bench.section.bptt
       elif arch_name and not is_train_config(config):  # what this architect's net ran
         ran['depthwise_impl'] = ops.resolve_depthwise_impl(
-            architect.depthwise_impl(with_architect(config, arch_name)),
-            config_fields.model_dtype(m))
+            architect.depthwise_impl(with_architect(config, arch_name)), dtype)
       result = {'measurement': name, 'architect': arch_name, **base, **ran, **figures,
                 'trace': trace,
                 'images_per_second': batch_size / (ms / 1e3) if ms else None,

@@ -294,6 +294,19 @@ def shared_pointwise(x: jax.Array, kernels: jax.Array, stride: int) -> jax.Array
   return y.reshape(*x.shape[:-1], count, c_out)
 
 
+def _conv(x, kernel, stride, padding, dilation, groups):
+  return lax.conv_general_dilated(
+      x, kernel.astype(x.dtype), window_strides=(stride, stride),
+      padding=ops.padding_pairs(padding), rhs_dilation=(dilation, dilation),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
+
+
+def _side_by_side(kernels: jax.Array) -> jax.Array:
+  """(E, k, k, C, C_out) -> (k, k, C, E * C_out), edge-major outputs."""
+  count, k, _, c, c_out = kernels.shape
+  return jnp.moveaxis(kernels, 0, 3).reshape(k, k, c, count * c_out)
+
+
 def edge_depthwise(x: jax.Array, kernels: jax.Array, stride: int, padding: int,
                    dilation: int, impl: str, relu_input: bool) -> jax.Array:
   """Per-edge depthwise convs of the folded x (N, H, W, E * C) with kernels
@@ -301,19 +314,14 @@ def edge_depthwise(x: jax.Array, kernels: jax.Array, stride: int, padding: int,
   except that `dense` (a dense conv with a diagonal kernel, a fast compile for
   tiny widths on CPU) stays per edge, a conv of E groups: a dense kernel across
   all the edges' channels would cost E times the scan's FLOPs."""
-  count, k = kernels.shape[:2]
   if ops.resolve_depthwise_impl(impl, x.dtype) != 'dense':
-    kernel = jnp.moveaxis(kernels, 0, 3).reshape(k, k, 1, -1).astype(x.dtype)
-    return ops.depthwise(x, kernel, stride, padding, dilation, impl, relu_input=relu_input)
+    return ops.depthwise(x, _side_by_side(kernels).astype(x.dtype), stride, padding, dilation,
+                         impl, relu_input=relu_input)
   if relu_input:
     x = ops.relu(x)
   width = kernels.shape[-1]
   dense = kernels[..., 0, :, None] * jnp.eye(width, dtype=kernels.dtype)  # (E, k, k, C, C)
-  dense = jnp.moveaxis(dense, 0, 3).reshape(k, k, width, count * width)
-  return lax.conv_general_dilated(
-      x, dense.astype(x.dtype), window_strides=(stride, stride),
-      padding=((padding, padding), (padding, padding)), rhs_dilation=(dilation, dilation),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=count)
+  return _conv(x, _side_by_side(dense), stride, padding, dilation, kernels.shape[0])
 
 
 def _chain_layers(primitive: str):
@@ -391,27 +399,15 @@ def merged_kernels(depthwise: jax.Array, pointwise: jax.Array) -> jax.Array:
 
 def _source_groups(users: Sequence[Edge]) -> List[List[Tuple[int, List[Edge]]]]:
   """The edges of `users` by source, the sources with as many readers together:
-  [[(source, its readers in edge order), ...], ...], fewest readers first."""
+  [[(source, its readers in edge order), ...], ...], fewest readers first, the
+  sources of a group in order."""
   readers: Dict[int, List[Edge]] = {}
   for edge in users:
     readers.setdefault(edge.source, []).append(edge)
   groups: Dict[int, List[Tuple[int, List[Edge]]]] = {}
-  for source, edges in readers.items():
-    groups.setdefault(len(edges), []).append((source, edges))
+  for source in sorted(readers):
+    groups.setdefault(len(readers[source]), []).append((source, readers[source]))
   return [groups[count] for count in sorted(groups)]
-
-
-def _conv(x, kernel, stride, padding, dilation, groups):
-  return lax.conv_general_dilated(
-      x, kernel.astype(x.dtype), window_strides=(stride, stride),
-      padding=((padding, padding), (padding, padding)), rhs_dilation=(dilation, dilation),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
-
-
-def _side_by_side(kernels: jax.Array) -> jax.Array:
-  """(E, k, k, C, C_out) -> (k, k, C, E * C_out), edge-major outputs."""
-  count, k, _, c, c_out = kernels.shape
-  return jnp.moveaxis(kernels, 0, 3).reshape(k, k, c, count * c_out)
 
 
 def _merged_first_layer(stage: _Stage, groups, kernels: jax.Array, stride: int,
@@ -423,11 +419,9 @@ def _merged_first_layer(stage: _Stage, groups, kernels: jax.Array, stride: int,
   source. Returns the folded (N, H', W', E * C)."""
   outputs, row = [], 0
   for group in groups:
-    count = len(group[0][1])
-    kernel = jnp.concatenate(
-        [_side_by_side(kernels[row + i * count:row + (i + 1) * count])
-         for i in range(len(group))], axis=-1)
-    row += len(group) * count
+    rows = sum(len(readers) for _, readers in group)  # the group's edges, source-major
+    kernel = _side_by_side(kernels[row:row + rows])
+    row += rows
     x = jnp.concatenate([stage.relu(source) for source, _ in group], axis=-1)
     outputs.append(_conv(x, kernel, stride, padding, dilation, len(group)))
   return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
@@ -500,30 +494,29 @@ def _strided_halves(r: jax.Array) -> List[jax.Array]:
 
 
 def _factorized_reduce_per_source(stage: _Stage, variables: EdgeVariables,
-                                  readers: Dict[int, Sequence[Edge]],
-                                  half: int) -> Dict[int, jax.Array]:
+                                  users: Sequence[Edge], half: int) -> Dict[int, jax.Array]:
   """The stride-2 skips (FactorizedReduce's two 1x1 convs, before its
-  BatchNorm) of the edges `readers[source]` of each source: {source: (N, H/2,
-  W/2, E, 2 * half)}, each edge's halves side by side. The sources with as
-  many readers run as one matmul batched over (source, half): each half reads
-  its strided (and for the second, pixel-shifted) slice once, with its
-  readers' kernels side by side."""
+  BatchNorm) of the edges `users`, per source: {source: (N, H/2, W/2, E, 2 *
+  half)} for its E readers, each edge's halves side by side. The sources with
+  as many readers (_source_groups) run as one matmul batched over (source,
+  half): each half reads its strided (and for the second, pixel-shifted) slice
+  once, with its readers' kernels side by side."""
   per_source = {}
-  for count in sorted({len(edges) for edges in readers.values()}):
-    group = [source for source, edges in readers.items() if len(edges) == count]
+  for group in _source_groups(users):
+    count = len(group[0][1])
     halves, kernels = [], []
-    for source in group:
+    for source, readers in group:
       r = stage.relu(source)
       halves += _strided_halves(r)
       for part in ('conv_1', 'conv_2'):
-        k = variables.kernels(readers[source], 'skip_connect', part,
+        k = variables.kernels(readers, 'skip_connect', part,
                               (1, 1, r.shape[-1], half))[:, 0, 0]  # (E, C_in, half)
         kernels.append(jnp.moveaxis(k, 0, 1).reshape(r.shape[-1], count * half))
     y = edge_pointwise(jnp.concatenate(halves, axis=-1), jnp.stack(kernels)[:, None, None])
     lead = y.shape[:-1]
     y = jnp.swapaxes(y.reshape(*lead, len(group), 2, count, half), -3, -2)
     y = y.reshape(*lead, len(group), count, 2 * half)
-    for i, source in enumerate(group):
+    for i, (source, _) in enumerate(group):
       per_source[source] = y[..., i, :, :]
   return per_source
 
@@ -560,9 +553,7 @@ def _stage_op_outputs(stage: _Stage, variables: EdgeVariables, primitives: Seque
       if width % 2:
         raise ValueError(
             f'FactorizedReduce needs an even channel count, got {width}.')
-      per_source = _factorized_reduce_per_source(
-          stage, variables, {source: [edge for edge in users if edge.source == source]
-                             for source in sources}, width // 2)
+      per_source = _factorized_reduce_per_source(stage, variables, users, width // 2)
       if len(sources) > 1:  # the users' rows in edge order
         y = _per_source_on_edges(users, users, per_source)
       else:
