@@ -5,6 +5,7 @@
 #   bash launch/gpu_bench.sh search OUT_DIR   # the whole CIFAR-10 search on random images
 #   bash launch/gpu_bench.sh seeds  OUT_DIR   # N = 1, 2, 4, 8 searches in one vmapped step
 #   bash launch/gpu_bench.sh drnas  OUT_DIR   # DrNAS CIFAR-10 progressive stages
+#   bash launch/gpu_bench.sh all    OUT_DIR   # steps, then the search: one call of < 10 min
 #
 # `steps`: the bilevel step (first order) of configs/cifar10_search.py at BATCH (256) for
 # edge_impl scan, grouped and grouped with merge_separable (merged), in float32 and bfloat16.
@@ -13,6 +14,7 @@
 # in PyTorch (launch.torch_reference: eager with cudnn.benchmark, then torch.compile) under
 # the same lock. Writes OUT_DIR/<variant>.jsonl, logs, and OUT_DIR/summary.json: per variant
 # ms/step, peak memory and the speed-up over the PyTorch eager float32 step of the same run.
+# VARIANT_NAMES picks some of the six (default all).
 # `seeds`: the bilevel step with search.num_seeds N = 1, 2, 4, 8 (SEEDS), compiled at once and
 # timed one at a time; summary.json gives ms per search step and per-search throughput vs N=1.
 # `drnas`: the bilevel step of configs/drnas_cifar10_search.py (C 36, 20 cells, batch
@@ -22,23 +24,33 @@
 # `search`: launch.search for SEARCH_EPOCHS (50) epochs of SEARCH_IMAGES (50000) random
 # CIFAR-shaped train images and a fifth as many test images (data.name=arrays) with
 # SEARCH_CONFIG (configs/folder_search.py: the CIFAR-10 search on own data), compile
-# included; OUT_DIR/search_summary.json.
+# included, stopped (SIGTERM: a checkpoint, exit 0) if it runs past SEARCH_SECONDS (510)
+# from the start; OUT_DIR/search_summary.json has its wall clock, the run's summary and
+# each epoch's seconds, and for a stopped run the whole search's wall clock projected
+# (benchmark.project_search_from_epochs).
+# `all`: what a device budget of 15 minutes holds, in one call: `steps` for VARIANT_NAMES
+# (default the grouped and merged layouts; the scan's figures are in docs/benchmarks.md) by
+# ALL_STEPS_SECONDS (270) from the start, then `search` in the layout of the fastest
+# bfloat16 variant (SEARCH_FLAGS after it) until SEARCH_SECONDS, with
+# search.arch_start_epoch=ALL_ARCH_START (2: two weight-step epochs, then bilevel ones) so
+# that a few epochs time both kinds; the projection keeps the config's own arch start (15).
 # `seeds`, `drnas` and `search` run the configs' dtype `auto` (bfloat16 on a GPU) and layout
 # unless EXTRA_FLAGS / SEARCH_FLAGS name others.
 #
 # Environment: BATCH, STEPS (20), WARMUP (3), STEP_TIMEOUT (seconds from the start by which
 # every step process ends, killed if need be: 520, so a call fits in 10 minutes),
 # CONFIG, EXTRA_FLAGS (extra flags of each JAX step benchmark), SEARCH_CONFIG, SEARCH_IMAGES,
-# SEARCH_EPOCHS, SEARCH_FLAGS (extra --config.* flags of the search), SEEDS, DRNAS_BATCH, DRNAS_CONFIG, PYTHON (python3),
-# XLA_FLAGS (default --xla_gpu_enable_triton_gemm=false).
+# SEARCH_EPOCHS, SEARCH_FLAGS (extra --config.* flags of the search), SEARCH_SECONDS,
+# SEEDS, DRNAS_BATCH, DRNAS_CONFIG, VARIANT_NAMES, ALL_STEPS_SECONDS, ALL_ARCH_START,
+# PYTHON (python3), XLA_FLAGS (default --xla_gpu_enable_triton_gemm=false).
 # A missing Python package can come as wheels in .whl/ (installed to /tmp/site).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-MODE=${1:?usage: gpu_bench.sh steps|seeds|drnas|search OUT_DIR}
-OUT=${2:?usage: gpu_bench.sh steps|seeds|drnas|search OUT_DIR}
+MODE=${1:?usage: gpu_bench.sh steps|seeds|drnas|search|all OUT_DIR}
+OUT=${2:?usage: gpu_bench.sh steps|seeds|drnas|search|all OUT_DIR}
 case "$MODE" in
-  steps|seeds|drnas|search) ;;
-  *) echo "unknown mode $MODE: steps, seeds, drnas or search" >&2; exit 2 ;;
+  steps|seeds|drnas|search|all) ;;
+  *) echo "unknown mode $MODE: steps, seeds, drnas, search or all" >&2; exit 2 ;;
 esac
 PYTHON=${PYTHON:-python3}
 BATCH=${BATCH:-256}
@@ -124,15 +136,25 @@ for name, row in sorted(rows.items()):
 EOF
 }
 
-if [ "$MODE" = steps ]; then
-  declare -A VARIANTS=(
-    [scan_float32]="--config.model.edge_impl=scan --config.model.dtype=float32"
-    [grouped_float32]="--config.model.edge_impl=grouped --config.model.dtype=float32"
-    [scan_bfloat16]="--config.model.edge_impl=scan --config.model.dtype=bfloat16"
-    [grouped_bfloat16]="--config.model.edge_impl=grouped --config.model.dtype=bfloat16"
-    [merged_float32]="--config.model.edge_impl=grouped --config.model.merge_separable=True --config.model.dtype=float32"
-    [merged_bfloat16]="--config.model.edge_impl=grouped --config.model.merge_separable=True --config.model.dtype=bfloat16"
-  )
+
+# The step variants of `steps` and `all`: name -> the benchmark's flags.
+declare -A STEP_VARIANTS=(
+  [scan_float32]="--config.model.edge_impl=scan --config.model.dtype=float32"
+  [grouped_float32]="--config.model.edge_impl=grouped --config.model.dtype=float32"
+  [scan_bfloat16]="--config.model.edge_impl=scan --config.model.dtype=bfloat16"
+  [grouped_bfloat16]="--config.model.edge_impl=grouped --config.model.dtype=bfloat16"
+  [merged_float32]="--config.model.edge_impl=grouped --config.model.merge_separable=True --config.model.dtype=float32"
+  [merged_bfloat16]="--config.model.edge_impl=grouped --config.model.merge_separable=True --config.model.dtype=bfloat16"
+)
+
+time_steps() {  # NAMES...: those STEP_VARIANTS and the PyTorch baseline, by the deadline
+  declare -gA VARIANTS=()
+  local name
+  for name in "$@"; do
+    [ -n "${STEP_VARIANTS[$name]:-}" ] || {
+      echo "unknown variant $name: ${!STEP_VARIANTS[*]}" >&2; exit 2; }
+    VARIANTS[$name]=${STEP_VARIANTS[$name]}
+  done
   start_variants "$CONFIG" "$BATCH"
   # The baseline: PyTorch eager (as the reference runs it), then torch.compile.
   ( timeout "$(left)" "$PYTHON" -m launch.torch_reference --device=cuda \
@@ -143,6 +165,79 @@ if [ "$MODE" = steps ]; then
       --device_lock="$LOCK" > "$OUT/torch_compile.jsonl" 2> "$OUT/torch_compile.log" ) &
   wait
   summarize
+}
+
+fastest_bfloat16() {  # the STEP_VARIANTS flags of summary.json's fastest bfloat16 row, or none
+  local name
+  name=$("$PYTHON" -c '
+import json, sys
+rows = json.load(open(sys.argv[1]))["variants"]
+timed = {n: r["ms_per_step_median"] for n, r in rows.items()
+         if r.get("dtype") == "bfloat16" and r.get("ms_per_step_median")}
+print(min(timed, key=timed.get) if timed else "")' "$OUT/summary.json")
+  [ -z "$name" ] || echo "${STEP_VARIANTS[$name]}"
+}
+
+run_search() {  # FLAGS: launch.search on random CIFAR-10-shaped arrays until the deadline
+  local epochs=${SEARCH_EPOCHS:-50} start end status
+  DATA=$(mktemp -d)  # the images (150 MB) stay out of OUT_DIR, also if the run is killed
+  trap 'rm -rf "$DATA"' EXIT
+  # CIFAR-10's shapes and splits: a train split (halved into weight and arch images by
+  # the search) and a test split of a fifth of its size, 10 classes.
+  "$PYTHON" - "$DATA/random_cifar10.npz" "${SEARCH_IMAGES:-50000}" <<'EOF'
+import sys, numpy as np
+rng, n = np.random.default_rng(0), int(sys.argv[2])
+images = lambda count: rng.integers(0, 256, (count, 32, 32, 3), np.uint8)
+labels = lambda count: rng.integers(0, 10, count).astype(np.int64)
+np.savez(sys.argv[1], x_train=images(n), y_train=labels(n), x_test=images(n // 5),
+         y_test=labels(n // 5))
+EOF
+  start=$(date +%s)
+  # SIGTERM at the deadline: the search checkpoints and exits 0; SIGKILL 30 s later.
+  # shellcheck disable=SC2086
+  timeout -k 30 "$(left)" "$PYTHON" -m launch.search \
+    --config="${SEARCH_CONFIG:-configs/folder_search.py}" --workdir="$OUT/search" \
+    --config.data.name=arrays --config.data.path="$DATA/random_cifar10.npz" \
+    --config.search.epochs="$epochs" --config.monitor.pictures=False $1 \
+    2>&1 | tee "$OUT/search.log"
+  status=${PIPESTATUS[0]}
+  end=$(date +%s)
+  "$PYTHON" - "$OUT" "$((end - start))" "$status" "$epochs" \
+      "${SEARCH_CONFIG:-configs/folder_search.py}" "$1" <<'EOF'
+import importlib.util, json, os, sys
+from pcdarts_jax.bench import benchmark
+out, seconds, status, epochs, config_path, flags = sys.argv[1:]
+seconds, status, epochs = int(seconds), int(status), int(epochs)
+run_dir = os.path.join(out, 'search')
+read = lambda name: (json.load(open(os.path.join(run_dir, name)))
+                     if os.path.exists(os.path.join(run_dir, name)) else None)
+log = os.path.join(run_dir, 'genotypes.jsonl')
+records = [json.loads(l) for l in open(log)] if os.path.exists(log) else []
+epoch_seconds = [r['seconds'] for r in records]
+# The run's arch start (config.json) and the searched config's own (the projection's).
+ran = read('config.json')
+spec = importlib.util.spec_from_file_location('search_config', config_path)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+target_start = module.get_config().search.arch_start_epoch
+run_start = ran['search']['arch_start_epoch'] if ran else target_start
+projection = benchmark.project_search_from_epochs(epoch_seconds, run_start, seconds, epochs,
+                                                  target_start)
+summary = {'wall_seconds': seconds, 'exit_status': status, 'search_summary': read('summary.json'),
+           'flags': flags, 'epoch_seconds': epoch_seconds, 'arch_start_epoch': run_start,
+           'complete': len(records) == epochs and run_start == target_start, **projection,
+           'environment': json.load(open(os.path.join(out, 'environment.json')))}
+json.dump(summary, open(os.path.join(out, 'search_summary.json'), 'w'), indent=1, sort_keys=True)
+whole = summary['projected_wall_seconds']
+print(f'search: {len(records)}/{epochs} epochs in {seconds} s wall clock (exit {status}); '
+      f'the whole search: {whole if whole is None else round(whole)} s'
+      f'{"" if summary["complete"] else " projected (" + projection["projection"] + ")"}')
+EOF
+}
+
+if [ "$MODE" = steps ]; then
+  # shellcheck disable=SC2086
+  time_steps ${VARIANT_NAMES:-scan_float32 grouped_float32 merged_float32 scan_bfloat16 grouped_bfloat16 merged_bfloat16}
 elif [ "$MODE" = seeds ]; then
   declare -A VARIANTS=()
   for n in ${SEEDS:-1 2 4 8}; do
@@ -186,36 +281,14 @@ elif [ "$MODE" = drnas ]; then
   wait
   summarize
 elif [ "$MODE" = search ]; then
-  EPOCHS=${SEARCH_EPOCHS:-50}
-  DATA=$(mktemp -d)  # the images (150 MB) stay out of OUT_DIR, also if the run is killed
-  trap 'rm -rf "$DATA"' EXIT
-  # CIFAR-10's shapes and splits: a train split (halved into weight and arch images by
-  # the search) and a test split of a fifth of its size, 10 classes.
-  "$PYTHON" - "$DATA/random_cifar10.npz" "${SEARCH_IMAGES:-50000}" <<'EOF'
-import sys, numpy as np
-rng, n = np.random.default_rng(0), int(sys.argv[2])
-images = lambda count: rng.integers(0, 256, (count, 32, 32, 3), np.uint8)
-labels = lambda count: rng.integers(0, 10, count).astype(np.int64)
-np.savez(sys.argv[1], x_train=images(n), y_train=labels(n), x_test=images(n // 5),
-         y_test=labels(n // 5))
-EOF
-  start=$(date +%s)
+  DEADLINE=${SEARCH_SECONDS:-510}
+  run_search "${SEARCH_FLAGS:-}"
+elif [ "$MODE" = all ]; then
+  DEADLINE=${ALL_STEPS_SECONDS:-270}
   # shellcheck disable=SC2086
-  "$PYTHON" -m launch.search --config="${SEARCH_CONFIG:-configs/folder_search.py}" \
-    --workdir="$OUT/search" \
-    --config.data.name=arrays --config.data.path="$DATA/random_cifar10.npz" \
-    --config.search.epochs="$EPOCHS" --config.monitor.pictures=False ${SEARCH_FLAGS:-} \
-    2>&1 | tee "$OUT/search.log"
-  status=${PIPESTATUS[0]}
-  end=$(date +%s)
-  "$PYTHON" - "$OUT" "$((end - start))" "$status" <<'EOF'
-import json, os, sys
-out, seconds, status = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-path = os.path.join(out, 'search', 'summary.json')
-run = json.load(open(path)) if os.path.exists(path) else None
-json.dump({'wall_seconds': seconds, 'exit_status': status, 'search_summary': run,
-           'environment': json.load(open(os.path.join(out, 'environment.json')))},
-          open(os.path.join(out, 'search_summary.json'), 'w'), indent=1, sort_keys=True)
-print(f'whole search: {seconds} s wall clock (exit {status})')
-EOF
+  time_steps ${VARIANT_NAMES:-grouped_float32 merged_float32 grouped_bfloat16 merged_bfloat16}
+  layout=$(fastest_bfloat16)
+  echo "search flags: ${layout:-none, the config layout}"
+  DEADLINE=${SEARCH_SECONDS:-510}
+  run_search "$layout --config.search.arch_start_epoch=${ALL_ARCH_START:-2} ${SEARCH_FLAGS:-}"
 fi

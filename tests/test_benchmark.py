@@ -348,20 +348,24 @@ def test_device_lock_is_held_through_warm_up_and_timed_steps_only(tmp_path):
   assert figures['ms_per_step_median'] > 0
 
 
-def test_gpu_bench_steps_script_writes_every_variant(tmp_path):
-  """launch/gpu_bench.sh steps, the one call a lent GPU gets, run through on
-  CPU with a one-cell config: six JAX variants (scan, grouped, merged x float32,
-  bfloat16) each measured with its own layout and dtype and under the XLA_FLAGS
-  given (kept as they are); the PyTorch rows (no GPU here) carry their error and
-  the script still writes the summary."""
+def test_gpu_bench_all_times_the_layouts_then_searches_in_the_fastest(tmp_path):
+  """launch/gpu_bench.sh all, the one call a lent GPU gets, run through on CPU
+  with a one-cell config: the grouped and merged layouts in float32 and bfloat16,
+  each measured with its own layout and dtype and under the XLA_FLAGS given; the
+  PyTorch rows (no GPU here) carry their error and the summary is still written;
+  then a whole launch.search on random CIFAR-shaped arrays in the layout of the
+  fastest bfloat16 row, arch steps after one epoch, with its summary, epoch times
+  and projection in search_summary.json and no image file left behind."""
   env = dict(_env(), PYTHON=sys.executable, BATCH='4', STEPS='1', WARMUP='0',
-             CONFIG='configs/digits_search.py', EXTRA_FLAGS=' '.join(TINY[1:]))
-  result = subprocess.run(['bash', 'launch/gpu_bench.sh', 'steps', str(tmp_path)], cwd=REPO,
+             CONFIG='configs/digits_search.py', EXTRA_FLAGS=' '.join(TINY[1:]),
+             SEARCH_EPOCHS='2', SEARCH_IMAGES='640', ALL_ARCH_START='1',
+             SEARCH_FLAGS='--config.model.init_channels=4 --config.model.layers=1 '
+                          '--config.search.batch_size=32 --config.search.eval_batch_size=64')
+  result = subprocess.run(['bash', 'launch/gpu_bench.sh', 'all', str(tmp_path)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   variants = json.load(open(tmp_path / 'summary.json'))['variants']
-  layouts = {'scan': ('scan', False), 'grouped': ('grouped', False),
-             'merged': ('grouped', True)}
+  layouts = {'grouped': ('grouped', False), 'merged': ('grouped', True)}
   jax_rows = {f'{name}_{dtype}': (layout, dtype)
               for name, layout in layouts.items() for dtype in ('float32', 'bfloat16')}
   assert set(variants) == set(jax_rows) | {'torch_eager', 'torch_compile'}
@@ -375,27 +379,39 @@ def test_gpu_bench_steps_script_writes_every_variant(tmp_path):
   for name in ('torch_eager', 'torch_compile'):
     if 'error' not in variants[name]:  # a machine with CUDA and torch
       assert variants[name]['ms_per_step_median'] > 0
-
-
-def test_gpu_bench_search_script_runs_a_whole_search(tmp_path):
-  """launch/gpu_bench.sh search on CPU, one tiny epoch: random CIFAR-shaped
-  train and test arrays through the own-data config, a complete launch.search
-  whose summary (compile and stepping apart) lands in search_summary.json, and
-  no image file left in the output folder. Without XLA_FLAGS the script runs
-  with XLA's Triton GEMMs off."""
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', PYTHON=sys.executable,
-             SEARCH_EPOCHS='1', SEARCH_IMAGES='640',
-             SEARCH_FLAGS='--config.model.init_channels=4 --config.model.layers=1 '
-                          '--config.search.batch_size=32 --config.search.eval_batch_size=64')
-  env.pop('XLA_FLAGS', None)
-  result = subprocess.run(['bash', 'launch/gpu_bench.sh', 'search', str(tmp_path)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  fastest = min(('grouped_bfloat16', 'merged_bfloat16'),
+                key=lambda name: variants[name]['ms_per_step_median'])
   summary = json.load(open(tmp_path / 'search_summary.json'))
+  merged = 'merge_separable=True' in summary['flags']
+  assert ('edge_impl=grouped' in summary['flags'] and merged == (fastest == 'merged_bfloat16'))
   assert summary['exit_status'] == 0 and summary['wall_seconds'] >= 1
   run = summary['search_summary']
-  assert run['epochs'] == 1 and run['steps'] == 640 // 2 // 32  # the weight half per step
+  assert run['epochs'] == 2 and run['steps'] == 2 * (640 // 2 // 32)  # the weight half
   assert run['compile_seconds'] > 0 and run['stepping_seconds'] > 0
+  assert summary['arch_start_epoch'] == 1 and len(summary['epoch_seconds']) == 2
+  # folder_search's own arch start (15) is past these 2 epochs: one more weight-step
+  # epoch instead of the bilevel one, at the one measured weight epoch's time.
+  assert not summary['complete']
+  assert summary['projected_wall_seconds'] == pytest.approx(
+      summary['wall_seconds'] + summary['epoch_seconds'][0])
   assert summary['environment']['backend'] == 'cpu'
-  assert summary['environment']['xla_flags'] == '--xla_gpu_enable_triton_gemm=false'
   assert not list(tmp_path.rglob('random_cifar10.npz'))
+
+
+def test_search_wall_clock_projected_from_its_first_epochs():
+  from pcdarts_jax.bench import benchmark  # pylint: disable=import-outside-toplevel
+  # Arch steps from epoch 2: two weight epochs (the first compiled), then bilevel ones.
+  seconds = [40.0, 10.0, 70.0, 20.0, 22.0]
+  p = benchmark.project_search_from_epochs(seconds, 2, 200.0, 50, 15)
+  assert (p['weight_epoch_seconds'], p['bilevel_epoch_seconds']) == (10.0, 21.0)
+  assert p['projected_wall_seconds'] == pytest.approx(200.0 + 13 * 10.0 + 32 * 21.0)
+  assert p['epochs_run'] == 5
+  # A finished run is its own wall clock.
+  assert benchmark.project_search_from_epochs(
+      [5.0, 4.0, 6.0], 1, 30.0, 3, 1)['projected_wall_seconds'] == 30.0
+  # Bilevel epochs still to run but none measured: no projection, and why.
+  none = benchmark.project_search_from_epochs([40.0, 10.0], 15, 60.0, 50, 15)
+  assert none['projected_wall_seconds'] is None and 'bilevel' in none['projection']
+  # A single measured epoch of a kind is its own estimate (compile included: high).
+  one = benchmark.project_search_from_epochs([40.0, 70.0], 1, 120.0, 4, 2)
+  assert one['projected_wall_seconds'] == pytest.approx(120.0 + 40.0 + 70.0)

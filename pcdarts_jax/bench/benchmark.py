@@ -935,6 +935,38 @@ def project_search(config, weight_images: Optional[int], batch_size: int, bileve
                         f'weight images); {basis}; steps only'}
 
 
+def project_search_from_epochs(epoch_seconds: Sequence[float], arch_start_epoch: int,
+                               wall_seconds: float, epochs: int,
+                               target_arch_start_epoch: int) -> Dict[str, Any]:
+  """Wall-clock seconds of a whole search (`epochs` epochs, arch steps from epoch
+  `target_arch_start_epoch` on) from a run that stopped early: it ran the first
+  len(epoch_seconds) epochs, arch steps from `arch_start_epoch`, in `wall_seconds`
+  (start-up and compiles included). The projection is that wall clock plus each
+  epoch still to run at the median of the run's epochs of its kind (weight steps
+  only, or bilevel), leaving out the first of a kind (it compiled) when there are
+  others. A run that starts arch steps earlier than the target measures both
+  kinds in a few epochs. None where a kind still to run was never measured."""
+  seconds = [float(s) for s in epoch_seconds]
+  kinds = {'weight': seconds[:arch_start_epoch], 'bilevel': seconds[arch_start_epoch:]}
+  target = min(target_arch_start_epoch, epochs)
+  left = {'weight': max(target - len(kinds['weight']), 0),
+          'bilevel': max(epochs - target - len(kinds['bilevel']), 0)}
+  typical = {kind: float(np.median(times[1:] if len(times) > 1 else times)) if times else None
+             for kind, times in kinds.items()}
+  missing = [kind for kind in left if left[kind] and typical[kind] is None]
+  result = {'epochs_run': len(seconds), 'epochs': epochs,
+            'weight_epoch_seconds': typical['weight'],
+            'bilevel_epoch_seconds': typical['bilevel']}
+  if missing:
+    return {**result, 'projected_wall_seconds': None,
+            'projection': f'no {" or ".join(missing)} epoch ran: nothing to project from'}
+  projected = wall_seconds + sum(left[k] * typical[k] for k in left if left[k])
+  return {**result, 'projected_wall_seconds': projected,
+          'projection': (f'{wall_seconds:.0f} s measured for {len(seconds)} epochs, then '
+                         f'{left["weight"]} weight-step epochs and {left["bilevel"]} bilevel '
+                         f'epochs at their medians')}
+
+
 def format_table(results: Sequence[Dict]) -> str:
   programs = [r for r in results if r['measurement'] in PROGRAM_MEASUREMENTS]
   results = [r for r in results if r['measurement'] not in PROGRAM_MEASUREMENTS]
