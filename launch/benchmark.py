@@ -68,7 +68,8 @@ _TRACE_DIR = flags.DEFINE_string(
     'this folder (<measurement>[_<architect>]_b<batch>/; open with XProf or TensorBoard).')
 _DEVICE_LOCK = flags.DEFINE_string(
     'device_lock', None, 'Lock this file while stepping (warm-up and timed steps): several '
-    'benchmarks sharing one accelerator then compile at the same time and step one at a time.')
+    'benchmarks sharing one accelerator then compile at the same time and step one at a time, '
+    'once none of them compiles (FILE.compiling).')
 _STAGE = flags.DEFINE_integer(
     'stage', None, 'Search configs with DrNAS progressive stages (search.stage_epochs): measure '
     'the supernet of this stage (1-based): its K and, after stage 1, op masks pruned as the '

@@ -10,7 +10,7 @@
 # `steps`: the bilevel step (first order) of configs/cifar10_search.py at BATCH (256) for
 # edge_impl scan, grouped and grouped with merge_separable (merged), in float32 and bfloat16.
 # The six programs compile at the same time (one process each) and step one at a time
-# (--device_lock), then the reference supernet
+# once all have compiled (--device_lock), then the reference supernet
 # in PyTorch (launch.torch_reference: eager with cudnn.benchmark, then torch.compile) under
 # the same lock. Writes OUT_DIR/<variant>.jsonl, logs, and OUT_DIR/summary.json: per variant
 # ms/step, peak memory and the speed-up over the PyTorch eager float32 step of the same run.

@@ -44,7 +44,7 @@ _MEASURE = flags.DEFINE_multi_enum('measure', list(MEASUREMENTS), list(MEASUREME
                                    'Which steps to time.')
 _DEVICE_LOCK = flags.DEFINE_string(
     'device_lock', None, 'Lock this file (flock) while stepping, as launch.benchmark does: '
-    'benchmarks sharing one accelerator are then timed one at a time.')
+    'benchmarks sharing one accelerator are then timed one at a time, once none compiles.')
 
 # Copies of genotypes.PRIMITIVES and node_edge_ranges(4) (the test checks they
 # agree): importing pcdarts_jax loads JAX, which would add to the measured RSS.
@@ -180,14 +180,20 @@ def build_supernet(torch, init_channels: int, layers: int, num_classes: int = 10
 
 @contextlib.contextmanager
 def _holding(lock_path):
-  """An exclusive flock on `lock_path` for the block (None: no lock)."""
+  """An exclusive flock on `lock_path` for the block (None: no lock), entered once
+  no launch.benchmark of the lock compiles (`<lock_path>.compiling`, as
+  pcdarts_jax.bench.benchmark.holding)."""
   if not lock_path:
     yield
     return
-  with open(lock_path, 'a') as f:
+  with open(lock_path, 'a') as f, open(lock_path + '.compiling', 'a') as quiet:
     fcntl.flock(f, fcntl.LOCK_EX)
     try:
-      yield
+      fcntl.flock(quiet, fcntl.LOCK_EX)
+      try:
+        yield
+      finally:
+        fcntl.flock(quiet, fcntl.LOCK_UN)
     finally:
       fcntl.flock(f, fcntl.LOCK_UN)
 

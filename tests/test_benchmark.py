@@ -348,6 +348,40 @@ def test_device_lock_is_held_through_warm_up_and_timed_steps_only(tmp_path):
   assert figures['ms_per_step_median'] > 0
 
 
+def test_steps_wait_until_no_benchmark_of_the_lock_compiles(tmp_path):
+  """Benchmarks sharing a device lock step only once none of them compiles: the
+  JAX launcher's `holding` and the PyTorch reference's both wait for another
+  process's compile mark, and a process's own mark does not block it."""
+  import fcntl  # pylint: disable=import-outside-toplevel
+  import importlib  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  from pcdarts_jax.bench import benchmark  # pylint: disable=import-outside-toplevel
+  torch_reference = importlib.import_module('launch.torch_reference')
+  lock = str(tmp_path / 'gpu.lock')
+  for holding in (benchmark.holding, torch_reference._holding):  # pylint: disable=protected-access
+    other = open(lock + '.compiling', 'a')  # Another benchmark, compiling.
+    fcntl.flock(other, fcntl.LOCK_SH)
+    entered = threading.Event()
+
+    def step(holding=holding, entered=entered):
+      with holding(lock):
+        entered.set()
+
+    thread = threading.Thread(target=step)
+    thread.start()
+    assert not entered.wait(0.5)  # Waits while the other compiles...
+    fcntl.flock(other, fcntl.LOCK_UN)
+    other.close()
+    assert entered.wait(30)  # ...and steps once it is done.
+    thread.join()
+  benchmark.compiling(lock)  # This process's own mark:
+  with benchmark.holding(lock):  # given up while it steps,
+    assert _lock_is_free(lock + '.compiling') is False  # (held exclusively here)
+  assert lock in benchmark._COMPILING  # pylint: disable=protected-access  # taken again after,
+  benchmark.done_compiling(lock)
+  assert _lock_is_free(lock + '.compiling')  # and ended.
+
+
 def test_gpu_bench_all_times_the_layouts_then_searches_in_the_fastest(tmp_path):
   """launch/gpu_bench.sh all, the one call a lent GPU gets, run through on CPU
   with a one-cell config: the grouped and merged layouts in float32 and bfloat16,

@@ -335,20 +335,54 @@ def profiled(trace_dir: Optional[str]):
   return jax.profiler.trace(trace_dir) if trace_dir else contextlib.nullcontext()
 
 
+# Per device lock, the open file of `<lock>.compiling` this process holds a shared
+# lock on while it may compile (`compiling`).
+_COMPILING: Dict[str, Any] = {}
+
+
+def compiling(lock_path: Optional[str]) -> None:
+  """Marks this process as compiling until it next steps under
+  `holding(lock_path)`: a shared lock on `<lock_path>.compiling` (None: nothing).
+  Steps are timed only once no benchmark of the lock compiles: a compile's CPU
+  load and its autotuning runs on the accelerator would slow the steps timed."""
+  if lock_path and lock_path not in _COMPILING:
+    f = open(lock_path + '.compiling', 'a')  # pylint: disable=consider-using-with
+    fcntl.flock(f, fcntl.LOCK_SH)
+    _COMPILING[lock_path] = f
+
+
+def done_compiling(lock_path: Optional[str]) -> None:
+  """Ends `compiling(lock_path)` (nothing if it was not marked)."""
+  f = _COMPILING.pop(lock_path, None) if lock_path else None
+  if f is not None:
+    fcntl.flock(f, fcntl.LOCK_UN)
+    f.close()
+
+
 @contextlib.contextmanager
 def holding(lock_path: Optional[str]):
-  """An exclusive lock on the file `lock_path` for the block (None: no lock).
+  """An exclusive lock on the file `lock_path` for the block (None: no lock),
+  entered once no benchmark of the lock compiles (`compiling`; this process's own
+  mark ends here, and starts again afterwards for what it compiles next).
   Benchmarks sharing one accelerator hold it while they step, so that they can
-  compile at the same time and still be timed one at a time."""
+  compile at the same time and still be timed one at a time, on a quiet machine."""
   if not lock_path:
     yield
     return
-  with open(lock_path, 'a') as f:
+  was_compiling = lock_path in _COMPILING
+  done_compiling(lock_path)  # Else two holders would wait on each other's mark.
+  with open(lock_path, 'a') as f, open(lock_path + '.compiling', 'a') as quiet:
     fcntl.flock(f, fcntl.LOCK_EX)
     try:
-      yield
+      fcntl.flock(quiet, fcntl.LOCK_EX)  # Waits for every compiling benchmark.
+      try:
+        yield
+      finally:
+        fcntl.flock(quiet, fcntl.LOCK_UN)
     finally:
       fcntl.flock(f, fcntl.LOCK_UN)
+  if was_compiling:
+    compiling(lock_path)
 
 
 def time_jitted(fn: Callable, args: tuple, steps: int, warmup: int, carry_state: bool,
@@ -835,6 +869,16 @@ def iter_run(config, measurements: Sequence[str], batch_size: int, steps: int, w
   `stage`: a search config's DrNAS progressive stage (1-based, stage_overrides)."""
   check_measurements(config, measurements)  # Before anything is built.
   stage_overrides(config, stage)  # Refuses a stage the config does not have.
+  compiling(device_lock)  # Until each measurement steps; ended when the run ends.
+  try:
+    yield from _iter_run(config, measurements, batch_size, steps, warmup, architects,
+                         config_name, trace_dir, device_lock, platform, stage)
+  finally:
+    done_compiling(device_lock)
+
+
+def _iter_run(config, measurements, batch_size, steps, warmup, architects, config_name,
+              trace_dir, device_lock, platform, stage):
   m = config.model
   timed = [name for name in measurements if name not in PROGRAM_MEASUREMENTS]
   bench = None  # Data, state and steps: only for what runs.
