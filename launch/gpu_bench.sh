@@ -24,13 +24,13 @@
 # `search`: launch.search for SEARCH_EPOCHS (50) epochs of SEARCH_IMAGES (50000) random
 # CIFAR-shaped train images and a fifth as many test images (data.name=arrays) with
 # SEARCH_CONFIG (configs/folder_search.py: the CIFAR-10 search on own data), compile
-# included, stopped (SIGTERM: a checkpoint, exit 0) if it runs past SEARCH_SECONDS (510)
+# included, stopped (SIGTERM: a checkpoint, exit 0) if it runs past SEARCH_SECONDS (530)
 # from the start; OUT_DIR/search_summary.json has its wall clock, the run's summary and
 # each epoch's seconds, and for a stopped run the whole search's wall clock projected
 # (benchmark.project_search_from_epochs).
 # `all`: what a device budget of 15 minutes holds, in one call: `steps` for VARIANT_NAMES
 # (default the grouped and merged layouts; the scan's figures are in docs/benchmarks.md) by
-# ALL_STEPS_SECONDS (270) from the start, then `search` in the layout of the fastest
+# ALL_STEPS_SECONDS (360) from the start, then `search` in the layout of the fastest
 # bfloat16 variant (SEARCH_FLAGS after it) until SEARCH_SECONDS, with
 # search.arch_start_epoch=ALL_ARCH_START (2: two weight-step epochs, then bilevel ones) so
 # that a few epochs time both kinds; the projection keeps the config's own arch start (15).
@@ -281,14 +281,14 @@ elif [ "$MODE" = drnas ]; then
   wait
   summarize
 elif [ "$MODE" = search ]; then
-  DEADLINE=${SEARCH_SECONDS:-510}
+  DEADLINE=${SEARCH_SECONDS:-530}
   run_search "${SEARCH_FLAGS:-}"
 elif [ "$MODE" = all ]; then
-  DEADLINE=${ALL_STEPS_SECONDS:-270}
+  DEADLINE=${ALL_STEPS_SECONDS:-360}
   # shellcheck disable=SC2086
   time_steps ${VARIANT_NAMES:-grouped_float32 merged_float32 grouped_bfloat16 merged_bfloat16}
   layout=$(fastest_bfloat16)
   echo "search flags: ${layout:-none, the config layout}"
-  DEADLINE=${SEARCH_SECONDS:-510}
+  DEADLINE=${SEARCH_SECONDS:-530}
   run_search "$layout --config.search.arch_start_epoch=${ALL_ARCH_START:-2} ${SEARCH_FLAGS:-}"
 fi
