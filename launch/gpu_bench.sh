@@ -113,7 +113,7 @@ for path in sorted(glob.glob(os.path.join(out, '*.jsonl'))):
                                         'compile_seconds', 'first_steps_seconds',
                                         'batch_size', 'device_kind', 'device', 'dtype',
                                         'edge_impl', 'merge_separable', 'depthwise_impl',
-                                        'stage', 'xla_flags')}
+                                        'stage', 'xla_flags', 'timed_while_compiling')}
   else:
     log = os.path.join(out, name + '.log')
     tail = open(log).read()[-600:] if os.path.exists(log) else ''
@@ -132,7 +132,8 @@ for name, row in sorted(rows.items()):
   print(f"{name:22s} {row.get('ms_per_step_median') or float('nan'):9.1f} ms/step  {speedup}"
         f"peak {(row.get('peak_memory_bytes') or 0) / 2**30:6.2f} GiB  "
         f"compile {row.get('compile_seconds') or float('nan'):6.1f} s  "
-        f"{'ERROR' if 'error' in row else ''}")
+        f"{'ERROR' if 'error' in row else ''}"
+        f"{'timed while others compiled' if row.get('timed_while_compiling') else ''}")
 EOF
 }
 

@@ -359,27 +359,46 @@ def done_compiling(lock_path: Optional[str]) -> None:
     f.close()
 
 
+# How long a benchmark holding the device lock waits for the others' compiles
+# before it steps anyway (its result then says timed_while_compiling): one very
+# slow compile must not cost every other variant its figures.
+QUIET_WAIT_SECONDS = 180.0
+
+
+def wait_until_quiet(quiet, seconds: float) -> bool:
+  """Takes an exclusive flock on the open file `quiet` (`<lock>.compiling`) once
+  no process holds it shared, waiting at most `seconds`; whether it got it."""
+  deadline = time.monotonic() + seconds
+  while True:
+    try:
+      fcntl.flock(quiet, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      return True
+    except BlockingIOError:
+      if time.monotonic() >= deadline:
+        return False
+      time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def holding(lock_path: Optional[str]):
   """An exclusive lock on the file `lock_path` for the block (None: no lock),
   entered once no benchmark of the lock compiles (`compiling`; this process's own
-  mark ends here, and starts again afterwards for what it compiles next).
-  Benchmarks sharing one accelerator hold it while they step, so that they can
-  compile at the same time and still be timed one at a time, on a quiet machine."""
+  mark ends here, and starts again afterwards for what it compiles next) or
+  QUIET_WAIT_SECONDS have passed. Yields whether the block runs with nothing
+  compiling. Benchmarks sharing one accelerator hold it while they step, so that
+  they can compile at the same time and still be timed one at a time, on a quiet
+  machine."""
   if not lock_path:
-    yield
+    yield True
     return
   was_compiling = lock_path in _COMPILING
   done_compiling(lock_path)  # Else two holders would wait on each other's mark.
   with open(lock_path, 'a') as f, open(lock_path + '.compiling', 'a') as quiet:
     fcntl.flock(f, fcntl.LOCK_EX)
     try:
-      fcntl.flock(quiet, fcntl.LOCK_EX)  # Waits for every compiling benchmark.
-      try:
-        yield
-      finally:
-        fcntl.flock(quiet, fcntl.LOCK_UN)
+      yield wait_until_quiet(quiet, QUIET_WAIT_SECONDS)
     finally:
+      fcntl.flock(quiet, fcntl.LOCK_UN)
       fcntl.flock(f, fcntl.LOCK_UN)
   if was_compiling:
     compiling(lock_path)
@@ -404,7 +423,7 @@ def time_jitted(fn: Callable, args: tuple, steps: int, warmup: int, carry_state:
     if carry_state:
       args[0] = out[0]
 
-  with holding(device_lock):
+  with holding(device_lock) as quiet:
     for _ in range(warmup):
       call()
     with profiled(trace_dir):
@@ -416,7 +435,7 @@ def time_jitted(fn: Callable, args: tuple, steps: int, warmup: int, carry_state:
           'xla_flops_per_step': _xla_flops(compiled),
           'step_memory_bytes': _step_memory(compiled),
           'stepping_peak_rss_bytes': stepping_rss(),
-          **_percentiles(times)}
+          'timed_while_compiling': not quiet, **_percentiles(times)}
 
 
 def _synthetic_split(config, size: int, seed: int) -> data.ArraySet:
@@ -672,7 +691,7 @@ class SearchBench:
     train_iter = data.EpochIterator(self.train_set, self.batch_size, seed=0)
     arch_iter = data.EpochIterator(self.arch_set, self.batch_size, seed=1)
     times = []
-    with holding(self.device_lock):  # The transfers share the host-device link.
+    with holding(self.device_lock) as quiet:  # The transfers share the host-device link.
       for i in range(warmup + steps):
         start = time.perf_counter()
         batches = jax.device_put((next(train_iter), next(arch_iter)))
@@ -680,8 +699,8 @@ class SearchBench:
         if i >= warmup:
           times.append(time.perf_counter() - start)
     return {'compile_seconds': 0.0, 'flops_per_step': None, 'xla_flops_per_step': None,
-            'step_memory_bytes': None,
-            'stepping_peak_rss_bytes': None, **_percentiles(times)}
+            'step_memory_bytes': None, 'stepping_peak_rss_bytes': None,
+            'timed_while_compiling': not quiet, **_percentiles(times)}
 
   def fed_step(self, steps, warmup, architect_name='first_order'):
     """The bilevel step fed by the pipeline, as the search loop runs it (next
@@ -694,7 +713,7 @@ class SearchBench:
     feed = lambda its: self._seed_batch([next(it) for it in its])
     state = self._state()
     stepping_rss = stepping_rss_meter()
-    with holding(self.device_lock):
+    with holding(self.device_lock) as quiet:
       for _ in range(warmup):
         state, _ = compiled(state, feed(train_iters), feed(arch_iters), self.rng)
       jax.block_until_ready(state)
@@ -707,7 +726,7 @@ class SearchBench:
     return {'compile_seconds': compile_seconds, 'flops_per_step': flops,
             'xla_flops_per_step': _xla_flops(compiled),
             'step_memory_bytes': _step_memory(compiled),
-            'stepping_peak_rss_bytes': stepping_rss(),
+            'stepping_peak_rss_bytes': stepping_rss(), 'timed_while_compiling': not quiet,
             'ms_per_step_median': per_step * 1e3, 'ms_per_step_p10': None,
             'ms_per_step_p90': None}
 
