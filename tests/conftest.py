@@ -1,5 +1,5 @@
 """Shared test helpers: independent float64 NumPy references (NHWC / HWIO), and
-one persistent XLA compilation cache per test run."""
+the XLA flags and one persistent XLA compilation cache of each test run."""
 
 import os
 import shutil
@@ -9,15 +9,23 @@ import types
 import numpy as np
 import pytest
 
+from tests import compile_options
+
 BN_EPS = 1e-5
 
 
 def pytest_configure(config):
-  """Points every process of the run at one fresh XLA compilation cache: the
-  xdist workers and the launcher subprocesses inherit the environment, so a
-  program that several tests build (same model, same shapes) is compiled once
-  and loaded from disk after that. A cache the caller set is used as it is."""
-  if hasattr(config, 'workerinput') or os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+  """Gives every process of the run compile_options.SUITE_XLA_FLAGS (after the
+  caller's XLA_FLAGS) and one fresh XLA compilation cache: the xdist workers and
+  the launcher subprocesses inherit the environment, so a program that several
+  tests build (same model, same shapes) is compiled once and loaded from disk
+  after that. A cache the caller set is used as it is."""
+  if hasattr(config, 'workerinput'):
+    return
+  flags = os.environ.get('XLA_FLAGS', '').split()
+  suite = compile_options.SUITE_XLA_FLAGS
+  os.environ['XLA_FLAGS'] = ' '.join(flags + [f for f in suite if f not in flags])
+  if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     return
   directory = tempfile.mkdtemp(prefix='pcdarts_jax_tests_xla_')
   os.environ['JAX_COMPILATION_CACHE_DIR'] = directory
