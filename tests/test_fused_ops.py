@@ -253,17 +253,18 @@ def test_auto_runs_the_kernel_on_cpu(impl, uses_kernel):
   assert ('ffi_call' in str(jaxpr)) == uses_kernel
 
 
-@needs_kernel
-def test_supernet_gradients_fused_equal_shifted():
+def _supernet_case():
+  """The CIFAR-10 search supernet with 3 cells of C 16 (cell 0: C/K = 4 at 8x8),
+  an input batch, shared variables (made from shapes alone: an eager init of
+  this supernet takes minutes on a 2-core CI machine) and its loss of (weights,
+  arch) with the depthwise form `impl`."""
   config = cifar10_search.get_config()
-  config.model.layers, config.model.init_channels = 3, 16  # cell 0: C/K = 4 at 8x8
+  config.model.layers, config.model.init_channels = 3, 16
   x = _rand((4, 8, 8, 3), 0)
-  # Both forms at the same variables, made from shapes alone (an eager init of
-  # this supernet takes minutes on a 2-core CI machine).
   variables = initializers.init_variables(supernet.build_supernet(config),
                                           jax.random.PRNGKey(0), x, train=True)
 
-  def grads(impl):
+  def loss_of(impl):
     config.model.depthwise_impl = impl
     net = supernet.build_supernet(config)
 
@@ -271,18 +272,34 @@ def test_supernet_gradients_fused_equal_shifted():
       logits, _ = net.apply({**variables, 'params': params, 'arch': arch}, x, train=True,
                             mutable=['batch_stats'], rngs={'channels': jax.random.PRNGKey(2)})
       return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
+    return loss
 
-    if impl == 'fused':  # An architecture gradient skips the kernels' gradients.
-      arch_only = str(jax.make_jaxpr(jax.grad(loss, argnums=1))(variables['params'],
-                                                                 variables['arch']))
-      assert "('kernel_gradients', np.int64(0))" in arch_only
-      assert "('kernel_gradients', np.int64(1))" not in arch_only
-      # Every BatchNorm after a kernel takes its statistics from the kernel.
-      assert "('statistics', np.int64(1))" in arch_only
-      assert "('statistics', np.int64(0))" not in arch_only
-    return _jit(jax.grad(loss, argnums=(0, 1)))(variables['params'], variables['arch'])
+  return variables, loss_of
 
-  fused, shifted = grads('fused'), grads('shifted')
+
+@needs_kernel
+def test_supernet_arch_gradient_skips_the_kernels_gradients():
+  """Traced, not compiled: an architecture gradient through the supernet asks
+  no kernel for its weight gradients, and every BatchNorm after a kernel takes
+  its statistics from the kernel."""
+  variables, loss_of = _supernet_case()
+  arch_only = str(jax.make_jaxpr(jax.grad(loss_of('fused'), argnums=1))(
+      variables['params'], variables['arch']))
+  assert "('kernel_gradients', np.int64(0))" in arch_only
+  assert "('kernel_gradients', np.int64(1))" not in arch_only
+  assert "('statistics', np.int64(1))" in arch_only
+  assert "('statistics', np.int64(0))" not in arch_only
+
+
+# CI time (two supernet gradients compiled, ~45 s of CPU): the kernel's values
+# and gradients against the shifted form are checked op by op above.
+@pytest.mark.slow
+@needs_kernel
+def test_supernet_gradients_fused_equal_shifted():
+  variables, loss_of = _supernet_case()
+  fused, shifted = (_jit(jax.grad(loss_of(impl), argnums=(0, 1)))(variables['params'],
+                                                                  variables['arch'])
+                    for impl in ('fused', 'shifted'))
   assert jax.tree.structure(fused) == jax.tree.structure(shifted)
   for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(shifted)):
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3 * float(jnp.abs(b).max()) + 1e-7)

@@ -171,12 +171,20 @@ def _tiny_search_config(**model):
   return config
 
 
-def test_search_step_lowered_for_a_gpu_has_no_cpu_only_device():
-  """The tiny search step (C 16, 2 cells, batch 2): for CUDA only the warm-up
-  gate and the non-finite guard are conditionals, no custom call; the CPU
-  program keeps materialize's conditionals (shifted form) at the same FLOPs."""
-  config = _tiny_search_config(depthwise_impl='shifted')
-  cuda = benchmark.measure_program(config, 2, 'cuda')
+@pytest.fixture(scope='module')
+def scan_for_cuda():
+  """The tiny search step (C 16, 2 cells, batch 2, float32, `shifted`, the scan
+  layout) measured as lowered for CUDA: shared by the tests below (a lowering
+  takes tens of seconds of CPU)."""
+  config = _tiny_search_config(depthwise_impl='shifted', edge_impl='scan')
+  return config, benchmark.measure_program(config, 2, 'cuda')
+
+
+def test_search_step_lowered_for_a_gpu_has_no_cpu_only_device(scan_for_cuda):
+  """For CUDA only the warm-up gate and the non-finite guard are conditionals,
+  no custom call; the CPU program keeps materialize's conditionals (shifted
+  form) at the same FLOPs."""
+  config, cuda = scan_for_cuda
   cpu = benchmark.measure_program(config, 2, 'cpu')
   assert cuda['target_platform'] == 'cuda' and cuda['depthwise_impl'] == 'shifted'
   assert cuda['edge_impl'] == 'scan'
@@ -211,14 +219,14 @@ def test_auto_choices_follow_the_target_platform():
   assert config.model.dtype == 'auto'  # the caller's config is left as it was
 
 
-def test_counts_move_with_the_edge_layout():
+def test_counts_move_with_the_edge_layout(scan_for_cuda):
   """The batched layout runs each cell's edges as 4 groups: fewer executed ops,
   convolutions + matrix products and loops than one scan step per edge (its
   1x1 convs are block-diagonal matrix products: more FLOPs). The grouped
   layout (one stage per source, unrolled) meets issue #39's proxy target: at
   most 2 conditionals and at least 5x fewer convolutions + matrix products
   than the scan (float32, `shifted`: 108 against 965 here)."""
-  scan = benchmark.measure_program(_tiny_search_config(edge_impl='scan'), 2, 'cuda')
+  _, scan = scan_for_cuda
   batched = benchmark.measure_program(_tiny_search_config(edge_impl='batched'), 2, 'cuda')
   assert batched['edge_impl'] == 'batched'
   assert batched['executed_ops'] < scan['executed_ops']

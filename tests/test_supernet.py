@@ -383,10 +383,12 @@ def assert_scanned_cells_match_unrolled(models, variables, x, labels, evaluate=T
     np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6 * max(1.0, float(np.abs(a).max())))
 
 
-# The pruned stage's per-edge cells are a slow case: the scan around them is the
-# same code. Grouped cells (DrNAS' pruned stages on a GPU) have their own preprocess.
+# CI time: the grouped cells of a pruned stage (DrNAS' on a GPU, with their own
+# preprocess) run by default; the scan around the cells is the same code for the
+# scan layout's full and per-edge cells, slow cases (-m slow).
 @pytest.mark.parametrize('masked,edge_impl', [
-    (False, 'scan'), pytest.param(True, 'scan', marks=pytest.mark.slow), (True, 'grouped')])
+    pytest.param(False, 'scan', marks=pytest.mark.slow),
+    pytest.param(True, 'scan', marks=pytest.mark.slow), (True, 'grouped')])
 def test_cell_runs_scanned_match_unrolled(masked, edge_impl, monkeypatch):
   """A run of consecutive normal cells runs as one pipelined lax.scan over their
   stacked variables (traced once), with the loop's per-cell variables and its
